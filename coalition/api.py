@@ -1,0 +1,59 @@
+"""OpenAPI plumbing: flask-smorest with a request parser as strict as the contract."""
+from __future__ import annotations
+
+import flask_smorest
+import marshmallow as ma
+from flask import current_app, request
+from webargs.flaskparser import FlaskParser
+
+from .errors import PROBLEM_JSON, Problem, SLUGS, pointers
+from .jsonbody import parse_object
+
+
+class StrictParser(FlaskParser):
+    """Bodies go through our own JSON reader (duplicate keys, depth, content type)."""
+
+    def load_json(self, req, schema):
+        return require_json_object()
+
+    def handle_error(self, error, req, schema, *, error_status_code, error_headers):
+        messages = error.messages
+        if isinstance(messages, dict) and len(messages) == 1 and "json" in messages:
+            messages = messages["json"]  # webargs nests by location; the pointer is the body's
+        raise Problem("validation-error", "The request has invalid fields.",
+                      errors=pointers(messages))
+
+
+def require_json_object() -> dict:
+    if request.mimetype != "application/json":
+        raise Problem("unsupported-media-type", "Send the body as application/json.")
+    return parse_object(request.get_data(cache=True), current_app.config["MAX_JSON_DEPTH"])
+
+
+class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = StrictParser()
+
+
+class ProblemSchema(ma.Schema):
+    type = ma.fields.String(required=True, metadata={"example": "/problems/validation-error"})
+    title = ma.fields.String(required=True)
+    status = ma.fields.Integer(required=True)
+    detail = ma.fields.String(required=True)
+    errors = ma.fields.List(ma.fields.Dict(), metadata={
+        "description": "For validation errors: [{pointer, detail}] with RFC 6901 pointers."})
+
+
+def problems(blp: Blueprint, *slugs: str):
+    """Document the problem+json answers an endpoint can give."""
+    def decorate(view):
+        by_status: dict[int, list[str]] = {}
+        for slug in slugs:
+            by_status.setdefault(SLUGS[slug][0], []).append(slug)
+        for status, names in sorted(by_status.items()):
+            view = blp.alt_response(status, schema=ProblemSchema, content_type=PROBLEM_JSON,
+                                    description=" or ".join(f"`{n}`" for n in names))(view)
+        return view
+    return decorate
+
+
+api = flask_smorest.Api()

@@ -1,0 +1,28 @@
+"""Configuration read from the environment (12-factor), with safe defaults for the embedded mode."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else int(raw)
+
+
+def from_environment(instance_path: str) -> dict:
+    default_db = "sqlite:///" + str(Path(instance_path) / "coalition.db")
+    database_url = os.environ.get("DATABASE_URL") or default_db
+    if database_url.startswith("postgresql://"):
+        # psycopg 3 is the driver we ship; a bare postgresql:// URL would ask for psycopg2.
+        database_url = "postgresql+psycopg://" + database_url[len("postgresql://"):]
+    return {
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "COALITION_AUDIENCE": os.environ.get("COALITION_AUDIENCE", "coalition"),
+        "COALITION_TIMEZONE": os.environ.get("COALITION_TIMEZONE", "Europe/Berlin"),
+        "MAX_CLAIM_AGE_DAYS": _int("MAX_CLAIM_AGE_DAYS", 30),
+        "POINTS_EXPIRE_MONTHS": _int("POINTS_EXPIRE_MONTHS", 36),
+        "MAX_CONTENT_LENGTH": _int("MAX_BODY_BYTES", 1024 * 1024),
+        "MAX_JSON_DEPTH": _int("MAX_JSON_DEPTH", 16),
+        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+    }

@@ -1,0 +1,122 @@
+"""RFC 9457 problem+json errors. Every error leaves the service through here."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("coalition.errors")
+
+PROBLEM_JSON = "application/problem+json"
+
+# slug -> (status, title). The slugs are part of the partner contract (API.md section 2).
+SLUGS: dict[str, tuple[int, str]] = {
+    "malformed-request": (400, "Malformed request"),
+    "invalid-token": (401, "Invalid token"),
+    "forbidden": (403, "Forbidden"),
+    "member-locked": (403, "Member locked"),
+    "not-found": (404, "Not found"),
+    "method-not-allowed": (405, "Method not allowed"),
+    "claim-id-conflict": (409, "Claim id conflict"),
+    "period-open": (409, "Period open"),
+    "period-closed": (409, "Period closed"),
+    "hold-closed": (409, "Hold closed"),
+    "payload-too-large": (413, "Payload too large"),
+    "unsupported-media-type": (415, "Unsupported media type"),
+    "validation-error": (422, "Validation error"),
+    "insufficient-points": (422, "Insufficient points"),
+    "reversal-exceeds-claim": (422, "Reversal exceeds claim"),
+    "limit-exceeded": (422, "Limit exceeded"),
+    "rate-limited": (429, "Rate limited"),
+    "internal-error": (500, "Internal error"),
+    "unavailable": (503, "Service unavailable"),
+}
+
+
+def problem_type(slug: str) -> str:
+    return f"/problems/{slug}"
+
+
+class Problem(Exception):
+    """A domain or request error that maps to one problem+json response."""
+
+    def __init__(self, slug: str, detail: str, *, errors: list[dict] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.slug = slug
+        self.status, self.title = SLUGS[slug]
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        doc = {"type": problem_type(self.slug), "title": self.title,
+               "status": self.status, "detail": self.detail}
+        if self.errors is not None:
+            doc["errors"] = self.errors
+        return doc
+
+
+def validation_problem(messages, detail: str = "The request has invalid fields.") -> Problem:
+    return Problem("validation-error", detail, errors=pointers(messages))
+
+
+def pointers(messages, prefix: str = "") -> list[dict]:
+    """Flatten marshmallow's nested error dict into RFC 6901 pointers."""
+    out: list[dict] = []
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            if key == "_schema":
+                out.extend(pointers(value, prefix))
+            else:
+                token = str(key).replace("~", "~0").replace("/", "~1")
+                out.extend(pointers(value, f"{prefix}/{token}"))
+    elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        out.extend({"pointer": prefix or "/", "detail": m} for m in messages)
+    elif isinstance(messages, list):
+        for m in messages:
+            out.extend(pointers(m, prefix))
+    else:
+        out.append({"pointer": prefix or "/", "detail": str(messages)})
+    return out
+
+
+def problem_response(problem: Problem) -> Response:
+    response = Response(json.dumps(problem.body()), status=problem.status, mimetype=PROBLEM_JSON)
+    for name, value in problem.headers.items():
+        response.headers[name] = value
+    return response
+
+
+_HTTP_SLUGS = {400: "malformed-request", 401: "invalid-token", 403: "forbidden",
+               404: "not-found", 405: "method-not-allowed", 413: "payload-too-large",
+               415: "unsupported-media-type", 422: "validation-error", 429: "rate-limited"}
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(Problem, problem_response)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        slug = _HTTP_SLUGS.get(exc.code or 500, "internal-error")
+        detail = {
+            "not-found": "No such resource.",
+            "payload-too-large": "The request body is larger than this service accepts.",
+        }.get(slug, exc.description or SLUGS[slug][1])
+        response = problem_response(Problem(slug, detail))
+        if exc.code == 405 and getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return problem_response(Problem("internal-error", "The request could not be processed."))
+
+    @app.get("/problems/<slug>")
+    def _problem_doc(slug: str):
+        if slug not in SLUGS:
+            raise Problem("not-found", "No such problem type.")
+        status, title = SLUGS[slug]
+        return {"type": problem_type(slug), "title": title, "status": status}

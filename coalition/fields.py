@@ -1,0 +1,74 @@
+"""Marshmallow fields as strict as the contract: no coercion, ever."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from marshmallow import ValidationError, fields, validate
+
+from .jsonbody import HugeInteger
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+MAX_POINTS = 10**9
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer and nothing else: not a string, float, bool, 1e3 or NaN."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if type(value) is not int:  # bool and our HugeInteger marker are int subclasses
+            if isinstance(value, HugeInteger):
+                raise ValidationError("Number out of range.")
+            raise ValidationError("Must be a JSON integer.")
+        return value
+
+
+def Points(**kwargs) -> StrictInteger:
+    return StrictInteger(validate=validate.Range(1, MAX_POINTS), **kwargs)
+
+
+class Identifier(fields.String):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(validate=validate.Regexp(
+            ID_PATTERN, error="Must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$."), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str):
+            raise ValidationError("Must be a string.")
+        return value
+
+
+class Rfc3339(fields.DateTime):
+    """RFC 3339 date-time with an explicit offset; loaded as an aware UTC datetime."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(format="iso", **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str):
+            raise ValidationError("Must be an RFC 3339 date-time string.")
+        m = _RFC3339.match(value)
+        if not m:
+            raise ValidationError("Must be an RFC 3339 date-time with an offset, e.g. 2026-05-01T12:00:00Z.")
+        fraction = (m.group(7) or "")[:7]  # Python parses at most microseconds
+        offset = m.group(8).upper().replace("Z", "+00:00")
+        try:
+            parsed = datetime.fromisoformat(
+                f"{m.group(1)}-{m.group(2)}-{m.group(3)}T{m.group(4)}:{m.group(5)}:{m.group(6)}{fraction}{offset}")
+            return parsed.astimezone(timezone.utc)
+        except (ValueError, OverflowError):
+            raise ValidationError("Not a valid date-time.") from None
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is None:
+            return None
+        return iso_utc(value)
+
+
+def iso_utc(value: datetime) -> str:
+    if value.tzinfo is None:  # SQLite hands back naive datetimes; they are stored as UTC
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,336 @@
+"""Booking claims into the journal. Domain functions over a Session; they flush, never commit.
+
+Every claim takes exactly one lock, its member's row, and holds it until the caller commits.
+That serialises a member's claims (no two burns spend the same points) while claims of
+different members run in parallel: there is no row or table that every claim updates.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .errors import Problem
+from .fields import iso_utc
+from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
+from .periods import as_utc, expiry_of, period_of
+
+MAX_FUTURE = timedelta(minutes=5)
+MAX_PENDING = timedelta(days=366)
+
+
+@dataclass(frozen=True)
+class Rules:
+    timezone: str = "Europe/Berlin"
+    max_claim_age_days: int = 30
+    expire_months: int = 36
+
+    @classmethod
+    def from_config(cls, config) -> Rules:
+        return cls(config["COALITION_TIMEZONE"], config["MAX_CLAIM_AGE_DAYS"],
+                   config["POINTS_EXPIRE_MONTHS"])
+
+
+@dataclass(frozen=True)
+class Booked:
+    entry: Entry
+    replayed: bool
+
+
+class ClaimIdRace(Exception):
+    """Another transaction booked the same claim id first; the caller rolls back and replays."""
+
+    def __init__(self, fingerprint: str) -> None:
+        super().__init__(fingerprint)
+        self.fingerprint = fingerprint
+
+
+def canonical(doc: dict) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fingerprint(kind: str, **content) -> str:
+    normal = {k: iso_utc(v) if isinstance(v, datetime) else v for k, v in content.items()}
+    return sha256_hex(canonical({"kind": kind, **normal}))
+
+
+def entry_hash(entry: Entry, postings: dict[str, int]) -> str:
+    """SHA-256 over a canonical encoding of the entry and its postings (the sealer chains these)."""
+    return sha256_hex(canonical({
+        "kind": entry.kind, "partner_id": entry.partner_id, "claim_id": entry.claim_id,
+        "member_id": entry.member_id, "points": entry.points,
+        "occurred_at": iso_utc(entry.occurred_at), "recorded_at": iso_utc(entry.recorded_at),
+        "period": entry.period, "late": entry.late,
+        "pending_until": iso_utc(entry.pending_until) if entry.pending_until else None,
+        "reverses_id": entry.reverses_id, "fingerprint": entry.fingerprint,
+        "balance_after": entry.balance_after,
+        "postings": sorted([a, p] for a, p in postings.items()),
+    }))
+
+
+# --- locking and lookups ------------------------------------------------------------------
+
+def lock_member(session: Session, *, external_id: str | None = None,
+                pk: int | None = None) -> Member | None:
+    where = Member.external_id == external_id if pk is None else Member.id == pk
+    return session.scalars(select(Member).where(where).with_for_update()).one_or_none()
+
+
+def _claimant(session: Session, member_id: str, partner_id: str, claim_id: str,
+              fp: str) -> tuple[Member | None, Booked | None]:
+    """Lock the member, then look for an earlier booking of this claim id.
+
+    The lock comes first so that concurrent retries of one claim queue behind each other and
+    every one after the first finds the booking and replays it.
+    """
+    member = lock_member(session, external_id=member_id)
+    done = replay(session, partner_id, claim_id, fp)
+    if done is None and member is None:
+        raise Problem("not-found", "No such member.")
+    return member, done
+
+
+def find_claim(session: Session, partner_id: str, claim_id: str) -> Entry | None:
+    return session.scalars(select(Entry).where(Entry.partner_id == partner_id,
+                                               Entry.claim_id == claim_id)).one_or_none()
+
+
+def replay(session: Session, partner_id: str, claim_id: str, fp: str) -> Booked | None:
+    """Exact-match idempotency: the same content replays, different content conflicts."""
+    existing = find_claim(session, partner_id, claim_id)
+    if existing is None:
+        return None
+    if existing.fingerprint != fp:
+        raise Problem("claim-id-conflict",
+                      f"Claim id {claim_id!r} was already used with different content.")
+    return Booked(existing, replayed=True)
+
+
+def spendable_lots(session: Session, member_id: int, now: datetime) -> list[Lot]:
+    """A member's available lots in the order a burn consumes them."""
+    return list(session.scalars(
+        select(Lot).where(Lot.member_id == member_id, Lot.remaining > 0, Lot.expires_at > now,
+                          (Lot.available_at.is_(None)) | (Lot.available_at <= now))
+        .order_by(Lot.expires_at, Lot.occurred_at, Lot.id)))
+
+
+def available_points(session: Session, member: Member, now: datetime) -> int:
+    spendable = session.scalar(
+        select(func.coalesce(func.sum(Lot.remaining), 0))
+        .where(Lot.member_id == member.id, Lot.remaining > 0, Lot.expires_at > now,
+               (Lot.available_at.is_(None)) | (Lot.available_at <= now)))
+    return int(spendable) - member.debt
+
+
+# --- booking ------------------------------------------------------------------------------
+
+def _check_window(occurred_at: datetime, now: datetime, rules: Rules) -> None:
+    if occurred_at > now + MAX_FUTURE:
+        raise Problem("validation-error", "occurred_at lies too far in the future.", errors=[
+            {"pointer": "/occurred_at", "detail": "May lie at most 5 minutes in the future."}])
+    if occurred_at < now - timedelta(days=rules.max_claim_age_days):
+        raise Problem("validation-error", "occurred_at lies too far in the past.", errors=[
+            {"pointer": "/occurred_at",
+             "detail": f"May lie at most {rules.max_claim_age_days} days in the past."}])
+
+
+def _book(session: Session, entry: Entry, postings: dict[str, int], member: Member) -> None:
+    postings = {account: points for account, points in postings.items() if points}
+    assert sum(postings.values()) == 0, "an entry's postings must sum to zero"
+    assert member.balance >= 0 and member.debt >= 0
+    entry.entry_hash = entry_hash(entry, postings)
+    entry.postings = [Posting(account=a, points=p) for a, p in postings.items()]
+    session.add(entry)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        # Only the (partner_id, claim_id) key can collide here: the member lock serialises
+        # same-member retries, so this is a retry that changed its member.
+        raise ClaimIdRace(entry.fingerprint) from exc
+
+
+def _new_entry(kind: str, partner_id: str, claim_id: str, member: Member, points: int,
+               occurred_at: datetime, now: datetime, rules: Rules, fp: str, **extra) -> Entry:
+    return Entry(kind=kind, partner_id=partner_id, claim_id=claim_id, member_id=member.id,
+                 member=member, points=points, occurred_at=occurred_at, recorded_at=now,
+                 period=period_of(occurred_at, rules.timezone), late=False, fingerprint=fp,
+                 **extra)
+
+
+def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: str, points: int,
+              occurred_at: datetime, now: datetime, rules: Rules,
+              pending_until: datetime | None = None, description: str | None = None) -> Booked:
+    fp = fingerprint("earn", member_id=member_id, points=points, occurred_at=occurred_at,
+                     pending_until=pending_until, description=description)
+    member, done = _claimant(session, member_id, partner_id, claim_id, fp)
+    if done is not None:
+        return done
+    _check_window(occurred_at, now, rules)
+    if pending_until is not None and not occurred_at <= pending_until <= now + MAX_PENDING:
+        raise Problem("validation-error", "pending_until is out of range.", errors=[
+            {"pointer": "/pending_until",
+             "detail": "Must lie after occurred_at and at most 366 days from now."}])
+    pending = pending_until is not None and pending_until > now
+    expires_at, _ = expiry_of(occurred_at, rules.timezone, rules.expire_months)
+    lot = Lot(member_id=member.id, issuer_id=partner_id, points=points, remaining=points,
+              occurred_at=occurred_at, available_at=pending_until if pending else None,
+              expires_at=expires_at)
+    consumptions = []
+    if not pending and member.debt:
+        # A pending earn fills no debt: it may still be cancelled, and would reopen the debt.
+        for debt in session.scalars(select(DebtLot).where(
+                DebtLot.member_id == member.id, DebtLot.remaining > 0).order_by(DebtLot.id)):
+            take = min(debt.remaining, lot.remaining)
+            if take == 0:
+                break
+            debt.remaining -= take
+            lot.remaining -= take
+            consumptions.append(Consumption(kind="debt_fill", lot=lot, debt_lot_id=debt.id,
+                                            points=take))
+    filled = points - lot.remaining
+    member.balance += lot.remaining
+    member.debt -= filled
+    available = available_points(session, member, now) + (0 if pending else lot.remaining)
+    entry = _new_entry("earn", partner_id, claim_id, member, points, occurred_at, now, rules, fp,
+                       pending_until=pending_until, description=description,
+                       status="pending" if pending else "booked", balance_after=available)
+    lot.entry = entry
+    _book(session, entry, {f"member:{member.id}": lot.remaining, f"issued:{partner_id}": -points,
+                           "debt": filled}, member)
+    session.add(lot)
+    for c in consumptions:
+        c.entry_id = entry.id
+        session.add(c)
+    session.flush()
+    return Booked(entry, replayed=False)
+
+
+def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: str, points: int,
+              occurred_at: datetime, now: datetime, rules: Rules,
+              description: str | None = None) -> Booked:
+    fp = fingerprint("burn", member_id=member_id, points=points, occurred_at=occurred_at,
+                     description=description)
+    member, done = _claimant(session, member_id, partner_id, claim_id, fp)
+    if done is not None:
+        return done
+    _check_window(occurred_at, now, rules)
+    if member.locked:
+        raise Problem("member-locked", "This member is locked: no points can be redeemed.")
+    lots = spendable_lots(session, member.id, now)
+    available = sum(lot.remaining for lot in lots) - member.debt
+    if points > available:
+        raise Problem("insufficient-points",
+                      f"The member has {max(available, 0)} points available; {points} requested.")
+    entry = _new_entry("burn", partner_id, claim_id, member, points, occurred_at, now, rules, fp,
+                       description=description, status="booked", balance_after=available - points)
+    member.balance -= points
+    _book(session, entry, {f"member:{member.id}": -points, f"redeemed:{partner_id}": points}, member)
+    left = points
+    for lot in lots:
+        take = min(left, lot.remaining)
+        lot.remaining -= take
+        session.add(Consumption(entry_id=entry.id, lot_id=lot.id, kind="burn", points=take))
+        left -= take
+        if left == 0:
+            break
+    session.flush()
+    return Booked(entry, replayed=False)
+
+
+def reversed_points(session: Session, target: Entry) -> int:
+    return int(session.scalar(select(func.coalesce(func.sum(Entry.points), 0))
+                              .where(Entry.reverses_id == target.id)))
+
+
+def book_reversal(session: Session, *, partner_id: str, claim_id: str, reversal_id: str,
+                  points: int, occurred_at: datetime, now: datetime, rules: Rules) -> Booked:
+    fp = fingerprint("reversal", claim_id=claim_id, points=points, occurred_at=occurred_at)
+    target = find_claim(session, partner_id, claim_id)
+    if target is None:
+        raise Problem("not-found", "No such claim.")
+    member = lock_member(session, pk=target.member_id)
+    if (done := replay(session, partner_id, reversal_id, fp)) is not None:
+        return done
+    if target.kind not in ("earn", "burn"):
+        raise Problem("validation-error", "Only earns and burns can be reversed.", errors=[
+            {"pointer": "/claim_id", "detail": "This claim is a reversal."}])
+    _check_window(occurred_at, now, rules)
+    if occurred_at < as_utc(target.occurred_at):
+        raise Problem("validation-error", "A reversal cannot occur before its claim.", errors=[
+            {"pointer": "/occurred_at", "detail": "Must not lie before the claim's occurred_at."}])
+    already = reversed_points(session, target)
+    if already + points > target.points:
+        raise Problem("reversal-exceeds-claim",
+                      f"{target.points - already} points of this claim are left to reverse; "
+                      f"{points} requested.")
+    entry = _new_entry("reversal", partner_id, reversal_id, member, points, occurred_at, now,
+                       rules, fp, reverses_id=target.id, reverses=target, status="booked",
+                       balance_after=0)
+    if target.kind == "earn":
+        consumptions, debt, postings = _reverse_earn(session, target, member, points)
+    else:
+        consumptions, debt, postings = _reverse_burn(session, target, member, points)
+    entry.balance_after = available_points(session, member, now)
+    _book(session, entry, postings, member)
+    for c in consumptions:
+        c.entry_id = entry.id
+        session.add(c)
+    if debt is not None:
+        debt.entry_id = entry.id
+        session.add(debt)
+    session.flush()
+    return Booked(entry, replayed=False)
+
+
+def _reverse_earn(session: Session, target: Entry, member: Member, points: int):
+    """Take the points out of the earn's lot; what was spent already becomes a debt lot."""
+    lot = session.scalars(select(Lot).where(Lot.entry_id == target.id)).one()
+    take = min(points, lot.remaining)
+    shortfall = points - take
+    lot.remaining -= take
+    member.balance -= take
+    member.debt += shortfall
+    consumptions = [Consumption(lot_id=lot.id, kind="earn_reversal", points=take)] if take else []
+    debt = DebtLot(member_id=member.id, creditor_id=target.partner_id, points=shortfall,
+                   remaining=shortfall) if shortfall else None
+    return consumptions, debt, {f"member:{member.id}": -take, "debt": -shortfall,
+                                f"issued:{target.partner_id}": points}
+
+
+def _reverse_burn(session: Session, target: Entry, member: Member, points: int):
+    """Give the points back to the lots they came from, the lot consumed last first."""
+    rows = session.execute(
+        select(Consumption.lot_id, Consumption.points, Consumption.kind)
+        .join(Entry, Entry.id == Consumption.entry_id)
+        .where((Entry.id == target.id) | (Entry.reverses_id == target.id))
+        .order_by(Consumption.id)).all()
+    net: dict[int, int] = {}
+    order: list[int] = []
+    for lot_id, taken, kind in rows:
+        if kind == "burn":
+            order.append(lot_id)
+        net[lot_id] = net.get(lot_id, 0) + taken
+    consumptions, left = [], points
+    for lot_id in reversed(order):
+        give = min(left, net[lot_id])
+        if give <= 0:
+            continue
+        net[lot_id] -= give
+        session.get(Lot, lot_id).remaining += give
+        consumptions.append(Consumption(lot_id=lot_id, kind="burn_reversal", points=-give))
+        left -= give
+        if left == 0:
+            break
+    assert left == 0, "a burn's consumptions cover its points"
+    member.balance += points
+    return consumptions, None, {f"member:{member.id}": points,
+                                f"redeemed:{target.partner_id}": -points}

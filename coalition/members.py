@@ -1,0 +1,56 @@
+"""Members: enrolment and the one balance they see across every partner."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .errors import Problem
+from .models import Lot, Member
+from .periods import as_utc, last_day_before
+
+
+def find(session: Session, external_id: str) -> Member | None:
+    return session.scalars(select(Member).where(Member.external_id == external_id)).one_or_none()
+
+
+def enrol(session: Session, external_id: str, *, now: datetime,
+          enrolled_by: str | None = None) -> tuple[Member, bool]:
+    """Enrol a member once; enrolling again is a no-op. Returns (member, created)."""
+    if (member := find(session, external_id)) is not None:
+        return member, False
+    try:
+        with session.begin_nested():
+            member = Member(external_id=external_id, created_at=now, enrolled_by=enrolled_by,
+                            balance=0, debt=0, locked=False)
+            session.add(member)
+        return member, True
+    except IntegrityError:  # enrolled concurrently by another request
+        return find(session, external_id), False
+
+
+def balance(session: Session, external_id: str, *, now: datetime, tz: str) -> dict:
+    member = find(session, external_id)
+    if member is None:
+        raise Problem("not-found", "No such member.")
+    lots = session.execute(
+        select(Lot.remaining, Lot.available_at, Lot.expires_at)
+        .where(Lot.member_id == member.id, Lot.remaining > 0, Lot.expires_at > now)).all()
+    available = pending = 0
+    expiring: dict[datetime, int] = {}
+    for remaining, available_at, expires_at in lots:
+        if available_at is not None and as_utc(available_at) > now:
+            pending += remaining
+        else:
+            available += remaining
+        expiring[as_utc(expires_at)] = expiring.get(as_utc(expires_at), 0) + remaining
+    return {
+        "member_id": external_id,
+        "available": available - member.debt,
+        "pending": pending,
+        "debt": member.debt,
+        "expiring": [{"points": points, "expires_on": last_day_before(at, tz)}
+                     for at, points in sorted(expiring.items())],
+    }

@@ -1,0 +1,144 @@
+"""The ledger of record: members, the double-entry journal, lots, debt lots and consumptions.
+
+Journal entries and postings are immutable. Lots and debt lots carry a `remaining` that the
+journal fully determines (`ledger verify` re-derives it), kept as a column so that a burn can
+pick its lots without replaying history.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, Index,
+                        Integer, String, UniqueConstraint, text)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .database import db
+
+# BIGINT ids on PostgreSQL; on SQLite only INTEGER PRIMARY KEY is the autoincrementing rowid.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+UtcDateTime = DateTime(timezone=True)
+
+
+class Member(db.Model):
+    """The one hot row: every claim of a member locks it, and nothing else."""
+    __tablename__ = "members"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    # The card number partners send. Personal data lives only in this table (GDPR erasure).
+    external_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # Balance of account member:<id> (= sum of its lots' remaining) and the points it owes.
+    balance: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    debt: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    locked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    enrolled_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (CheckConstraint("balance >= 0", name="balance_nonnegative"),
+                      CheckConstraint("debt >= 0", name="debt_nonnegative"))
+
+
+class Entry(db.Model):
+    """One accepted claim (or a system booking such as an expiry): immutable once written."""
+    __tablename__ = "journal_entries"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # earn | burn | reversal
+    partner_id: Mapped[str | None] = mapped_column(String(64))
+    claim_id: Mapped[str | None] = mapped_column(String(64))
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), index=True)
+    points: Mapped[int] = mapped_column(BigInteger)
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    period: Mapped[str] = mapped_column(String(7), index=True)
+    late: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    pending_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    description: Mapped[str | None] = mapped_column(String(500))
+    reverses_id: Mapped[int | None] = mapped_column(ForeignKey("journal_entries.id"), index=True)
+    # SHA-256 of the normalised request: equal content replays, different content conflicts.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # as first answered: booked | pending
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    entry_hash: Mapped[str] = mapped_column(String(64))
+
+    member: Mapped[Member] = relationship(lazy="joined")
+    reverses: Mapped[Entry | None] = relationship(remote_side=[id])
+    postings: Mapped[list[Posting]] = relationship(back_populates="entry", order_by="Posting.id")
+
+    __table_args__ = (
+        UniqueConstraint("partner_id", "claim_id"),
+        CheckConstraint("points > 0", name="points_positive"),
+    )
+
+
+class Posting(db.Model):
+    __tablename__ = "postings"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("journal_entries.id"), index=True)
+    # member:<id> | issued:<partner> | redeemed:<partner> | expired | debt
+    account: Mapped[str] = mapped_column(String(80), index=True)
+    points: Mapped[int] = mapped_column(BigInteger)
+
+    entry: Mapped[Entry] = relationship(back_populates="postings")
+
+    __table_args__ = (CheckConstraint("points <> 0", name="points_nonzero"),)
+
+
+class Lot(db.Model):
+    """Points one earn put into a member's account, traceable to the partner that issued them."""
+    __tablename__ = "lots"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
+    entry_id: Mapped[int] = mapped_column(ForeignKey("journal_entries.id"), unique=True)
+    issuer_id: Mapped[str] = mapped_column(String(64), index=True)
+    points: Mapped[int] = mapped_column(BigInteger)
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    available_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # set while pending
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    entry: Mapped[Entry] = relationship()
+
+    __table_args__ = (
+        CheckConstraint("remaining >= 0 AND remaining <= points", name="remaining_in_range"),
+        # Burns and balances only ever look at a member's lots that still hold points.
+        Index("ix_lots_open", "member_id", "expires_at",
+              postgresql_where=text("remaining > 0"), sqlite_where=text("remaining > 0")),
+    )
+
+
+class DebtLot(db.Model):
+    """Points a member owes a partner after that partner reversed an earn already spent."""
+    __tablename__ = "debt_lots"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), index=True)
+    creditor_id: Mapped[str] = mapped_column(String(64), index=True)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("journal_entries.id"), unique=True)
+    points: Mapped[int] = mapped_column(BigInteger)
+    remaining: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint("remaining >= 0 AND remaining <= points", name="remaining_in_range"),
+    )
+
+
+class Consumption(db.Model):
+    """What an entry took from (points > 0) or gave back to (points < 0) a lot.
+
+    kind: burn | burn_reversal | earn_reversal | debt_fill. A debt fill takes points from the
+    new earn's lot to pay off `debt_lot_id`: the filling issuer's points are redeemed by it.
+    """
+    __tablename__ = "consumptions"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("journal_entries.id"), index=True)
+    lot_id: Mapped[int] = mapped_column(ForeignKey("lots.id"), index=True)
+    debt_lot_id: Mapped[int | None] = mapped_column(ForeignKey("debt_lots.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    points: Mapped[int] = mapped_column(BigInteger)
+
+    lot: Mapped[Lot] = relationship()
+
+    __table_args__ = (CheckConstraint("points <> 0", name="points_nonzero"),)

@@ -1,0 +1,88 @@
+"""Operations: request ids, structured JSON logs, security headers, health and readiness."""
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+
+from flask import Flask, g, has_request_context, request
+from pythonjsonlogger.json import JsonFormatter
+from sqlalchemy import text
+
+from .database import db
+from .errors import Problem
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+access_log = logging.getLogger("coalition.access")
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+}
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+PAGE_CSP = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; " \
+           "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = g.get("request_id") if has_request_context() else None
+        return True
+
+
+def configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if any(getattr(h, "coalition", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.coalition = True
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+                                       rename_fields={"asctime": "time", "levelname": "level"}))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def init_app(app: Flask) -> None:
+    configure_logging(app.config["LOG_LEVEL"])
+
+    @app.before_request
+    def _start() -> None:
+        incoming = request.headers.get("X-Request-Id", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response):
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        is_page = response.mimetype == "text/html" or request.path.startswith("/docs")
+        response.headers.setdefault("Content-Security-Policy", PAGE_CSP if is_page else API_CSP)
+        response.headers.setdefault("Cache-Control", "no-store")
+        # Path without the query string; never headers or bodies (tokens, card numbers).
+        access_log.info("request", extra={
+            "method": request.method, "path": request.path, "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+            "partner_id": g.get("partner_id")})
+        return response
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    def readyz():
+        try:
+            db.session.execute(text("SELECT 1"))
+            db.session.rollback()
+        except Exception:
+            db.session.rollback()
+            logging.getLogger("coalition.ops").warning("database not reachable", exc_info=True)
+            raise Problem("unavailable", "The database is not reachable.")
+        return {"status": "ready"}

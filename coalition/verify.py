@@ -1,0 +1,141 @@
+"""`ledger verify`: re-derive everything from the journal and report every disagreement.
+
+The journal (entries and postings) is the record; member balances, lots, debt lots and
+consumptions are derived state. Each check re-derives one of them and names what differs.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from itertools import groupby
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .ledger import entry_hash
+from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
+
+MAX_REPORTED = 50
+
+
+class Report:
+    def __init__(self) -> None:
+        self.violations: list[dict] = []
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def fail(self, check: str, detail: str, **ids) -> None:
+        self.counts[check] += 1
+        if self.counts[check] <= MAX_REPORTED:
+            self.violations.append({"check": check, "detail": detail, **ids})
+
+    def as_dict(self, checked: dict) -> dict:
+        return {"ok": not self.violations, "checked": checked,
+                "violations_by_check": dict(self.counts), "violations": self.violations}
+
+
+def verify(session: Session) -> dict:
+    report = Report()
+    entries = _verify_entries(session, report)
+    _verify_members(session, report)
+    lots = _verify_lots(session, report)
+    return report.as_dict({"entries": entries, "lots": lots,
+                           "members": session.scalar(select(func.count(Member.id)))})
+
+
+def _sums(session: Session, key, value, *where) -> dict:
+    return {k: int(v) for k, v in session.execute(
+        select(key, func.sum(value)).where(*where).group_by(key)).all()}
+
+
+def _verify_entries(session: Session, report: Report) -> int:
+    consumed = defaultdict(int)  # (entry_id, kind) -> points
+    for entry_id, kind, points in session.execute(
+            select(Consumption.entry_id, Consumption.kind, func.sum(Consumption.points))
+            .group_by(Consumption.entry_id, Consumption.kind)):
+        consumed[entry_id, kind] = int(points)
+    debts = {e: p for e, p in session.execute(select(DebtLot.entry_id, DebtLot.points))}
+    reversed_total = _sums(session, Entry.reverses_id, Entry.points, Entry.reverses_id.is_not(None))
+    kinds = dict(session.execute(select(Entry.id, Entry.kind)).all())
+
+    rows = session.execute(select(Entry, Posting.account, Posting.points)
+                           .outerjoin(Posting, Posting.entry_id == Entry.id)
+                           .order_by(Entry.id)).yield_per(2000)
+    count = 0
+    for entry, group in groupby(rows, key=lambda r: r[0]):
+        count += 1
+        postings = {account: points for _, account, points in group if account is not None}
+        ref = {"entry_id": entry.id, "claim_id": entry.claim_id, "partner_id": entry.partner_id}
+        if not postings or sum(postings.values()) != 0:
+            report.fail("entry-balanced", f"postings sum to {sum(postings.values())}", **ref)
+        if entry_hash(entry, postings) != entry.entry_hash:
+            report.fail("entry-hash", "entry or postings differ from what was hashed", **ref)
+        member = postings.get(f"member:{entry.member_id}", 0)
+        p, e = entry.partner_id, entry.id
+        target_kind = kinds.get(entry.reverses_id)
+        expected = {
+            "earn": (postings.get(f"issued:{p}") == -entry.points
+                     and postings.get("debt", 0) == consumed[e, "debt_fill"]
+                     and member == entry.points - consumed[e, "debt_fill"]),
+            "burn": (postings.get(f"redeemed:{p}") == entry.points and member == -entry.points
+                     and consumed[e, "burn"] == entry.points),
+        }.get(entry.kind)
+        if entry.kind == "reversal" and target_kind == "earn":
+            taken, owed = consumed[e, "earn_reversal"], debts.get(e, 0)
+            expected = (postings.get(f"issued:{p}") == entry.points and taken + owed == entry.points
+                        and member == -taken and postings.get("debt", 0) == -owed)
+        elif entry.kind == "reversal" and target_kind == "burn":
+            expected = (postings.get(f"redeemed:{p}") == -entry.points
+                        and member == entry.points
+                        and consumed[e, "burn_reversal"] == -entry.points)
+        if not expected:
+            report.fail("entry-shape", f"{entry.kind} postings or consumptions do not match its points", **ref)
+    for target, total in reversed_total.items():
+        points = session.get(Entry, target).points
+        if total > points:
+            report.fail("reversal-total", f"reversals total {total} of a {points}-point claim",
+                        entry_id=target)
+    return count
+
+
+def _verify_members(session: Session, report: Report) -> None:
+    accounts = _sums(session, Posting.account, Posting.points, Posting.account.like("member:%"))
+    lots = _sums(session, Lot.member_id, Lot.remaining)
+    debts = _sums(session, DebtLot.member_id, DebtLot.remaining)
+    total_debt = 0
+    for member_id, balance, debt in session.execute(select(Member.id, Member.balance, Member.debt)):
+        total_debt += debt
+        posted = accounts.pop(f"member:{member_id}", 0)
+        if not balance == posted == lots.get(member_id, 0):
+            report.fail("member-balance", f"stored {balance}, postings {posted}, "
+                        f"lots {lots.get(member_id, 0)}", member=member_id)
+        if debt != debts.get(member_id, 0):
+            report.fail("member-debt", f"stored {debt}, debt lots {debts.get(member_id, 0)}",
+                        member=member_id)
+        if balance < 0 or debt < 0:
+            report.fail("member-negative", f"balance {balance}, debt {debt}", member=member_id)
+    for account in accounts:
+        report.fail("member-balance", f"postings to {account}, which has no member row")
+    debt_account = session.scalar(select(func.coalesce(func.sum(Posting.points), 0))
+                                  .where(Posting.account == "debt"))
+    if int(debt_account) != -total_debt:
+        report.fail("debt-account", f"account debt is {debt_account}, members owe {total_debt}")
+
+
+def _verify_lots(session: Session, report: Report) -> int:
+    used = _sums(session, Consumption.lot_id, Consumption.points)
+    filled = _sums(session, Consumption.debt_lot_id, Consumption.points,
+                   Consumption.debt_lot_id.is_not(None))
+    count = 0
+    for lot, kind, points, partner, member in session.execute(
+            select(Lot, Entry.kind, Entry.points, Entry.partner_id, Entry.member_id)
+            .join(Entry, Entry.id == Lot.entry_id)):
+        count += 1
+        if (kind, points, partner, member) != ("earn", lot.points, lot.issuer_id, lot.member_id):
+            report.fail("lot-origin", "lot does not match the earn that made it", lot=lot.id)
+        if not 0 <= lot.remaining == lot.points - used.get(lot.id, 0):
+            report.fail("lot-remaining", f"remaining {lot.remaining}, points {lot.points} "
+                        f"less consumed {used.get(lot.id, 0)}", lot=lot.id)
+    for debt in session.scalars(select(DebtLot)):
+        if not 0 <= debt.remaining == debt.points - filled.get(debt.id, 0):
+            report.fail("debt-lot-remaining", f"remaining {debt.remaining}, points {debt.points} "
+                        f"less filled {filled.get(debt.id, 0)}", debt_lot=debt.id)
+    return count

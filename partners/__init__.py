@@ -1,0 +1,13 @@
+"""Partners: registry, keys, signed-token verification and the partner API."""
+from __future__ import annotations
+
+from flask import Flask
+
+
+def init_app(app: Flask, api) -> None:
+    from . import models  # noqa: F401  (registers the tables with the metadata)
+    from .cli import partners_cli
+    from .views import blp
+
+    api.register_blueprint(blp)
+    app.cli.add_command(partners_cli)

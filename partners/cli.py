@@ -1,0 +1,90 @@
+"""`flask partners ...`: the operator's commands for partners and their keys (API.md section 4)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from coalition.cli import check_id, json_command
+from coalition.database import db
+
+from . import service, tokens
+
+partners_cli = AppGroup("partners", help="Partners, their keys and their terms.")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@partners_cli.command("add")
+@click.argument("partner_id")
+@click.option("--name", required=True)
+@click.option("--issue-price", default=None, help="EUR per point issued (default 0.01)")
+@click.option("--redemption-rate", default=None, help="EUR per point redeemed here (default 0.009)")
+@click.option("--issuance-share", default=None, help="0..1, charged at issue (default 1)")
+@click.option("--claim-fee", default=None, help="EUR per accepted claim (default 0)")
+@json_command
+def add(partner_id, name, issue_price, redemption_rate, issuance_share, claim_fee):
+    partner = service.add_partner(
+        db.session, check_id(partner_id, "ID"), name, now=_now(),
+        tz=current_app.config["COALITION_TIMEZONE"],
+        terms={"issue_price": issue_price, "redemption_rate": redemption_rate,
+               "issuance_share": issuance_share, "claim_fee": claim_fee})
+    return service.partner_view(partner)
+
+
+@partners_cli.command("add-key")
+@click.argument("partner_id")
+@click.option("--public-key", "public_key", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_command
+def add_key(partner_id, public_key: Path):
+    key = service.add_key(db.session, partner_id, public_key.read_bytes(), now=_now())
+    return {"partner_id": key.partner_id, "kid": key.kid, "alg": key.alg}
+
+
+@partners_cli.command("revoke-key")
+@click.argument("partner_id")
+@click.argument("kid")
+@json_command
+def revoke_key(partner_id, kid):
+    key = service.revoke_key(db.session, partner_id, kid, now=_now())
+    return {"partner_id": key.partner_id, "kid": key.kid, "state": key.status}
+
+
+@partners_cli.command("suspend")
+@click.argument("partner_id")
+@json_command
+def suspend(partner_id):
+    return service.partner_view(service.set_status(db.session, partner_id, "suspended"))
+
+
+@partners_cli.command("activate")
+@click.argument("partner_id")
+@json_command
+def activate(partner_id):
+    return service.partner_view(service.set_status(db.session, partner_id, "active"))
+
+
+@partners_cli.command("list")
+@json_command
+def list_():
+    return [service.partner_view(p) for p in service.list_partners(db.session)]
+
+
+@partners_cli.command("show")
+@click.argument("partner_id")
+@json_command
+def show(partner_id):
+    return service.partner_view(service.get_partner(db.session, partner_id))
+
+
+@partners_cli.command("prune-tokens")
+@json_command
+def prune_tokens():
+    """Delete the jti records of tokens that have expired (the API also does this now and then)."""
+    return {"pruned": tokens.prune(db.session, _now())}

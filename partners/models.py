@@ -1,0 +1,74 @@
+"""Partner registry: partners, their public keys, their terms, and the tokens already used."""
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Numeric, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from coalition.database import db
+
+UtcDateTime = DateTime(timezone=True)
+Price = Numeric(18, 6)
+
+
+class Partner(db.Model):
+    __tablename__ = "partners"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | suspended
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    keys: Mapped[list[PartnerKey]] = relationship(back_populates="partner",
+                                                  order_by="PartnerKey.created_at")
+    terms: Mapped[list[PartnerTerms]] = relationship(order_by="PartnerTerms.starts")
+
+    __table_args__ = (CheckConstraint("status IN ('active', 'suspended')", name="status_known"),)
+
+
+class PartnerKey(db.Model):
+    """A partner's public key. The kid is its RFC 7638 thumbprint, so it names the key itself."""
+    __tablename__ = "partner_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"), index=True)
+    alg: Mapped[str] = mapped_column(String(8))  # ES256 | EdDSA, the only one this key verifies
+    public_key_pem: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | revoked
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    partner: Mapped[Partner] = relationship(back_populates="keys")
+
+    __table_args__ = (CheckConstraint("alg IN ('ES256', 'EdDSA')", name="alg_known"),
+                      CheckConstraint("status IN ('active', 'revoked')", name="status_known"))
+
+
+class PartnerTerms(db.Model):
+    """Prices in EUR, versioned by the month (YYYY-MM) from which they apply."""
+    __tablename__ = "partner_terms"
+
+    partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"), primary_key=True)
+    starts: Mapped[str] = mapped_column(String(7), primary_key=True)
+    issue_price: Mapped[Decimal] = mapped_column(Price)
+    redemption_rate: Mapped[Decimal] = mapped_column(Price)
+    issuance_share: Mapped[Decimal] = mapped_column(Numeric(7, 6))
+    claim_fee: Mapped[Decimal] = mapped_column(Price)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        CheckConstraint("issue_price >= 0 AND redemption_rate >= 0 AND claim_fee >= 0",
+                        name="prices_nonnegative"),
+        CheckConstraint("issuance_share >= 0 AND issuance_share <= 1", name="share_in_range"),
+    )
+
+
+class UsedToken(db.Model):
+    """A jti seen once. The primary key makes a replay fail in any process; pruned after expiry."""
+    __tablename__ = "used_tokens"
+
+    partner_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)

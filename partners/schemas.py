@@ -1,0 +1,91 @@
+"""Request and response schemas of the partner API. Strict: unknown fields are errors."""
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, fields, validate
+
+from coalition.fields import Identifier, Points, Rfc3339, StrictInteger
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class EnrolSchema(StrictSchema):
+    member_id = Identifier(required=True)
+
+
+class EarnSchema(StrictSchema):
+    claim_id = Identifier(required=True)
+    member_id = Identifier(required=True)
+    points = Points(required=True)
+    occurred_at = Rfc3339(required=True)
+    pending_until = Rfc3339(allow_none=True, metadata={
+        "description": "Points stay pending (visible, not spendable) until then."})
+    description = fields.String(allow_none=True, validate=validate.Length(max=500))
+
+
+class BurnSchema(StrictSchema):
+    claim_id = Identifier(required=True)
+    member_id = Identifier(required=True)
+    points = Points(required=True)
+    occurred_at = Rfc3339(required=True)
+    description = fields.String(allow_none=True, validate=validate.Length(max=500))
+
+
+class ReversalSchema(StrictSchema):
+    reversal_id = Identifier(required=True)
+    points = Points(required=True)
+    occurred_at = Rfc3339(required=True)
+
+
+class MemberSchema(Schema):
+    member_id = fields.String(required=True)
+    created_at = Rfc3339(required=True)
+
+
+class ExpiringSchema(Schema):
+    points = fields.Integer(required=True)
+    expires_on = fields.Date(required=True, metadata={
+        "description": "Last day (coalition time zone) on which these points can be spent."})
+
+
+class BalanceSchema(Schema):
+    member_id = fields.String(required=True)
+    available = fields.Integer(required=True, metadata={
+        "description": "Spendable now, net of any debt (negative while a debt is unpaid)."})
+    pending = fields.Integer(required=True)
+    debt = fields.Integer(required=True, metadata={
+        "description": "Points owed after an earn was reversed after they were spent."})
+    expiring = fields.List(fields.Nested(ExpiringSchema), required=True)
+
+
+class ReversalRefSchema(Schema):
+    reversal_id = fields.String(required=True)
+    points = fields.Integer(required=True)
+    occurred_at = Rfc3339(required=True)
+    recorded_at = Rfc3339(required=True)
+    period = fields.String(required=True)
+
+
+class ClaimSchema(Schema):
+    claim_id = fields.String(required=True, metadata={"description": "claim_id, or reversal_id of a reversal."})
+    kind = fields.String(required=True, validate=validate.OneOf(["earn", "burn", "reversal"]))
+    member_id = fields.String(required=True, allow_none=True)
+    partner_id = fields.String(required=True)
+    points = StrictInteger(required=True)
+    occurred_at = Rfc3339(required=True)
+    recorded_at = Rfc3339(required=True)
+    period = fields.String(required=True, metadata={"description": "Settlement month, YYYY-MM."})
+    late = fields.Boolean(required=True, metadata={
+        "description": "Booked into a later month because its own month was closed."})
+    status = fields.String(required=True, validate=validate.OneOf(
+        ["booked", "pending", "partially_reversed", "reversed"]))
+    reversed_points = fields.Integer(required=True)
+    balance_after = fields.Integer(required=True, metadata={
+        "description": "The member's available points right after this claim was booked."})
+    pending_until = Rfc3339(allow_none=True)
+    description = fields.String(allow_none=True)
+    reverses = fields.String(allow_none=True, metadata={"description": "For a reversal: the claim it reverses."})
+    reversals = fields.List(fields.Nested(ReversalRefSchema), metadata={
+        "description": "Present when reading a claim: its reversals so far."})

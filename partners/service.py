@@ -1,0 +1,151 @@
+"""Partner registry and the claim views partners read. Domain functions over a Session."""
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from coalition.errors import Problem
+from coalition.ledger import find_claim
+from coalition.models import Entry
+from coalition.periods import as_utc, period_of
+
+from .keys import canonical_pem, load_public_key, thumbprint
+from .models import Partner, PartnerKey, PartnerTerms
+
+DEFAULT_TERMS = {"issue_price": Decimal("0.01"), "redemption_rate": Decimal("0.009"),
+                 "issuance_share": Decimal("1"), "claim_fee": Decimal("0")}
+
+
+def get_partner(session: Session, partner_id: str) -> Partner:
+    partner = session.get(Partner, partner_id)
+    if partner is None:
+        raise Problem("not-found", f"No partner {partner_id!r}.")
+    return partner
+
+
+def parse_terms(raw: dict) -> dict[str, Decimal]:
+    terms = {}
+    for name, default in DEFAULT_TERMS.items():
+        value = raw.get(name)
+        try:
+            number = default if value is None else Decimal(str(value))
+        except InvalidOperation:
+            raise Problem("validation-error", f"{name} must be a decimal number.") from None
+        if not number.is_finite() or number < 0 or number.as_tuple().exponent < -6:
+            raise Problem("validation-error", f"{name} must be a non-negative decimal with at most 6 places.")
+        terms[name] = number
+    if terms["issuance_share"] > 1:
+        raise Problem("validation-error", "issuance_share must lie between 0 and 1.")
+    return terms
+
+
+def add_partner(session: Session, partner_id: str, name: str, *, now: datetime, tz: str,
+                terms: dict | None = None) -> Partner:
+    if session.get(Partner, partner_id) is not None:
+        raise Problem("validation-error", f"Partner {partner_id!r} exists already.")
+    if not name.strip():
+        raise Problem("validation-error", "A partner needs a name.")
+    partner = Partner(id=partner_id, name=name.strip(), status="active", created_at=now)
+    session.add(partner)
+    session.add(PartnerTerms(partner_id=partner_id, starts=period_of(now, tz), created_at=now,
+                             **parse_terms(terms or {})))
+    session.flush()
+    return partner
+
+
+def add_key(session: Session, partner_id: str, pem: bytes, *, now: datetime) -> PartnerKey:
+    partner = get_partner(session, partner_id)
+    key, alg = load_public_key(pem)
+    kid = thumbprint(key)
+    existing = session.get(PartnerKey, kid)
+    if existing is not None:
+        if existing.partner_id == partner.id and existing.status == "active":
+            return existing  # registering the same key twice changes nothing
+        raise Problem("validation-error", "This key is registered already (or was revoked); "
+                      "a revoked key is never accepted again: generate a new one.")
+    row = PartnerKey(kid=kid, partner_id=partner.id, alg=alg, public_key_pem=canonical_pem(key),
+                     status="active", created_at=now)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def revoke_key(session: Session, partner_id: str, kid: str, *, now: datetime) -> PartnerKey:
+    key = session.get(PartnerKey, kid)
+    if key is None or key.partner_id != partner_id:
+        raise Problem("not-found", f"Partner {partner_id!r} has no key {kid!r}.")
+    if key.status != "revoked":
+        key.status, key.revoked_at = "revoked", now
+    return key
+
+
+def set_status(session: Session, partner_id: str, status: str) -> Partner:
+    partner = get_partner(session, partner_id)
+    partner.status = status
+    return partner
+
+
+def list_partners(session: Session) -> list[Partner]:
+    return list(session.scalars(select(Partner).order_by(Partner.id)
+                                .options(selectinload(Partner.keys), selectinload(Partner.terms))))
+
+
+def partner_view(partner: Partner) -> dict:
+    return {
+        "id": partner.id, "name": partner.name, "status": partner.status,
+        "created_at": as_utc(partner.created_at).isoformat(),
+        "keys": [{"kid": k.kid, "alg": k.alg, "state": k.status,
+                  "created_at": as_utc(k.created_at).isoformat(),
+                  "revoked_at": as_utc(k.revoked_at).isoformat() if k.revoked_at else None}
+                 for k in partner.keys],
+        "terms": [{"from": t.starts, "issue_price": str(t.issue_price),
+                   "redemption_rate": str(t.redemption_rate),
+                   "issuance_share": str(t.issuance_share), "claim_fee": str(t.claim_fee)}
+                  for t in partner.terms],
+    }
+
+
+# --- claims as partners see them ----------------------------------------------------------
+
+def claim_view(entry: Entry, *, reversals: list[Entry] | None = None,
+               now: datetime | None = None) -> dict:
+    """A claim as answered when it was booked (reversals None), or as it stands now."""
+    view = {
+        "claim_id": entry.claim_id, "kind": entry.kind,
+        "member_id": entry.member.external_id, "partner_id": entry.partner_id,
+        "points": entry.points, "occurred_at": entry.occurred_at,
+        "recorded_at": entry.recorded_at, "period": entry.period, "late": entry.late,
+        "status": entry.status, "reversed_points": 0, "balance_after": entry.balance_after,
+        "pending_until": entry.pending_until, "description": entry.description,
+        "reverses": entry.reverses.claim_id if entry.reverses is not None else None,
+    }
+    if reversals is not None:
+        done = sum(r.points for r in reversals)
+        view["reversed_points"] = done
+        view["reversals"] = [{"reversal_id": r.claim_id, "points": r.points,
+                              "occurred_at": r.occurred_at, "recorded_at": r.recorded_at,
+                              "period": r.period} for r in reversals]
+        view["status"] = _status(entry, done, now)
+    return view
+
+
+def _status(entry: Entry, reversed_points: int, now: datetime) -> str:
+    if entry.kind == "reversal":
+        return "booked"
+    if reversed_points == entry.points:
+        return "reversed"
+    if entry.pending_until is not None and as_utc(entry.pending_until) > now:
+        return "pending"
+    return "partially_reversed" if reversed_points else "booked"
+
+
+def current_claim(session: Session, partner_id: str, claim_id: str, *, now: datetime) -> dict:
+    entry = find_claim(session, partner_id, claim_id)
+    if entry is None:
+        raise Problem("not-found", "No such claim.")
+    reversals = list(session.scalars(select(Entry).where(Entry.reverses_id == entry.id)
+                                     .order_by(Entry.id)))
+    return claim_view(entry, reversals=reversals, now=now)

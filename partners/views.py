@@ -1,0 +1,162 @@
+"""The partner API (v1): thin handlers that parse, authorise, call one domain function, serialise.
+
+Transactions: the token's jti is recorded in the same transaction as the claim, so a booked
+claim costs one commit. When a request fails after authentication, its work is rolled back and
+the jti alone is committed, so the token still cannot be replayed.
+"""
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+
+from flask import current_app, g, request
+from sqlalchemy.exc import IntegrityError
+
+from coalition import ledger, members
+from coalition.api import Blueprint, problems
+from coalition.database import db
+from coalition.errors import Problem, problem_response
+from coalition.fields import ID_PATTERN
+
+from . import schemas, tokens
+from .service import claim_view, current_claim
+
+blp = Blueprint("partner_api", __name__, url_prefix="/v1",
+                description="Signed partner requests: members, earn, burn, reversals, claims.")
+KEYS = tokens.KeyCache()
+AUTH = [{"partnerToken": []}]
+COMMON = ("malformed-request", "invalid-token", "rate-limited")
+BODY = ("payload-too-large", "unsupported-media-type", "validation-error")
+_ID = re.compile(ID_PATTERN)
+PRUNE_EVERY_S = 300.0
+_last_prune = [0.0]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@blp.before_request
+def authenticate() -> None:
+    _maybe_prune()  # before this request's transaction: SQLite has one writer at a time
+    caller = tokens.authenticate(
+        db.session, KEYS, authorization=request.headers.get("Authorization", ""),
+        method=request.method, path=request.path,
+        query=request.query_string.decode("latin-1"), body=request.get_data(cache=True),
+        audience=current_app.config["COALITION_AUDIENCE"])
+    g.partner_id = caller.partner_id
+    tokens.spend(db.session, caller)
+    g.caller = caller
+
+
+def _maybe_prune() -> None:
+    """Dead jti rows are deleted now and then, off the claim's own transaction."""
+    if time.monotonic() - _last_prune[0] < PRUNE_EVERY_S:
+        return
+    _last_prune[0] = time.monotonic()
+    with db.engine.begin() as connection:
+        tokens.prune(connection, _now())
+
+
+@blp.errorhandler(Problem)
+def failed(problem: Problem):
+    db.session.rollback()
+    caller = g.pop("caller", None)
+    if caller is not None:
+        try:
+            tokens.spend(db.session, caller)
+            db.session.commit()
+        except Problem:  # the jti was used meanwhile: it is spent either way
+            pass
+    return problem_response(problem)
+
+
+def _answer(booked: ledger.Booked):
+    db.session.commit()
+    headers = {"Idempotent-Replayed": "true"} if booked.replayed else {}
+    return claim_view(booked.entry), 201, headers
+
+
+def _book(book, idempotency_key: str, **kwargs):
+    partner_id = g.caller.partner_id
+    try:
+        return _answer(book(db.session, partner_id=partner_id, now=_now(),
+                            rules=current_app.config["LEDGER_RULES"], **kwargs))
+    except ledger.ClaimIdRace as race:
+        # Same claim id booked concurrently for another member: answer as a retry would be.
+        caller = g.caller
+        db.session.rollback()
+        tokens.spend(db.session, caller)
+        booked = ledger.replay(db.session, partner_id, idempotency_key, race.fingerprint)
+        if booked is None:  # the other booking rolled back after all: this one may proceed
+            return _book(book, idempotency_key, **kwargs)
+        return _answer(booked)
+
+
+def _known(identifier: str) -> str:
+    if not _ID.match(identifier):
+        raise Problem("not-found", "No such resource.")
+    return identifier
+
+
+@blp.route("/members", methods=["POST"])
+@blp.doc(security=AUTH, summary="Enrol a member (201 the first time, 200 after)")
+@blp.arguments(schemas.EnrolSchema)
+@blp.response(201, schemas.MemberSchema)
+@blp.alt_response(200, schema=schemas.MemberSchema, description="Enrolled already")
+@problems(blp, *COMMON, *BODY)
+def enrol(body: dict):
+    member, created = members.enrol(db.session, body["member_id"], now=_now(),
+                                    enrolled_by=g.caller.partner_id)
+    db.session.commit()
+    return {"member_id": member.external_id, "created_at": member.created_at}, 201 if created else 200
+
+
+@blp.route("/members/<member_id>/balance", methods=["GET"])
+@blp.doc(security=AUTH, summary="A member's balance, shared across the coalition")
+@blp.response(200, schemas.BalanceSchema)
+@problems(blp, *COMMON, "not-found")
+def balance(member_id: str):
+    view = members.balance(db.session, _known(member_id), now=_now(),
+                           tz=current_app.config["COALITION_TIMEZONE"])
+    db.session.commit()
+    return view
+
+
+@blp.route("/earn", methods=["POST"])
+@blp.doc(security=AUTH, summary="Credit points issued by the calling partner")
+@blp.arguments(schemas.EarnSchema)
+@blp.response(201, schemas.ClaimSchema)
+@problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict")
+def earn(body: dict):
+    return _book(ledger.book_earn, body["claim_id"], **body)
+
+
+@blp.route("/burn", methods=["POST"])
+@blp.doc(security=AUTH, summary="Redeem points at the calling partner")
+@blp.arguments(schemas.BurnSchema)
+@blp.response(201, schemas.ClaimSchema)
+@problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict", "insufficient-points",
+          "member-locked")
+def burn(body: dict):
+    return _book(ledger.book_burn, body["claim_id"], **body)
+
+
+@blp.route("/claims/<claim_id>/reversals", methods=["POST"])
+@blp.doc(security=AUTH, summary="Reverse all or part of one of the caller's claims")
+@blp.arguments(schemas.ReversalSchema)
+@blp.response(201, schemas.ClaimSchema)
+@problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict", "reversal-exceeds-claim")
+def reverse(body: dict, claim_id: str):
+    return _book(ledger.book_reversal, body["reversal_id"], claim_id=_known(claim_id), **body)
+
+
+@blp.route("/claims/<claim_id>", methods=["GET"])
+@blp.doc(security=AUTH, summary="One of the caller's claims, with its reversals")
+@blp.response(200, schemas.ClaimSchema)
+@problems(blp, *COMMON, "not-found")
+def claim(claim_id: str):
+    view = current_claim(db.session, g.caller.partner_id, _known(claim_id), now=_now())
+    db.session.commit()
+    return view

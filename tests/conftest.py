@@ -1,0 +1,131 @@
+"""Fixtures: a migrated database per test (SQLite file, or PostgreSQL when DATABASE_URL is set),
+the Flask app, and partners that sign their requests with the reference client."""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import flask_migrate
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from sqlalchemy import text
+
+from coalition import create_app
+from coalition.database import db
+from partners import service as partner_service
+from partners.client import PartnerClient, Response
+
+PG_URL = os.environ.get("DATABASE_URL", "")
+ON_POSTGRES = PG_URL.startswith("postgresql")
+
+postgres_only = pytest.mark.skipif(not ON_POSTGRES, reason="needs PostgreSQL (set DATABASE_URL)")
+
+
+def pytest_report_header(config):
+    if ON_POSTGRES:
+        return "database: PostgreSQL (DATABASE_URL)"
+    return ("database: SQLite; PostgreSQL-only tests are skipped "
+            "(set DATABASE_URL=postgresql+psycopg://... to run them)")
+
+
+@pytest.fixture(scope="session")
+def migrated(tmp_path_factory):
+    """Run the Alembic migrations once: into PostgreSQL, or into an SQLite template file."""
+    uri = PG_URL if ON_POSTGRES else "sqlite:///" + str(tmp_path_factory.mktemp("db") / "template.db")
+    app = create_app({"SQLALCHEMY_DATABASE_URI": uri, "TESTING": True})
+    with app.app_context():
+        flask_migrate.upgrade()
+        db.engine.dispose()
+    return uri
+
+
+@pytest.fixture
+def app(migrated, tmp_path):
+    if ON_POSTGRES:
+        uri = migrated
+    else:
+        uri = "sqlite:///" + str(tmp_path / "coalition.db")
+        shutil.copy(migrated.removeprefix("sqlite:///"), tmp_path / "coalition.db")
+    app = create_app({"SQLALCHEMY_DATABASE_URI": uri, "TESTING": True})
+    if ON_POSTGRES:
+        with app.app_context():
+            tables = ", ".join(t.name for t in db.metadata.sorted_tables)
+            db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+            db.session.commit()
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+def transport_for(app):
+    def send(method, path, headers, body):
+        with app.test_client() as client:
+            r = client.open(path, method=method, headers=headers, data=body)
+            return Response(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.get_data())
+    return send
+
+
+@dataclass
+class Partner:
+    id: str
+    key: object
+    kid: str
+    client: PartnerClient
+
+
+def new_key(alg: str):
+    return ed25519.Ed25519PrivateKey.generate() if alg == "EdDSA" else ec.generate_private_key(ec.SECP256R1())
+
+
+def public_pem(private_key) -> bytes:
+    return private_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@pytest.fixture
+def make_partner(app):
+    def make(partner_id: str, alg: str = "EdDSA", **terms) -> Partner:
+        key = new_key(alg)
+        with app.app_context():
+            now = datetime.now(timezone.utc)
+            partner_service.add_partner(db.session, partner_id, partner_id.title(), now=now,
+                                        tz=app.config["COALITION_TIMEZONE"], terms=terms)
+            kid = partner_service.add_key(db.session, partner_id, public_pem(key), now=now).kid
+            db.session.commit()
+        return Partner(partner_id, key, kid, PartnerClient("", partner_id, key, transport=transport_for(app)))
+    return make
+
+
+@pytest.fixture
+def acme(make_partner):
+    return make_partner("acme")
+
+
+@pytest.fixture
+def bolt(make_partner):
+    return make_partner("bolt", alg="ES256")
+
+
+def ago(**delta) -> str:
+    return (datetime.now(timezone.utc) - timedelta(**delta)).isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture
+def verify_clean(app):
+    """Call at the end of a test: the ledger's invariants all hold."""
+    def check():
+        from coalition.verify import verify
+        with app.app_context():
+            report = verify(db.session)
+        assert report["ok"], report["violations"]
+        return report
+    return check
