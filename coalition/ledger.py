@@ -82,7 +82,10 @@ def entry_hash(entry: Entry, postings: dict[str, int]) -> str:
 def lock_member(session: Session, *, external_id: str | None = None,
                 pk: int | None = None) -> Member | None:
     where = Member.external_id == external_id if pk is None else Member.id == pk
-    return session.scalars(select(Member).where(where).with_for_update()).one_or_none()
+    # populate_existing: the row may already sit in the session, read before the lock was
+    # taken; its balance must be the one read under the lock, or an update would be lost.
+    return session.scalars(select(Member).where(where).with_for_update()
+                           .execution_options(populate_existing=True)).one_or_none()
 
 
 def _claimant(session: Session, member_id: str, partner_id: str, claim_id: str,
