@@ -134,6 +134,10 @@ def _verify_lots(session: Session, report: Report) -> int:
         if not 0 <= lot.remaining == lot.points - used.get(lot.id, 0):
             report.fail("lot-remaining", f"remaining {lot.remaining}, points {lot.points} "
                         f"less consumed {used.get(lot.id, 0)}", lot=lot.id)
+    missing = session.scalars(select(Entry.id).outerjoin(Lot, Lot.entry_id == Entry.id)
+                              .where(Entry.kind == "earn", Lot.id.is_(None))).all()
+    for entry_id in missing:
+        report.fail("lot-origin", "earn has no lot", entry_id=entry_id)
     for debt in session.scalars(select(DebtLot)):
         if not 0 <= debt.remaining == debt.points - filled.get(debt.id, 0):
             report.fail("debt-lot-remaining", f"remaining {debt.remaining}, points {debt.points} "

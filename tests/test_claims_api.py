@@ -1,0 +1,111 @@
+"""The partner endpoints of API.md section 3, through signed HTTP requests."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from tests.conftest import ago
+
+CONTRACT_FIELDS = {"claim_id", "kind", "member_id", "partner_id", "points", "occurred_at",
+                   "recorded_at", "period", "status", "reversed_points", "balance_after"}
+
+
+def problem_slug(response) -> str:
+    assert response.headers["content-type"] == "application/problem+json"
+    return response.json()["type"].rsplit("/", 1)[-1]
+
+
+def test_claim_object_carries_the_contract_fields(acme):
+    acme.client.enrol("M1")
+    when = datetime.now(timezone(timedelta(hours=2))).replace(microsecond=0) - timedelta(minutes=1)
+    r = acme.client.earn("e1", "M1", 100, occurred_at=when.isoformat(), description="receipt 7")
+    claim = r.json()
+    assert r.status == 201 and CONTRACT_FIELDS <= claim.keys()
+    assert claim["kind"] == "earn" and claim["partner_id"] == "acme" and claim["member_id"] == "M1"
+    # Stored and returned in UTC, whatever offset the partner sent.
+    assert claim["occurred_at"] == when.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    assert claim["recorded_at"].endswith("Z") and len(claim["period"]) == 7
+    assert (claim["status"], claim["reversed_points"], claim["balance_after"]) == ("booked", 0, 100)
+
+
+def test_retry_with_same_content_replays_the_original_answer(acme, bolt):
+    acme.client.enrol("M1")
+    first = acme.client.earn("e1", "M1", 100, occurred_at=ago(minutes=3))
+    when = first.json()["occurred_at"]
+    again = acme.client.earn("e1", "M1", 100, occurred_at=when)
+    assert again.status == 201 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    assert "idempotent-replayed" not in first.headers
+    # Replayed after a reversal changed the claim: still the original body.
+    acme.client.reverse("e1", "r1", 10, occurred_at=ago(minutes=1))
+    assert acme.client.earn("e1", "M1", 100, occurred_at=when).json() == first.json()
+    conflict = acme.client.earn("e1", "M1", 101, occurred_at=when)
+    assert conflict.status == 409 and problem_slug(conflict) == "claim-id-conflict"
+    assert acme.client.balance("M1").json()["available"] == 90
+
+
+def test_reversal_ids_are_idempotent_too(acme):
+    acme.client.enrol("M1")
+    acme.client.earn("e1", "M1", 100, occurred_at=ago(minutes=3))
+    when = ago(minutes=1)
+    first = acme.client.reverse("e1", "r1", 30, occurred_at=when)
+    again = acme.client.reverse("e1", "r1", 30, occurred_at=when)
+    assert (first.status, again.status) == (201, 201)
+    assert again.headers["idempotent-replayed"] == "true" and again.json() == first.json()
+    assert problem_slug(acme.client.reverse("e1", "r1", 31, occurred_at=when)) == "claim-id-conflict"
+    assert acme.client.balance("M1").json()["available"] == 70
+
+
+def test_a_rejected_claim_is_not_stored_and_its_retry_is_evaluated_afresh(acme, bolt):
+    acme.client.enrol("M1")
+    when = ago(minutes=1)
+    r = bolt.client.burn("b1", "M1", 50, occurred_at=when)
+    assert r.status == 422 and problem_slug(r) == "insufficient-points"
+    assert bolt.client.claim("b1").status == 404
+    acme.client.earn("e1", "M1", 60, occurred_at=ago(minutes=2))
+    r = bolt.client.burn("b1", "M1", 50, occurred_at=when)
+    assert r.status == 201 and "idempotent-replayed" not in r.headers
+
+
+def test_partners_see_only_their_own_claims(acme, bolt):
+    acme.client.enrol("M1")
+    acme.client.earn("e1", "M1", 100, occurred_at=ago(minutes=2))
+    for response in (bolt.client.claim("e1"), bolt.client.reverse("e1", "r1", 1, occurred_at=ago(minutes=1))):
+        assert response.status == 404 and problem_slug(response) == "not-found"
+    assert acme.client.claim("e1").status == 200
+    # Balances are shared across the coalition: any partner naming the member sees them.
+    assert bolt.client.balance("M1").json()["available"] == 100
+
+
+def test_reading_a_claim_shows_its_reversals_and_current_status(acme, bolt):
+    acme.client.enrol("M1")
+    acme.client.earn("e1", "M1", 100, occurred_at=ago(minutes=5))
+    bolt.client.burn("b1", "M1", 40, occurred_at=ago(minutes=4))
+    bolt.client.reverse("b1", "r1", 15, occurred_at=ago(minutes=3))
+    claim = bolt.client.claim("b1").json()
+    assert (claim["status"], claim["reversed_points"]) == ("partially_reversed", 15)
+    assert [(r["reversal_id"], r["points"]) for r in claim["reversals"]] == [("r1", 15)]
+    bolt.client.reverse("b1", "r2", 25, occurred_at=ago(minutes=2))
+    assert bolt.client.claim("b1").json()["status"] == "reversed"
+    reversal = bolt.client.claim("r2").json()
+    assert (reversal["kind"], reversal["reverses"], reversal["balance_after"]) == ("reversal", "b1", 100)
+    over = bolt.client.reverse("b1", "r3", 1, occurred_at=ago(minutes=1))
+    assert over.status == 422 and problem_slug(over) == "reversal-exceeds-claim"
+
+
+def test_pending_points_show_in_the_balance(acme):
+    acme.client.enrol("M1")
+    later = (datetime.now(timezone.utc) + timedelta(days=14)).isoformat()
+    r = acme.client.earn("e1", "M1", 70, occurred_at=ago(minutes=1), pending_until=later)
+    assert r.json()["status"] == "pending" and r.json()["balance_after"] == 0
+    acme.client.earn("e2", "M1", 30, occurred_at=ago(minutes=1))
+    balance = acme.client.balance("M1").json()
+    assert (balance["available"], balance["pending"]) == (30, 70)
+    assert sum(e["points"] for e in balance["expiring"]) == 100
+    assert all(len(e["expires_on"]) == 10 for e in balance["expiring"])
+    assert acme.client.claim("e1").json()["status"] == "pending"
+
+
+def test_unknown_members_and_claims_are_404(acme):
+    for response in (acme.client.earn("e1", "ghost", 1), acme.client.balance("ghost"),
+                     acme.client.claim("nope"), acme.client.reverse("nope", "r1", 1)):
+        assert response.status == 404 and problem_slug(response) == "not-found"
