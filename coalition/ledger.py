@@ -156,9 +156,17 @@ def _book(session: Session, entry: Entry, postings: dict[str, int], member: Memb
     try:
         session.flush()
     except IntegrityError as exc:
-        # Only the (partner_id, claim_id) key can collide here: the member lock serialises
-        # same-member retries, so this is a retry that changed its member.
-        raise ClaimIdRace(entry.fingerprint) from exc
+        # The member lock serialises retries for one member, so a clash on the claim key
+        # means a concurrent post of the same claim id for another member.
+        if _is_claim_key(exc):
+            raise ClaimIdRace(entry.fingerprint) from exc
+        raise
+
+
+def _is_claim_key(exc: IntegrityError) -> bool:
+    message = str(exc.orig)
+    return ("uq_journal_entries_partner_id_claim_id" in message  # PostgreSQL names the constraint
+            or "journal_entries.partner_id, journal_entries.claim_id" in message)  # SQLite
 
 
 def _new_entry(kind: str, partner_id: str, claim_id: str, member: Member, points: int,

@@ -80,18 +80,19 @@ def _answer(booked: ledger.Booked):
 
 def _book(book, idempotency_key: str, **kwargs):
     partner_id = g.caller.partner_id
-    try:
-        return _answer(book(db.session, partner_id=partner_id, now=_now(),
-                            rules=current_app.config["LEDGER_RULES"], **kwargs))
-    except ledger.ClaimIdRace as race:
-        # Same claim id booked concurrently for another member: answer as a retry would be.
-        caller = g.caller
-        db.session.rollback()
-        tokens.spend(db.session, caller)
-        booked = ledger.replay(db.session, partner_id, idempotency_key, race.fingerprint)
-        if booked is None:  # the other booking rolled back after all: this one may proceed
-            return _book(book, idempotency_key, **kwargs)
-        return _answer(booked)
+    for _attempt in range(2):
+        try:
+            return _answer(book(db.session, partner_id=partner_id, now=_now(),
+                                rules=current_app.config["LEDGER_RULES"], **kwargs))
+        except ledger.ClaimIdRace as race:
+            # Same claim id booked concurrently for another member: answer as a retry would.
+            db.session.rollback()
+            tokens.spend(db.session, g.caller)
+            booked = ledger.replay(db.session, partner_id, idempotency_key, race.fingerprint)
+            if booked is not None:
+                return _answer(booked)
+            # The other booking rolled back after all: this one may proceed.
+    raise Problem("claim-id-conflict", "The claim id is being booked concurrently; retry.")
 
 
 def _known(identifier: str) -> str:
