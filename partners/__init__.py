@@ -7,7 +7,9 @@ from flask import Flask
 def init_app(app: Flask, api) -> None:
     from . import models  # noqa: F401  (registers the tables with the metadata)
     from .cli import partners_cli
+    from .demo import demo_cli
     from .views import blp
 
     api.register_blueprint(blp)
     app.cli.add_command(partners_cli)
+    app.cli.add_command(demo_cli)

@@ -1,0 +1,51 @@
+# make demo  - a virtualenv, the schema, a demo coalition, and the service on http://127.0.0.1:$(PORT)
+# make test  - the test suite (SQLite; PostgreSQL when DATABASE_URL=postgresql+psycopg://... is set)
+# Everything runs from .venv/bin; nothing needs an activated virtualenv.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+FLASK  := $(BIN)/flask --app wsgi
+STAMP  := $(VENV)/.installed
+HOST   := 127.0.0.1
+PORT   ?= 8000
+URL    := http://$(HOST):$(PORT)
+DEMO_MEMBER := demo-card-0001
+# The demo always uses the embedded SQLite database under instance/, whatever DATABASE_URL says.
+EMBEDDED := env -u DATABASE_URL
+
+.PHONY: venv migrate demo test clean
+
+venv: $(STAMP)
+
+# Re-installs only when a requirements file is newer than the stamp.
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+migrate: venv
+	$(FLASK) db upgrade
+
+demo: venv
+	$(EMBEDDED) $(FLASK) db upgrade
+	$(EMBEDDED) $(FLASK) demo load
+	@echo
+	@echo "Coalition clearing service: $(URL)"
+	@echo "  API docs (Swagger UI):    $(URL)/docs"
+	@echo "  OpenAPI document:         $(URL)/openapi.json"
+	@echo "  Health:                   $(URL)/healthz"
+	@echo "Try a signed call with the reference client (keys in instance/demo-keys/):"
+	@echo "  $(BIN)/python -m partners.client --base-url $(URL) --partner demo-bakery --key instance/demo-keys/demo-bakery.pem balance $(DEMO_MEMBER)"
+	@echo "Stop with Ctrl-C."
+	@echo
+	$(EMBEDDED) $(BIN)/gunicorn -w 2 -b $(HOST):$(PORT) wsgi:app
+
+test: venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Removes the virtualenv and caches. instance/ (the embedded database, demo keys) is kept:
+# delete it by hand to start the demo from scratch.
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,144 @@
+"""`flask demo load`: a small demo coalition, booked through the real partner API.
+
+Three partners with keys under instance/demo-keys/, ~40 members and a few hundred earns, burns
+and reversals spread over the last 20 days. Every claim is a signed request sent by the
+reference client (partners/client.py) to the app's test client, so it takes exactly the path a
+partner's request takes. Deterministic (random.Random(42)) apart from keys and timestamps.
+Idempotent: does nothing when partner demo-bakery exists already.
+"""
+from __future__ import annotations
+
+import contextvars
+import os
+import random
+import sys
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from coalition.cli import emit
+from coalition.database import db
+from coalition.verify import verify
+
+from . import service
+from .client import PartnerClient, Response, keygen, load_private_key
+from .models import Partner
+
+demo_cli = AppGroup("demo", help="Demo data for trying the service out.")
+
+PARTNERS = (  # id, name, algorithm, terms (None: the defaults)
+    ("demo-bakery", "Demo Bakery", "EdDSA", {}),
+    ("demo-fuel", "Demo Fuel", "ES256", {"claim_fee": "0.02"}),
+    ("demo-books", "Demo Books", "EdDSA", {"issuance_share": "0.5"}),
+)
+MEMBERS = [f"demo-card-{n:04d}" for n in range(1, 41)]
+CLAIMS = 300
+
+
+def transport_for(app: Flask):
+    """Send a signed request through app.test_client(), in a context of its own: the request
+    gets its own app context and database session, as it would under gunicorn."""
+    client = app.test_client()
+
+    def send(method: str, path: str, headers: dict, body: bytes) -> Response:
+        r = contextvars.Context().run(client.open, path, method=method, headers=headers, data=body)
+        return Response(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.get_data())
+    return send
+
+
+def _register(app: Flask, key_dir: Path, now: datetime) -> dict:
+    """Partners and their keys; a key file left by an earlier run is reused, not overwritten."""
+    key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    clients = {}
+    for partner_id, name, alg, terms in PARTNERS:
+        path = key_dir / f"{partner_id}.pem"
+        if not path.exists():
+            keygen(alg, str(path))  # cryptography; PKCS#8, created with mode 0600
+        private_key = load_private_key(path)
+        service.add_partner(db.session, partner_id, name, now=now,
+                            tz=app.config["COALITION_TIMEZONE"], terms=terms)
+        pem = private_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+        key = service.add_key(db.session, partner_id, pem, now=now)
+        clients[partner_id] = (PartnerClient("", partner_id, private_key, kid=key.kid,
+                                             audience=app.config["COALITION_AUDIENCE"],
+                                             transport=transport_for(app)),
+                               {"id": partner_id, "alg": alg, "kid": key.kid,
+                                "key_file": os.path.relpath(path), "terms": {k: str(v) for k, v in service.parse_terms(terms).items()}})
+    db.session.commit()
+    db.session.close()  # the requests below use their own sessions (SQLite: one writer)
+    return clients
+
+
+@demo_cli.command("load")
+def load():
+    """Build the demo coalition in the current database (skipped if it is there already)."""
+    app = current_app._get_current_object()
+    if db.session.get(Partner, "demo-bakery") is not None:
+        db.session.rollback()
+        emit({"skipped": True, "detail": "Partner demo-bakery exists: the demo is loaded already.",
+              "members": [MEMBERS[0], "...", MEMBERS[-1]]})
+        return
+    rng, now = random.Random(42), datetime.now(timezone.utc)
+    clients = _register(app, Path(app.instance_path) / "demo-keys", now)
+    ids = sorted(clients)
+    statuses: dict[str, Counter] = defaultdict(Counter)
+    unexpected: list[dict] = []
+
+    def record(kind: str, r: Response, allowed: tuple = ()) -> bool:
+        statuses[kind][str(r.status)] += 1
+        if r.status not in (200, 201) and (r.json() or {}).get("type", "").rsplit("/", 1)[-1] not in allowed:
+            unexpected.append({"kind": kind, "status": r.status, "body": r.json()})
+        return r.status == 201
+
+    for member in MEMBERS:
+        record("enrol", clients[rng.choice(ids)][0].enrol(member))
+
+    # Claims in time order over the last 20 days (at most MAX_CLAIM_AGE_DAYS, never ahead of now).
+    span = min(timedelta(days=20), timedelta(days=app.config["MAX_CLAIM_AGE_DAYS"], hours=-1))
+    start = now - max(span, timedelta(minutes=30))
+    times = sorted(start + timedelta(seconds=rng.uniform(0, (now - start).total_seconds() - 600))
+                   for _ in range(CLAIMS))
+    available = dict.fromkeys(MEMBERS, 0)  # balance_after of each member's latest claim
+    booked: list[dict] = []  # reversible claims: partner, claim id, points not yet reversed
+    for n, at in enumerate(times, 1):
+        roll = rng.random()
+        rich = [m for m in MEMBERS if available[m] > 0]
+        if roll < 0.12 and booked:
+            claim = rng.choice(booked)
+            points = claim["left"] if rng.random() < 0.5 else rng.randint(1, claim["left"])
+            r = clients[claim["partner"]][0].reverse(claim["id"], f"demo-rev-{n:04d}", points, at)
+            if record("reversal", r):
+                claim["left"] -= points
+                available[r.json()["member_id"]] = r.json()["balance_after"]
+                if claim["left"] == 0:
+                    booked.remove(claim)
+            continue
+        partner = rng.choice(ids)
+        if roll < 0.45 and rich:
+            member = rng.choice(rich)
+            points = rng.randint(1, available[member])
+            r = clients[partner][0].burn(f"demo-burn-{n:04d}", member, points, at,
+                                         description=f"Redeemed at {partner}")
+            ok = record("burn", r, allowed=("insufficient-points",))
+        else:
+            member, points = rng.choice(MEMBERS), rng.choice((10, 25, 50, 80, 120, 200, 350))
+            r = clients[partner][0].earn(f"demo-earn-{n:04d}", member, points, at,
+                                         description=f"Purchase at {partner}")
+            ok = record("earn", r)
+        if ok:
+            available[member] = r.json()["balance_after"]
+            booked.append({"partner": partner, "id": r.json()["claim_id"], "left": points})
+
+    report = verify(db.session)
+    db.session.rollback()
+    emit({"partners": [info for _, info in clients.values()], "members": len(MEMBERS),
+          "example_member": MEMBERS[0], "claims_by_kind_and_status": statuses,
+          "period": [times[0].isoformat(timespec="seconds"), times[-1].isoformat(timespec="seconds")],
+          "ledger_verify_ok": report["ok"], "unexpected": unexpected})
+    if unexpected or not report["ok"]:
+        sys.exit(1)
