@@ -56,4 +56,14 @@ def problems(blp: Blueprint, *slugs: str):
     return decorate
 
 
-api = flask_smorest.Api()
+class Api(flask_smorest.Api):
+    # Errors are documented per operation by @problems (problem+json); flask-smorest's own
+    # "default" response would document a {"code", "status"} body that is never sent.
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def _register_error_handlers(self):
+        """flask-smorest would answer every HTTPException (404, 405, 413...) with its own
+        {"code", "status"} JSON, replacing the problem+json handler of errors.py: keep ours."""
+
+
+api = Api()

@@ -40,7 +40,7 @@ def json_command(fn):
 
 
 def check_id(value: str, what: str) -> str:
-    if not re.match(ID_PATTERN, value):
+    if not re.fullmatch(ID_PATTERN, value):
         raise Problem("validation-error", f"{what} must match {ID_PATTERN}.")
     return value
 

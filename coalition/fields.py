@@ -12,7 +12,10 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 MAX_POINTS = 10**9
 
 _RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$", re.ASCII)
+_ID = re.compile(ID_PATTERN)
+_ID_ERROR = f"Must match {ID_PATTERN}."
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class StrictInteger(fields.Integer):
@@ -32,12 +35,28 @@ def Points(**kwargs) -> StrictInteger:
 
 class Identifier(fields.String):
     def __init__(self, **kwargs) -> None:
-        super().__init__(validate=validate.Regexp(
-            ID_PATTERN, error="Must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$."), **kwargs)
+        # The Regexp validator puts the pattern into OpenAPI; _deserialize does the real check.
+        # Its error is a str.format template: the braces of {0,63} must be doubled, or a
+        # mismatch raised KeyError('0,63') and answered 500 instead of 422.
+        template = _ID_ERROR.replace("{", "{{").replace("}", "}}")
+        super().__init__(validate=validate.Regexp(ID_PATTERN, error=template), **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, str):
             raise ValidationError("Must be a string.")
+        # fullmatch: with re.match, "$" also matches before a trailing newline ("c1\n").
+        if not _ID.fullmatch(value):
+            raise ValidationError(_ID_ERROR)
+        return value
+
+
+class Text(fields.String):
+    """Free text: no NUL (PostgreSQL cannot store it) and no lone surrogates (not UTF-8)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in value or _SURROGATE.search(value):
+            raise ValidationError("Must not contain NUL characters or unpaired surrogates.")
         return value
 
 
@@ -50,7 +69,7 @@ class Rfc3339(fields.DateTime):
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, str):
             raise ValidationError("Must be an RFC 3339 date-time string.")
-        m = _RFC3339.match(value)
+        m = _RFC3339.fullmatch(value)  # not .match: "$" would allow a trailing newline
         if not m:
             raise ValidationError("Must be an RFC 3339 date-time with an offset, e.g. 2026-05-01T12:00:00Z.")
         fraction = (m.group(7) or "")[:7]  # Python parses at most microseconds

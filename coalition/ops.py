@@ -54,7 +54,8 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         incoming = request.headers.get("X-Request-Id", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        # fullmatch: with .match, "$" lets a trailing newline through into the response header.
+        g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         g.started = time.perf_counter()
 
     @app.after_request

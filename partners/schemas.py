@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, fields, validate
 
-from coalition.fields import Identifier, Points, Rfc3339, StrictInteger
+from coalition.fields import Identifier, Points, Rfc3339, StrictInteger, Text
 
 
 class StrictSchema(Schema):
@@ -22,7 +22,7 @@ class EarnSchema(StrictSchema):
     occurred_at = Rfc3339(required=True)
     pending_until = Rfc3339(allow_none=True, metadata={
         "description": "Points stay pending (visible, not spendable) until then."})
-    description = fields.String(allow_none=True, validate=validate.Length(max=500))
+    description = Text(allow_none=True, validate=validate.Length(max=500))
 
 
 class BurnSchema(StrictSchema):
@@ -30,7 +30,7 @@ class BurnSchema(StrictSchema):
     member_id = Identifier(required=True)
     points = Points(required=True)
     occurred_at = Rfc3339(required=True)
-    description = fields.String(allow_none=True, validate=validate.Length(max=500))
+    description = Text(allow_none=True, validate=validate.Length(max=500))
 
 
 class ReversalSchema(StrictSchema):

@@ -96,7 +96,7 @@ def _book(book, idempotency_key: str, **kwargs):
 
 
 def _known(identifier: str) -> str:
-    if not _ID.match(identifier):
+    if not _ID.fullmatch(identifier):
         raise Problem("not-found", "No such resource.")
     return identifier
 

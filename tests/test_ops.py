@@ -1,0 +1,279 @@
+"""Operations: health and readiness, request ids, security headers, JSON logs without secrets."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+
+import pytest
+
+from coalition import create_app
+from coalition.database import db
+from coalition.errors import PROBLEM_JSON
+from coalition.ops import configure_logging
+from tests.conftest import ago
+
+HEX_ID = re.compile(r"^[0-9a-f]{32}$")
+UNREACHABLE_DB = "postgresql+psycopg://postgres@127.0.0.1:1/x"
+
+
+def slug_of(r) -> str:
+    assert r.mimetype == PROBLEM_JSON
+    return json.loads(r.get_data())["type"].rsplit("/", 1)[-1]
+
+
+def signed(app, partner, method: str, path: str, body: bytes = b"", **headers):
+    h = partner.client.sign(method, path, body)
+    h.update(headers)
+    return app.test_client().open(path, method=method, data=body, headers=h)
+
+
+def earn_bytes(**fields) -> bytes:
+    doc = {"claim_id": "c1", "member_id": "M1", "points": 100, "occurred_at": ago(minutes=1), **fields}
+    return json.dumps(doc).encode()
+
+
+@pytest.fixture
+def shop(app, acme):
+    assert acme.client.enrol("M1").status == 201
+    return acme
+
+
+@pytest.fixture
+def boom(app):
+    """A route that fails with an unexpected exception (registered before the first request)."""
+    def fail():
+        raise RuntimeError("kaboom: postgresql://user:hunter2@db/secret")
+    app.add_url_rule("/boom", "boom", fail, methods=["GET", "POST"])
+    return app
+
+
+@pytest.fixture
+def logs():
+    """What the service's own JSON log handler (root logger, stderr) writes during the test."""
+    configure_logging("INFO")  # a no-op once an app has been created, as in every test here
+    handler = next(h for h in logging.getLogger().handlers if getattr(h, "coalition", False))
+    buffer = io.StringIO()
+    previous = handler.setStream(buffer)
+
+    class Logs:
+        @staticmethod
+        def text() -> str:
+            return buffer.getvalue()
+
+        @staticmethod
+        def records() -> list[dict]:
+            return [json.loads(line) for line in buffer.getvalue().splitlines()]  # JSON lines, all
+
+        @classmethod
+        def access(cls) -> list[dict]:
+            return [r for r in cls.records() if r["name"] == "coalition.access"]
+
+    yield Logs
+    handler.setStream(previous)
+
+
+# --- health and readiness -----------------------------------------------------------------
+
+def test_healthz(app):
+    r = app.test_client().get("/healthz")
+    assert r.status_code == 200 and r.get_json() == {"status": "alive"}
+
+
+def test_readyz_when_the_database_answers(app):
+    r = app.test_client().get("/readyz")
+    assert r.status_code == 200 and r.get_json() == {"status": "ready"}
+
+
+@pytest.fixture
+def app_without_db():
+    app = create_app({"SQLALCHEMY_DATABASE_URI": UNREACHABLE_DB, "TESTING": True,
+                      "SQLALCHEMY_ENGINE_OPTIONS": {"connect_args": {"connect_timeout": 1}}})
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_readyz_is_503_when_the_database_is_unreachable(app_without_db, logs):
+    client = app_without_db.test_client()
+    r = client.get("/readyz", headers={"X-Request-Id": "ready-probe-1"})
+    assert r.status_code == 503 and slug_of(r) == "unavailable"
+    doc = r.get_json(force=True)
+    assert doc["status"] == 503 and doc["detail"]
+    body = r.get_data(as_text=True)
+    for leak in ("psycopg", "127.0.0.1", "OperationalError", "Traceback", "connection"):
+        assert leak not in body
+    assert r.headers["X-Request-Id"] == "ready-probe-1"
+    assert r.headers["Cache-Control"] == "no-store"
+    warning = [x for x in logs.records() if x["name"] == "coalition.ops"]
+    assert warning and warning[0]["level"] == "WARNING" and warning[0]["request_id"] == "ready-probe-1"
+    # Liveness does not depend on the database: the process is alive, just not ready.
+    assert client.get("/healthz").status_code == 200
+    # A second probe fails the same way (the failed connection left no broken session behind).
+    assert client.get("/readyz").status_code == 503
+
+
+# --- request ids --------------------------------------------------------------------------
+
+def test_request_id_is_generated_when_absent(app):
+    client = app.test_client()
+    first, second = client.get("/healthz"), client.get("/healthz")
+    assert HEX_ID.match(first.headers["X-Request-Id"])
+    assert HEX_ID.match(second.headers["X-Request-Id"])
+    assert first.headers["X-Request-Id"] != second.headers["X-Request-Id"]
+
+
+@pytest.mark.parametrize("incoming", ["abc-123_x.y", "0", "a" * 64, "7f3c2a9e-2b1d-4c8e-9a51-0f6d3b2c1e44"])
+def test_a_safe_caller_request_id_is_kept(app, incoming):
+    r = app.test_client().get("/healthz", headers={"X-Request-Id": incoming})
+    assert r.headers["X-Request-Id"] == incoming
+
+
+@pytest.mark.parametrize("incoming", [
+    pytest.param("abc\ndef", id="newline"),
+    pytest.param("abc\r\nSet-Cookie: x=1", id="crlf-header-injection"),
+    pytest.param("a" * 65, id="65-chars"),
+    pytest.param("a" * 200, id="200-chars"),
+    pytest.param("", id="empty"),
+    pytest.param("a b", id="space"),
+    pytest.param("<script>alert(1)</script>", id="markup"),
+    pytest.param('x","level":"CRITICAL', id="json-injection"),
+    pytest.param("caf\u00e9", id="non-ascii"),
+    pytest.param("abc\n", id="trailing-newline"),
+])
+def test_a_hostile_request_id_is_replaced(app, logs, incoming):
+    # Set in the WSGI environ directly: the test client itself refuses newlines in headers.
+    r = app.test_client().get("/healthz", environ_overrides={"HTTP_X_REQUEST_ID": incoming})
+    assert r.status_code == 200
+    assert HEX_ID.match(r.headers["X-Request-Id"])
+    if incoming:
+        assert incoming not in logs.text()
+    assert logs.access()[-1]["request_id"] == r.headers["X-Request-Id"]
+
+
+def requests_of_every_kind(app, partner):
+    """name -> a response; successes and every kind of error the service can answer."""
+    client = app.test_client()
+    return {
+        "healthz": client.get("/healthz"),
+        "openapi": client.get("/openapi.json"),
+        "balance-200": signed(app, partner, "GET", "/v1/members/M1/balance"),
+        "earn-201": signed(app, partner, "POST", "/v1/earn", earn_bytes()),
+        "malformed-400": signed(app, partner, "POST", "/v1/earn", b"[]"),
+        "unsigned-401": client.post("/v1/earn", data=earn_bytes(), content_type="application/json"),
+        "unknown-member-404": signed(app, partner, "GET", "/v1/members/nobody/balance"),
+        "unknown-route-404": client.get("/nope"),
+        "method-405": client.get("/v1/earn"),
+        "conflict-409": signed(app, partner, "POST", "/v1/earn", earn_bytes(points=7)),
+        "too-large-413": signed(app, partner, "POST", "/v1/earn", b" " * (1024 * 1024 + 1)),
+        "media-type-415": signed(app, partner, "POST", "/v1/earn", earn_bytes(claim_id="c2"),
+                                 **{"Content-Type": "text/plain"}),
+        "invalid-422": signed(app, partner, "POST", "/v1/earn", earn_bytes(claim_id="c3", points="1")),
+        "unexpected-500": client.get("/boom"),
+    }
+
+
+EXPECTED_STATUS = {"healthz": 200, "openapi": 200, "balance-200": 200, "earn-201": 201,
+                   "malformed-400": 400, "unsigned-401": 401, "unknown-member-404": 404,
+                   "unknown-route-404": 404, "method-405": 405, "conflict-409": 409,
+                   "too-large-413": 413, "media-type-415": 415, "invalid-422": 422,
+                   "unexpected-500": 500}
+
+
+def test_every_response_carries_a_request_id_that_its_log_line_shares(boom, shop, logs):
+    responses = requests_of_every_kind(boom, shop)
+    assert {name: r.status_code for name, r in responses.items()} == EXPECTED_STATUS
+    ids = [r.headers["X-Request-Id"] for r in responses.values()]
+    assert all(HEX_ID.match(i) for i in ids) and len(set(ids)) == len(ids)
+    access = logs.access()
+    assert [line["request_id"] for line in access] == ids  # one access line per request, in order
+    assert [line["status"] for line in access] == list(EXPECTED_STATUS.values())
+
+
+def test_a_caller_request_id_is_echoed_on_errors_too(app, shop):
+    r = signed(app, shop, "POST", "/v1/earn", b"{", **{"X-Request-Id": "till-7.receipt-42"})
+    assert r.status_code == 400 and r.headers["X-Request-Id"] == "till-7.receipt-42"
+    r = app.test_client().get("/nope", headers={"X-Request-Id": "till-7.receipt-43"})
+    assert r.status_code == 404 and r.headers["X-Request-Id"] == "till-7.receipt-43"
+
+
+# --- security headers ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(EXPECTED_STATUS))
+def test_security_headers_on_api_responses_and_errors(boom, shop, name):
+    r = requests_of_every_kind(boom, shop)[name]
+    assert r.status_code == EXPECTED_STATUS[name]
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert r.headers["X-Frame-Options"] == "DENY"
+    assert r.headers["Cache-Control"] == "no-store"
+    assert r.headers["Referrer-Policy"] == "no-referrer"
+    assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+    csp = r.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    if r.status_code >= 400:
+        assert r.mimetype == PROBLEM_JSON
+        assert "Traceback" not in r.get_data(as_text=True)
+
+
+def test_docs_page_gets_a_page_csp_that_still_forbids_framing(app):
+    r = app.test_client().get("/docs")
+    assert r.status_code == 200
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert r.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+
+
+def test_unexpected_error_hides_its_cause_from_the_caller_but_logs_it(boom, logs):
+    r = boom.test_client().get("/boom", headers={"X-Request-Id": "boom-1"})
+    assert r.status_code == 500 and slug_of(r) == "internal-error"
+    assert "kaboom" not in r.get_data(as_text=True) and "hunter2" not in r.get_data(as_text=True)
+    errors = [x for x in logs.records() if x["level"] == "ERROR"]
+    assert len(errors) == 1
+    assert errors[0]["request_id"] == "boom-1"
+    assert "RuntimeError" in errors[0]["exc_info"]
+
+
+# --- logs ---------------------------------------------------------------------------------
+
+def test_logs_are_json_lines_with_request_fields(app, shop, logs):
+    r = signed(app, shop, "POST", "/v1/earn", earn_bytes(), **{"X-Request-Id": "earn-req-1"})
+    assert r.status_code == 201
+    (line,) = [x for x in logs.access() if x["request_id"] == "earn-req-1"]
+    assert line["level"] == "INFO" and line["time"]
+    assert (line["method"], line["path"], line["status"]) == ("POST", "/v1/earn", 201)
+    assert line["partner_id"] == "acme"
+    assert isinstance(line["duration_ms"], (int, float)) and line["duration_ms"] >= 0
+    unsigned = app.test_client().get("/healthz", headers={"X-Request-Id": "probe-1"})
+    assert unsigned.status_code == 200
+    (line,) = [x for x in logs.access() if x["request_id"] == "probe-1"]
+    assert line["partner_id"] is None
+
+
+def test_logs_contain_neither_tokens_nor_bodies_nor_query_strings(boom, shop, logs):
+    secret = "SECRET-4111111111111111"
+    body = earn_bytes(description=secret)
+    token_headers = shop.client.sign("POST", "/v1/earn", body)
+    token = token_headers["Authorization"].split()[1]
+    client = boom.test_client()
+    sent = [
+        client.post("/v1/earn", data=body, headers=token_headers),  # 201
+        signed(boom, shop, "POST", "/v1/earn", earn_bytes(claim_id="c9", **{secret: secret})),  # 422
+        signed(boom, shop, "POST", "/v1/earn", b'{"a":"' + secret.encode() + b'","a":1}'),  # 400
+        client.post("/v1/earn", data=earn_bytes(description=secret),  # 401, a garbage token
+                    headers={"Authorization": f"Bearer {secret}.{secret}.{secret}",
+                             "Content-Type": "application/json"}),
+        client.post("/v1/earn", data=body, headers=token_headers),  # 401, the real token replayed
+        client.get(f"/healthz?card={secret}"),
+        client.post("/boom", data=body, headers={"Authorization": f"Bearer {secret}"}),  # 500
+    ]
+    assert [r.status_code for r in sent] == [201, 422, 400, 401, 401, 200, 500]
+    text = logs.text()
+    assert len(logs.access()) == len(sent)
+    assert secret not in text
+    for part in token.split("."):
+        assert part not in text
+    assert "Bearer" not in text and "Authorization" not in text
+    assert all(x["path"] in ("/v1/earn", "/healthz", "/boom") for x in logs.access())
