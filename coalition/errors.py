@@ -94,20 +94,22 @@ _HTTP_SLUGS = {400: "malformed-request", 401: "invalid-token", 403: "forbidden",
                415: "unsupported-media-type", 422: "validation-error", 429: "rate-limited"}
 
 
+def http_problem(exc: HTTPException) -> Response:
+    slug = _HTTP_SLUGS.get(exc.code or 500, "internal-error")
+    detail = {
+        "not-found": "No such resource.",
+        "payload-too-large": "The request body is larger than this service accepts.",
+    }.get(slug, exc.description or SLUGS[slug][1])
+    response = problem_response(Problem(slug, detail))
+    if exc.code == 405 and getattr(exc, "valid_methods", None):
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
 def init_app(app: Flask) -> None:
     app.register_error_handler(Problem, problem_response)
 
-    @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException):
-        slug = _HTTP_SLUGS.get(exc.code or 500, "internal-error")
-        detail = {
-            "not-found": "No such resource.",
-            "payload-too-large": "The request body is larger than this service accepts.",
-        }.get(slug, exc.description or SLUGS[slug][1])
-        response = problem_response(Problem(slug, detail))
-        if exc.code == 405 and getattr(exc, "valid_methods", None):
-            response.headers["Allow"] = ", ".join(exc.valid_methods)
-        return response
+    app.register_error_handler(HTTPException, http_problem)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -52,6 +52,7 @@ def add_key(partner_id, public_key: Path):
 @click.argument("kid")
 @json_command
 def revoke_key(partner_id, kid):
+    """Revoke a key at once. A kid may begin with "-": write `revoke-key ID -- KID`."""
     key = service.revoke_key(db.session, partner_id, kid, now=_now())
     return {"partner_id": key.partner_id, "kid": key.kid, "state": key.status}
 

@@ -86,7 +86,7 @@ def authenticate(session: Session, keys: KeyCache, *, authorization: str, method
 
 def _verify(session, keys, authorization, method, path, query, body, audience) -> Caller:
     scheme, _, token = authorization.partition(" ")
-    if scheme != "Bearer" or not token or " " in token:
+    if scheme.lower() != "bearer" or not token or " " in token:  # RFC 9110: scheme is case-insensitive
         raise InvalidToken("no Bearer token")
     header = jwt.get_unverified_header(token)
     if header.get("typ") != TYP:
@@ -94,7 +94,7 @@ def _verify(session, keys, authorization, method, path, query, body, audience) -
     if FORBIDDEN_HEADER_PARAMS & header.keys():
         raise InvalidToken("forbidden header parameter")
     alg, kid = header.get("alg"), header.get("kid")
-    if alg not in ALGORITHMS or not isinstance(kid, str) or not KID.match(kid):
+    if alg not in ALGORITHMS or not isinstance(kid, str) or not KID.fullmatch(kid):
         raise InvalidToken("alg or kid")
     row = session.execute(
         select(PartnerKey.alg, PartnerKey.public_key_pem, PartnerKey.status,

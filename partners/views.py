@@ -6,22 +6,24 @@ the jti alone is committed, so the token still cannot be replayed.
 """
 from __future__ import annotations
 
+import logging
 import re
 import time
 from datetime import datetime, timezone
 
 from flask import current_app, g, request
-from sqlalchemy.exc import IntegrityError
+from werkzeug.exceptions import HTTPException
 
 from coalition import ledger, members
 from coalition.api import Blueprint, problems
 from coalition.database import db
-from coalition.errors import Problem, problem_response
+from coalition.errors import Problem, http_problem, problem_response
 from coalition.fields import ID_PATTERN
 
 from . import schemas, tokens
 from .service import claim_view, current_claim
 
+log = logging.getLogger("partners.views")
 blp = Blueprint("partner_api", __name__, url_prefix="/v1",
                 description="Signed partner requests: members, earn, burn, reversals, claims.")
 KEYS = tokens.KeyCache()
@@ -59,8 +61,8 @@ def _maybe_prune() -> None:
         tokens.prune(connection, _now())
 
 
-@blp.errorhandler(Problem)
-def failed(problem: Problem):
+def _spend_alone() -> None:
+    """After a failure the request's work is rolled back; its jti alone is committed."""
     db.session.rollback()
     caller = g.pop("caller", None)
     if caller is not None:
@@ -69,7 +71,21 @@ def failed(problem: Problem):
             db.session.commit()
         except Problem:  # the jti was used meanwhile: it is spent either way
             pass
+
+
+@blp.errorhandler(Problem)
+def failed(problem: Problem):
+    _spend_alone()
     return problem_response(problem)
+
+
+@blp.errorhandler(Exception)
+def crashed(exc: Exception):
+    if isinstance(exc, HTTPException):  # 413 and friends: not a crash
+        return http_problem(exc)
+    log.exception("unhandled error in the partner API")
+    _spend_alone()
+    return problem_response(Problem("internal-error", "The request could not be processed."))
 
 
 def _answer(booked: ledger.Booked):

@@ -40,7 +40,7 @@ def test_partner_lifecycle(runner, tmp_path):
     assert [(k["kid"], k["state"]) for k in shown["keys"]] == [
         (added["kid"], "active"), (rotated["kid"], "active")]
 
-    code, revoked = cli(runner, "partners", "revoke-key", "shop", added["kid"])
+    code, revoked = cli(runner, "partners", "revoke-key", "shop", "--", added["kid"])
     assert code == 0 and revoked["state"] == "revoked"
     code, _ = cli(runner, "partners", "add-key", "shop", "--public-key", path)
     assert code == 1  # a revoked key never comes back

@@ -1,0 +1,769 @@
+"""Signed partner requests (API.md section 1): every way a token can be wrong is a 401.
+
+Tokens are forged here with `cryptography` alone (not PyJWT, which the service verifies with),
+so the forger shares no code with the verifier. A `Forge` starts as a well-formed earn request
+for a member who already holds points; each case changes one thing (a header parameter, a
+claim, the body, the URL, the Authorization header, the signature). Every rejected request must
+
+* answer 401 with `WWW-Authenticate: Bearer error="invalid_token"`,
+* with a problem+json body of type `.../invalid-token`; a failure before the signature is
+  verified answers byte for byte what a request without any Authorization header answers,
+* and book nothing: no journal entry, the member's balance unchanged, the claim unknown (404)
+  to its partner.
+
+Positive controls prove that the forger produces tokens the service accepts, so a 401 below is
+caused by the one thing that case changed.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import func, select
+
+from coalition import create_app
+from coalition.database import db
+from coalition.models import Entry, Member
+from partners.client import PartnerClient, jwk_thumbprint
+from tests.conftest import ago, new_key, public_pem, transport_for
+
+MEMBER = "M-1"
+SEED_POINTS = 50
+TYP = "partner+jwt"
+CHALLENGE = 'Bearer error="invalid_token"'
+
+
+# --- forging tokens without PyJWT ----------------------------------------------------------
+
+def b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def compact_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def body_hash(body: bytes) -> str:
+    return b64u(hashlib.sha256(body).digest())
+
+
+def sign(alg: str, key: Any, data: bytes) -> bytes:
+    """The signature bytes `alg` would produce; `key` is a private key or an HMAC secret."""
+    if alg == "none":
+        return b""
+    if alg == "HS256":
+        return hmac.new(key, data, hashlib.sha256).digest()
+    if alg == "EdDSA":
+        return key.sign(data)
+    if alg in ("ES256", "ES256-DER"):
+        der = key.sign(data, ec.ECDSA(hashes.SHA256()))
+        if alg == "ES256-DER":
+            return der
+        r, s = decode_dss_signature(der)
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")  # JWS: raw r||s
+    if alg == "RS256":
+        return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    raise AssertionError(alg)
+
+
+def public_jwk(private_key) -> dict:
+    public = private_key.public_key()
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return {"kty": "OKP", "crv": "Ed25519", "x": b64u(raw)}
+    numbers = public.public_numbers()
+    return {"kty": "EC", "crv": "P-256", "x": b64u(numbers.x.to_bytes(32, "big")),
+            "y": b64u(numbers.y.to_bytes(32, "big"))}
+
+
+def earn_body(claim_id: str, points: int = 100) -> bytes:
+    return compact_json({"claim_id": claim_id, "member_id": MEMBER, "points": points,
+                         "occurred_at": ago(minutes=1)})
+
+
+@dataclass
+class Forge:
+    """One request: its token's header and claims, how the token is signed, what is sent.
+
+    The claims are computed from the original method, URL and body; a case that changes
+    `method`, `url` or `body` afterwards sends something other than what was signed."""
+    header: dict
+    claims: dict
+    key: Any
+    alg: str  # how the signature is really computed, whatever header["alg"] says
+    method: str
+    url: str
+    body: bytes
+    claim_id: str
+    authorization: Callable[[str], str | None] = field(default=lambda token: f"Bearer {token}")
+    transform: Callable[[str], str] = field(default=lambda token: token)
+
+    def token(self) -> str:
+        header = b64u(compact_json(self.header))
+        payload = compact_json(self.claims)
+        if self.header.get("b64") is False:  # RFC 7797 unencoded, detached payload
+            signature = sign(self.alg, self.key, header.encode() + b"." + payload)
+            return self.transform(f"{header}..{b64u(signature)}")
+        signing_input = f"{header}.{b64u(payload)}"
+        signature = sign(self.alg, self.key, signing_input.encode())
+        return self.transform(f"{signing_input}.{b64u(signature)}")
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        authorization = self.authorization(self.token())
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        return headers
+
+
+# --- the world every case runs in -----------------------------------------------------------
+
+class World:
+    def __init__(self, app, partner, other):
+        self.app = app
+        self.partner = partner  # the legitimate signer whose token each case corrupts
+        self.other = other      # another partner, with the other algorithm
+        self.partners = (partner, other)
+        assert partner.client.enrol(MEMBER).status == 201
+        seeded = partner.client.earn("seed", MEMBER, SEED_POINTS, occurred_at=ago(minutes=5))
+        assert seeded.status == 201, seeded.json()
+        # The reference 401: no Authorization header at all.
+        self.reference = self.send_raw("POST", "/v1/earn", earn_body("ref"), {
+            "Content-Type": "application/json"})
+        assert self.reference.status_code == 401
+        self.reference_body = self.reference.get_data()
+
+    def forge(self, partner=None, *, method="POST", path="/v1/earn", body=None,
+              lifetime=120, now=None) -> Forge:
+        partner = partner or self.partner
+        claim_id = "c-" + uuid.uuid4().hex
+        body = earn_body(claim_id) if body is None else body
+        iat = int(time.time()) if now is None else now
+        claims = {"iss": partner.id, "aud": "coalition", "iat": iat, "exp": iat + lifetime,
+                  "jti": uuid.uuid4().hex, "htm": method, "htu": path, "bsh": body_hash(body)}
+        header = {"alg": partner.client.algorithm, "typ": TYP, "kid": partner.kid}
+        return Forge(header, claims, partner.key, partner.client.algorithm, method, path, body,
+                     claim_id)
+
+    def send_raw(self, method, url, body, headers):
+        with self.app.test_client() as client:
+            return client.open(url, method=method, data=body, headers=headers)
+
+    def send(self, forge: Forge, headers: dict | None = None):
+        return self.send_raw(forge.method, forge.url, forge.body, headers or forge.headers())
+
+    def snapshot(self) -> tuple[int, int]:
+        with self.app.app_context():
+            entries = db.session.scalar(select(func.count()).select_from(Entry))
+            balance = db.session.scalar(select(Member.balance).where(Member.external_id == MEMBER))
+            db.session.rollback()
+        return entries, balance
+
+    def assert_invalid_token(self, response, *, before_signature: bool) -> None:
+        assert response.status_code == 401, response.get_data(as_text=True)
+        assert response.headers.get("WWW-Authenticate") == CHALLENGE
+        assert response.mimetype == "application/problem+json"
+        problem = response.get_json()
+        assert problem["type"].endswith("/invalid-token") and problem["status"] == 401
+        assert {"type", "title", "status", "detail"} <= set(problem)
+        if before_signature:  # nothing tells the caller which check failed
+            assert response.get_data() == self.reference_body
+
+    def assert_nothing_booked(self, before: tuple[int, int], claim_id: str,
+                              readers=None) -> None:
+        """`readers`: partners still able to ask (default both); none of them knows the claim."""
+        readers = readers or self.partners
+        assert self.snapshot() == before
+        with self.app.app_context():
+            assert db.session.scalar(select(func.count()).select_from(Entry)
+                                     .where(Entry.claim_id == claim_id)) == 0
+            db.session.rollback()
+        for partner in readers:
+            assert partner.client.claim(claim_id).status == 404
+        balance = readers[0].client.balance(MEMBER)
+        assert balance.status == 200 and balance.json()["available"] == before[1]
+
+    def assert_booked(self, response, forge: Forge, partner=None) -> None:
+        partner = partner or self.partner
+        assert response.status_code == 201, response.get_data(as_text=True)
+        assert response.get_json()["claim_id"] == forge.claim_id
+        assert response.get_json()["partner_id"] == partner.id
+        assert partner.client.claim(forge.claim_id).status == 200
+
+
+@pytest.fixture(params=["EdDSA", "ES256"])
+def world(request, app, acme, bolt):
+    """acme signs with EdDSA, bolt with ES256: every case runs once for each algorithm."""
+    partner, other = (acme, bolt) if request.param == "EdDSA" else (bolt, acme)
+    return World(app, partner, other)
+
+
+def other_alg(alg: str) -> str:
+    return "ES256" if alg == "EdDSA" else "EdDSA"
+
+
+# --- the cases: each changes one thing of a well-formed request -----------------------------
+
+def auth(value: Callable[[str], str | None]):
+    def mutate(f: Forge, w: World):
+        f.authorization = value
+    return mutate
+
+
+def set_header(**values):
+    def mutate(f: Forge, w: World):
+        f.header.update(values)
+    return mutate
+
+
+def drop_header(name):
+    def mutate(f: Forge, w: World):
+        del f.header[name]
+    return mutate
+
+
+def set_claims(**values):
+    def mutate(f: Forge, w: World):
+        f.claims.update({k: (v(f.claims) if callable(v) else v) for k, v in values.items()})
+    return mutate
+
+
+def drop_claim(name):
+    def mutate(f: Forge, w: World):
+        del f.claims[name]
+    return mutate
+
+
+def sign_with_alg(alg: str, *, header_alg: str | None = None):
+    """Sign with a fresh key of `alg`, keeping the victim's kid."""
+    def mutate(f: Forge, w: World):
+        if alg == "RS256":
+            f.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        else:
+            f.key = new_key(alg)
+        f.alg = alg
+        f.header["alg"] = header_alg or alg
+    return mutate
+
+
+def other_algorithm_fresh_key(f: Forge, w: World):
+    sign_with_alg(other_alg(f.alg))(f, w)
+
+
+def other_algorithm_registered_key(f: Forge, w: World):
+    """The victim's kid, but the other partner's (registered, valid) key and its algorithm."""
+    f.key, f.alg = w.other.key, w.other.client.algorithm
+    f.header["alg"] = f.alg
+
+
+def hmac_with_public_pem(f: Forge, w: World):
+    f.header["alg"], f.alg, f.key = "HS256", "HS256", public_pem(w.partner.key)
+
+
+def alg_none(header_alg: str, keep_signature: bool = False):
+    def mutate(f: Forge, w: World):
+        f.header["alg"] = header_alg
+        if not keep_signature:
+            f.alg = "none"
+    return mutate
+
+
+def lowercase_alg(f: Forge, w: World):
+    f.header["alg"] = f.alg.lower()
+
+
+def unknown_kid(f: Forge, w: World):
+    """A well-formed token of a key that was never registered."""
+    f.key = new_key(f.alg)
+    f.header["kid"] = jwk_thumbprint(f.key.public_key())
+
+
+def kid_of_other_partner_same_signature(f: Forge, w: World):
+    f.header["kid"] = w.other.kid
+
+
+def kid_with_newline(f: Forge, w: World):
+    f.header["kid"] = w.partner.kid + "\n"
+
+
+def kid_swapcase(f: Forge, w: World):
+    f.header["kid"] = w.partner.kid.swapcase()
+
+
+def different_key_right_kid(f: Forge, w: World):
+    f.key = new_key(f.alg)
+
+
+def legit_jwk(f: Forge, w: World):
+    f.header["jwk"] = public_jwk(f.key)
+
+
+def attacker_embedded_jwk(f: Forge, w: World):
+    """CVE-2018-0114 style: sign with our own key and ship it in the header."""
+    f.key = new_key(f.alg)
+    f.header["jwk"] = public_jwk(f.key)
+
+
+def attacker_jku(f: Forge, w: World):
+    f.key = new_key(f.alg)
+    f.header["jku"] = "https://attacker.example/jwks.json"
+    f.header["kid"] = jwk_thumbprint(f.key.public_key())
+
+
+def unencoded_payload(f: Forge, w: World):
+    f.header.update({"b64": False, "crit": ["b64"]})
+
+
+def empty_signature(f: Forge, w: World):
+    f.transform = lambda t: t.rsplit(".", 1)[0] + "."
+
+
+def truncated_signature(f: Forge, w: World):
+    f.transform = lambda t: t[:-4]
+
+
+def spliced_signature(f: Forge, w: World):
+    """The signature of another (valid) token of the same partner."""
+    donor = w.forge()
+    donor_signature = donor.token().rsplit(".", 1)[1]
+    f.transform = lambda t: t.rsplit(".", 1)[0] + "." + donor_signature
+
+
+def tampered_payload(f: Forge, w: World):
+    """Signed as it was, then the payload is swapped for one with more lifetime."""
+    forged = dict(f.claims, exp=f.claims["exp"] + 100)
+
+    def swap(token: str) -> str:
+        header, _, signature = token.split(".")
+        return f"{header}.{b64u(compact_json(forged))}.{signature}"
+    f.transform = swap
+
+
+def header_not_object(f: Forge, w: World):
+    f.transform = lambda t: b64u(b"[]") + t[t.index("."):]
+
+
+def header_not_json(f: Forge, w: World):
+    f.transform = lambda t: b64u(b'{"alg":"EdDSA",') + t[t.index("."):]
+
+
+def changed_body(f: Forge, w: World):
+    f.body = earn_body(f.claim_id, points=100_000)
+
+
+def send_to(url: str, method: str | None = None):
+    def mutate(f: Forge, w: World):
+        f.url = url
+        if method:
+            f.method = method
+    return mutate
+
+
+def now() -> int:
+    return int(time.time())
+
+
+# (id, mutation, fails before the signature is verified)
+CASES: list[tuple[str, Callable[[Forge, World], None], bool]] = [
+    # Authorization header
+    ("no-authorization", auth(lambda t: None), True),
+    ("empty-authorization", auth(lambda t: ""), True),
+    ("basic-scheme", auth(lambda t: "Basic " + base64.b64encode(b"acme:secret").decode()), True),
+    ("basic-scheme-with-token", auth(lambda t: f"Basic {t}"), True),
+    ("dpop-scheme", auth(lambda t: f"DPoP {t}"), True),
+    ("token-without-scheme", auth(lambda t: t), True),
+    ("bearer-without-token", auth(lambda t: "Bearer"), True),
+    ("bearer-empty-token", auth(lambda t: "Bearer "), True),
+    ("two-spaces", auth(lambda t: f"Bearer  {t}"), True),
+    ("space-inside-token", auth(lambda t: f"Bearer {t[:20]} {t[20:]}"), True),
+    ("tab-separator", auth(lambda t: f"Bearer\t{t}"), True),
+    ("two-tokens", auth(lambda t: f"Bearer {t}, Bearer {t}"), True),
+    # not a JWS at all
+    ("garbage", auth(lambda t: "Bearer not-a-token"), True),
+    ("garbage-three-segments", auth(lambda t: "Bearer a.b.c"), True),
+    ("empty-header-and-payload", auth(lambda t: "Bearer e30.e30."), True),
+    ("jwe-five-segments", auth(lambda t: f"Bearer {t}.AAAA.BBBB"), True),
+    ("two-segments", auth(lambda t: "Bearer " + t.rsplit(".", 1)[0]), True),
+    ("invalid-base64", auth(lambda t: "Bearer " + t.replace(".", "!.", 1)), True),
+    ("header-not-object", header_not_object, True),
+    ("header-not-json", header_not_json, True),
+    ("header-deeply-nested", lambda f, w: setattr(
+        f, "transform", lambda t: b64u(b"[" * 100_000 + b"]" * 100_000) + t[t.index("."):]), True),
+    ("non-ascii-token", auth(lambda t: f"Bearer {t[:-2]}\u00e9\u00e9"), True),
+    # alg
+    ("alg-none", alg_none("none"), True),
+    ("alg-None", alg_none("None"), True),
+    ("alg-NONE", alg_none("NONE"), True),
+    ("alg-none-with-signature", alg_none("none", keep_signature=True), True),
+    ("alg-missing", drop_header("alg"), True),
+    ("alg-null", set_header(alg=None), True),
+    ("alg-lowercase", lowercase_alg, True),
+    ("alg-list", lambda f, w: f.header.update(alg=[f.alg]), True),
+    ("hs256-public-pem-secret", hmac_with_public_pem, True),
+    ("other-alg-fresh-key", other_algorithm_fresh_key, True),
+    ("other-alg-registered-key", other_algorithm_registered_key, True),
+    ("rs256", sign_with_alg("RS256"), True),
+    # kid
+    ("unknown-kid", unknown_kid, True),
+    ("kid-missing", drop_header("kid"), True),
+    ("kid-null", set_header(kid=None), True),
+    ("kid-integer", set_header(kid=12345), True),
+    ("kid-list", lambda f, w: f.header.update(kid=[w.partner.kid]), True),
+    ("kid-object", lambda f, w: f.header.update(kid={"kid": w.partner.kid}), True),
+    ("kid-empty", set_header(kid=""), True),
+    ("kid-path-traversal", set_header(kid="../../etc/passwd"), True),
+    ("kid-path-traversal-43", set_header(kid="../../../../../../../../../../../etc/passwd"), True),
+    ("kid-sql-injection", set_header(kid="' OR 1=1--"), True),
+    ("kid-sql-union", set_header(kid="x' UNION SELECT kid FROM partner_keys--"), True),
+    ("kid-like-wildcards", set_header(kid="_" * 43), True),
+    ("kid-very-long", set_header(kid="A" * 10_000), True),
+    ("kid-trailing-newline", kid_with_newline, True),
+    ("kid-swapcase", kid_swapcase, True),
+    ("kid-of-other-partner", kid_of_other_partner_same_signature, True),
+    # header parameters that would let the token choose its own key, or that we do not honour
+    ("jwk-legit-key", legit_jwk, True),
+    ("jwk-attacker-key", attacker_embedded_jwk, True),
+    ("jku", set_header(jku="https://attacker.example/jwks.json"), True),
+    ("jku-attacker-key", attacker_jku, True),
+    ("x5u", set_header(x5u="https://attacker.example/cert.pem"), True),
+    ("x5c", set_header(x5c=["MIIBszCCAVmgAwIBAgIUQ3"]), True),
+    ("crit-unknown", set_header(crit=["urn:example:policy"], **{"urn:example:policy": 1}), True),
+    ("crit-registered-claim", lambda f, w: f.header.update(crit=["exp"], exp=f.claims["exp"]),
+     True),
+    ("crit-b64-unencoded-payload", unencoded_payload, True),
+    # typ
+    ("typ-missing", drop_header("typ"), True),
+    ("typ-jwt", set_header(typ="JWT"), True),
+    ("typ-access-token", set_header(typ="at+jwt"), True),
+    ("typ-null", set_header(typ=None), True),
+    ("typ-integer", set_header(typ=1), True),
+    # signature
+    ("different-key-right-kid", different_key_right_kid, True),
+    ("empty-signature", empty_signature, True),
+    ("truncated-signature", truncated_signature, True),
+    ("spliced-signature", spliced_signature, True),
+    ("payload-tampered-after-signing", tampered_payload, True),
+    # iss
+    ("iss-other-partner", lambda f, w: f.claims.update(iss=w.other.id), False),
+    ("iss-unknown", set_claims(iss="nobody"), False),
+    ("iss-uppercase", set_claims(iss=lambda c: c["iss"].upper()), False),
+    ("iss-prefix", set_claims(iss=lambda c: c["iss"][:2]), False),
+    ("iss-empty", set_claims(iss=""), False),
+    ("iss-list", set_claims(iss=lambda c: [c["iss"]]), False),
+    # times
+    ("expired", set_claims(iat=lambda c: now() - 180, exp=lambda c: now() - 60), False),
+    ("expired-long-ago", set_claims(iat=lambda c: now() - 3700, exp=lambda c: now() - 3600),
+     False),
+    ("lifetime-301", set_claims(exp=lambda c: c["iat"] + 301), False),
+    ("lifetime-one-day", set_claims(exp=lambda c: c["iat"] + 86_400), False),
+    ("exp-equals-iat", set_claims(exp=lambda c: c["iat"]), False),
+    ("exp-before-iat", set_claims(iat=lambda c: now(), exp=lambda c: now() - 1), False),
+    ("iat-future-beyond-leeway", set_claims(iat=lambda c: now() + 60, exp=lambda c: now() + 180),
+     False),
+    ("iat-far-future", set_claims(iat=lambda c: now() + 86_400, exp=lambda c: now() + 86_500),
+     False),
+    ("exp-string", set_claims(exp=lambda c: str(c["exp"])), False),
+    ("iat-string", set_claims(iat=lambda c: str(c["iat"])), False),
+    ("iat-float", set_claims(iat=lambda c: c["iat"] + 0.5), False),
+    ("exp-float", set_claims(exp=lambda c: c["exp"] + 0.5), False),
+    ("iat-boolean", set_claims(iat=True), False),
+    ("exp-list", set_claims(exp=lambda c: [c["exp"]]), False),
+    ("exp-NaN", set_claims(exp=float("nan")), False),
+    ("exp-Infinity", set_claims(exp=float("inf")), False),
+    ("iat-minus-Infinity", set_claims(iat=float("-inf")), False),
+    ("exp-huge-integer", set_claims(exp=10 ** 400), False),
+    ("iat-huge-negative-integer", set_claims(iat=-(10 ** 400)), False),
+    # aud
+    ("aud-wrong", set_claims(aud="other-coalition"), False),
+    ("aud-case", set_claims(aud="Coalition"), False),
+    ("aud-empty", set_claims(aud=""), False),
+    ("aud-list-with-right-audience", set_claims(aud=["coalition"]), False),
+    ("aud-list-with-right-and-other", set_claims(aud=["coalition", "other"]), False),
+    # every claim is required
+    *[(f"missing-{name}", drop_claim(name), False)
+      for name in ("iss", "aud", "iat", "exp", "jti", "htm", "htu", "bsh")],
+    *[(f"null-{name}", set_claims(**{name: None}), False) for name in ("iss", "jti", "bsh")],
+    # jti
+    ("jti-65-chars", set_claims(jti="j" * 65), False),
+    ("jti-very-long", set_claims(jti="j" * 5000), False),
+    ("jti-empty", set_claims(jti=""), False),
+    ("jti-integer", set_claims(jti=12345), False),
+    ("jti-list", set_claims(jti=["a"]), False),
+    # htm / htu / bsh bind the token to this one request
+    ("body-changed-after-signing", changed_body, False),
+    ("bsh-with-padding", set_claims(bsh=lambda c: c["bsh"] + "="), False),
+    ("bsh-hex", set_claims(bsh=lambda c: base64.urlsafe_b64decode(c["bsh"] + "=").hex()), False),
+    ("bsh-of-empty-body", set_claims(bsh=body_hash(b"")), False),
+    ("htu-other-path", set_claims(htu="/v1/burn"), False),
+    ("query-added", send_to("/v1/earn?x=1"), False),
+    ("query-removed", lambda f, w: (f.claims.update(htu="/v1/earn?x=1")), False),
+    ("query-changed", lambda f, w: (f.claims.update(htu="/v1/earn?x=1"), send_to("/v1/earn?x=2")(f, w)),
+     False),
+    ("htu-absolute-url", set_claims(htu="http://localhost/v1/earn"), False),
+    ("htu-trailing-slash", set_claims(htu="/v1/earn/"), False),
+    ("htu-list", set_claims(htu=["/v1/earn"]), False),
+    ("htm-get-on-post", set_claims(htm="GET"), False),
+    ("htm-lowercase", set_claims(htm="post"), False),
+    ("htm-list", set_claims(htm=["POST"]), False),
+]
+
+
+@pytest.mark.parametrize("mutate,before_signature", [pytest.param(m, b, id=i) for i, m, b in CASES])
+def test_rejected(world, mutate, before_signature):
+    forge = world.forge()
+    mutate(forge, world)
+    before = world.snapshot()
+    response = world.send(forge)
+    world.assert_invalid_token(response, before_signature=before_signature)
+    world.assert_nothing_booked(before, forge.claim_id)
+
+
+# --- positive controls: the forger's tokens are accepted when nothing is wrong --------------
+
+def test_well_formed_token_is_accepted(world):
+    forge = world.forge()
+    before = world.snapshot()
+    response = world.send(forge)
+    world.assert_booked(response, forge)
+    assert world.snapshot() == (before[0] + 1, before[1] + 100)
+    with pytest.raises(AssertionError):  # the check the rejections rely on does see a booking
+        world.assert_nothing_booked(before, forge.claim_id)
+
+
+def test_reference_client_token_is_accepted(world):
+    forge = world.forge()
+    response = world.send(forge, world.partner.client.sign("POST", "/v1/earn", forge.body)
+                          | {"Content-Type": "application/json"})
+    world.assert_booked(response, forge)
+
+
+@pytest.mark.parametrize("mutate", [
+    pytest.param(set_claims(iat=lambda c: now() - 130, exp=lambda c: now() - 10),
+                 id="exp-passed-within-leeway"),
+    pytest.param(set_claims(iat=lambda c: now() + 15, exp=lambda c: now() + 135),
+                 id="iat-future-within-leeway"),
+    pytest.param(set_claims(exp=lambda c: c["iat"] + 300), id="lifetime-exactly-300"),
+    pytest.param(set_claims(exp=lambda c: c["iat"] + 1), id="lifetime-1"),
+    pytest.param(set_claims(jti="j" * 64), id="jti-64-chars"),
+    pytest.param(set_claims(jti="j"), id="jti-1-char"),
+    pytest.param(lambda f, w: (f.claims.update(htu="/v1/earn?x=1&y=a%20b"),
+                               send_to("/v1/earn?x=1&y=a%20b")(f, w)), id="htu-with-query"),
+    pytest.param(lambda f, w: f.header.update(extra="ignored"), id="unknown-non-crit-header"),
+    # RFC 9110 11.1: the auth-scheme name is case-insensitive.
+    pytest.param(auth(lambda t: f"bearer {t}"), id="lowercase-bearer"),
+    pytest.param(auth(lambda t: f"BEARER {t}"), id="uppercase-bearer"),
+    pytest.param(lambda f, w: f.claims.update(sub="till-7", nbf=f.claims["iat"]),
+                 id="extra-claims"),
+])
+def test_accepted_at_the_edges(world, mutate):
+    forge = world.forge()
+    mutate(forge, world)
+    world.assert_booked(world.send(forge), forge)
+
+
+def test_get_is_signed_over_the_empty_body(world):
+    claim_id = "seed"
+    good = world.forge(method="GET", path=f"/v1/claims/{claim_id}", body=b"")
+    assert world.send(good).status_code == 200
+    wrong = world.forge(method="GET", path=f"/v1/claims/{claim_id}", body=b"")
+    wrong.claims["bsh"] = body_hash(b"{}")
+    world.assert_invalid_token(world.send(wrong), before_signature=False)
+
+
+def test_es256_signature_must_be_raw_not_der(app, bolt, acme):
+    w = World(app, bolt, acme)
+    raw = w.forge()
+    w.assert_booked(w.send(raw), raw)
+    der = w.forge()
+    der.alg = "ES256-DER"
+    before = w.snapshot()
+    w.assert_invalid_token(w.send(der), before_signature=True)
+    w.assert_nothing_booked(before, der.claim_id)
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+def test_replayed_token_is_rejected_and_books_once(world, runner, verify_clean):
+    forge = world.forge()
+    headers = forge.headers()  # one token, sent twice
+    world.assert_booked(world.send(forge, headers), forge)
+    after_first = world.snapshot()
+    second = world.send(forge, headers)
+    world.assert_invalid_token(second, before_signature=False)
+    assert "Idempotent-Replayed" not in second.headers
+    assert world.snapshot() == after_first
+    # pruning only removes dead tokens: the jti of a live one stays spent
+    assert runner.invoke(args=["partners", "prune-tokens"]).exit_code == 0
+    world.assert_invalid_token(world.send(forge, headers), before_signature=False)
+    assert world.snapshot() == after_first
+    # the same body under a fresh token is an idempotent retry, not a second booking
+    retry = world.forge(body=forge.body)
+    retry.claim_id = forge.claim_id
+    response = world.send(retry)
+    assert response.status_code == 201 and response.headers.get("Idempotent-Replayed") == "true"
+    assert world.snapshot() == after_first
+    verify_clean()
+
+
+def test_jti_stays_spent_while_the_token_is_within_the_leeway(world, runner):
+    """exp has passed but the 30 s leeway still accepts the token: pruning must keep its jti."""
+    forge = world.forge(now=now() - 130)  # exp = now - 10
+    headers = forge.headers()
+    world.assert_booked(world.send(forge, headers), forge)
+    after_first = world.snapshot()
+    assert cli(runner, "partners", "prune-tokens")["pruned"] == 0
+    replay = world.send(forge, headers)
+    world.assert_invalid_token(replay, before_signature=False)
+    assert "Idempotent-Replayed" not in replay.headers
+    assert world.snapshot() == after_first
+
+
+def test_replay_of_a_token_whose_first_use_failed_validation(world):
+    body = compact_json({"claim_id": "c-bad", "member_id": MEMBER, "points": "100",
+                         "occurred_at": ago(minutes=1)})
+    forge = world.forge(body=body)
+    forge.claim_id = "c-bad"
+    headers = forge.headers()
+    before = world.snapshot()
+    first = world.send(forge, headers)
+    assert first.status_code == 422, first.get_data(as_text=True)
+    assert first.get_json()["type"].endswith("/validation-error")
+    again = world.send(forge, headers)
+    world.assert_invalid_token(again, before_signature=False)
+    # a fresh token over the same body is evaluated afresh: the 401 was the replay
+    assert world.send(world.forge(body=body)).status_code == 422
+    world.assert_nothing_booked(before, "c-bad")
+
+
+def test_replay_of_a_token_whose_first_use_was_not_found(world):
+    body = compact_json({"claim_id": "c-x", "member_id": "M-nobody", "points": 5,
+                         "occurred_at": ago(minutes=1)})
+    forge = world.forge(body=body)
+    headers = forge.headers()
+    assert world.send(forge, headers).status_code == 404
+    world.assert_invalid_token(world.send(forge, headers), before_signature=False)
+
+
+def test_replay_across_app_instances_sharing_the_database(world):
+    other = create_app({"SQLALCHEMY_DATABASE_URI": world.app.config["SQLALCHEMY_DATABASE_URI"],
+                        "TESTING": True})
+    try:
+        forge = world.forge()
+        headers = forge.headers()
+        world.assert_booked(world.send(forge, headers), forge)
+        after_first = world.snapshot()
+        with other.test_client() as client:
+            replay = client.open(forge.url, method="POST", data=forge.body, headers=headers)
+            world.assert_invalid_token(replay, before_signature=False)
+            assert world.snapshot() == after_first
+            # the second instance does accept fresh tokens: the 401 above was the replay
+            fresh = world.forge()
+            accepted = client.open(fresh.url, method="POST", data=fresh.body,
+                                   headers=fresh.headers())
+            assert accepted.status_code == 201, accepted.get_data(as_text=True)
+        # and the other way round: a token first used on the second instance
+        forge = world.forge()
+        headers = forge.headers()
+        with other.test_client() as client:
+            assert client.open(forge.url, method="POST", data=forge.body,
+                               headers=headers).status_code == 201
+        world.assert_invalid_token(world.send(forge, headers), before_signature=False)
+    finally:
+        with other.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_replay_books_once(world, verify_clean):
+    forge = world.forge()
+    headers = forge.headers()
+    before = world.snapshot()
+    threads_n = 8
+    barrier = threading.Barrier(threads_n)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def fire():
+        with world.app.test_client() as client:
+            barrier.wait()
+            response = client.open(forge.url, method="POST", data=forge.body, headers=headers)
+        with lock:
+            statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=fire) for _ in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=100)
+    assert sorted(statuses) == [201] + [401] * (threads_n - 1)
+    assert world.snapshot() == (before[0] + 1, before[1] + 100)
+    verify_clean()
+
+
+# --- operator actions: revocation, rotation, suspension --------------------------------------
+
+def cli(runner, *args):
+    result = runner.invoke(args=list(args))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_revoked_key_is_rejected_and_a_rotated_key_still_works(world, runner, tmp_path):
+    partner = world.partner
+    new = new_key(partner.client.algorithm)
+    (tmp_path / "new.pub").write_bytes(public_pem(new))
+    added = cli(runner, "partners", "add-key", partner.id, "--public-key", str(tmp_path / "new.pub"))
+    assert added["kid"] == jwk_thumbprint(new.public_key())
+    rotated = type(partner)(partner.id, new, added["kid"],
+                            PartnerClient("", partner.id, new, transport=transport_for(world.app)))
+    # both keys work while both are active
+    for signer in (partner, rotated):
+        forge = world.forge(signer)
+        world.assert_booked(world.send(forge), forge, signer)
+    signed_before_revocation = world.forge(partner)
+    assert cli(runner, "partners", "revoke-key", partner.id, "--", partner.kid)["state"] == "revoked"
+    before = world.snapshot()
+    # takes effect on the very next request, also for a token signed before the revocation
+    for forge in (signed_before_revocation, world.forge(partner)):
+        world.assert_invalid_token(world.send(forge), before_signature=True)
+        world.assert_nothing_booked(before, forge.claim_id, readers=(rotated, world.other))
+    # the rotated key of the same partner still works
+    forge = world.forge(rotated)
+    world.assert_booked(world.send(forge), forge, rotated)
+    assert world.snapshot() == (before[0] + 1, before[1] + 100)
+    # the revoked key stays revoked in the registry
+    shown = cli(runner, "partners", "show", partner.id)
+    states = {key["kid"]: key["state"] for key in shown["keys"]}
+    assert states == {partner.kid: "revoked", rotated.kid: "active"}
+
+
+def test_suspended_partner_is_rejected_until_activated(world, runner):
+    partner = world.partner
+    signed_before = world.forge()
+    assert cli(runner, "partners", "suspend", partner.id)["status"] == "suspended"
+    before = world.snapshot()
+    for forge in (signed_before, world.forge()):
+        world.assert_invalid_token(world.send(forge), before_signature=True)
+        world.assert_nothing_booked(before, forge.claim_id, readers=(world.other,))
+    # GETs too, and the suspension is the partner's alone
+    world.assert_invalid_token(
+        world.send(world.forge(method="GET", path="/v1/members/M-1/balance", body=b"")),
+        before_signature=True)
+    other = world.forge(world.other)
+    world.assert_booked(world.send(other), other, world.other)
+    assert cli(runner, "partners", "activate", partner.id)["status"] == "active"
+    forge = world.forge()
+    world.assert_booked(world.send(forge), forge)
