@@ -109,3 +109,21 @@ def test_unknown_members_and_claims_are_404(acme):
     for response in (acme.client.earn("e1", "ghost", 1), acme.client.balance("ghost"),
                      acme.client.claim("nope"), acme.client.reverse("nope", "r1", 1)):
         assert response.status == 404 and problem_slug(response) == "not-found"
+
+
+def test_a_crash_answers_500_problem_and_still_spends_the_token(app, acme, monkeypatch):
+    from coalition import ledger
+
+    acme.client.enrol("M1")
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+    monkeypatch.setattr(ledger, "book_earn", boom)
+    body = acme.client.encode_body({"claim_id": "e1", "member_id": "M1", "points": 5,
+                                    "occurred_at": ago(minutes=1)})
+    headers = acme.client.sign("POST", "/v1/earn", body)
+    with app.test_client() as c:
+        first = c.post("/v1/earn", data=body, headers=headers)
+        assert first.status_code == 500 and first.json["type"].endswith("internal-error")
+        assert "disk on fire" not in first.get_data(as_text=True)
+        monkeypatch.undo()
+        assert c.post("/v1/earn", data=body, headers=headers).status_code == 401
