@@ -17,7 +17,7 @@ from .ledger import Rules
 ROOT = Path(__file__).resolve().parent.parent
 # Bounded parts that plug into the core. Imported by name so that `coalition` never imports
 # them (DESIGN.md: arrows point one way only); each exposes init_app(app, api).
-EXTENSIONS = ("partners",)
+EXTENSIONS = ("partners", "settlement")
 
 
 def create_app(test_config: dict | None = None) -> Flask:

@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timezone
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from .database import db
@@ -61,7 +61,7 @@ def members_add(member_id: str):
 @ledger_cli.command("verify")
 def ledger_verify():
     """Re-derive every balance, lot and consumption from the journal; exit 1 on any violation."""
-    report = verify(db.session)
+    report = verify(db.session, current_app.extensions.get("ledger_checks"))
     db.session.rollback()
     emit(report)
     if not report["ok"]:

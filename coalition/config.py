@@ -25,4 +25,7 @@ def from_environment(instance_path: str) -> dict:
         "MAX_CONTENT_LENGTH": _int("MAX_BODY_BYTES", 1024 * 1024),
         "MAX_JSON_DEPTH": _int("MAX_JSON_DEPTH", 16),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+        # The coalition's own Ed25519 key that signs statements; generated at first use.
+        "COALITION_SIGNING_KEY_FILE": os.environ.get("COALITION_SIGNING_KEY_FILE")
+        or str(Path(instance_path) / "coalition-signing-key.pem"),
     }

@@ -15,10 +15,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import books
 from .errors import Problem
 from .fields import iso_utc
 from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
-from .periods import as_utc, expiry_of, period_of
+from .periods import as_utc, expiry_of
 
 MAX_FUTURE = timedelta(minutes=5)
 MAX_PENDING = timedelta(days=366)
@@ -84,8 +85,10 @@ def lock_member(session: Session, *, external_id: str | None = None,
     where = Member.external_id == external_id if pk is None else Member.id == pk
     # populate_existing: the row may already sit in the session, read before the lock was
     # taken; its balance must be the one read under the lock, or an update would be lost.
-    return session.scalars(select(Member).where(where).with_for_update()
-                           .execution_options(populate_existing=True)).one_or_none()
+    member = session.scalars(select(Member).where(where).with_for_update()
+                             .execution_options(populate_existing=True)).one_or_none()
+    books.hold_open(session)
+    return member
 
 
 def _claimant(session: Session, member_id: str, partner_id: str, claim_id: str,
@@ -169,12 +172,13 @@ def _is_claim_key(exc: IntegrityError) -> bool:
             or "journal_entries.partner_id, journal_entries.claim_id" in message)  # SQLite
 
 
-def _new_entry(kind: str, partner_id: str, claim_id: str, member: Member, points: int,
-               occurred_at: datetime, now: datetime, rules: Rules, fp: str, **extra) -> Entry:
+def _new_entry(session: Session, kind: str, partner_id: str, claim_id: str, member: Member,
+               points: int, occurred_at: datetime, now: datetime, rules: Rules, fp: str,
+               **extra) -> Entry:
+    period, late = books.booking_period(session, occurred_at, rules.timezone)
     return Entry(kind=kind, partner_id=partner_id, claim_id=claim_id, member_id=member.id,
                  member=member, points=points, occurred_at=occurred_at, recorded_at=now,
-                 period=period_of(occurred_at, rules.timezone), late=False, fingerprint=fp,
-                 **extra)
+                 period=period, late=late, fingerprint=fp, **extra)
 
 
 def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: str, points: int,
@@ -211,7 +215,7 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     member.balance += lot.remaining
     member.debt -= filled
     available = available_points(session, member, now) + (0 if pending else lot.remaining)
-    entry = _new_entry("earn", partner_id, claim_id, member, points, occurred_at, now, rules, fp,
+    entry = _new_entry(session, "earn", partner_id, claim_id, member, points, occurred_at, now, rules, fp,
                        pending_until=pending_until, description=description,
                        status="pending" if pending else "booked", balance_after=available)
     lot.entry = entry
@@ -241,7 +245,7 @@ def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     if points > available:
         raise Problem("insufficient-points",
                       f"The member has {max(available, 0)} points available; {points} requested.")
-    entry = _new_entry("burn", partner_id, claim_id, member, points, occurred_at, now, rules, fp,
+    entry = _new_entry(session, "burn", partner_id, claim_id, member, points, occurred_at, now, rules, fp,
                        description=description, status="booked", balance_after=available - points)
     member.balance -= points
     _book(session, entry, {f"member:{member.id}": -points, f"redeemed:{partner_id}": points}, member)
@@ -283,7 +287,7 @@ def book_reversal(session: Session, *, partner_id: str, claim_id: str, reversal_
         raise Problem("reversal-exceeds-claim",
                       f"{target.points - already} points of this claim are left to reverse; "
                       f"{points} requested.")
-    entry = _new_entry("reversal", partner_id, reversal_id, member, points, occurred_at, now,
+    entry = _new_entry(session, "reversal", partner_id, reversal_id, member, points, occurred_at, now,
                        rules, fp, reverses_id=target.id, reverses=target, status="booked",
                        balance_after=0)
     if target.kind == "earn":

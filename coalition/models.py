@@ -142,3 +142,11 @@ class Consumption(db.Model):
     lot: Mapped[Lot] = relationship()
 
     __table_args__ = (CheckConstraint("points <> 0", name="points_nonzero"),)
+
+
+class ClosedPeriod(db.Model):
+    """A month whose books are closed: claims of that month are booked into the next open one."""
+    __tablename__ = "closed_periods"
+
+    period: Mapped[str] = mapped_column(String(7), primary_key=True)
+    closed_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -32,13 +32,19 @@ class Report:
                 "violations_by_check": dict(self.counts), "violations": self.violations}
 
 
-def verify(session: Session) -> dict:
+def verify(session: Session, extra_checks: dict | None = None) -> dict:
+    """`extra_checks`: name -> fn(session, fail) returning how many items it checked; this is
+    how settlement adds its statements without the core importing it."""
+    session.expire_all()  # verify what the database holds, not what this session remembers
     report = Report()
     entries = _verify_entries(session, report)
     _verify_members(session, report)
     lots = _verify_lots(session, report)
-    return report.as_dict({"entries": entries, "lots": lots,
-                           "members": session.scalar(select(func.count(Member.id)))})
+    checked = {"entries": entries, "lots": lots,
+               "members": session.scalar(select(func.count(Member.id)))}
+    for name, check in (extra_checks or {}).items():
+        checked[name] = check(session, report.fail)
+    return report.as_dict(checked)
 
 
 def _sums(session: Session, key, value, *where) -> dict:

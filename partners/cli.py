@@ -89,3 +89,18 @@ def show(partner_id):
 def prune_tokens():
     """Delete the jti records of tokens that have expired (the API also does this now and then)."""
     return {"pruned": tokens.prune(db.session, _now())}
+
+
+@partners_cli.command("set-terms")
+@click.argument("partner_id")
+@click.option("--from", "starts", required=True, help="first month (YYYY-MM) the terms apply to")
+@click.option("--issue-price", required=True)
+@click.option("--redemption-rate", required=True)
+@click.option("--issuance-share", required=True)
+@click.option("--claim-fee", required=True)
+@json_command
+def set_terms(partner_id, starts, issue_price, redemption_rate, issuance_share, claim_fee):
+    service.set_terms(db.session, partner_id, starts,
+                      {"issue_price": issue_price, "redemption_rate": redemption_rate,
+                       "issuance_share": issuance_share, "claim_fee": claim_fee}, now=_now())
+    return service.partner_view(service.get_partner(db.session, partner_id))

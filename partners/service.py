@@ -7,6 +7,7 @@ from decimal import Decimal, InvalidOperation
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from coalition import books
 from coalition.errors import Problem
 from coalition.ledger import find_claim
 from coalition.models import Entry
@@ -149,3 +150,37 @@ def current_claim(session: Session, partner_id: str, claim_id: str, *, now: date
     reversals = list(session.scalars(select(Entry).where(Entry.reverses_id == entry.id)
                                      .order_by(Entry.id)))
     return claim_view(entry, reversals=reversals, now=now)
+
+
+# --- terms --------------------------------------------------------------------------------
+
+def set_terms(session: Session, partner_id: str, starts: str, raw: dict, *, now: datetime) -> PartnerTerms:
+    """New terms from month `starts` on; that month must still be open."""
+    get_partner(session, partner_id)
+    books.parse_period(starts)
+    last_closed = books.closed_through(session)
+    if last_closed is not None and starts <= last_closed:
+        raise Problem("period-closed", f"{starts} is closed: terms can change from {books.next_period(last_closed)} on.")
+    missing = [name for name in DEFAULT_TERMS if raw.get(name) is None]
+    if missing:
+        raise Problem("validation-error", "set-terms needs every term: missing " + ", ".join(missing) + ".")
+    terms = parse_terms(raw)
+    row = session.get(PartnerTerms, (partner_id, starts))
+    if row is None:
+        row = PartnerTerms(partner_id=partner_id, starts=starts, created_at=now)
+        session.add(row)
+    for name, value in terms.items():
+        setattr(row, name, value)
+    session.flush()
+    return row
+
+
+def terms_in_force(session: Session, partner_id: str, period: str) -> dict[str, Decimal]:
+    """The latest terms starting on or before `period`; before the first, the first."""
+    rows = session.scalars(select(PartnerTerms).where(PartnerTerms.partner_id == partner_id)
+                           .order_by(PartnerTerms.starts)).all()
+    chosen = rows[0]
+    for row in rows:
+        if row.starts <= period:
+            chosen = row
+    return {name: getattr(chosen, name).quantize(Decimal("0.000001")) for name in DEFAULT_TERMS}

@@ -32,6 +32,11 @@ def pytest_report_header(config):
 
 
 @pytest.fixture(scope="session")
+def signing_key_file(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("keys") / "coalition-signing-key.pem")
+
+
+@pytest.fixture(scope="session")
 def migrated(tmp_path_factory):
     """Run the Alembic migrations once: into PostgreSQL, or into an SQLite template file."""
     uri = PG_URL if ON_POSTGRES else "sqlite:///" + str(tmp_path_factory.mktemp("db") / "template.db")
@@ -43,13 +48,14 @@ def migrated(tmp_path_factory):
 
 
 @pytest.fixture
-def app(migrated, tmp_path):
+def app(migrated, tmp_path, signing_key_file):
     if ON_POSTGRES:
         uri = migrated
     else:
         uri = "sqlite:///" + str(tmp_path / "coalition.db")
         shutil.copy(migrated.removeprefix("sqlite:///"), tmp_path / "coalition.db")
-    app = create_app({"SQLALCHEMY_DATABASE_URI": uri, "TESTING": True})
+    app = create_app({"SQLALCHEMY_DATABASE_URI": uri, "TESTING": True,
+                      "COALITION_SIGNING_KEY_FILE": signing_key_file})
     if ON_POSTGRES:
         with app.app_context():
             tables = ", ".join(t.name for t in db.metadata.sorted_tables)

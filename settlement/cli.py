@@ -1,0 +1,49 @@
+"""`flask settlement close|show`: close a month into statements, print them."""
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from coalition.cli import json_command
+from coalition.database import db
+
+from . import exports, service, signing
+
+settlement_cli = AppGroup("settlement", help="Monthly settlement: close months, show statements.")
+
+
+@settlement_cli.command("close")
+@click.argument("period")
+@json_command
+def close(period):
+    """Close month YYYY-MM (it must have ended, after every earlier month) and write statements."""
+    key = signing.signing_key(current_app.config["COALITION_SIGNING_KEY_FILE"])
+    return service.close(db.session, period, now=datetime.now(timezone.utc),
+                         tz=current_app.config["COALITION_TIMEZONE"], key=key)
+
+
+@settlement_cli.command("show")
+@click.argument("period")
+@click.option("--partner", "partner_id", default=None, help="one partner's statement")
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json")
+@json_command
+def show(period, partner_id, fmt):
+    """Print a closed month: the coalition view, or one partner's statement."""
+    if partner_id is None:
+        signed = service.signed(service.report(db.session, period))
+        if fmt == "csv":
+            click.echo(exports.report_csv(signed["document"]), nl=False)
+            return None
+        signed["partners"] = [service.signed(service.statement(db.session, s["partner_id"], period))
+                              for s in signed["document"]["statements"]]
+        return signed
+    service.report(db.session, period)  # period-open if the month is not closed
+    row = service.statement(db.session, partner_id, period)
+    if fmt == "csv":
+        click.echo(exports.statement_csv(service.signed(row)["document"], row.digest), nl=False)
+        return None
+    return service.signed(row)

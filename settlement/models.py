@@ -1,0 +1,35 @@
+"""Closed months' statements: stored as the exact canonical JSON that was signed."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from coalition.database import db
+
+
+class Statement(db.Model):
+    """One partner's final statement for one closed month. Never updated."""
+    __tablename__ = "statements"
+
+    period: Mapped[str] = mapped_column(ForeignKey("closed_periods.period"), primary_key=True)
+    partner_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    document: Mapped[str] = mapped_column(Text)  # canonical JSON, the signed bytes
+    digest: Mapped[str] = mapped_column(String(64))  # SHA-256 hex of document
+    signature: Mapped[str] = mapped_column(String(128))  # base64url Ed25519 over document
+    kid: Mapped[str] = mapped_column(String(64))
+    net_cents: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CoalitionReport(db.Model):
+    """The coalition view of a closed month: all statements, the issuer x redeemer matrix,
+    the operator margin and what netting saved."""
+    __tablename__ = "coalition_reports"
+
+    period: Mapped[str] = mapped_column(ForeignKey("closed_periods.period"), primary_key=True)
+    document: Mapped[str] = mapped_column(Text)
+    digest: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+    kid: Mapped[str] = mapped_column(String(64))

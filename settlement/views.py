@@ -1,0 +1,57 @@
+"""Partners read their own closed statements; anyone reads the coalition's public keys."""
+from __future__ import annotations
+
+from flask import Response, current_app, g
+from marshmallow import Schema, fields, validate
+
+from coalition.api import Blueprint, problems
+from coalition.database import db
+from coalition.errors import Problem
+from partners.views import AUTH, COMMON, authenticate, crashed, failed
+
+from . import exports, schemas, service, signing
+
+blp = Blueprint("statements", __name__, url_prefix="/v1",
+                description="Closed monthly statements of the calling partner, signed by the coalition.")
+blp.before_request(authenticate)
+blp.register_error_handler(Problem, failed)
+blp.register_error_handler(Exception, crashed)
+
+keys_blp = Blueprint("coalition_keys", __name__, description="The coalition's public keys.")
+
+
+class FormatSchema(Schema):
+    format = fields.String(load_default="json", validate=validate.OneOf(["json", "csv"]))
+
+
+@blp.route("/statements", methods=["GET"])
+@blp.doc(security=AUTH, summary="The caller's closed statements")
+@blp.response(200, schemas.StatementListSchema)
+@problems(blp, *COMMON)
+def list_statements():
+    rows = service.statements_of(db.session, g.caller.partner_id)
+    db.session.commit()
+    return {"statements": [{"period": r.period, "net_cents": r.net_cents, "digest": r.digest}
+                           for r in rows]}
+
+
+@blp.route("/statements/<period>", methods=["GET"])
+@blp.doc(security=AUTH, summary="One closed statement, as signed (JSON) or as CSV")
+@blp.arguments(FormatSchema, location="query")
+@blp.response(200, schemas.SignedStatementSchema)
+@problems(blp, *COMMON, "not-found", "validation-error")
+def get_statement(query: dict, period: str):
+    row = service.statement(db.session, g.caller.partner_id, period)
+    db.session.commit()
+    if query["format"] == "csv":
+        body = exports.statement_csv(service.signed(row)["document"], row.digest)
+        return Response(body, mimetype="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="statement-{row.partner_id}-{period}.csv"'})
+    return service.signed(row)
+
+
+@keys_blp.route("/.well-known/jwks.json", methods=["GET"])
+@keys_blp.doc(summary="Public keys that sign statements (JWKS)")
+@keys_blp.response(200, schemas.JwksSchema)
+def jwks():
+    return signing.jwks(signing.signing_key(current_app.config["COALITION_SIGNING_KEY_FILE"]))

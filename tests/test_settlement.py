@@ -1,0 +1,197 @@
+"""Settlement: a month computed by hand, the close rules, signed statements, verify."""
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from flask import current_app
+from sqlalchemy import text
+
+from coalition import ledger
+from coalition.database import db
+from coalition.errors import Problem
+from coalition.members import enrol
+from partners import service as partner_service
+from settlement import service as settlement
+from settlement.signing import signing_key
+
+UTC = timezone.utc
+RULES = ledger.Rules("Europe/Berlin", 30, 36)
+MAY = datetime(2026, 5, 31, 12, tzinfo=UTC)  # the booking clock for May's claims
+TERMS = {
+    "bakery": {"issue_price": "0.01", "redemption_rate": "0.009", "issuance_share": "1", "claim_fee": "0"},
+    "fuel": {"issue_price": "0.012", "redemption_rate": "0.0095", "issuance_share": "0.5", "claim_fee": "0.005"},
+    "books": {"issue_price": "0.01", "redemption_rate": "0.009", "issuance_share": "1", "claim_fee": "0"},
+}
+
+
+def day(d: int, month: int = 5, hour: int = 12, minute: int = 0) -> datetime:
+    return datetime(2026, month, d, hour, minute, tzinfo=UTC)
+
+
+class Book:
+    def __init__(self, session, now=MAY):
+        self.s, self.now = session, now
+
+    def _run(self, fn, **kw):
+        booked = fn(self.s, now=self.now, rules=RULES, **kw)
+        self.s.commit()
+        return booked.entry
+
+    def earn(self, partner, claim, member, points, when, **kw):
+        return self._run(ledger.book_earn, partner_id=partner, claim_id=claim, member_id=member,
+                         points=points, occurred_at=when, **kw)
+
+    def burn(self, partner, claim, member, points, when):
+        return self._run(ledger.book_burn, partner_id=partner, claim_id=claim, member_id=member,
+                         points=points, occurred_at=when)
+
+    def reverse(self, partner, claim, rid, points, when):
+        return self._run(ledger.book_reversal, partner_id=partner, claim_id=claim,
+                         reversal_id=rid, points=points, occurred_at=when)
+
+
+@pytest.fixture
+def may(app):
+    """May 2026 of docs/settlement.md, booked with a fixed clock."""
+    with app.app_context():
+        s = db.session
+        for partner, terms in TERMS.items():
+            partner_service.add_partner(s, partner, partner.title(), now=day(1), tz=RULES.timezone,
+                                        terms=terms)
+        for member in ("M1", "M2"):
+            enrol(s, member, now=day(1))
+        s.commit()
+        b = Book(s)
+        b.earn("bakery", "e1", "M1", 1000, day(2))
+        b.earn("fuel", "f1", "M1", 500, day(3))
+        b.burn("books", "k1", "M1", 300, day(10))       # bakery's lot (occurred first)
+        b.burn("fuel", "f2", "M1", 900, day(11))        # bakery 700, fuel 200
+        b.reverse("books", "k1", "rk1", 100, day(12))   # back to bakery's lot
+        b.reverse("fuel", "f1", "rf1", 500, day(13))    # 300 left in the lot: 200 become debt
+        b.earn("books", "b1", "M1", 250, day(14))       # fills fuel's 200 of debt first
+        b.burn("bakery", "e3", "M1", 101, day(15))      # bakery's lot 100, books' lot 1
+        yield s
+
+
+def close(s, period, now):
+    report = settlement.close(s, period, now=now, tz=RULES.timezone,
+                              key=signing_key(current_app.config["COALITION_SIGNING_KEY_FILE"]))
+    s.commit()
+    return report
+
+
+def doc(s, partner, period="2026-05"):
+    return json.loads(settlement.statement(s, partner, period).document)
+
+
+def test_may_statements_match_the_hand_computation(may):
+    report = close(may, "2026-05", datetime(2026, 6, 2, tzinfo=UTC))
+    bakery, fuel, books = doc(may, "bakery"), doc(may, "fuel"), doc(may, "books")
+    assert {k: bakery[k] for k in ("claims", "points_issued", "points_redeemed", "points_funded",
+                                   "issuance_charge_cents", "redemption_funding_charge_cents",
+                                   "redemption_reimbursement_cents", "fees_cents",
+                                   "debt_recovery_credit_cents", "net_cents")} == {
+        "claims": 2, "points_issued": 1000, "points_redeemed": 101, "points_funded": 1000,
+        "issuance_charge_cents": 1000, "redemption_funding_charge_cents": 0,
+        "redemption_reimbursement_cents": 91,  # 0.909 EUR, half up
+        "fees_cents": 0, "debt_recovery_credit_cents": 0, "net_cents": -909}
+    assert {k: fuel[k] for k in ("claims", "points_issued", "points_redeemed", "points_funded",
+                                 "points_debt_recovered", "issuance_charge_cents",
+                                 "redemption_funding_charge_cents", "redemption_reimbursement_cents",
+                                 "fees_cents", "debt_recovery_credit_cents", "net_cents")} == {
+        "claims": 3, "points_issued": 0, "points_redeemed": 900, "points_funded": 200,
+        "points_debt_recovered": 200, "issuance_charge_cents": 0,
+        "redemption_funding_charge_cents": 120, "redemption_reimbursement_cents": 855,
+        "fees_cents": 2,  # 3 claims x 0.005 EUR = 1.5 cents, half up
+        "debt_recovery_credit_cents": 120, "net_cents": 853}
+    assert (books["points_issued"], books["points_redeemed"], books["points_funded"],
+            books["issuance_charge_cents"], books["redemption_reimbursement_cents"],
+            books["net_cents"]) == (250, 200, 201, 250, 180, -70)
+    assert bakery["counterparties"] == [
+        {"partner_id": "books", "issued_by_them_redeemed_here": 1, "issued_here_redeemed_there": 200},
+        {"partner_id": "fuel", "issued_by_them_redeemed_here": 0, "issued_here_redeemed_there": 700}]
+    assert fuel["counterparties"] == [
+        {"partner_id": "bakery", "issued_by_them_redeemed_here": 700, "issued_here_redeemed_there": 0}]
+    assert report["matrix"] == [
+        {"issuer": "bakery", "redeemer": "bakery", "points": 100},
+        {"issuer": "bakery", "redeemer": "books", "points": 200},
+        {"issuer": "bakery", "redeemer": "fuel", "points": 700},
+        {"issuer": "books", "redeemer": "bakery", "points": 1},
+        {"issuer": "fuel", "redeemer": "fuel", "points": 200}]
+    assert report["operator_margin_cents"] == 126 == -(bakery["net_cents"] + fuel["net_cents"] + books["net_cents"])
+    assert report["payments"] == {"gross_obligations": 8, "net_payments": 3, "saved": 5}
+    assert report["totals"] == {"points_issued": 1250, "points_redeemed": 1201, "points_expired": 0}
+
+
+def test_june_takes_late_claims_berlin_boundary_and_new_terms(may):
+    close(may, "2026-05", datetime(2026, 6, 2, tzinfo=UTC))
+    partner_service.set_terms(may, "bakery", "2026-06", {**TERMS["bakery"], "issue_price": "0.02"},
+                              now=day(2, month=6))
+    may.commit()
+    june = Book(may, now=day(3, month=6))
+    late = june.earn("bakery", "e4", "M2", 50, day(30))               # May is closed: June, late
+    boundary = june.earn("bakery", "e5", "M2", 77, day(31, hour=22, minute=30))  # 00:30 in Berlin
+    assert (late.period, late.late, boundary.period, boundary.late) == ("2026-06", True, "2026-06", False)
+    with pytest.raises(Problem) as exc:
+        close(may, "2026-06", datetime(2026, 6, 30, 21, 59, tzinfo=UTC))  # 23:59 in Berlin
+    assert exc.value.slug == "period-open"
+    may.rollback()
+    close(may, "2026-06", datetime(2026, 6, 30, 22, 0, tzinfo=UTC))
+    bakery = doc(may, "bakery", "2026-06")
+    assert (bakery["claims"], bakery["late_claims"], bakery["points_issued"]) == (2, 1, 127)
+    assert bakery["terms"]["issue_price"] == "0.020000" and bakery["issuance_charge_cents"] == 254
+    assert doc(may, "bakery")["terms"]["issue_price"] == "0.010000"  # May keeps May's terms
+
+
+def test_months_close_once_in_order_after_they_end(may):
+    def attempt(period, now=datetime(2026, 8, 1, tzinfo=UTC)):
+        with pytest.raises(Problem) as exc:
+            close(may, period, now)
+        may.rollback()
+        return exc.value.slug
+    assert attempt("2026-05", datetime(2026, 5, 31, 21, 59, tzinfo=UTC)) == "period-open"
+    assert attempt("2026-06") == "period-open"      # May first
+    assert attempt("2026-04") == "period-closed"    # before the first period: nothing there
+    assert attempt("2026-13") == "validation-error"
+    close(may, "2026-05", datetime(2026, 6, 1, tzinfo=UTC))
+    assert attempt("2026-05") == "period-closed"
+    with pytest.raises(Problem) as exc:
+        partner_service.set_terms(may, "fuel", "2026-05", TERMS["fuel"], now=day(2, month=6))
+    assert exc.value.slug == "period-closed"
+
+
+def test_nothing_booked_means_nothing_to_close(app):
+    with app.app_context():
+        with pytest.raises(Problem) as exc:
+            close(db.session, "2026-05", datetime(2026, 6, 2, tzinfo=UTC))
+        assert exc.value.slug == "period-open"
+
+
+def test_statements_are_signed_and_verify_catches_changes(may, runner):
+    close(may, "2026-05", datetime(2026, 6, 2, tzinfo=UTC))
+    row = settlement.statement(may, "fuel", "2026-05")
+    client = current_app.test_client()
+    jwk = client.get("/.well-known/jwks.json").get_json()["keys"][0]
+    public = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(jwk["x"] + "="))
+    assert jwk["kid"] == row.kid
+    public.verify(base64.urlsafe_b64decode(row.signature + "=" * (-len(row.signature) % 4)),
+                  row.document.encode())
+    may.commit()
+    result = runner.invoke(args=["ledger", "verify"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["checked"]["statements"] == 4
+    tampered = row.document.replace('"net_cents":853', '"net_cents":953')
+    may.execute(text("UPDATE statements SET document = :d WHERE partner_id = 'fuel'"), {"d": tampered})
+    may.commit()
+    result = runner.invoke(args=["ledger", "verify"])
+    assert result.exit_code == 1
+    assert json.loads(result.output)["violations_by_check"] == {"statement-digest": 1}
+
+
+def test_terms_in_force_fall_back_to_the_first_terms(may):
+    assert partner_service.terms_in_force(may, "fuel", "2020-01")["claim_fee"] == Decimal("0.005000")
