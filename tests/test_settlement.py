@@ -195,3 +195,38 @@ def test_statements_are_signed_and_verify_catches_changes(may, runner):
 
 def test_terms_in_force_fall_back_to_the_first_terms(may):
     assert partner_service.terms_in_force(may, "fuel", "2020-01")["claim_fee"] == Decimal("0.005000")
+
+
+def test_partners_read_their_own_statements_as_json_and_csv(may, make_partner, runner):
+    close(may, "2026-05", datetime(2026, 6, 2, tzinfo=UTC))
+    may.commit()
+    fuel = make_partner("fuel-api")  # a partner registered after May: no May statement
+    assert fuel.client.request("GET", "/v1/statements").json() == {"statements": []}
+    assert fuel.client.request("GET", "/v1/statements/2026-05").status == 404
+    # Give the real fuel partner a key and read its statement through the API.
+    from tests.conftest import new_key, public_pem, transport_for
+    from partners.client import PartnerClient
+    key = new_key("EdDSA")
+    partner_service.add_key(may, "fuel", public_pem(key), now=day(2, month=6))
+    may.commit()
+    client = PartnerClient("", "fuel", key, transport=transport_for(current_app))
+    listed = client.request("GET", "/v1/statements").json()["statements"]
+    assert [(s["period"], s["net_cents"]) for s in listed] == [("2026-05", 853)]
+    signed = client.request("GET", "/v1/statements/2026-05").json()
+    assert signed["document"]["partner_id"] == "fuel" and signed["signature"]["alg"] == "EdDSA"
+    assert signed["digest"] == listed[0]["digest"]
+    csv = client.request("GET", "/v1/statements/2026-05?format=csv")
+    assert csv.headers["content-type"].startswith("text/csv")
+    assert "net_cents,853" in csv.body.decode() and "bakery,700,0" in csv.body.decode()
+    assert client.request("GET", "/v1/statements/2026-05?format=pdfx").status == 422
+    assert client.request("GET", "/v1/statements/2026-06").status == 404
+
+    shown = runner.invoke(args=["settlement", "show", "2026-05"])
+    assert shown.exit_code == 0
+    view = json.loads(shown.output)
+    assert view["document"]["operator_margin_cents"] == 126 and len(view["partners"]) == 3
+    one = runner.invoke(args=["settlement", "show", "2026-05", "--partner", "bakery", "--format", "csv"])
+    assert one.exit_code == 0 and "net_cents,-909" in one.output
+    assert runner.invoke(args=["settlement", "show", "2026-07"]).exit_code == 1
+    closed_again = runner.invoke(args=["settlement", "close", "2026-05"])
+    assert closed_again.exit_code == 1 and json.loads(closed_again.output)["error"] == "period-closed"
