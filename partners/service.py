@@ -16,6 +16,7 @@ from coalition.periods import as_utc, period_of
 from .keys import canonical_pem, load_public_key, thumbprint
 from .models import Partner, PartnerKey, PartnerTerms
 
+FIRST_TERMS = "0000-00"  # sorts before every YYYY-MM
 DEFAULT_TERMS = {"issue_price": Decimal("0.01"), "redemption_rate": Decimal("0.009"),
                  "issuance_share": Decimal("1"), "claim_fee": Decimal("0")}
 
@@ -51,7 +52,10 @@ def add_partner(session: Session, partner_id: str, name: str, *, now: datetime, 
         raise Problem("validation-error", "A partner needs a name.")
     partner = Partner(id=partner_id, name=name.strip(), status="active", created_at=now)
     session.add(partner)
-    session.add(PartnerTerms(partner_id=partner_id, starts=period_of(now, tz), created_at=now,
+    # The first terms apply from the beginning: a claim may occur before the partner was
+    # registered (up to MAX_CLAIM_AGE_DAYS), and later terms must never change which terms
+    # an earlier, closed month used.
+    session.add(PartnerTerms(partner_id=partner_id, starts=FIRST_TERMS, created_at=now,
                              **parse_terms(terms or {})))
     session.flush()
     return partner
@@ -102,7 +106,7 @@ def partner_view(partner: Partner) -> dict:
                   "created_at": as_utc(k.created_at).isoformat(),
                   "revoked_at": as_utc(k.revoked_at).isoformat() if k.revoked_at else None}
                  for k in partner.keys],
-        "terms": [{"from": t.starts, "issue_price": str(t.issue_price),
+        "terms": [{"from": None if t.starts == FIRST_TERMS else t.starts, "issue_price": str(t.issue_price),
                    "redemption_rate": str(t.redemption_rate),
                    "issuance_share": str(t.issuance_share), "claim_fee": str(t.claim_fee)}
                   for t in partner.terms],
@@ -176,11 +180,8 @@ def set_terms(session: Session, partner_id: str, starts: str, raw: dict, *, now:
 
 
 def terms_in_force(session: Session, partner_id: str, period: str) -> dict[str, Decimal]:
-    """The latest terms starting on or before `period`; before the first, the first."""
-    rows = session.scalars(select(PartnerTerms).where(PartnerTerms.partner_id == partner_id)
-                           .order_by(PartnerTerms.starts)).all()
-    chosen = rows[0]
-    for row in rows:
-        if row.starts <= period:
-            chosen = row
+    """The latest terms starting on or before `period` (the first terms start at FIRST_TERMS)."""
+    chosen = session.scalars(select(PartnerTerms).where(PartnerTerms.partner_id == partner_id,
+                                                        PartnerTerms.starts <= period)
+                             .order_by(PartnerTerms.starts.desc()).limit(1)).one()
     return {name: getattr(chosen, name).quantize(Decimal("0.000001")) for name in DEFAULT_TERMS}

@@ -193,8 +193,13 @@ def test_statements_are_signed_and_verify_catches_changes(may, runner):
     assert json.loads(result.output)["violations_by_check"] == {"statement-digest": 1}
 
 
-def test_terms_in_force_fall_back_to_the_first_terms(may):
+def test_first_terms_apply_from_the_beginning_and_later_terms_change_no_earlier_month(may):
+    partner_service.set_terms(may, "fuel", "2026-07", {**TERMS["fuel"], "claim_fee": "0.5"},
+                              now=day(2, month=6))
     assert partner_service.terms_in_force(may, "fuel", "2020-01")["claim_fee"] == Decimal("0.005000")
+    assert partner_service.terms_in_force(may, "fuel", "2026-06")["claim_fee"] == Decimal("0.005000")
+    assert partner_service.terms_in_force(may, "fuel", "2026-07")["claim_fee"] == Decimal("0.500000")
+    assert partner_service.terms_in_force(may, "fuel", "2031-01")["claim_fee"] == Decimal("0.500000")
 
 
 def test_partners_read_their_own_statements_as_json_and_csv(may, make_partner, runner):
