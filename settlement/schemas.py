@@ -1,7 +1,10 @@
 """Response schemas of the statements API (documents are returned exactly as signed)."""
 from __future__ import annotations
 
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
+
+from coalition.fields import Identifier, Points, Rfc3339
+from partners.schemas import StrictSchema
 
 
 class SignatureSchema(Schema):
@@ -32,3 +35,87 @@ class StatementListSchema(Schema):
 
 class JwksSchema(Schema):
     keys = fields.List(fields.Dict(), required=True)
+
+
+# --- Reconciliation (API.md section 3): the partner's record of a closed month, and the answer.
+
+MAX_RECONCILIATION_CLAIMS = 100_000
+KINDS = ("earn", "burn", "reversal")
+
+
+class ReconciliationRecordSchema(StrictSchema):
+    """One claim as the partner recorded it. A reversal is named by its reversal_id."""
+    claim_id = Identifier(required=True, metadata={"description": "claim_id, or reversal_id of a reversal."})
+    kind = fields.String(required=True, validate=validate.OneOf(KINDS))
+    points = Points(required=True)
+    member_id = Identifier(metadata={"description": "Compared when given."})
+    occurred_at = Rfc3339(metadata={"description": "For the partner's reference; not compared."})
+
+
+class ReconciliationUploadSchema(StrictSchema):
+    claims = fields.List(fields.Nested(ReconciliationRecordSchema), required=True,
+                         validate=validate.Length(max=MAX_RECONCILIATION_CLAIMS))
+
+
+class PointsByKindSchema(Schema):
+    earn = fields.Integer(required=True)
+    burn = fields.Integer(required=True)
+    reversal = fields.Integer(required=True)
+
+
+class ReconciliationTotalsSchema(Schema):
+    coalition_claims = fields.Integer(required=True)
+    partner_claims = fields.Integer(required=True)
+    matched = fields.Integer(required=True)
+    mismatched = fields.Integer(required=True)
+    missing_at_partner = fields.Integer(required=True)
+    missing_at_coalition = fields.Integer(required=True)
+    coalition_points = fields.Nested(PointsByKindSchema, required=True)
+    partner_points = fields.Nested(PointsByKindSchema, required=True)
+
+
+class DifferenceSchema(Schema):
+    field = fields.String(required=True, validate=validate.OneOf(["kind", "points", "member_id"]))
+    ours = fields.Raw(required=True, metadata={"description": "The coalition's value."})
+    theirs = fields.Raw(required=True, metadata={"description": "The partner's value."})
+
+
+class MismatchSchema(Schema):
+    claim_id = fields.String(required=True)
+    differences = fields.List(fields.Nested(DifferenceSchema), required=True)
+
+
+class CoalitionRecordSchema(Schema):
+    claim_id = fields.String(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(KINDS))
+    points = fields.Integer(required=True)
+    member_id = fields.String(required=True, allow_none=True, metadata={
+        "description": "null once the member's personal data was erased."})
+    occurred_at = Rfc3339(required=True)
+    late = fields.Boolean(required=True, metadata={
+        "description": "Booked into this month because its own month was closed already."})
+    reverses = fields.String(required=True, allow_none=True, metadata={
+        "description": "For a reversal: the claim it reverses."})
+
+
+class PartnerRecordSchema(Schema):
+    claim_id = fields.String(required=True)
+    kind = fields.String(required=True)
+    points = fields.Integer(required=True)
+    member_id = fields.String()
+    occurred_at = Rfc3339()
+    booked_in = fields.String(required=True, allow_none=True, metadata={
+        "description": "The month the coalition booked this claim of the caller into, "
+                       "if another one; null if the coalition has no such claim at all."})
+
+
+class ReconciliationSchema(Schema):
+    period = fields.String(required=True)
+    partner_id = fields.String(required=True)
+    totals = fields.Nested(ReconciliationTotalsSchema, required=True)
+    matched = fields.List(fields.String(), required=True, metadata={"description": "claim ids"})
+    mismatched = fields.List(fields.Nested(MismatchSchema), required=True)
+    missing_at_partner = fields.List(fields.Nested(CoalitionRecordSchema), required=True, metadata={
+        "description": "Claims the coalition booked into the month that the upload lacks."})
+    missing_at_coalition = fields.List(fields.Nested(PartnerRecordSchema), required=True, metadata={
+        "description": "Uploaded claims the coalition did not book into the month."})

@@ -1,7 +1,7 @@
 """Partners read their own closed statements; anyone reads the coalition's public keys."""
 from __future__ import annotations
 
-from flask import Response, current_app, g
+from flask import Response, current_app, g, request
 from marshmallow import Schema, fields, validate
 
 from coalition.api import Blueprint, problems
@@ -9,7 +9,7 @@ from coalition.database import db
 from coalition.errors import Problem
 from partners.views import AUTH, COMMON, authenticate, crashed, failed
 
-from . import exports, schemas, service, signing
+from . import exports, reconciliation, schemas, service, signing
 
 blp = Blueprint("statements", __name__, url_prefix="/v1",
                 description="Closed monthly statements of the calling partner, signed by the coalition.")
@@ -48,6 +48,33 @@ def get_statement(query: dict, period: str):
         return Response(body, mimetype="text/csv", headers={
             "Content-Disposition": f'attachment; filename="statement-{row.partner_id}-{period}.csv"'})
     return service.signed(row)
+
+
+RECONCILIATION_BODY = {
+    "required": True,
+    "description": "The caller's own record of the month's claims (a reversal by its reversal_id), "
+                   "as JSON or as CSV with the header `claim_id,kind,points[,member_id][,occurred_at]` "
+                   "(UTF-8, columns in any order). At most "
+                   f"{schemas.MAX_RECONCILIATION_CLAIMS} claims, each claim_id once.",
+    "content": {
+        "application/json": {"schema": schemas.ReconciliationUploadSchema},
+        "text/csv": {"schema": {"type": "string"},
+                     "example": "claim_id,kind,points,member_id,occurred_at\n"
+                                "order-42,earn,100,M-1,2026-05-03T12:00:00Z\n"},
+    },
+}
+
+
+@blp.route("/statements/<period>/reconciliation", methods=["POST"])
+@blp.doc(security=AUTH, summary="Reconcile the caller's record of a closed month, claim by claim",
+         requestBody=RECONCILIATION_BODY)
+@blp.response(200, schemas.ReconciliationSchema)
+@problems(blp, *COMMON, "validation-error", "unsupported-media-type", "payload-too-large", "period-open")
+def reconcile(period: str):
+    records = reconciliation.records_from(request)
+    result = reconciliation.reconcile(db.session, g.caller.partner_id, period, records)
+    db.session.commit()
+    return result
 
 
 @keys_blp.route("/.well-known/jwks.json", methods=["GET"])
