@@ -19,6 +19,11 @@ How a request is signed (everything needed to reimplement it in another language
 3. Send `Authorization: Bearer <jwt>` (plus `Content-Type: application/json` when there is a body).
    A retry signs a new token (new jti) over the same body; the body's claim_id makes it idempotent.
 
+Checking a statement offline (GET /v1/statements/PERIOD gives {document, digest, signature}): the
+canonical JSON of `document` (keys sorted, separators "," and ":", UTF-8, no ASCII escaping) must
+hash (SHA-256 hex) to `digest`, and `signature.value` (base64url) must be an Ed25519 signature over
+those bytes by the key with kid `signature.kid` in GET /.well-known/jwks.json: `verify_statement`.
+
 Usage:
     python -m partners.client keygen --alg EdDSA --out partner.pem   # give partner.pem.pub to the operator
     export COALITION_URL=https://coalition.example COALITION_PARTNER=acme COALITION_KEY=partner.pem
@@ -26,6 +31,9 @@ Usage:
 
     client = PartnerClient("https://coalition.example", "acme", load_private_key("partner.pem"))
     client.earn("order-42", "M-1", 100).json()
+
+    python -m partners.client statement 2026-05 --out may.json      # also: statements; --format csv|pdf
+    python -m partners.client verify-statement may.json --jwks https://coalition.example
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import jwt
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -69,6 +78,11 @@ Transport = Callable[[str, str, dict[str, str], bytes], Response]
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Strict base64url (padding optional): a character outside the alphabet is an error."""
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
 
 
 def load_private_key(pem_bytes_or_path: Union[bytes, str, os.PathLike[str]]) -> PrivateKey:
@@ -119,6 +133,44 @@ def rfc3339(value: Union[str, datetime, None]) -> str:
 
 def _seg(value: str) -> str:
     return urllib.parse.quote(value, safe="")
+
+
+def canonical_json(document: Any) -> bytes:
+    """The bytes a statement's digest and signature cover."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def verify_statement(signed: dict, jwks: dict) -> dict:
+    """Check a signed statement offline against the coalition's JWKS; return its document.
+    Raises ValueError saying what failed: the shape, the digest, the key or the signature."""
+    try:
+        document, digest = signed["document"], signed["digest"]
+        kid, value = signed["signature"]["kid"], signed["signature"]["value"]
+        alg = signed["signature"].get("alg", "EdDSA")
+    except (KeyError, TypeError, AttributeError):
+        raise ValueError("not a signed statement: expected document, digest and "
+                         "signature {alg, kid, value}") from None
+    if not isinstance(document, dict) or not all(isinstance(v, str) for v in (digest, kid, value)):
+        raise ValueError("not a signed statement: document must be an object, digest and kid strings")
+    body = canonical_json(document)
+    actual = hashlib.sha256(body).hexdigest()
+    if actual != digest:
+        raise ValueError(f"digest mismatch: the document hashes to {actual}, the statement says {digest}")
+    if alg != "EdDSA":
+        raise ValueError(f"unsupported signature alg {alg!r}; statements are signed with EdDSA")
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
+    jwk = next((k for k in keys or [] if isinstance(k, dict) and k.get("kid") == kid), None)
+    if jwk is None or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+        raise ValueError(f"no Ed25519 (OKP) key with kid {kid} in the JWKS")
+    try:
+        public = ed25519.Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"]))
+    except (KeyError, TypeError, ValueError):  # binascii.Error is a ValueError
+        raise ValueError(f"key {kid} in the JWKS is malformed") from None
+    try:
+        public.verify(b64url_decode(value), body)
+    except (InvalidSignature, ValueError):
+        raise ValueError(f"signature does not verify with key {kid}") from None
+    return document
 
 
 class PartnerClient:
@@ -204,6 +256,19 @@ class PartnerClient:
     def claim(self, claim_id: str) -> Response:
         return self.request("GET", f"/v1/claims/{_seg(claim_id)}")
 
+    # Closed monthly statements and the coalition's public keys.
+
+    def statements(self) -> Response:
+        return self.request("GET", "/v1/statements")
+
+    def statement(self, period: str, format: str = "json") -> Response:
+        """The signed statement (JSON: check it with verify_statement), or its CSV or PDF bytes."""
+        query = "" if format == "json" else "?format=" + _seg(format)
+        return self.request("GET", f"/v1/statements/{_seg(period)}{query}")
+
+    def jwks(self) -> Response:
+        return self.request("GET", "/.well-known/jwks.json")  # the endpoint ignores the token
+
 
 def keygen(alg: str, out: str) -> dict[str, str]:
     """Write a new private key (PKCS#8 PEM, mode 0600) to `out` and its public key to `out.pub`."""
@@ -247,7 +312,39 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keygen")
     k.add_argument("--alg", choices=("ES256", "EdDSA"), required=True)
     k.add_argument("--out", required=True)
+    sub.add_parser("statements")
+    s = sub.add_parser("statement")
+    s.add_argument("period", help="YYYY-MM")
+    s.add_argument("--format", choices=("json", "csv", "pdf"), default="json")
+    s.add_argument("--out", default=None, help="write the body exactly as received (needed for pdf)")
+    v = sub.add_parser("verify-statement")
+    v.add_argument("file", help="a signed statement saved with: statement PERIOD --out FILE")
+    v.add_argument("--jwks", required=True, help="JWKS file or URL (a bare origin: its /.well-known/jwks.json)")
     return p
+
+
+def _verify_cli(path: str, source: str) -> int:
+    try:
+        signed = json.loads(Path(path).read_bytes())
+        if source.startswith(("http://", "https://")):
+            if urllib.parse.urlsplit(source).path in ("", "/"):
+                source = source.rstrip("/") + "/.well-known/jwks.json"
+            with urllib.request.urlopen(source, timeout=10) as resp:  # no auth: the keys are public
+                jwks = json.loads(resp.read())
+        else:
+            jwks = json.loads(Path(source).read_bytes())
+    except (OSError, ValueError) as err:  # unreadable file or URL, not JSON
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    try:
+        doc = verify_statement(signed, jwks)
+    except ValueError as err:
+        print(f"error: statement does not verify: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({"ok": True, "partner_id": doc.get("partner_id"), "period": doc.get("period"),
+                      "net_cents": doc.get("net_cents"), "digest": signed["digest"],
+                      "kid": signed["signature"]["kid"]}))
+    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -260,6 +357,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"error: {args.out} exists; not overwriting a key", file=sys.stderr)
             return 1
         return 0
+    if args.command == "verify-statement":
+        return _verify_cli(args.file, args.jwks)
+    if args.command == "statement" and args.format == "pdf" and not args.out:
+        parser.error("statement --format pdf needs --out FILE")
     missing = [opt for opt, val in (("--base-url", args.base_url), ("--partner", args.partner),
                                     ("--key", args.key)) if not val]
     if missing:
@@ -281,8 +382,16 @@ def main(argv: Optional[list[str]] = None) -> int:
                 resp = client.burn(claim_id, args.member, args.points, args.occurred_at, args.description)
         elif args.command == "reverse":
             resp = client.reverse(args.claim_id, args.reversal_id, args.points, args.occurred_at)
+        elif args.command == "statements":
+            resp = client.statements()
+        elif args.command == "statement":
+            resp = client.statement(args.period, args.format)
         else:
             resp = client.claim(args.claim_id)
+        if args.command == "statement" and args.out and 200 <= resp.status < 300:
+            Path(args.out).write_bytes(resp.body)  # exactly as received: verify-statement reads it
+            print(f"HTTP {resp.status}\nwrote {args.out} ({len(resp.body)} bytes)")
+            return 0
     except (OSError, ValueError) as err:  # unreadable key, bad key type, network failure (URLError is OSError)
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,8 +1,8 @@
 """`flask settlement close|show`: close a month into statements, print them."""
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import click
 from flask import current_app
@@ -10,8 +10,10 @@ from flask.cli import AppGroup
 
 from coalition.cli import json_command
 from coalition.database import db
+from coalition.errors import Problem
 
 from . import exports, service, signing
+from .pdf import statement_pdf
 
 settlement_cli = AppGroup("settlement", help="Monthly settlement: close months, show statements.")
 
@@ -29,10 +31,19 @@ def close(period):
 @settlement_cli.command("show")
 @click.argument("period")
 @click.option("--partner", "partner_id", default=None, help="one partner's statement")
-@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json")
+@click.option("--format", "fmt", type=click.Choice(["json", "csv", "pdf"]), default="json")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="with --format pdf: the file to write")
 @json_command
-def show(period, partner_id, fmt):
-    """Print a closed month: the coalition view, or one partner's statement."""
+def show(period, partner_id, fmt, out):
+    """Print a closed month: the coalition view, or one partner's statement (PDF to --out)."""
+    if fmt == "pdf":
+        if partner_id is None or out is None:
+            raise Problem("validation-error", "--format pdf needs --partner ID and --out FILE.")
+        service.report(db.session, period)
+        row = service.statement(db.session, partner_id, period)
+        Path(out).write_bytes(statement_pdf(service.signed(row)))
+        return {"written": out, "partner_id": partner_id, "period": period, "digest": row.digest}
     if partner_id is None:
         signed = service.signed(service.report(db.session, period))
         if fmt == "csv":

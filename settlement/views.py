@@ -10,6 +10,7 @@ from coalition.errors import Problem
 from partners.views import AUTH, COMMON, authenticate, crashed, failed
 
 from . import exports, reconciliation, schemas, service, signing
+from .pdf import statement_pdf
 
 blp = Blueprint("statements", __name__, url_prefix="/v1",
                 description="Closed monthly statements of the calling partner, signed by the coalition.")
@@ -21,7 +22,7 @@ keys_blp = Blueprint("coalition_keys", __name__, description="The coalition's pu
 
 
 class FormatSchema(Schema):
-    format = fields.String(load_default="json", validate=validate.OneOf(["json", "csv"]))
+    format = fields.String(load_default="json", validate=validate.OneOf(["json", "csv", "pdf"]))
 
 
 @blp.route("/statements", methods=["GET"])
@@ -36,17 +37,21 @@ def list_statements():
 
 
 @blp.route("/statements/<period>", methods=["GET"])
-@blp.doc(security=AUTH, summary="One closed statement, as signed (JSON) or as CSV")
+@blp.doc(security=AUTH, summary="One closed statement, as signed (JSON), CSV or PDF")
 @blp.arguments(FormatSchema, location="query")
 @blp.response(200, schemas.SignedStatementSchema)
 @problems(blp, *COMMON, "not-found", "validation-error")
 def get_statement(query: dict, period: str):
     row = service.statement(db.session, g.caller.partner_id, period)
     db.session.commit()
+    filename = f"statement-{row.partner_id}-{period}.{query['format']}"
+    disposition = {"Content-Disposition": f'attachment; filename="{filename}"'}
     if query["format"] == "csv":
         body = exports.statement_csv(service.signed(row)["document"], row.digest)
-        return Response(body, mimetype="text/csv", headers={
-            "Content-Disposition": f'attachment; filename="statement-{row.partner_id}-{period}.csv"'})
+        return Response(body, mimetype="text/csv", headers=disposition)
+    if query["format"] == "pdf":
+        return Response(statement_pdf(service.signed(row)), mimetype="application/pdf",
+                        headers=disposition)
     return service.signed(row)
 
 

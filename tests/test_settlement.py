@@ -235,3 +235,22 @@ def test_partners_read_their_own_statements_as_json_and_csv(may, make_partner, r
     assert runner.invoke(args=["settlement", "show", "2026-07"]).exit_code == 1
     closed_again = runner.invoke(args=["settlement", "close", "2026-05"])
     assert closed_again.exit_code == 1 and json.loads(closed_again.output)["error"] == "period-closed"
+
+
+def test_statement_as_pdf_over_the_api_and_the_cli(may, runner, tmp_path):
+    from tests.conftest import new_key, public_pem, transport_for
+    from partners.client import PartnerClient
+    close(may, "2026-05", datetime(2026, 6, 2, tzinfo=UTC))
+    key = new_key("EdDSA")
+    partner_service.add_key(may, "fuel", public_pem(key), now=day(2, month=6))
+    may.commit()
+    client = PartnerClient("", "fuel", key, transport=transport_for(current_app))
+    pdf = client.statement("2026-05", format="pdf")
+    assert pdf.status == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.body.startswith(b"%PDF-")
+    out = tmp_path / "fuel.pdf"
+    result = runner.invoke(args=["settlement", "show", "2026-05", "--partner", "fuel",
+                                 "--format", "pdf", "--out", str(out)])
+    assert result.exit_code == 0 and json.loads(result.output)["written"] == str(out)
+    assert out.read_bytes() == pdf.body  # the same statement renders to the same bytes
+    assert runner.invoke(args=["settlement", "show", "2026-05", "--format", "pdf"]).exit_code == 1
