@@ -215,8 +215,8 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     member.balance += lot.remaining
     member.debt -= filled
     available = available_points(session, member, now) + (0 if pending else lot.remaining)
-    entry = _new_entry(session, "earn", partner_id, claim_id, member, points, occurred_at, now, rules, fp,
-                       pending_until=pending_until, description=description,
+    entry = _new_entry(session, "earn", partner_id, claim_id, member, points, occurred_at, now,
+                       rules, fp, pending_until=pending_until, description=description,
                        status="pending" if pending else "booked", balance_after=available)
     lot.entry = entry
     _book(session, entry, {f"member:{member.id}": lot.remaining, f"issued:{partner_id}": -points,
@@ -245,10 +245,12 @@ def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     if points > available:
         raise Problem("insufficient-points",
                       f"The member has {max(available, 0)} points available; {points} requested.")
-    entry = _new_entry(session, "burn", partner_id, claim_id, member, points, occurred_at, now, rules, fp,
-                       description=description, status="booked", balance_after=available - points)
+    entry = _new_entry(session, "burn", partner_id, claim_id, member, points, occurred_at, now,
+                       rules, fp, description=description, status="booked",
+                       balance_after=available - points)
     member.balance -= points
-    _book(session, entry, {f"member:{member.id}": -points, f"redeemed:{partner_id}": points}, member)
+    _book(session, entry, {f"member:{member.id}": -points, f"redeemed:{partner_id}": points},
+          member)
     left = points
     for lot in lots:
         take = min(left, lot.remaining)
@@ -287,8 +289,8 @@ def book_reversal(session: Session, *, partner_id: str, claim_id: str, reversal_
         raise Problem("reversal-exceeds-claim",
                       f"{target.points - already} points of this claim are left to reverse; "
                       f"{points} requested.")
-    entry = _new_entry(session, "reversal", partner_id, reversal_id, member, points, occurred_at, now,
-                       rules, fp, reverses_id=target.id, reverses=target, status="booked",
+    entry = _new_entry(session, "reversal", partner_id, reversal_id, member, points, occurred_at,
+                       now, rules, fp, reverses_id=target.id, reverses=target, status="booked",
                        balance_after=0)
     if target.kind == "earn":
         consumptions, debt, postings = _reverse_earn(session, target, member, points)
