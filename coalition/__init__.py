@@ -8,7 +8,7 @@ from pathlib import Path
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
 
-from . import cli, errors, ops
+from . import audit, cli, errors, limits, ops
 from .api import api
 from .config import from_environment
 from .database import db, migrate
@@ -50,6 +50,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     ops.init_app(app)
     api.init_app(app)
     cli.init_app(app)
+    limits.init_app(app)  # after ops (request ids), before the extensions' blueprints
+    app.extensions.setdefault("ledger_checks", {})["audit"] = audit.verify_chain
 
     @app.get("/docs/static/<path:filename>")
     def swagger_static(filename: str):

@@ -1,8 +1,11 @@
-"""Operator commands of the core: `members add`, `ledger verify`. Every command prints JSON."""
+"""Operator commands of the core: `members add`, `ledger verify`, `audit list`. Every command
+prints JSON. Commands that change state record who asked (`operator()`) in the audit log."""
 from __future__ import annotations
 
 import functools
+import getpass
 import json
+import os
 import re
 import sys
 from datetime import datetime, timezone
@@ -11,6 +14,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from . import audit
 from .database import db
 from .errors import Problem
 from .fields import ID_PATTERN
@@ -39,6 +43,19 @@ def json_command(fn):
     return wrapper
 
 
+def operator() -> str:
+    """The actor of an operator command: $COALITION_OPERATOR if set, else the OS user."""
+    name = os.environ.get("COALITION_OPERATOR", "").strip()
+    if not name:
+        try:
+            name = getpass.getuser()
+        except Exception:  # no user name in the environment nor the password database
+            name = f"uid:{os.getuid()}"
+    if len(name) > 128:
+        raise Problem("validation-error", "COALITION_OPERATOR is longer than 128 characters.")
+    return name
+
+
 def check_id(value: str, what: str) -> str:
     if not re.fullmatch(ID_PATTERN, value):
         raise Problem("validation-error", f"{what} must match {ID_PATTERN}.")
@@ -47,14 +64,20 @@ def check_id(value: str, what: str) -> str:
 
 members_cli = AppGroup("members", help="Enrol and inspect members.")
 ledger_cli = AppGroup("ledger", help="The ledger of record.")
+audit_cli = AppGroup("audit", help="The audit log of operator actions (append-only).")
 
 
 @members_cli.command("add")
 @click.argument("member_id")
 @json_command
 def members_add(member_id: str):
-    member, created = member_service.enrol(db.session, check_id(member_id, "MEMBER_ID"),
-                                           now=datetime.now(timezone.utc))
+    now = datetime.now(timezone.utc)
+    member, created = member_service.enrol(db.session, check_id(member_id, "MEMBER_ID"), now=now)
+    if created:  # enrolment is recorded here, not in enrol(): partners enrol members over the API
+        # Personal data: the external id appears in this event only (erasure: see audit.py).
+        audit.record(db.session, actor=operator(), action="member.add",
+                     subject=f"member:{member.external_id}", before=None,
+                     after={"member": member.id}, now=now)
     return {"member_id": member.external_id, "created": created}
 
 
@@ -68,6 +91,30 @@ def ledger_verify():
         sys.exit(1)
 
 
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise Problem("validation-error", "--since must be an ISO 8601 date or date-time.") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+@audit_cli.command("list")
+@click.option("--since", default=None, help="ISO date or date-time (UTC unless it says otherwise)")
+@click.option("--subject", default=None, help="e.g. partner:acme, member:CARD-1, period:2026-05")
+@click.option("--action", default=None, help="e.g. partner.suspend; partner.key matches partner.key.*")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000),
+              help="the newest N matching events (printed oldest first)")
+@json_command
+def audit_list(since, subject, action, limit):
+    """Print audit events as JSON, oldest first, with their before and after values."""
+    return [audit.event_view(e) for e in audit.events(db.session, since=_since(since), subject=subject,
+                                                       action=action, limit=limit)]
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(members_cli)
     app.cli.add_command(ledger_cli)
+    app.cli.add_command(audit_cli)

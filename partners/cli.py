@@ -8,7 +8,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from coalition.cli import check_id, json_command
+from coalition.cli import check_id, json_command, operator
 from coalition.database import db
 
 from . import service, tokens
@@ -30,7 +30,7 @@ def _now() -> datetime:
 @json_command
 def add(partner_id, name, issue_price, redemption_rate, issuance_share, claim_fee):
     partner = service.add_partner(
-        db.session, check_id(partner_id, "ID"), name, now=_now(),
+        db.session, check_id(partner_id, "ID"), name, now=_now(), actor=operator(),
         tz=current_app.config["COALITION_TIMEZONE"],
         terms={"issue_price": issue_price, "redemption_rate": redemption_rate,
                "issuance_share": issuance_share, "claim_fee": claim_fee})
@@ -43,7 +43,8 @@ def add(partner_id, name, issue_price, redemption_rate, issuance_share, claim_fe
               type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @json_command
 def add_key(partner_id, public_key: Path):
-    key = service.add_key(db.session, partner_id, public_key.read_bytes(), now=_now())
+    key = service.add_key(db.session, partner_id, public_key.read_bytes(), now=_now(),
+                          actor=operator())
     return {"partner_id": key.partner_id, "kid": key.kid, "alg": key.alg}
 
 
@@ -53,7 +54,7 @@ def add_key(partner_id, public_key: Path):
 @json_command
 def revoke_key(partner_id, kid):
     """Revoke a key at once. A kid may begin with "-": write `revoke-key ID -- KID`."""
-    key = service.revoke_key(db.session, partner_id, kid, now=_now())
+    key = service.revoke_key(db.session, partner_id, kid, now=_now(), actor=operator())
     return {"partner_id": key.partner_id, "kid": key.kid, "state": key.status}
 
 
@@ -61,14 +62,16 @@ def revoke_key(partner_id, kid):
 @click.argument("partner_id")
 @json_command
 def suspend(partner_id):
-    return service.partner_view(service.set_status(db.session, partner_id, "suspended"))
+    return service.partner_view(service.set_status(db.session, partner_id, "suspended",
+                                                   now=_now(), actor=operator()))
 
 
 @partners_cli.command("activate")
 @click.argument("partner_id")
 @json_command
 def activate(partner_id):
-    return service.partner_view(service.set_status(db.session, partner_id, "active"))
+    return service.partner_view(service.set_status(db.session, partner_id, "active",
+                                                   now=_now(), actor=operator()))
 
 
 @partners_cli.command("list")
@@ -102,5 +105,6 @@ def prune_tokens():
 def set_terms(partner_id, starts, issue_price, redemption_rate, issuance_share, claim_fee):
     service.set_terms(db.session, partner_id, starts,
                       {"issue_price": issue_price, "redemption_rate": redemption_rate,
-                       "issuance_share": issuance_share, "claim_fee": claim_fee}, now=_now())
+                       "issuance_share": issuance_share, "claim_fee": claim_fee},
+                      now=_now(), actor=operator())
     return service.partner_view(service.get_partner(db.session, partner_id))

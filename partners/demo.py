@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from coalition.cli import emit
+from coalition.cli import emit, operator
 from coalition.database import db
 from coalition.verify import verify
 
@@ -53,17 +53,17 @@ def transport_for(app: Flask):
 def _register(app: Flask, key_dir: Path, now: datetime) -> dict:
     """Partners and their keys; a key file left by an earlier run is reused, not overwritten."""
     key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    clients = {}
+    clients, actor = {}, operator()
     for partner_id, name, alg, terms in PARTNERS:
         path = key_dir / f"{partner_id}.pem"
         if not path.exists():
             keygen(alg, str(path))  # cryptography; PKCS#8, created with mode 0600
         private_key = load_private_key(path)
         service.add_partner(db.session, partner_id, name, now=now,
-                            tz=app.config["COALITION_TIMEZONE"], terms=terms)
+                            tz=app.config["COALITION_TIMEZONE"], terms=terms, actor=actor)
         pem = private_key.public_key().public_bytes(serialization.Encoding.PEM,
                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
-        key = service.add_key(db.session, partner_id, pem, now=now)
+        key = service.add_key(db.session, partner_id, pem, now=now, actor=actor)
         clients[partner_id] = (PartnerClient("", partner_id, private_key, kid=key.kid,
                                              audience=app.config["COALITION_AUDIENCE"],
                                              transport=transport_for(app)),

@@ -7,7 +7,7 @@ from decimal import Decimal, InvalidOperation
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from coalition import books
+from coalition import audit, books
 from coalition.errors import Problem
 from coalition.ledger import find_claim
 from coalition.models import Entry
@@ -19,6 +19,7 @@ from .models import Partner, PartnerKey, PartnerTerms
 FIRST_TERMS = "0000-00"  # sorts before every YYYY-MM
 DEFAULT_TERMS = {"issue_price": Decimal("0.01"), "redemption_rate": Decimal("0.009"),
                  "issuance_share": Decimal("1"), "claim_fee": Decimal("0")}
+SCALE = Decimal("0.000001")
 
 
 def get_partner(session: Session, partner_id: str) -> Partner:
@@ -45,7 +46,7 @@ def parse_terms(raw: dict) -> dict[str, Decimal]:
 
 
 def add_partner(session: Session, partner_id: str, name: str, *, now: datetime, tz: str,
-                terms: dict | None = None) -> Partner:
+                terms: dict | None = None, actor: str = audit.SYSTEM) -> Partner:
     if session.get(Partner, partner_id) is not None:
         raise Problem("validation-error", f"Partner {partner_id!r} exists already.")
     if not name.strip():
@@ -58,10 +59,13 @@ def add_partner(session: Session, partner_id: str, name: str, *, now: datetime, 
     session.add(PartnerTerms(partner_id=partner_id, starts=FIRST_TERMS, created_at=now,
                              **parse_terms(terms or {})))
     session.flush()
+    audit.record(session, actor=actor, action="partner.add", subject=f"partner:{partner_id}",
+                 before=None, after=partner_view(partner), now=now)
     return partner
 
 
-def add_key(session: Session, partner_id: str, pem: bytes, *, now: datetime) -> PartnerKey:
+def add_key(session: Session, partner_id: str, pem: bytes, *, now: datetime,
+            actor: str = audit.SYSTEM) -> PartnerKey:
     partner = get_partner(session, partner_id)
     key, alg = load_public_key(pem)
     kid = thumbprint(key)
@@ -75,21 +79,36 @@ def add_key(session: Session, partner_id: str, pem: bytes, *, now: datetime) -> 
                      status="active", created_at=now)
     session.add(row)
     session.flush()
+    audit.record(session, actor=actor, action="partner.key.add", subject=f"partner:{partner.id}",
+                 before=None, after=key_view(row), now=now)
     return row
 
 
-def revoke_key(session: Session, partner_id: str, kid: str, *, now: datetime) -> PartnerKey:
+def revoke_key(session: Session, partner_id: str, kid: str, *, now: datetime,
+               actor: str = audit.SYSTEM) -> PartnerKey:
     key = session.get(PartnerKey, kid)
     if key is None or key.partner_id != partner_id:
         raise Problem("not-found", f"Partner {partner_id!r} has no key {kid!r}.")
-    if key.status != "revoked":
+    if key.status != "revoked":  # revoking twice changes nothing and records nothing
+        before = key_view(key)
         key.status, key.revoked_at = "revoked", now
+        audit.record(session, actor=actor, action="partner.key.revoke",
+                     subject=f"partner:{partner_id}", before=before, after=key_view(key), now=now)
     return key
 
 
-def set_status(session: Session, partner_id: str, status: str) -> Partner:
+def set_status(session: Session, partner_id: str, status: str, *, now: datetime,
+               actor: str = audit.SYSTEM) -> Partner:
+    """Suspend (status "suspended") or activate ("active") a partner."""
+    assert status in ("active", "suspended")
     partner = get_partner(session, partner_id)
-    partner.status = status
+    if partner.status != status:  # suspending a suspended partner changes nothing
+        before = {"status": partner.status}
+        partner.status = status
+        audit.record(session, actor=actor,
+                     action="partner.suspend" if status == "suspended" else "partner.activate",
+                     subject=f"partner:{partner_id}", before=before, after={"status": status},
+                     now=now)
     return partner
 
 
@@ -98,18 +117,24 @@ def list_partners(session: Session) -> list[Partner]:
                                 .options(selectinload(Partner.keys), selectinload(Partner.terms))))
 
 
+def key_view(k: PartnerKey) -> dict:
+    return {"kid": k.kid, "alg": k.alg, "state": k.status,
+            "created_at": as_utc(k.created_at).isoformat(),
+            "revoked_at": as_utc(k.revoked_at).isoformat() if k.revoked_at else None}
+
+
+def terms_view(t: PartnerTerms) -> dict:
+    # At the columns' scale (6 places) whether the row was just set or read back.
+    return {"from": None if t.starts == FIRST_TERMS else t.starts,
+            **{name: str(getattr(t, name).quantize(SCALE)) for name in DEFAULT_TERMS}}
+
+
 def partner_view(partner: Partner) -> dict:
     return {
         "id": partner.id, "name": partner.name, "status": partner.status,
         "created_at": as_utc(partner.created_at).isoformat(),
-        "keys": [{"kid": k.kid, "alg": k.alg, "state": k.status,
-                  "created_at": as_utc(k.created_at).isoformat(),
-                  "revoked_at": as_utc(k.revoked_at).isoformat() if k.revoked_at else None}
-                 for k in partner.keys],
-        "terms": [{"from": None if t.starts == FIRST_TERMS else t.starts, "issue_price": str(t.issue_price),
-                   "redemption_rate": str(t.redemption_rate),
-                   "issuance_share": str(t.issuance_share), "claim_fee": str(t.claim_fee)}
-                  for t in partner.terms],
+        "keys": [key_view(k) for k in partner.keys],
+        "terms": [terms_view(t) for t in partner.terms],
     }
 
 
@@ -158,8 +183,12 @@ def current_claim(session: Session, partner_id: str, claim_id: str, *, now: date
 
 # --- terms --------------------------------------------------------------------------------
 
-def set_terms(session: Session, partner_id: str, starts: str, raw: dict, *, now: datetime) -> PartnerTerms:
-    """New terms from month `starts` on; that month must still be open."""
+def set_terms(session: Session, partner_id: str, starts: str, raw: dict, *, now: datetime,
+              actor: str = audit.SYSTEM) -> PartnerTerms:
+    """New terms from month `starts` on; that month must still be open.
+
+    Audited with the terms that applied to `starts` before (their own "from" says whether they
+    were replaced or only superseded from `starts` on) and the terms that apply now."""
     get_partner(session, partner_id)
     books.parse_period(starts)
     last_closed = books.closed_through(session)
@@ -169,6 +198,7 @@ def set_terms(session: Session, partner_id: str, starts: str, raw: dict, *, now:
     if missing:
         raise Problem("validation-error", "set-terms needs every term: missing " + ", ".join(missing) + ".")
     terms = parse_terms(raw)
+    before = terms_view(_terms_row(session, partner_id, starts))
     row = session.get(PartnerTerms, (partner_id, starts))
     if row is None:
         row = PartnerTerms(partner_id=partner_id, starts=starts, created_at=now)
@@ -176,12 +206,20 @@ def set_terms(session: Session, partner_id: str, starts: str, raw: dict, *, now:
     for name, value in terms.items():
         setattr(row, name, value)
     session.flush()
+    after = terms_view(row)
+    if after != before:
+        audit.record(session, actor=actor, action="partner.terms.set",
+                     subject=f"partner:{partner_id}", before=before, after=after, now=now)
     return row
+
+
+def _terms_row(session: Session, partner_id: str, period: str) -> PartnerTerms:
+    return session.scalars(select(PartnerTerms).where(PartnerTerms.partner_id == partner_id,
+                                                      PartnerTerms.starts <= period)
+                           .order_by(PartnerTerms.starts.desc()).limit(1)).one()
 
 
 def terms_in_force(session: Session, partner_id: str, period: str) -> dict[str, Decimal]:
     """The latest terms starting on or before `period` (the first terms start at FIRST_TERMS)."""
-    chosen = session.scalars(select(PartnerTerms).where(PartnerTerms.partner_id == partner_id,
-                                                        PartnerTerms.starts <= period)
-                             .order_by(PartnerTerms.starts.desc()).limit(1)).one()
-    return {name: getattr(chosen, name).quantize(Decimal("0.000001")) for name in DEFAULT_TERMS}
+    chosen = _terms_row(session, partner_id, period)
+    return {name: getattr(chosen, name).quantize(SCALE) for name in DEFAULT_TERMS}

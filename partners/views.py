@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from flask import current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from coalition import ledger, members
+from coalition import ledger, limits, members
 from coalition.api import Blueprint, problems
 from coalition.database import db
 from coalition.errors import Problem, http_problem, problem_response
@@ -40,6 +40,7 @@ def _now() -> datetime:
 
 
 @blp.before_request
+@limits.authenticates  # a 401 counts against the address: 429 past RATELIMIT_ANONYMOUS
 def authenticate() -> None:
     _maybe_prune()  # before this request's transaction: SQLite has one writer at a time
     caller = tokens.authenticate(
@@ -48,6 +49,7 @@ def authenticate() -> None:
         query=request.query_string.decode("latin-1"), body=request.get_data(cache=True),
         audience=current_app.config["COALITION_AUDIENCE"])
     g.partner_id = caller.partner_id
+    limits.authenticated(caller.partner_id)  # 429 past RATELIMIT_PARTNER, the jti left unspent
     tokens.spend(db.session, caller)
     g.caller = caller
 

@@ -8,7 +8,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from coalition.cli import json_command
+from coalition.cli import json_command, operator
 from coalition.database import db
 from coalition.errors import Problem
 
@@ -25,7 +25,7 @@ def close(period):
     """Close month YYYY-MM (it must have ended, after every earlier month) and write statements."""
     key = signing.signing_key(current_app.config["COALITION_SIGNING_KEY_FILE"])
     return service.close(db.session, period, now=datetime.now(timezone.utc),
-                         tz=current_app.config["COALITION_TIMEZONE"], key=key)
+                         tz=current_app.config["COALITION_TIMEZONE"], key=key, actor=operator())
 
 
 @settlement_cli.command("show")

@@ -16,7 +16,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from coalition import books
+from coalition import audit, books
 from coalition.errors import Problem
 from coalition.fields import iso_utc
 from coalition.models import ClosedPeriod, Consumption, DebtLot, Entry, Lot
@@ -157,7 +157,8 @@ def derive(session: Session, period: str, closed_at: datetime, partners: list[st
     return statements, report_of(period, stamp, statements, digests, flows)
 
 
-def close(session: Session, period: str, *, now: datetime, tz: str, key) -> dict:
+def close(session: Session, period: str, *, now: datetime, tz: str, key,
+          actor: str = audit.SYSTEM) -> dict:
     closed = books.close_books(session, period, now=now, tz=tz)
     partners = sorted(session.scalars(select(Partner.id)))
     statements, report = derive(session, period, closed.closed_at, partners)
@@ -169,9 +170,15 @@ def close(session: Session, period: str, *, now: datetime, tz: str, key) -> dict
                               kid=kid, net_cents=doc["net_cents"], created_at=now))
     body = canonical(report)
     kid, signature = signing.sign(key, body)
+    digest = hashlib.sha256(body).hexdigest()
     session.add(CoalitionReport(period=period, document=body.decode(), kid=kid,
-                                digest=hashlib.sha256(body).hexdigest(), signature=signature))
+                                digest=digest, signature=signature))
     session.flush()
+    audit.record(session, actor=actor, action="period.close", subject=f"period:{period}",
+                 before=None, after={"report_digest": digest, "ledger_anchor": report["ledger_anchor"],
+                                     "net_cents": {s["partner_id"]: s["net_cents"] for s in report["statements"]},
+                                     "operator_margin_cents": report["operator_margin_cents"]},
+                 now=now)
     return report
 
 

@@ -1,0 +1,116 @@
+"""The audit log: who changed what, when, with the values before and after. Append-only.
+
+Every operator action that changes state writes one `AuditEvent` in the same transaction as
+the change, so a command that fails writes none. Events form a hash chain: each stores the
+hash of the event before it and its own SHA-256 over a canonical encoding of its fields and
+that previous hash, so editing or deleting a row breaks the chain (`ledger verify`, check
+`audit-chain`). The database refuses UPDATE and DELETE on the table (triggers, migration 0003).
+
+Unlike the journal (DESIGN.md: no per-write chain head on the hot path), the audit log does
+take one lock per write: operator actions are rare, and no claim ever writes here.
+
+Limits, stated plainly: the chain detects edits and deletions inside it, not the removal of its
+newest events (a tail cut leaves a shorter valid chain) nor a chain rewritten wholesale by
+someone who can also drop the triggers; anchoring the head hash (`audit list --limit 1`)
+somewhere outside the database catches both. Personal data: `member.add` names the member's
+external id in `subject`; erasing a member would need a redaction scheme that keeps the chain
+verifiable (future work, not done here).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy import String, Text, func, or_, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from .database import db, is_sqlite
+from .ledger import canonical, sha256_hex
+from .models import Id, UtcDateTime
+from .periods import as_utc
+
+GENESIS = "0" * 64  # prev_hash of the first event
+AUDIT_LOCK = 0x41756469  # PostgreSQL advisory lock key of the chain head (BOOKS_LOCK differs)
+SYSTEM = "system"  # actor of changes made by code rather than by an operator's command
+
+
+class AuditEvent(db.Model):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))  # partner.add, partner.key.revoke, period.close, ...
+    subject: Mapped[str] = mapped_column(String(200), index=True)  # partner:acme, period:2026-05, ...
+    before: Mapped[str | None] = mapped_column(Text)  # canonical JSON, null if nothing existed
+    after: Mapped[str | None] = mapped_column(Text)
+    # Unique: two events can never follow the same one, so the chain cannot fork.
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+def _json(value) -> str | None:
+    return None if value is None else canonical(value).decode()
+
+
+def event_hash(event: AuditEvent) -> str:
+    return sha256_hex(canonical({
+        "v": 1, "prev_hash": event.prev_hash,
+        "at": as_utc(event.at).isoformat(timespec="microseconds"),
+        "actor": event.actor, "action": event.action, "subject": event.subject,
+        "before": event.before, "after": event.after,
+    }))
+
+
+def record(session: Session, *, actor: str, action: str, subject: str, before, after,
+           now: datetime) -> AuditEvent:
+    """Append one event to the chain, in the caller's transaction. `before` and `after` are
+    JSON-able views (None: did not exist / does not exist any more)."""
+    assert actor and action and subject
+    if not is_sqlite(session):  # on SQLite every transaction is BEGIN IMMEDIATE: serial already
+        session.execute(select(func.pg_advisory_xact_lock(AUDIT_LOCK)))  # held until commit
+    head = session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
+    event = AuditEvent(at=as_utc(now), actor=actor, action=action, subject=subject,
+                       before=_json(before), after=_json(after), prev_hash=head or GENESIS)
+    event.hash = event_hash(event)
+    session.add(event)
+    session.flush()
+    return event
+
+
+def events(session: Session, *, since: datetime | None = None, subject: str | None = None,
+           action: str | None = None, limit: int = 100) -> list[AuditEvent]:
+    """The newest `limit` events matching, oldest first. `action` matches itself and the
+    actions below it: "partner.key" finds partner.key.add and partner.key.revoke."""
+    query = select(AuditEvent)
+    if since is not None:
+        query = query.where(AuditEvent.at >= as_utc(since))
+    if subject is not None:
+        query = query.where(AuditEvent.subject == subject)
+    if action is not None:
+        query = query.where(or_(AuditEvent.action == action,  # substr: exact on both dialects
+                                func.substr(AuditEvent.action, 1, len(action) + 1) == action + "."))
+    rows = session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit)).all()
+    return list(reversed(rows))
+
+
+def event_view(event: AuditEvent) -> dict:
+    return {"id": event.id, "at": as_utc(event.at).isoformat().replace("+00:00", "Z"),
+            "actor": event.actor, "action": event.action, "subject": event.subject,
+            "before": None if event.before is None else json.loads(event.before),
+            "after": None if event.after is None else json.loads(event.after),
+            "prev_hash": event.prev_hash, "hash": event.hash}
+
+
+def verify_chain(session: Session, fail) -> int:
+    """For `ledger verify`: every event follows the one before it and hashes to its hash."""
+    expected, count = GENESIS, 0
+    for event in session.scalars(select(AuditEvent).order_by(AuditEvent.id)).yield_per(1000):
+        count += 1
+        if event.prev_hash != expected:
+            fail("audit-chain", "event does not follow the event before it (an event was "
+                 "removed, inserted or reordered)", audit_event=event.id)
+        elif event_hash(event) != event.hash:
+            fail("audit-chain", "event differs from what was hashed", audit_event=event.id)
+        expected = event.hash
+    return count
