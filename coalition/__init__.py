@@ -8,7 +8,7 @@ from pathlib import Path
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
 
-from . import audit, cli, errors, limits, ops
+from . import audit, cli, errors, limits, ops, sealer
 from .api import api
 from .config import from_environment
 from .database import db, migrate
@@ -51,7 +51,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     api.init_app(app)
     cli.init_app(app)
     limits.init_app(app)  # after ops (request ids), before the extensions' blueprints
-    app.extensions.setdefault("ledger_checks", {})["audit"] = audit.verify_chain
+    checks = app.extensions.setdefault("ledger_checks", {})
+    checks["blocks"] = sealer.verify_chain
+    checks["audit"] = audit.verify_chain
 
     @app.get("/docs/static/<path:filename>")
     def swagger_static(filename: str):

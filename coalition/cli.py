@@ -14,11 +14,11 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import audit
+from . import audit, sealer
+from . import members as member_service
 from .database import db
 from .errors import Problem
 from .fields import ID_PATTERN
-from . import members as member_service
 from .verify import verify
 
 
@@ -112,6 +112,24 @@ def audit_list(since, subject, action, limit):
     """Print audit events as JSON, oldest first, with their before and after values."""
     return [audit.event_view(e) for e in audit.events(db.session, since=_since(since), subject=subject,
                                                        action=action, limit=limit)]
+
+
+@ledger_cli.command("seal")
+@click.option("--settle", default=sealer.SETTLE_SECONDS, show_default=True,
+              help="seconds of the newest entries left unsealed (late commits)")
+@json_command
+def ledger_seal(settle: int):
+    """Chain committed entries into blocks (run it every few seconds, or from cron)."""
+    blocks = sealer.seal(db.session, now=datetime.now(timezone.utc), settle_seconds=settle)
+    return {"blocks": len(blocks), "entries": sum(b.entry_count for b in blocks),
+            **sealer.anchor(db.session)}
+
+
+@ledger_cli.command("anchor")
+@json_command
+def ledger_anchor():
+    """The head block's hash: keep it somewhere outside this database."""
+    return sealer.anchor(db.session)
 
 
 def init_app(app: Flask) -> None:

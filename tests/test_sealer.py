@@ -1,0 +1,86 @@
+"""The sealer chains committed journal entries into blocks; verify catches any change after."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import text
+
+from coalition import sealer
+from coalition.database import db
+from tests.test_verify import ledger_with_history  # noqa: F401  (fixture)
+
+NOW = datetime.now(timezone.utc)
+
+
+def seal(runner, settle=0):
+    result = runner.invoke(args=["ledger", "seal", "--settle", str(settle)])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def verify(runner):
+    result = runner.invoke(args=["ledger", "verify"])
+    return result.exit_code, json.loads(result.output)
+
+
+def test_sealing_chains_every_committed_entry_once(ledger_with_history, runner):
+    first = seal(runner)
+    assert (first["blocks"], first["entries"], first["last_entry_id"]) == (1, 6, 6)
+    assert seal(runner) == {**first, "blocks": 0, "entries": 0}  # nothing new: nothing sealed
+    anchor = json.loads(runner.invoke(args=["ledger", "anchor"]).output)
+    assert anchor["head"] == first["head"] and len(anchor["head"]) == 64
+    code, report = verify(runner)
+    assert code == 0 and report["checked"]["blocks"] == 1
+
+
+def test_the_newest_seconds_stay_unsealed(ledger_with_history, runner):
+    assert seal(runner, settle=3600)["blocks"] == 0  # every entry is younger than an hour
+    with ledger_with_history.app_context():
+        blocks = sealer.seal(db.session, now=NOW + timedelta(hours=2))
+        assert [b.entry_count for b in blocks] == [6]
+        assert blocks[0].prev_hash == sealer.GENESIS
+
+
+def test_blocks_chain_to_each_other(ledger_with_history, acme, runner):
+    seal(runner)
+    acme.client.earn("later", "M2", 5)
+    second = seal(runner)
+    assert (second["blocks"], second["entries"]) == (1, 1)
+    with ledger_with_history.app_context():
+        first, last = db.session.scalars(db.select(sealer.LedgerBlock).order_by(sealer.LedgerBlock.id))
+        assert last.prev_hash == first.block_hash
+    assert verify(runner)[0] == 0
+
+
+TAMPERING = {
+    # A whole claim deleted with every derived row rewritten to match: only the chain sees it.
+    "claim deleted consistently":
+        ("DELETE FROM postings WHERE entry_id = 2; DELETE FROM lots WHERE entry_id = 2; "
+         "UPDATE members SET balance = 0 WHERE id = 2; DELETE FROM journal_entries WHERE id = 2",
+         "block-entries"),
+    "entry hash rewritten to match edited content":
+        ("UPDATE journal_entries SET entry_hash = 'aa' || substr(entry_hash, 3) WHERE id = 3",
+         "block-entries"),
+    "block edited": ("UPDATE ledger_blocks SET entry_count = 5", "block-chain"),
+    "block deleted and the chain rebuilt without it": ("DELETE FROM ledger_blocks", None),
+}
+
+
+@pytest.mark.parametrize("sql, check", TAMPERING.values(), ids=TAMPERING.keys())
+def test_tampering_after_sealing_is_caught(ledger_with_history, runner, sql, check):
+    seal(runner)
+    with ledger_with_history.app_context():
+        with db.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            for statement in sql.split("; "):
+                conn.execute(text(statement))
+    code, report = verify(runner)
+    if check is None:
+        # Deleting every block is not visible from inside the database: that is what the
+        # anchor kept outside it is for (the head no longer matches).
+        assert code == 0 and report["checked"]["blocks"] == 0
+    else:
+        assert code == 1 and check in report["violations_by_check"], report
