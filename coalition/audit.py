@@ -25,7 +25,7 @@ from sqlalchemy import String, Text, func, or_, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .database import db, is_sqlite
-from .ledger import canonical, sha256_hex
+from .hashing import canonical, sha256_hex
 from .models import Id, UtcDateTime
 from .periods import as_utc
 

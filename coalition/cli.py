@@ -115,12 +115,10 @@ def audit_list(since, subject, action, limit):
 
 
 @ledger_cli.command("seal")
-@click.option("--settle", default=sealer.SETTLE_SECONDS, show_default=True,
-              help="seconds of the newest entries left unsealed (late commits)")
 @json_command
-def ledger_seal(settle: int):
+def ledger_seal():
     """Chain committed entries into blocks (run it every few seconds, or from cron)."""
-    blocks = sealer.seal(db.session, now=datetime.now(timezone.utc), settle_seconds=settle)
+    blocks = sealer.seal(db.session, now=datetime.now(timezone.utc))
     return {"blocks": len(blocks), "entries": sum(b.entry_count for b in blocks),
             **sealer.anchor(db.session)}
 

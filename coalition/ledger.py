@@ -6,8 +6,6 @@ different members run in parallel: there is no row or table that every claim upd
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,6 +16,7 @@ from sqlalchemy.orm import Session
 from . import books
 from .errors import Problem
 from .fields import iso_utc
+from .hashing import canonical, sha256_hex
 from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
 from .periods import as_utc, expiry_of
 
@@ -49,14 +48,6 @@ class ClaimIdRace(Exception):
     def __init__(self, fingerprint: str) -> None:
         super().__init__(fingerprint)
         self.fingerprint = fingerprint
-
-
-def canonical(doc: dict) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def fingerprint(kind: str, **content) -> str:

@@ -150,3 +150,5 @@ class ClosedPeriod(db.Model):
 
     period: Mapped[str] = mapped_column(String(7), primary_key=True)
     closed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # The sealed chain's head block hash when the month closed: the statements' anchor.
+    ledger_head: Mapped[str | None] = mapped_column(String(64))

@@ -2,10 +2,11 @@
 
 A claim stores only its own entry hash. The sealer, off the hot path, chains committed entries
 in id order into blocks: a block hashes its entries' hashes and the previous block's hash.
-It leaves the last SETTLE_SECONDS unsealed, so that a transaction that commits late with a
-lower id is still sealed in order; `ledger verify` flags any entry still unsealed past that
-window (plus a grace), and any block whose entries no longer hash to it: an UPDATE, DELETE or
-INSERT made in SQL on the journal shows up as a broken block, named by its first entry.
+It seals only up to a watermark below which no transaction can still commit an entry (see
+`watermark`), so an entry that commits late with a lower id is never skipped. `ledger verify`
+flags any block whose entries no longer hash to it (an UPDATE, DELETE or INSERT made in SQL on
+the journal shows up as a broken block, named by its id range) and any entry left unsealed
+well after a later sealing run.
 `flask ledger anchor` prints the head hash for the operator to keep outside the database.
 """
 from __future__ import annotations
@@ -16,16 +17,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import BigInteger, String, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from . import books
 from .database import db, is_sqlite
 from .fields import iso_utc
-from .ledger import canonical, sha256_hex
+from .hashing import canonical, sha256_hex
 from .models import Entry, Id, UtcDateTime
 from .periods import as_utc
 
 GENESIS = "0" * 64
 SEAL_LOCK = 0x5365616C  # advisory lock: one sealer at a time
-SETTLE_SECONDS = 5
-UNSEALED_GRACE = timedelta(minutes=10)  # verify's allowance for a sealer that runs now and then
+UNSEALED_GRACE = timedelta(minutes=10)  # verify's allowance for a claim still in flight
 MAX_BLOCK = 10_000
 
 
@@ -60,18 +61,40 @@ def head(session: Session) -> LedgerBlock | None:
     return session.scalars(select(LedgerBlock).order_by(LedgerBlock.id.desc()).limit(1)).first()
 
 
-def seal(session: Session, *, now: datetime, settle_seconds: int = SETTLE_SECONDS) -> list[LedgerBlock]:
-    """Seal every committed entry older than the settle window, in blocks of MAX_BLOCK."""
+def watermark(session: Session) -> int:
+    """The highest entry id below which nothing can still commit.
+
+    Every claim holds the books lock (shared) from before it inserts its entry until it
+    commits, so with the lock taken exclusively for a moment no claim is in flight, and any
+    id handed out later is higher than every id seen now. The pause lasts as long as the
+    claims already in flight (milliseconds) and is taken once per sealing run.
+    """
+    if is_sqlite(session):  # one writer at a time: what is visible is final
+        return last_entry_id(session)
+    with session.get_bind().connect() as connection, connection.begin():
+        connection.execute(select(func.pg_advisory_xact_lock(books.BOOKS_LOCK)))
+        return connection.scalar(select(func.coalesce(func.max(Entry.id), 0)))
+
+
+def last_entry_id(session: Session) -> int:
+    """Final as a watermark only while the caller holds the books lock exclusively."""
+    return session.scalar(select(func.coalesce(func.max(Entry.id), 0)))
+
+
+def seal(session: Session, *, now: datetime, upto: int | None = None) -> list[LedgerBlock]:
+    """Chain every entry up to the watermark (or `upto`) into blocks of at most MAX_BLOCK.
+    One sealer at a time; a second one finds nothing left to do."""
+    # The watermark first: taking it waits for the books lock, which a closing month holds
+    # while it waits for the sealer's lock; the other order could wait forever.
+    upto = watermark(session) if upto is None else upto
     if not is_sqlite(session):
-        if not session.scalar(select(func.pg_try_advisory_xact_lock(SEAL_LOCK))):
-            return []  # another sealer is at work
-    cutoff = now - timedelta(seconds=settle_seconds)
+        session.execute(select(func.pg_advisory_xact_lock(SEAL_LOCK)))
     blocks = []
     while True:
         last = head(session)
         rows = session.execute(
             select(Entry.id, Entry.entry_hash)
-            .where(Entry.id > (last.last_entry_id if last else 0), Entry.recorded_at <= cutoff)
+            .where(Entry.id > (last.last_entry_id if last else 0), Entry.id <= upto)
             .order_by(Entry.id).limit(MAX_BLOCK)).all()
         if not rows:
             return blocks
@@ -103,11 +126,16 @@ def verify_chain(session: Session, fail) -> int:
         previous, last_sealed = block.block_hash, block.last_entry_id
     last = head(session)
     if last is not None:
-        overdue = as_utc(last.sealed_at) - timedelta(seconds=SETTLE_SECONDS) - UNSEALED_GRACE
+        overdue = as_utc(last.sealed_at) - UNSEALED_GRACE
         for entry_id in session.scalars(select(Entry.id).where(
                 Entry.id > last_sealed, Entry.recorded_at < overdue).order_by(Entry.id).limit(10)):
             fail("entry-unsealed", "entry left unsealed past the sealing window", entry_id=entry_id)
     return count
+
+
+def head_hash(session: Session) -> str | None:
+    block = head(session)
+    return block.block_hash if block else None
 
 
 def anchor(session: Session) -> dict:

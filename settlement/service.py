@@ -16,9 +16,10 @@ from decimal import ROUND_HALF_UP, Decimal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from coalition import audit, books
+from coalition import audit, books, sealer
 from coalition.errors import Problem
 from coalition.fields import iso_utc
+from coalition.hashing import canonical
 from coalition.models import ClosedPeriod, Consumption, DebtLot, Entry, Lot
 from partners.models import Partner
 from partners.service import terms_in_force
@@ -28,10 +29,6 @@ from .models import CoalitionReport, Statement
 
 MONEY_LINES = ("issuance_charge_cents", "redemption_funding_charge_cents",
                "redemption_reimbursement_cents", "fees_cents", "debt_recovery_credit_cents")
-
-
-def canonical(doc: dict) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def cents(points: int, *factors: Decimal) -> int:
@@ -97,7 +94,7 @@ def month_flows(session: Session, period: str) -> Flows:
 
 
 def statement_of(partner: str, period: str, closed_at: str, terms: dict[str, Decimal],
-                 flows: Flows, partners: list[str]) -> dict:
+                 flows: Flows, partners: list[str], ledger_head: str | None) -> dict:
     price, share = terms["issue_price"], terms["issuance_share"]
     doc = {
         "type": "coalition-statement/v1", "period": period, "partner_id": partner,
@@ -118,7 +115,7 @@ def statement_of(partner: str, period: str, closed_at: str, terms: dict[str, Dec
              "issued_here_redeemed_there": flows.matrix[partner, other]}
             for other in partners
             if other != partner and (flows.matrix[other, partner] or flows.matrix[partner, other])],
-        "ledger_anchor": flows.anchor,
+        "ledger_anchor": flows.anchor, "ledger_head": ledger_head,
     }
     doc["net_cents"] = (doc["redemption_reimbursement_cents"] + doc["debt_recovery_credit_cents"]
                         - doc["issuance_charge_cents"] - doc["redemption_funding_charge_cents"]
@@ -127,7 +124,7 @@ def statement_of(partner: str, period: str, closed_at: str, terms: dict[str, Dec
 
 
 def report_of(period: str, closed_at: str, statements: dict[str, dict], digests: dict[str, str],
-              flows: Flows) -> dict:
+              flows: Flows, ledger_head: str | None) -> dict:
     nets = {p: s["net_cents"] for p, s in statements.items()}
     gross = sum(1 for s in statements.values() for line in MONEY_LINES if s[line])
     net_payments = sum(1 for n in nets.values() if n)
@@ -143,7 +140,7 @@ def report_of(period: str, closed_at: str, statements: dict[str, dict], digests:
         "operator_margin_cents": -sum(nets.values()),
         "payments": {"gross_obligations": gross, "net_payments": net_payments,
                      "saved": gross - net_payments},
-        "ledger_anchor": flows.anchor,
+        "ledger_anchor": flows.anchor, "ledger_head": ledger_head,
     }
 
 
@@ -151,15 +148,21 @@ def derive(session: Session, period: str, closed_at: datetime, partners: list[st
     """Statements and coalition report of a month, as canonical documents."""
     flows = month_flows(session, period)
     stamp = iso_utc(closed_at)
-    statements = {p: statement_of(p, period, stamp, terms_in_force(session, p, period), flows, partners)
-                  for p in partners}
+    head = session.get(ClosedPeriod, period).ledger_head
+    statements = {p: statement_of(p, period, stamp, terms_in_force(session, p, period), flows,
+                                  partners, head) for p in partners}
     digests = {p: hashlib.sha256(canonical(doc)).hexdigest() for p, doc in statements.items()}
-    return statements, report_of(period, stamp, statements, digests, flows)
+    return statements, report_of(period, stamp, statements, digests, flows, head)
 
 
 def close(session: Session, period: str, *, now: datetime, tz: str, key,
           actor: str = audit.SYSTEM) -> dict:
     closed = books.close_books(session, period, now=now, tz=tz)
+    # The books lock is held exclusively: no claim is in flight, so everything booked can be
+    # sealed now, and the statements anchor to a head that covers the whole month.
+    sealer.seal(session, now=now, upto=sealer.last_entry_id(session))
+    closed.ledger_head = sealer.head_hash(session)
+    session.flush()
     partners = sorted(session.scalars(select(Partner.id)))
     statements, report = derive(session, period, closed.closed_at, partners)
     for partner, doc in statements.items():

@@ -2,20 +2,22 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import text
 
-from coalition import sealer
+from coalition import ledger, sealer
 from coalition.database import db
+from tests.conftest import postgres_only
 from tests.test_verify import ledger_with_history  # noqa: F401  (fixture)
 
 NOW = datetime.now(timezone.utc)
 
 
-def seal(runner, settle=0):
-    result = runner.invoke(args=["ledger", "seal", "--settle", str(settle)])
+def seal(runner):
+    result = runner.invoke(args=["ledger", "seal"])
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
@@ -35,12 +37,39 @@ def test_sealing_chains_every_committed_entry_once(ledger_with_history, runner):
     assert code == 0 and report["checked"]["blocks"] == 1
 
 
-def test_the_newest_seconds_stay_unsealed(ledger_with_history, runner):
-    assert seal(runner, settle=3600)["blocks"] == 0  # every entry is younger than an hour
+def test_sealing_stops_at_the_watermark(ledger_with_history):
     with ledger_with_history.app_context():
-        blocks = sealer.seal(db.session, now=NOW + timedelta(hours=2))
-        assert [b.entry_count for b in blocks] == [6]
+        blocks = sealer.seal(db.session, now=NOW, upto=4)
+        assert [(b.first_entry_id, b.last_entry_id, b.entry_count) for b in blocks] == [(1, 4, 4)]
         assert blocks[0].prev_hash == sealer.GENESIS
+        rest = sealer.seal(db.session, now=NOW)
+        assert [(b.first_entry_id, b.last_entry_id) for b in rest] == [(5, 6)]
+        assert rest[0].prev_hash == blocks[0].block_hash
+
+
+@postgres_only
+def test_the_sealer_waits_for_a_claim_in_flight_rather_than_skip_its_id(ledger_with_history):
+    """An uncommitted entry with a lower id than a committed one is never sealed past."""
+    app = ledger_with_history
+    rules = app.config["LEDGER_RULES"]
+    with app.app_context():
+        ledger.book_earn(db.session, partner_id="acme", claim_id="slow", member_id="M1",
+                         points=7, occurred_at=NOW, now=NOW, rules=rules)
+        db.session.flush()  # id 7 is taken, the transaction stays open
+        sealed = []
+
+        def run_sealer():
+            with app.app_context():
+                sealed.extend((b.first_entry_id, b.last_entry_id) for b in
+                              sealer.seal(db.session, now=datetime.now(timezone.utc)))
+                db.session.commit()
+        thread = threading.Thread(target=run_sealer)
+        thread.start()
+        thread.join(timeout=1)
+        assert thread.is_alive()  # waiting for the claim in flight
+        db.session.commit()
+        thread.join(timeout=10)
+    assert sealed == [(1, 7)]
 
 
 def test_blocks_chain_to_each_other(ledger_with_history, acme, runner):

@@ -523,6 +523,7 @@ class Run:
             got = dict(docs[p])
             assert got.pop("closed_at") == closed_at
             assert len(got.pop("ledger_anchor")) == 64
+            assert len(got.pop("ledger_head")) == 64  # the sealed chain's head at the close
             assert got == expected, (p, got, expected)
             assert rows[p].net_cents == got["net_cents"]
             assert rows[p].digest == hashlib.sha256(rows[p].document.encode()).hexdigest()
