@@ -33,6 +33,19 @@ def require_json_object() -> dict:
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = StrictParser()
 
+    def route(self, rule, *, parameters=None, tags=None, **options):
+        """Every route of these blueprints is rate limited (coalition/limits.py: a partner's quota,
+        or the address budget of failed authentication and public documents), so every
+        operation documents `429 rate-limited`, also where the view does not list it."""
+        register = super().route(rule, parameters=parameters, tags=tags, **options)
+
+        def decorator(view):
+            responses = getattr(view, "_apidoc", {}).get("response", {}).get("responses", {})
+            if SLUGS["rate-limited"][0] not in responses:
+                view = problems(self, "rate-limited")(view)
+            return register(view)
+        return decorator
+
 
 class ProblemSchema(ma.Schema):
     type = ma.fields.String(required=True, metadata={"example": "/problems/validation-error"})

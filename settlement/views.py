@@ -37,7 +37,11 @@ def list_statements():
 
 
 @blp.route("/statements/<period>", methods=["GET"])
-@blp.doc(security=AUTH, summary="One closed statement, as signed (JSON), CSV or PDF")
+@blp.doc(security=AUTH, summary="One closed statement, as signed (JSON), CSV or PDF",
+         responses={"200": {"content": {
+             "application/json": {"schema": {"$ref": "#/components/schemas/SignedStatement"}},
+             "text/csv": {"schema": {"type": "string"}},
+             "application/pdf": {"schema": {"type": "string", "format": "binary"}}}}})
 @blp.arguments(FormatSchema, location="query")
 @blp.response(200, schemas.SignedStatementSchema)
 @problems(blp, *COMMON, "not-found", "validation-error")
