@@ -66,9 +66,11 @@ def init_app(app: Flask) -> None:
         is_page = response.mimetype == "text/html" or request.path.startswith("/docs")
         response.headers.setdefault("Content-Security-Policy", PAGE_CSP if is_page else API_CSP)
         response.headers.setdefault("Cache-Control", "no-store")
-        # Path without the query string; never headers or bodies (tokens, card numbers).
+        # The route's template, not the path: a path can carry a card number
+        # (/v1/members/<member_id>/balance). Never the query, headers or bodies either.
+        rule = request.url_rule.rule if request.url_rule is not None else "(no route)"
         access_log.info("request", extra={
-            "method": request.method, "path": request.path, "status": response.status_code,
+            "method": request.method, "path": rule, "status": response.status_code,
             "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
             "partner_id": g.get("partner_id")})
         return response

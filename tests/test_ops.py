@@ -277,3 +277,12 @@ def test_logs_contain_neither_tokens_nor_bodies_nor_query_strings(boom, shop, lo
         assert part not in text
     assert "Bearer" not in text and "Authorization" not in text
     assert all(x["path"] in ("/v1/earn", "/healthz", "/boom") for x in logs.access())
+
+
+def test_access_logs_carry_the_route_not_the_card_number(app, logs):
+    with app.test_client() as c:
+        c.get("/v1/members/CARD-4242-4242/balance")  # 401, but routed
+        c.get("/no/such/CARD-4242-4242")
+    lines = logs.access()
+    assert [line["path"] for line in lines[-2:]] == ["/v1/members/<member_id>/balance", "(no route)"]
+    assert "CARD-4242" not in json.dumps(lines)
