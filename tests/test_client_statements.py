@@ -139,8 +139,6 @@ def test_client_paths_and_signing():
 
 def test_pdf_statement_comes_back_as_bytes(fuel):
     resp = fuel.statement("2026-05", format="pdf")
-    if resp.status == 422:  # settlement/views.py serves ?format=json|csv until pdf is wired in
-        pytest.skip("GET /v1/statements/{period}?format=pdf is not served yet")
     assert resp.status == 200 and resp.headers["content-type"].startswith("application/pdf")
     assert resp.body.startswith(b"%PDF-")
 
