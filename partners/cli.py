@@ -5,7 +5,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from coalition.cli import check_id, json_command, operator
@@ -31,7 +30,6 @@ def _now() -> datetime:
 def add(partner_id, name, issue_price, redemption_rate, issuance_share, claim_fee):
     partner = service.add_partner(
         db.session, check_id(partner_id, "ID"), name, now=_now(), actor=operator(),
-        tz=current_app.config["COALITION_TIMEZONE"],
         terms={"issue_price": issue_price, "redemption_rate": redemption_rate,
                "issuance_share": issuance_share, "claim_fee": claim_fee})
     return service.partner_view(partner)

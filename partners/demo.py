@@ -59,8 +59,7 @@ def _register(app: Flask, key_dir: Path, now: datetime) -> dict:
         if not path.exists():
             keygen(alg, str(path))  # cryptography; PKCS#8, created with mode 0600
         private_key = load_private_key(path)
-        service.add_partner(db.session, partner_id, name, now=now,
-                            tz=app.config["COALITION_TIMEZONE"], terms=terms, actor=actor)
+        service.add_partner(db.session, partner_id, name, now=now, terms=terms, actor=actor)
         pem = private_key.public_key().public_bytes(serialization.Encoding.PEM,
                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
         key = service.add_key(db.session, partner_id, pem, now=now, actor=actor)

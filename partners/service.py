@@ -11,7 +11,7 @@ from coalition import audit, books
 from coalition.errors import Problem
 from coalition.ledger import find_claim
 from coalition.models import Entry
-from coalition.periods import as_utc, period_of
+from coalition.periods import as_utc
 
 from .keys import canonical_pem, load_public_key, thumbprint
 from .models import Partner, PartnerKey, PartnerTerms
@@ -45,7 +45,7 @@ def parse_terms(raw: dict) -> dict[str, Decimal]:
     return terms
 
 
-def add_partner(session: Session, partner_id: str, name: str, *, now: datetime, tz: str,
+def add_partner(session: Session, partner_id: str, name: str, *, now: datetime,
                 terms: dict | None = None, actor: str = audit.SYSTEM) -> Partner:
     if session.get(Partner, partner_id) is not None:
         raise Problem("validation-error", f"Partner {partner_id!r} exists already.")

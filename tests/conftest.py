@@ -103,8 +103,7 @@ def make_partner(app):
         key = new_key(alg)
         with app.app_context():
             now = datetime.now(timezone.utc)
-            partner_service.add_partner(db.session, partner_id, partner_id.title(), now=now,
-                                        tz=app.config["COALITION_TIMEZONE"], terms=terms)
+            partner_service.add_partner(db.session, partner_id, partner_id.title(), now=now, terms=terms)
             kid = partner_service.add_key(db.session, partner_id, public_pem(key), now=now).kid
             db.session.commit()
         return Partner(partner_id, key, kid, PartnerClient("", partner_id, key, transport=transport_for(app)))

@@ -115,7 +115,7 @@ def test_closing_a_month_is_audited_with_its_digest_and_net_totals(app, runner, 
     year, month = add_months(*month_of(datetime.now(UTC), tz), -1)
     period, booked_at = f"{year:04d}-{month:02d}", datetime(year, month, 15, 12, tzinfo=UTC)
     with app.app_context():  # last month's claims, booked with last month's clock
-        partner_service.add_partner(db.session, "shop", "Shop", now=booked_at, tz=tz)
+        partner_service.add_partner(db.session, "shop", "Shop", now=booked_at)
         enrol(db.session, "M1", now=booked_at)
         ledger.book_earn(db.session, now=booked_at, rules=ledger.Rules(tz, 30, 36), partner_id="shop",
                          claim_id="e1", member_id="M1", points=500, occurred_at=booked_at)

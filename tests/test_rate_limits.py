@@ -70,8 +70,7 @@ def register(app, partner_id: str, alg: str = "EdDSA") -> Partner:
     key = new_key(alg)
     with app.app_context():
         now = datetime.now(timezone.utc)
-        partner_service.add_partner(db.session, partner_id, partner_id.title(), now=now,
-                                    tz=app.config["COALITION_TIMEZONE"])
+        partner_service.add_partner(db.session, partner_id, partner_id.title(), now=now)
         kid = partner_service.add_key(db.session, partner_id, public_pem(key), now=now).kid
         db.session.commit()
     return Partner(partner_id, key, kid, client_for(app, partner_id, key))

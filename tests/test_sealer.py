@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import text
 
 from coalition import ledger, sealer
 from coalition.database import db
 from tests.conftest import postgres_only
-from tests.test_verify import ledger_with_history  # noqa: F401  (fixture)
+from tests.test_verify import ledger_with_history, tamper  # noqa: F401  (fixture)
 
 NOW = datetime.now(timezone.utc)
 
@@ -100,12 +99,7 @@ TAMPERING = {
 @pytest.mark.parametrize("sql, check", TAMPERING.values(), ids=TAMPERING.keys())
 def test_tampering_after_sealing_is_caught(ledger_with_history, runner, sql, check):
     seal(runner)
-    with ledger_with_history.app_context():
-        with db.engine.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
-            for statement in sql.split("; "):
-                conn.execute(text(statement))
+    tamper(ledger_with_history, sql)
     code, report = verify(runner)
     if check is None:
         # Deleting every block is not visible from inside the database: that is what the

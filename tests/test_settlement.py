@@ -61,8 +61,7 @@ def may(app):
     with app.app_context():
         s = db.session
         for partner, terms in TERMS.items():
-            partner_service.add_partner(s, partner, partner.title(), now=day(1), tz=RULES.timezone,
-                                        terms=terms)
+            partner_service.add_partner(s, partner, partner.title(), now=day(1), terms=terms)
         for member in ("M1", "M2"):
             enrol(s, member, now=day(1))
         s.commit()

@@ -383,7 +383,7 @@ class Run:
 
     def setup(self) -> None:
         for p, raw in zip(self.partners, self.sc["terms"]):
-            partner_service.add_partner(self.s, p, p.upper(), now=self.now, tz=TZ_NAME, terms=raw)
+            partner_service.add_partner(self.s, p, p.upper(), now=self.now, terms=raw)
         for m in self.members:
             enrol(self.s, m, now=self.now)
         self.s.commit()

@@ -11,7 +11,6 @@ import flask_migrate
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from coalition import create_app
 from coalition.database import db
 
 ROOT = Path(__file__).resolve().parent.parent

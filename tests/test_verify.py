@@ -64,14 +64,19 @@ TAMPERING = {
 }
 
 
-@pytest.mark.parametrize("sql, check", TAMPERING.values(), ids=TAMPERING.keys())
-def test_tampering_is_caught(ledger_with_history, runner, sql, check):
-    with ledger_with_history.app_context():
+def tamper(app, sql: str) -> None:
+    """Run statements behind the service's back, as someone with database access would."""
+    with app.app_context():
         with db.engine.begin() as conn:
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             for statement in sql.split("; "):
                 conn.execute(text(statement))
+
+
+@pytest.mark.parametrize("sql, check", TAMPERING.values(), ids=TAMPERING.keys())
+def test_tampering_is_caught(ledger_with_history, runner, sql, check):
+    tamper(ledger_with_history, sql)
     code, report = run_verify(runner)
     assert code == 1 and not report["ok"]
     assert check in report["violations_by_check"], report

@@ -110,7 +110,7 @@ def _seed() -> PartnerClient:
         pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                             serialization.PublicFormat.SubjectPublicKeyInfo)
         for partner in (PARTNER, OTHER):
-            partner_service.add_partner(s, partner, partner.title(), now=CLOSED, tz=tz)
+            partner_service.add_partner(s, partner, partner.title(), now=CLOSED)
         partner_service.add_key(s, PARTNER, pem, now=CLOSED)
         for member in ("M1", "M2", "M-locked"):
             enrol(s, member, now=CLOSED)
