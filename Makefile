@@ -1,6 +1,8 @@
 # make demo  - a virtualenv, the schema, a demo coalition, and the service on http://127.0.0.1:$(PORT)
 # make test  - the test suite (SQLite; PostgreSQL when DATABASE_URL=postgresql+psycopg://... is set)
 # make fuzz  - contract fuzzing: schemathesis against /openapi.json, every request signed (SQLite)
+# make crash - the crash suite: gunicorn under load through killed workers, a killed master, a
+#              PostgreSQL restart and SIGTERM (DATABASE_URL=postgresql+psycopg://... an empty database)
 # Everything runs from .venv/bin; nothing needs an activated virtualenv.
 
 PYTHON ?= python3
@@ -15,7 +17,7 @@ DEMO_MEMBER := demo-card-0001
 # The demo always uses the embedded SQLite database under instance/, whatever DATABASE_URL says.
 EMBEDDED := env -u DATABASE_URL
 
-.PHONY: venv migrate demo test fuzz clean
+.PHONY: venv migrate demo test fuzz crash clean
 
 venv: $(STAMP)
 
@@ -50,6 +52,14 @@ test: venv
 # FUZZ_MAX_EXAMPLES (default 50 per operation), reproducible with FUZZ_SEED; prints totals.
 fuzz: venv
 	$(EMBEDDED) $(BIN)/pytest -p schemathesis tests/fuzz $(PYTEST_ARGS)
+
+# The crash suite (tests/crash, left out of `make test`). It restarts the PostgreSQL server
+# (pg_ctlcluster, or the command in CRASH_PG_RESTART), so nothing else may use that server while
+# it runs; it needs DATABASE_URL to name an empty PostgreSQL database. Prints counts per fault.
+crash: venv
+	@case "$$DATABASE_URL" in postgresql*) ;; \
+	  *) echo "make crash needs DATABASE_URL=postgresql+psycopg://... naming an empty database" >&2; exit 2;; esac
+	$(BIN)/pytest tests/crash $(PYTEST_ARGS)
 
 # Removes the virtualenv and caches. instance/ (the embedded database, demo keys) is kept:
 # delete it by hand to start the demo from scratch.

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, json
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("coalition.errors")
@@ -106,8 +107,32 @@ def http_problem(exc: HTTPException) -> Response:
     return response
 
 
+# Whole seconds a client should wait before retrying while the database is away.
+UNAVAILABLE_RETRY_AFTER_S = 1
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The database went away or refused the work for now (a restart, a dropped connection, a
+    lock or serialisation timeout): nothing was booked, and the same request may be retried."""
+    return isinstance(exc, (OperationalError, InterfaceError)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def unavailable_response() -> Response:
+    return problem_response(Problem(
+        "unavailable", "The database is not reachable just now; retry the same request.",
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)}))
+
+
 def init_app(app: Flask) -> None:
     app.register_error_handler(Problem, problem_response)
+
+    @app.errorhandler(DBAPIError)
+    def _database(exc: DBAPIError):
+        if not database_unavailable(exc):
+            return _unexpected(exc)
+        log.warning("database unavailable: %s", type(exc.orig).__name__ if exc.orig else exc)
+        return unavailable_response()
 
     app.register_error_handler(HTTPException, http_problem)
 

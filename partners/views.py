@@ -17,7 +17,8 @@ from werkzeug.exceptions import HTTPException
 from coalition import ledger, limits, members
 from coalition.api import Blueprint, problems
 from coalition.database import db
-from coalition.errors import Problem, http_problem, problem_response
+from coalition.errors import Problem, database_unavailable, http_problem, problem_response, \
+    unavailable_response
 from coalition.fields import ID_PATTERN
 
 from . import schemas, tokens
@@ -85,6 +86,15 @@ def failed(problem: Problem):
 def crashed(exc: Exception):
     if isinstance(exc, HTTPException):  # 413 and friends: not a crash
         return http_problem(exc)
+    if database_unavailable(exc):
+        # Nothing was booked (or the commit landed and a retry replays it). The jti cannot be
+        # spent without the database; its token only ever replays this same request.
+        log.warning("database unavailable: %s", type(getattr(exc, "orig", None) or exc).__name__)
+        try:
+            _spend_alone()
+        except Exception:  # still away
+            db.session.rollback()
+        return unavailable_response()
     log.exception("unhandled error in the partner API")
     _spend_alone()
     return problem_response(Problem("internal-error", "The request could not be processed."))

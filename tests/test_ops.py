@@ -115,6 +115,42 @@ def test_readyz_is_503_when_the_database_is_unreachable(app_without_db, logs):
     assert client.get("/readyz").status_code == 503
 
 
+
+def test_a_signed_claim_is_503_with_retry_after_when_the_database_is_unreachable(app_without_db, logs):
+    """A partner retries on 503 + Retry-After; a 500 would say the request itself was at fault."""
+    from partners.client import PartnerClient
+    from tests.conftest import new_key, transport_for
+    client = PartnerClient("", "acme", new_key("EdDSA"), transport=transport_for(app_without_db))
+    r = client.earn("c1", "M1", 100)
+    assert r.status == 503 and r.json()["type"] == "/problems/unavailable"
+    assert r.headers["retry-after"] == "1"
+    assert not [x for x in logs.records() if x["level"] == "ERROR"]
+
+
+def test_a_connection_lost_mid_claim_is_503_books_nothing_and_a_retry_books_once(app, shop, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from coalition import ledger
+    real = ledger.book_earn
+
+    def connection_lost(session, **kwargs):
+        real(session, **kwargs)  # the work is done, then the server goes away before commit
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(ledger, "book_earn", connection_lost)
+    body = earn_bytes(claim_id="lost-1")
+    headers = shop.client.sign("POST", "/v1/earn", body)
+    r = app.test_client().post("/v1/earn", data=body, headers=headers)
+    assert r.status_code == 503 and slug_of(r) == "unavailable" and r.headers["Retry-After"] == "1"
+    assert shop.client.claim("lost-1").status == 404  # rolled back: nothing half-booked
+
+    monkeypatch.setattr(ledger, "book_earn", real)
+    # The database was reachable for the failure path, so the token was spent: no replay.
+    assert app.test_client().post("/v1/earn", data=body, headers=headers).status_code == 401
+    retried = app.test_client().post("/v1/earn", data=body, headers=shop.client.sign("POST", "/v1/earn", body))
+    assert retried.status_code == 201
+    assert shop.client.balance("M1").json()["available"] == 100
+
 # --- request ids --------------------------------------------------------------------------
 
 def test_request_id_is_generated_when_absent(app):
