@@ -93,6 +93,25 @@ class Gunicorn:
         os.kill(victim, signal.SIGKILL)
         return victim
 
+    def worker_serving(self, client_port: int) -> int:
+        """The worker holding the server end of the connection from `client_port`."""
+        inodes = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, remote = fields[1], fields[2]
+                if int(local.rsplit(":", 1)[1], 16) == self.port and \
+                        int(remote.rsplit(":", 1)[1], 16) == client_port:
+                    inodes.add(f"socket:[{fields[9]}]")
+        for pid in self.workers():
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    if os.readlink(fd) in inodes:
+                        return pid
+                except OSError:
+                    continue
+        raise LookupError(f"no worker holds the connection from port {client_port}")
+
     def kill_master(self) -> None:
         self.orphans = self.workers()
         os.kill(self.master, signal.SIGKILL)

@@ -45,15 +45,25 @@ def restart_postgres() -> str:
 
 
 def kill_workers(service) -> str:
+    """First the worker inside a claim (its body half sent): nothing may be booked, and the retry
+    books it once. Then workers picked blindly, whatever they are doing."""
     server = service.server
     before = set(server.workers())
-    killed = []
+    with InFlightClaim(service, "inflight-worker-1") as in_flight:
+        victim = server.worker_serving(in_flight.sock.getsockname()[1])
+        os.kill(victim, signal.SIGKILL)
+        assert in_flight.finish() is None, "a killed worker answered"
+    assert not journal(service.database_url, "inflight-worker"), "a killed request left a booking"
+    assert in_flight.retry().status == 201
+    assert len(journal(service.database_url, "inflight-worker")) == 1
+    killed = [victim]
     for _ in range(4):
         killed.append(server.kill_worker(spare=killed))
         time.sleep(0.75)
     wait_until(lambda: len(server.workers()) == WORKERS and not set(killed) & set(server.workers()),
                30, "the master to replace its workers")
-    return f"SIGKILL to workers {killed} of {sorted(before)}; the master replaced them"
+    return (f"SIGKILL to workers {killed} of {sorted(before)}, the first inside a claim (its "
+            "connection reset, nothing booked, the retry booked once); the master replaced them")
 
 
 def kill_master(service) -> str:
@@ -109,7 +119,8 @@ class InFlightClaim:
     def __init__(self, service, claim_id: str) -> None:
         from partners.client import PartnerClient, load_private_key, rfc3339
         partner = next(iter(PARTNERS))
-        client = PartnerClient(service.server.url, partner, load_private_key(service.keys[partner]))
+        self.client = client = PartnerClient(service.server.url, partner,
+                                             load_private_key(service.keys[partner]))
         self.body = client.encode_body({"claim_id": claim_id, "member_id": service.members[0],
                                         "points": 7, "occurred_at": rfc3339(None)})
         headers = client.sign("POST", "/v1/earn", self.body)
@@ -124,12 +135,20 @@ class InFlightClaim:
         time.sleep(0.5)  # a worker has accepted it and waits for the rest of the body
         return self
 
-    def finish(self) -> int:
-        self.sock.sendall(self.body[10:])
-        reply = b""
-        while chunk := self.sock.recv(65536):
-            reply += chunk
-        return int(reply.split(b" ", 2)[1])
+    def finish(self) -> int | None:
+        """The answer's status, or None when the connection died without one."""
+        try:
+            self.sock.sendall(self.body[10:])
+            reply = b""
+            while chunk := self.sock.recv(65536):
+                reply += chunk
+        except OSError:
+            return None
+        return int(reply.split(b" ", 2)[1]) if reply else None
+
+    def retry(self):
+        """The same body under a fresh token, as a partner retries."""
+        return self.client.request("POST", "/v1/earn", json.loads(self.body))
 
     def __exit__(self, *exc) -> None:
         self.sock.close()
