@@ -154,8 +154,26 @@ class InFlightClaim:
         self.sock.close()
 
 
+def lose_answers(service) -> str:
+    """The network drops the answer: the client hangs up right after sending. The claim is booked
+    anyway, and the retry is told so (201 with Idempotent-Replayed) instead of booking twice."""
+    replayed = 0
+    for n in range(5):
+        claim_id = f"inflight-lost-{n}"
+        with InFlightClaim(service, claim_id) as in_flight:
+            in_flight.sock.sendall(in_flight.body[10:])
+        wait_until(lambda: any(key[1] == claim_id for key in journal(service.database_url, "inflight-lost")),
+                   30, f"{claim_id} to be booked")
+        answer = in_flight.retry()
+        assert answer.status == 201 and answer.headers.get("idempotent-replayed") == "true", answer
+        replayed += 1
+    assert len(journal(service.database_url, "inflight-lost")) == 5
+    return (f"{replayed} claims whose answer was lost (the client hung up after sending): each "
+            "booked once, each retry answered 201 Idempotent-Replayed")
+
+
 FAULTS = {"worker-sigkill": kill_workers, "master-sigkill": kill_master,
-          "postgres-restart": restart_database, "sigterm": terminate}
+          "postgres-restart": restart_database, "sigterm": terminate, "answer-lost": lose_answers}
 
 
 def run_load(service, fault: str) -> list[dict]:
