@@ -1,4 +1,5 @@
-"""`flask settlement close|show`: close a month into statements, print them."""
+"""`flask settlement close|show|signing-keys|rotate-signing-key`: close a month into statements,
+print them, manage the coalition key that signs them."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -15,7 +16,8 @@ from coalition.errors import Problem
 from . import exports, service, signing
 from .pdf import statement_pdf
 
-settlement_cli = AppGroup("settlement", help="Monthly settlement: close months, show statements.")
+settlement_cli = AppGroup("settlement", help="Monthly settlement: close months, show statements, "
+                                               "rotate the statement signing key.")
 
 
 @settlement_cli.command("close")
@@ -58,3 +60,22 @@ def show(period, partner_id, fmt, out):
         click.echo(exports.statement_csv(service.signed(row)["document"], row.digest), nl=False)
         return None
     return service.signed(row)
+
+
+@settlement_cli.command("signing-keys")
+@json_command
+def signing_keys():
+    """List the coalition's signing keys: current, published (replaced) or retired, and how
+    many statements and reports each signed."""
+    return signing.listing(db.session, signing.signing_key(current_app.config["COALITION_SIGNING_KEY_FILE"]))
+
+
+@settlement_cli.command("rotate-signing-key")
+@click.option("--retire", "retire", multiple=True, metavar="KID",
+              help="also withdraw this key from the JWKS (compromised): what it signed stops verifying")
+@json_command
+def rotate_signing_key(retire):
+    """Generate a new statement signing key that signs from now on. Replaced keys stay in the
+    JWKS so what they signed still verifies, unless retired with --retire."""
+    return signing.rotate(db.session, current_app.config["COALITION_SIGNING_KEY_FILE"],
+                          now=datetime.now(timezone.utc), actor=operator(), retire=tuple(retire))

@@ -33,3 +33,17 @@ class CoalitionReport(db.Model):
     digest: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(String(128))
     kid: Mapped[str] = mapped_column(String(64))
+
+
+class SigningKey(db.Model):
+    """A public key the coalition signs statements with, or once did. The private half is never
+    stored here: only the current key has one, in COALITION_SIGNING_KEY_FILE (settlement/signing.py).
+    Rows are kept after rotation so that statements signed before it still verify."""
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)  # RFC 7638 thumbprint
+    public_key_pem: Mapped[str] = mapped_column(Text)
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Set when the operator withdraws the key (a compromise): it leaves the JWKS, and what it
+    # signed no longer verifies. Never cleared.
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -33,8 +33,21 @@ class StatementListSchema(Schema):
     statements = fields.List(fields.Nested(StatementSummarySchema), required=True)
 
 
+class JwkSchema(Schema):
+    """A public Ed25519 key (RFC 8037). Only these members are ever serialised: never "d"."""
+    kty = fields.String(required=True, validate=validate.Equal("OKP"), metadata={"example": "OKP"})
+    crv = fields.String(required=True, validate=validate.Equal("Ed25519"), metadata={"example": "Ed25519"})
+    x = fields.String(required=True, metadata={"description": "base64url public key (32 bytes)"})
+    kid = fields.String(required=True, metadata={
+        "description": "RFC 7638 thumbprint of the key; statements name it in `signature.kid`."})
+    alg = fields.String(required=True, validate=validate.Equal("EdDSA"), metadata={"example": "EdDSA"})
+    use = fields.String(required=True, validate=validate.Equal("sig"), metadata={"example": "sig"})
+
+
 class JwksSchema(Schema):
-    keys = fields.List(fields.Dict(), required=True)
+    keys = fields.List(fields.Nested(JwkSchema), required=True, metadata={
+        "description": "The current key first, then keys replaced by a rotation (still valid for "
+                       "the statements they signed). A retired (compromised) key is absent."})
 
 
 # --- Reconciliation (API.md section 3): the partner's record of a closed month, and the answer.

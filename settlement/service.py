@@ -163,6 +163,7 @@ def close(session: Session, period: str, *, now: datetime, tz: str, key,
     sealer.seal(session, now=now, upto=sealer.last_entry_id(session))
     closed.ledger_head = sealer.head_hash(session)
     session.flush()
+    signing.for_signing(session, key, now=now)
     partners = sorted(session.scalars(select(Partner.id)))
     statements, report = derive(session, period, closed.closed_at, partners)
     for partner, doc in statements.items():
@@ -211,7 +212,10 @@ def report(session: Session, period: str) -> CoalitionReport:
 
 
 def check_closed_periods(session: Session, fail, key) -> int:
-    """For `ledger verify`: every closed month re-derives byte for byte and its signatures hold."""
+    """For `ledger verify`: every closed month re-derives byte for byte, and every signature
+    holds under the key its kid names (`key`: the key file's, published even if unregistered).
+    A kid the coalition never published, or one it retired, is a violation, never skipped."""
+    by_kid = {k.kid: k for k in signing.keys(session, key)}
     count = 0
     for closed in session.scalars(select(ClosedPeriod).order_by(ClosedPeriod.period)):
         rows = {s.partner_id: s for s in session.scalars(
@@ -226,6 +230,6 @@ def check_closed_periods(session: Session, fail, key) -> int:
                 fail("statement-missing", f"{name} is missing")
             elif row.document.encode() != derived or row.digest != hashlib.sha256(derived).hexdigest():
                 fail("statement-digest", f"{name} does not re-derive from the journal")
-            elif row.kid == signing.kid_of(key) and not signing.verify(key, row.document.encode(), row.signature):
-                fail("statement-signature", f"{name} has an invalid signature")
+            elif (wrong := signing.check(by_kid, row.kid, row.document.encode(), row.signature)):
+                fail(wrong[0], f"{name} {wrong[1]}")
     return count

@@ -87,7 +87,11 @@ def reconcile(period: str):
 
 
 @keys_blp.route("/.well-known/jwks.json", methods=["GET"])
-@keys_blp.doc(summary="Public keys that sign statements (JWKS)")
+@keys_blp.doc(summary="Public keys that sign statements (JWKS)",
+              description="Every key the coalition signed statements with and has not retired, "
+                          "the current one first: pick the key by the statement's `signature.kid`.")
 @keys_blp.response(200, schemas.JwksSchema)
 def jwks():
-    return signing.jwks(signing.signing_key(current_app.config["COALITION_SIGNING_KEY_FILE"]))
+    document = signing.jwks(db.session, signing.signing_key(current_app.config["COALITION_SIGNING_KEY_FILE"]))
+    db.session.commit()
+    return document
