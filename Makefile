@@ -30,6 +30,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 migrate: venv
 	$(FLASK) db upgrade
 
+# The sealer (ledger seal --every 5) runs next to gunicorn and ends with it. The shell execs
+# gunicorn, so gunicorn keeps the shell's pid and gets Ctrl-C and make's signals as before; a
+# watcher in the background stops the sealer (SIGTERM: it finishes its run) once that pid is
+# gone, however gunicorn ended. Ctrl-C reaches the sealer directly too.
 demo: venv
 	$(EMBEDDED) $(FLASK) db upgrade
 	$(EMBEDDED) $(FLASK) demo load
@@ -40,9 +44,14 @@ demo: venv
 	@echo "  Health:                   $(URL)/healthz"
 	@echo "Try a signed call with the reference client (keys in instance/demo-keys/):"
 	@echo "  $(BIN)/python -m partners.client --base-url $(URL) --partner demo-bakery --key instance/demo-keys/demo-bakery.pem balance $(DEMO_MEMBER)"
+	@echo "The sealer chains new claims every 5 s (JSON lines below); daily anchors: instance/anchors.jsonl"
 	@echo "Stop with Ctrl-C."
 	@echo
-	$(EMBEDDED) $(BIN)/gunicorn -w 2 -b $(HOST):$(PORT) wsgi:app
+	@gunicorn=$$$$; \
+	( $(EMBEDDED) $(FLASK) ledger seal --every 5 --anchor-file instance/anchors.jsonl & sealer=$$!; \
+	  while kill -0 $$gunicorn 2>/dev/null; do sleep 1; done; \
+	  kill $$sealer 2>/dev/null; wait $$sealer ) & \
+	exec $(EMBEDDED) $(BIN)/gunicorn -w 2 -b $(HOST):$(PORT) wsgi:app
 
 test: venv
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -1,13 +1,17 @@
-"""Operator commands of the core: `members add`, `ledger verify`, `audit list`. Every command
-prints JSON. Commands that change state record who asked (`operator()`) in the audit log."""
+"""Operator commands of the core: `members add`, `ledger verify|seal|anchor`, `audit list`.
+Every command prints JSON (`ledger seal --every`: one line per event). Commands that change
+state record who asked (`operator()`) in the audit log."""
 from __future__ import annotations
 
 import functools
 import getpass
 import json
+import math
 import os
 import re
+import signal
 import sys
+import threading
 from datetime import datetime, timezone
 
 import click
@@ -82,9 +86,17 @@ def members_add(member_id: str):
 
 
 @ledger_cli.command("verify")
-def ledger_verify():
+@click.option("--anchors", "anchors_file", type=click.File("r", encoding="utf-8"), default=None,
+              metavar="PATH",
+              help="an anchor file (ledger seal --anchor-file): every anchored head must still "
+                   "be the hash of its block (catches a chain recomputed after tampering)")
+def ledger_verify(anchors_file):
     """Re-derive every balance, lot and consumption from the journal; exit 1 on any violation."""
-    report = verify(db.session, current_app.extensions.get("ledger_checks"))
+    checks = dict(current_app.extensions.get("ledger_checks") or {})
+    if anchors_file is not None:
+        lines = anchors_file.readlines()
+        checks["anchors"] = lambda session, fail: sealer.verify_anchors(session, fail, lines)
+    report = verify(db.session, checks)
     db.session.rollback()
     emit(report)
     if not report["ok"]:
@@ -114,13 +126,73 @@ def audit_list(since, subject, action, limit):
                                                        action=action, limit=limit)]
 
 
+def _seconds(_ctx, _param, value):
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter("a positive number of seconds")
+    return value
+
+
 @ledger_cli.command("seal")
-@json_command
-def ledger_seal():
-    """Chain committed entries into blocks (run it every few seconds, or from cron)."""
-    blocks = sealer.seal(db.session, now=datetime.now(timezone.utc))
-    return {"blocks": len(blocks), "entries": sum(b.entry_count for b in blocks),
-            **sealer.anchor(db.session)}
+@click.option("--every", type=float, default=None, callback=_seconds, metavar="SECONDS",
+              help="keep running: seal every SECONDS until SIGTERM or SIGINT, one JSON line "
+                   "per run that sealed something; database errors are logged and retried")
+@click.option("--anchor-file", type=click.Path(dir_okay=False), default=None,
+              help="append the head {date, head, block, last_entry_id, sealed_at} as a JSON "
+                   "line once per UTC day, for keeping outside the database")
+@click.option("--max-runs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="with --every: stop after N runs")
+def ledger_seal(every, anchor_file, max_runs):
+    """Chain committed entries into blocks: once, or every SECONDS (run it that way as a
+    sidecar or service, e.g. --every 5)."""
+    if max_runs is not None and every is None:
+        raise click.UsageError("--max-runs needs --every.")
+    try:
+        anchors = sealer.AnchorFile(anchor_file) if anchor_file else None
+    except OSError as exc:
+        raise click.FileError(anchor_file, exc.strerror) from None
+    if every is None:
+        now = datetime.now(timezone.utc)
+        result = sealer.seal_run(db.session, now=now)
+        db.session.commit()  # an anchor names only a committed head
+        if anchors is not None:
+            anchors.append_if_due(now, result)
+        emit(result)
+        return
+    stop = threading.Event()
+    restore = _stop_on_signals(stop)
+    try:
+        _line({"event": "sealer-started", "every": every, "anchor_file": anchor_file,
+               "pid": os.getpid()})
+        runs = sealer.run_sealer(db.session, every=every, stop=stop, report=_line,
+                                 anchors=anchors, max_runs=max_runs)
+    finally:
+        restore()
+    _line({"event": "sealer-stopped", "runs": runs})
+
+
+def _line(doc: dict) -> None:
+    click.echo(json.dumps(doc, default=str))  # click.echo flushes: lines reach a pipe at once
+
+
+def _stop_on_signals(stop: threading.Event):
+    """SIGTERM or SIGINT sets `stop`: the run in progress completes, the loop ends, exit 0.
+    A second signal ends the process at once (a run stuck on an unreachable database)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # handlers can only be installed from the main thread
+
+    def handle(_signum, _frame):
+        for signum in previous:
+            signal.signal(signum, signal.SIG_DFL)
+        # Event.set takes a lock that the interrupted main thread may be holding inside
+        # stop.wait(); setting it from another thread cannot deadlock on it.
+        threading.Thread(target=stop.set, daemon=True).start()
+
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore():
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return restore
 
 
 @ledger_cli.command("anchor")

@@ -7,14 +7,26 @@ It seals only up to a watermark below which no transaction can still commit an e
 flags any block whose entries no longer hash to it (an UPDATE, DELETE or INSERT made in SQL on
 the journal shows up as a broken block, named by its id range) and any entry left unsealed
 well after a later sealing run.
-`flask ledger anchor` prints the head hash for the operator to keep outside the database.
+`flask ledger anchor` prints the head hash for the operator to keep outside the database;
+`flask ledger seal --every N` runs the sealer by itself (`run_sealer`) and, with an anchor file,
+appends the head once per UTC day, which `ledger verify --anchors` checks the chain against.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from datetime import datetime, timedelta
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 from sqlalchemy import BigInteger, String, func, select
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from . import books
@@ -28,6 +40,11 @@ GENESIS = "0" * 64
 SEAL_LOCK = 0x5365616C  # advisory lock: one sealer at a time
 UNSEALED_GRACE = timedelta(minutes=10)  # verify's allowance for a claim still in flight
 MAX_BLOCK = 10_000
+# What a database going away looks like (refused or dropped connections, a failover, a full
+# pool): the sealer logs it and tries again at the next tick. Anything else is a bug.
+DATABASE_ERRORS = (DBAPIError, PoolTimeout)
+
+log = logging.getLogger("coalition.sealer")
 
 
 class LedgerBlock(db.Model):
@@ -144,3 +161,148 @@ def anchor(session: Session) -> dict:
         return {"head": None}
     return {"head": block.block_hash, "block": block.id, "last_entry_id": block.last_entry_id,
             "sealed_at": iso_utc(as_utc(block.sealed_at))}
+
+
+def seal_run(session: Session, *, now: datetime) -> dict:
+    """One sealing run: what `flask ledger seal` prints. The caller commits."""
+    blocks = seal(session, now=now)
+    return {"blocks": len(blocks), "entries": sum(b.entry_count for b in blocks), **anchor(session)}
+
+
+class AnchorFile:
+    """The daily anchors: an append-only file of JSON lines {date, head, block, last_entry_id,
+    sealed_at}, one per UTC day, for the operator to ship outside the database. Whoever can
+    rewrite the journal can recompute every block after it, but not an anchor kept elsewhere:
+    `ledger verify --anchors` reports an anchored head that the chain no longer holds."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.touch()  # an unwritable path fails at start, not at the first anchor
+        self.last_date = self._last_date()
+
+    def _last_date(self) -> str | None:
+        for line in reversed(self.path.read_text(encoding="utf-8").splitlines()):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                return json.loads(line).get("date")
+        return None  # empty, or nothing parses: today's line is missing
+
+    def due(self, today: date) -> bool:
+        return self.last_date != today.isoformat()
+
+    def append(self, today: date, head: dict) -> dict:
+        line = {"date": today.isoformat(), "head": head["head"], "block": head["block"],
+                "last_entry_id": head["last_entry_id"], "sealed_at": head["sealed_at"]}
+        with open(self.path, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            # A crash mid-write can leave a last line without its newline: start a fresh line
+            # rather than glue today's anchor onto a broken one.
+            newline = f.tell() > 0 and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n"
+            f.write((b"\n" if newline else b"") + json.dumps(line).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())  # the anchor is the evidence: on disk before we say so
+        self.last_date = line["date"]
+        return line
+
+    def append_if_due(self, now: datetime, head: dict) -> dict | None:
+        """Today's line, written by the first run of the UTC day that has a head to anchor."""
+        today = now.astimezone(timezone.utc).date()
+        if head.get("head") is None or not self.due(today):
+            return None
+        return self.append(today, head)
+
+
+def log_error(exc: BaseException) -> None:
+    """One warning line per failed run: the first line of the error, never a traceback."""
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    what = "anchor not written" if isinstance(exc, OSError) else "sealing run failed"
+    log.warning(f"{what}; retrying at the next tick",
+                extra={"error": f"{type(exc).__name__}: {first_line}"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def run_sealer(session_factory: Callable[[], Session], *, every: float, stop: threading.Event,
+               report: Callable[[dict], None], now: Callable[[], datetime] = utcnow,
+               on_error: Callable[[BaseException], None] = log_error,
+               anchors: AnchorFile | None = None, max_runs: int | None = None) -> int:
+    """Seal every `every` seconds until `stop` is set (or `max_runs` runs are done); returns
+    the number of runs.
+
+    Each run takes a session from `session_factory`, seals, commits and closes it, then
+    passes `report` a {"event": "sealed", ...} line if it sealed anything and an
+    {"event": "anchored", ...} line if it wrote the day's anchor; an idle run reports nothing.
+    A database error is handed to `on_error`, the session rolled back and closed, and the
+    next tick tries again: a database restart or failover must not end the sealer, or
+    entries would pile up unsealed until `verify` flags them. Other exceptions are bugs and
+    propagate. `stop.wait` is the sleep, so setting `stop` ends the wait at once while a run
+    in progress always completes.
+    """
+    assert every > 0, "every is a positive number of seconds"
+    runs = 0
+    while not stop.is_set():
+        deadline = time.monotonic() + every  # a fixed rate: a slow run shortens the next wait
+        moment = now()
+        runs += 1
+        try:
+            result = _seal_and_commit(session_factory, moment)
+        except DATABASE_ERRORS as exc:
+            on_error(exc)
+        else:
+            if result["blocks"]:
+                report({"event": "sealed", **result})
+            if anchors is not None:
+                try:
+                    line = anchors.append_if_due(moment, result)
+                except OSError as exc:  # a full disk: the line is still due, next tick retries
+                    on_error(exc)
+                else:
+                    if line is not None:
+                        report({"event": "anchored", "file": str(anchors.path), **line})
+        if max_runs is not None and runs >= max_runs:
+            break
+        stop.wait(max(0.0, deadline - time.monotonic()))
+    return runs
+
+
+def _seal_and_commit(session_factory: Callable[[], Session], moment: datetime) -> dict:
+    session = session_factory()
+    try:
+        result = seal_run(session, now=moment)
+        session.commit()
+        return result
+    except BaseException:
+        # With the server gone the rollback fails too; the error worth reporting is the first.
+        with contextlib.suppress(SQLAlchemyError):
+            session.rollback()
+        raise
+    finally:
+        session.close()  # the connection goes back to the pool (or is discarded, if broken)
+
+
+def verify_anchors(session: Session, fail, lines: Iterable[str]) -> int:
+    """For `ledger verify --anchors`: every anchored head is still the hash of that block.
+    A chain recomputed after tampering, or cut back, no longer holds it."""
+    count = 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            kept = json.loads(line)
+            anchored, block_id = kept["head"], kept.get("block")
+        except (ValueError, TypeError, KeyError):
+            fail("anchor-malformed", "not an anchor line (JSON with head and block)", line=number)
+            continue
+        count += 1
+        if anchored is None:  # anchored before the first block: nothing to hold the chain to
+            continue
+        ref = {"line": number, "date": kept.get("date"), "block": block_id}
+        block = session.get(LedgerBlock, block_id) if isinstance(block_id, int) else None
+        if block is None:
+            fail("anchor-mismatch", "the anchored block is no longer in the chain: blocks "
+                 "were deleted or the chain rebuilt after this anchor", **ref)
+        elif block.block_hash != anchored or block.last_entry_id != kept.get("last_entry_id"):
+            fail("anchor-mismatch", "the anchored block has another hash now: the chain was "
+                 "recomputed after this anchor (entries changed behind the sealer)", **ref)
+    return count
