@@ -51,7 +51,7 @@ demo: venv
 	( $(EMBEDDED) $(FLASK) ledger seal --every 5 --anchor-file instance/anchors.jsonl & sealer=$$!; \
 	  while kill -0 $$gunicorn 2>/dev/null; do sleep 1; done; \
 	  kill $$sealer 2>/dev/null; wait $$sealer ) & \
-	exec $(EMBEDDED) $(BIN)/gunicorn -w 2 -b $(HOST):$(PORT) wsgi:app
+	exec $(EMBEDDED) $(BIN)/gunicorn -w 2 -b $(HOST):$(PORT) --no-control-socket wsgi:app
 
 test: venv
 	$(BIN)/pytest $(PYTEST_ARGS)

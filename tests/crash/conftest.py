@@ -32,6 +32,7 @@ class Service:
     members: list[str]
     database_url: str
     work: Path
+    sealer: subprocess.Popen | None = None
 
     def flask(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "flask"), "--app", "wsgi", *args], cwd=ROOT, env=self.env,
@@ -73,6 +74,12 @@ def service(tmp_path_factory):
         service.flask("partners", "add", partner_id, "--name", partner_id.title())
         service.flask("partners", "add-key", partner_id, "--public-key", str(public))
     service.server.start()
+    # The sealer as a sidecar, as in production: it must ride out every fault too.
+    sealer_log = open(work / "sealer.log", "wb")
+    service.sealer = subprocess.Popen(
+        [str(BIN / "flask"), "--app", "wsgi", "ledger", "seal", "--every", "1",
+         "--anchor-file", str(work / "anchors.jsonl")],
+        cwd=ROOT, env=env, stdout=sealer_log, stderr=subprocess.STDOUT)
     from partners.client import PartnerClient, load_private_key
     first = next(iter(PARTNERS))
     client = PartnerClient(service.server.url, first, load_private_key(service.keys[first]))
@@ -80,6 +87,10 @@ def service(tmp_path_factory):
         assert client.enrol(member).status in (200, 201)
     yield service
     service.server.stop()
+    if service.sealer.poll() is None:
+        service.sealer.terminate()
+        service.sealer.wait(30)
+    sealer_log.close()
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -68,7 +68,8 @@ class Gunicorn:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [str(BIN / "gunicorn"), "-w", str(WORKERS), "-b", f"127.0.0.1:{self.port}",
-             "--reuse-port", "--timeout", "10", "--graceful-timeout", "20", "wsgi:app"],
+             "--reuse-port", "--timeout", "10", "--graceful-timeout", "20", "--no-control-socket",
+             "wsgi:app"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         wait_until(lambda: self.ready() and len(self.workers()) == WORKERS, 60, "gunicorn to serve")
