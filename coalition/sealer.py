@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from sqlalchemy import BigInteger, String, func, select
+from sqlalchemy import BigInteger, String, func, insert, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -58,6 +58,18 @@ class LedgerBlock(db.Model):
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)  # the chain cannot fork
     block_hash: Mapped[str] = mapped_column(String(64))
     sealed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class LedgerSeal(db.Model):
+    """One row per sealed entry: the block that sealed it and the hash the entry had then. The
+    block's entries_hash covers these rows, so they cannot be changed unseen either, and they
+    let `verify` name the first entry that changed, vanished or appeared after sealing.
+    No foreign keys: a tampered journal must still be reported on, not refuse the tampering."""
+    __tablename__ = "ledger_seals"
+
+    entry_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    block_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    entry_hash: Mapped[str] = mapped_column(String(64))
 
 
 def entries_digest(hashes: list[str]) -> str:
@@ -121,23 +133,37 @@ def seal(session: Session, *, now: datetime, upto: int | None = None) -> list[Le
         block.block_hash = block_hash(block)
         session.add(block)
         session.flush()
+        session.execute(insert(LedgerSeal), [
+            {"entry_id": entry_id, "block_id": block.id, "entry_hash": entry_hash}
+            for entry_id, entry_hash in rows])
         blocks.append(block)
 
 
 def verify_chain(session: Session, fail) -> int:
-    """For `ledger verify`: blocks chain and still hash their entries, and no entry was left
-    behind: unsealed although a later seal ran well past its settle window."""
+    """For `ledger verify`: blocks chain, their seal records still hash to them, and the entries
+    in each block's range are exactly the sealed ones, hash for hash (else the first entry that
+    differs is named); and no entry was left unsealed well after a later seal."""
     previous, last_sealed, count = GENESIS, 0, 0
     for block in session.scalars(select(LedgerBlock).order_by(LedgerBlock.id)):
         count += 1
         ref = {"block": block.id, "first_entry_id": block.first_entry_id}
-        hashes = session.scalars(select(Entry.entry_hash).where(
-            Entry.id.between(block.first_entry_id, block.last_entry_id)).order_by(Entry.id)).all()
+        current = [tuple(r) for r in session.execute(
+            select(Entry.id, Entry.entry_hash).where(
+                Entry.id.between(block.first_entry_id, block.last_entry_id)).order_by(Entry.id))]
+        sealed = [tuple(r) for r in session.execute(
+            select(LedgerSeal.entry_id, LedgerSeal.entry_hash)
+            .where(LedgerSeal.block_id == block.id).order_by(LedgerSeal.entry_id))]
         if block.prev_hash != previous or block_hash(block) != block.block_hash:
             fail("block-chain", "block does not chain to the one before it", **ref)
-        elif len(hashes) != block.entry_count or entries_digest(hashes) != block.entries_hash:
-            fail("block-entries", "entries changed, removed or inserted after sealing: the "
-                 f"first broken entry lies in {block.first_entry_id}..{block.last_entry_id}", **ref)
+        elif not _matches(block, sealed):
+            fail("block-seals", "the block's seal records were changed", **ref)
+            if not _matches(block, current):
+                fail("block-entries", "entries changed, removed or inserted after sealing "
+                     f"somewhere in {block.first_entry_id}..{block.last_entry_id}", **ref)
+        elif (broken := first_difference(sealed, current)) is not None:
+            entry_id, how = broken
+            fail("block-entries", f"entry {entry_id} was {how} after sealing: the first broken "
+                 f"entry of block {block.id}", **ref, entry_id=entry_id)
         if block.first_entry_id <= last_sealed:
             fail("block-chain", "blocks overlap", **ref)
         previous, last_sealed = block.block_hash, block.last_entry_id
@@ -148,6 +174,25 @@ def verify_chain(session: Session, fail) -> int:
                 Entry.id > last_sealed, Entry.recorded_at < overdue).order_by(Entry.id).limit(10)):
             fail("entry-unsealed", "entry left unsealed past the sealing window", entry_id=entry_id)
     return count
+
+
+def _matches(block: LedgerBlock, rows: list[tuple[int, str]]) -> bool:
+    return (len(rows) == block.entry_count and entries_digest([h for _, h in rows]) == block.entries_hash
+            and all(block.first_entry_id <= i <= block.last_entry_id for i, _ in rows))
+
+
+def first_difference(sealed: list[tuple[int, str]], current: list[tuple[int, str]]):
+    """(entry id, "changed" | "deleted" | "inserted") where the two id-ordered lists first part."""
+    for (sealed_id, sealed_hash), (current_id, current_hash) in zip(sealed, current):
+        if sealed_id != current_id:
+            return (sealed_id, "deleted") if sealed_id < current_id else (current_id, "inserted")
+        if sealed_hash != current_hash:
+            return sealed_id, "changed"
+    if len(sealed) > len(current):
+        return sealed[len(current)][0], "deleted"
+    if len(current) > len(sealed):
+        return current[len(sealed)][0], "inserted"
+    return None
 
 
 def head_hash(session: Session) -> str | None:

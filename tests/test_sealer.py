@@ -92,6 +92,8 @@ TAMPERING = {
         ("UPDATE journal_entries SET entry_hash = 'aa' || substr(entry_hash, 3) WHERE id = 3",
          "block-entries"),
     "block edited": ("UPDATE ledger_blocks SET entry_count = 5", "block-chain"),
+    "seal record edited": ("UPDATE ledger_seals SET entry_hash = entry_hash || '' WHERE entry_id = 1; "
+                           "DELETE FROM ledger_seals WHERE entry_id = 4", "block-seals"),
     "block deleted and the chain rebuilt without it": ("DELETE FROM ledger_blocks", None),
 }
 
@@ -107,3 +109,66 @@ def test_tampering_after_sealing_is_caught(ledger_with_history, runner, sql, che
         assert code == 0 and report["checked"]["blocks"] == 0
     else:
         assert code == 1 and check in report["violations_by_check"], report
+
+
+# Each change made after sealing is named by the first entry it broke, and how.
+DELETE_ENTRY = ("DELETE FROM postings WHERE entry_id = {id}; DELETE FROM lots WHERE entry_id = {id}; "
+                "DELETE FROM journal_entries WHERE id = {id}")
+FIRST_BROKEN = {
+    "deleted": (DELETE_ENTRY, "deleted"),
+    "hash rewritten": ("UPDATE journal_entries SET entry_hash = 'bb' || substr(entry_hash, 3) "
+                       "WHERE id = {id}", "changed"),
+}
+
+
+def entry_ids(app) -> list[int]:
+    with app.app_context():
+        return db.session.scalars(db.select(ledger.Entry.id).order_by(ledger.Entry.id)).all()
+
+
+def named_breaks(report) -> list[tuple[int, int]]:
+    return [(v["entry_id"], v["block"]) for v in report["violations"] if v["check"] == "block-entries"]
+
+
+@pytest.mark.parametrize("sql, how", FIRST_BROKEN.values(), ids=FIRST_BROKEN.keys())
+def test_verify_names_the_first_broken_entry(ledger_with_history, runner, sql, how):
+    assert seal(runner)["blocks"] == 1
+    target = entry_ids(ledger_with_history)[1]  # e2: a plain earn nothing else refers to
+    tamper(ledger_with_history, sql.format(id=target))
+    code, report = verify(runner)
+    assert code == 1 and named_breaks(report) == [(target, 1)], report
+    assert f"entry {target} was {how}" in next(
+        v["detail"] for v in report["violations"] if v["check"] == "block-entries")
+
+
+def test_verify_names_an_entry_inserted_into_a_sealed_gap(ledger_with_history, runner):
+    """Ids can have gaps (a rolled-back insert on PostgreSQL); a row forged into one is named."""
+    ids = entry_ids(ledger_with_history)
+    gap = ids[1]
+    tamper(ledger_with_history, DELETE_ENTRY.format(id=gap))  # before sealing: the gap
+    seal(runner)
+    tamper(ledger_with_history,
+           "INSERT INTO journal_entries (id, kind, partner_id, claim_id, member_id, points, "
+           "occurred_at, recorded_at, period, late, fingerprint, status, balance_after, entry_hash) "
+           "SELECT {gap}, kind, partner_id, 'forged', member_id, points, occurred_at, recorded_at, "
+           "period, late, fingerprint, status, balance_after, entry_hash "
+           "FROM journal_entries WHERE id = {first}".format(gap=gap, first=ids[0]))
+    code, report = verify(runner)
+    assert code == 1 and named_breaks(report) == [(gap, 1)], report
+    assert f"entry {gap} was inserted" in str(report["violations"])
+
+
+def test_upgrading_to_seal_records_backfills_the_sealed_entries(ledger_with_history, runner):
+    """Blocks sealed before migration 0007 get their per-entry seal records from the journal."""
+    import flask_migrate
+    seal(runner)
+    with ledger_with_history.app_context():
+        flask_migrate.downgrade(revision="0006")
+        flask_migrate.upgrade()
+        seals = db.session.execute(db.select(sealer.LedgerSeal.entry_id, sealer.LedgerSeal.block_id)
+                                   .order_by(sealer.LedgerSeal.entry_id)).all()
+        db.session.rollback()
+    assert seals == [(i, 1) for i in entry_ids(ledger_with_history)]
+    assert verify(runner)[0] == 0
+    tamper(ledger_with_history, DELETE_ENTRY.format(id=seals[1][0]))
+    assert named_breaks(verify(runner)[1]) == [(seals[1][0], 1)]

@@ -370,6 +370,11 @@ def rewrite_chain(app) -> None:
                               f"'{block.prev_hash}', block_hash = '{block.block_hash}' "
                               f"WHERE id = {block.id}")
         db.session.rollback()
+    # The per-entry seal records too, rebuilt from the journal as it is now.
+    statements += ["DELETE FROM ledger_seals",
+                   "INSERT INTO ledger_seals (entry_id, block_id, entry_hash) "
+                   "SELECT e.id, b.id, e.entry_hash FROM journal_entries e "
+                   "JOIN ledger_blocks b ON e.id BETWEEN b.first_entry_id AND b.last_entry_id"]
     tamper(app, "; ".join(statements))
 
 
