@@ -31,6 +31,7 @@ from coalition import audit
 from coalition.database import is_sqlite
 from coalition.errors import Problem
 from coalition.fields import iso_utc
+from coalition.periods import as_utc
 from partners.keys import canonical_pem, thumbprint
 
 from .models import CoalitionReport, SigningKey, Statement
@@ -100,6 +101,12 @@ def signing_key(path: str) -> ed25519.Ed25519PrivateKey:
         return key
 
 
+def existing_key(path: str) -> ed25519.Ed25519PrivateKey | None:
+    """The current key if this host has the key file; never generates one. A host that only
+    serves the JWKS needs no private key: every public key is in `signing_keys`."""
+    return signing_key(path) if Path(path).exists() else None
+
+
 def _public(key) -> ed25519.Ed25519PublicKey:
     return key.public_key() if isinstance(key, ed25519.Ed25519PrivateKey) else key
 
@@ -148,20 +155,24 @@ def _load_public(pem: str) -> ed25519.Ed25519PublicKey | None:
     return key if isinstance(key, ed25519.Ed25519PublicKey) else None
 
 
-def keys(session: Session, current: ed25519.Ed25519PrivateKey) -> list[Key]:
-    """Every key the coalition signs or signed with: the key file's first, then newest first."""
-    current_kid = kid_of(current)
+def keys(session: Session, current: ed25519.Ed25519PrivateKey | None) -> list[Key]:
+    """Every key the coalition signs or signed with: the key file's first, then newest first
+    (without the key file, the newest registered key is the current one)."""
+    current_kid = kid_of(current) if current is not None else None
     found: dict[str, Key] = {}
     for row in session.scalars(select(SigningKey)):
         public = _load_public(row.public_key_pem)
         if public is None or thumbprint(public) != row.kid:
             continue  # a row whose key is not the one its kid names is neither published nor trusted
         found[row.kid] = Key(row.kid, public, row.kid == current_kid, row.registered_at, row.retired_at)
-    first = found.pop(current_kid, None) or Key(current_kid, current.public_key(), True, None, None)
-    return [first, *sorted(found.values(), key=lambda k: (k.registered_at, k.kid), reverse=True)]
+    rest = sorted(found.values(), key=lambda k: (as_utc(k.registered_at), k.kid), reverse=True)
+    if current is None:
+        return rest
+    first = found.get(current_kid) or Key(current_kid, current.public_key(), True, None, None)
+    return [first, *(k for k in rest if k.kid != current_kid)]
 
 
-def jwks(session: Session, current: ed25519.Ed25519PrivateKey) -> dict:
+def jwks(session: Session, current: ed25519.Ed25519PrivateKey | None) -> dict:
     """The JWKS: every key not retired, the current one first."""
     return {"keys": [public_jwk(k.kid, k.public) for k in keys(session, current) if not k.retired_at]}
 

@@ -92,6 +92,6 @@ def reconcile(period: str):
                           "the current one first: pick the key by the statement's `signature.kid`.")
 @keys_blp.response(200, schemas.JwksSchema)
 def jwks():
-    document = signing.jwks(db.session, signing.signing_key(current_app.config["COALITION_SIGNING_KEY_FILE"]))
+    document = signing.jwks(db.session, signing.existing_key(current_app.config["COALITION_SIGNING_KEY_FILE"]))
     db.session.commit()
     return document

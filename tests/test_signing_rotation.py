@@ -252,3 +252,16 @@ def test_a_key_file_is_generated_once_with_mode_0600(app, signing_key_file):
         assert kid_of(signing_key(signing_key_file)) == first
     assert stat.S_IMODE(os.stat(signing_key_file).st_mode) == 0o600
     assert sorted(os.listdir(Path(signing_key_file).parent)) == [Path(signing_key_file).name]
+
+
+def test_a_host_without_the_key_file_serves_every_published_key_and_makes_none(
+        may, runner, signing_key_file):
+    """Only the signing host needs the private key; a web host publishes the table's keys."""
+    close(may, "2026-05", datetime(2026, 6, 2, tzinfo=UTC))
+    first = current_kid()
+    code, rotated = cli(runner, "settlement", "rotate-signing-key")
+    assert code == 0, rotated
+    Path(signing_key_file).rename(Path(signing_key_file).with_suffix(".away"))
+    jwks = served_jwks()
+    assert [k["kid"] for k in jwks["keys"]] == [rotated["kid"], first]  # the newest first
+    assert not Path(signing_key_file).exists()  # serving the JWKS generated no key
