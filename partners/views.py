@@ -29,7 +29,7 @@ blp = Blueprint("partner_api", __name__, url_prefix="/v1",
                 description="Signed partner requests: members, earn, burn, reversals, claims.")
 KEYS = tokens.KeyCache()
 AUTH = [{"partnerToken": []}]
-COMMON = ("malformed-request", "invalid-token", "rate-limited")
+COMMON = ("malformed-request", "invalid-token", "rate-limited", "unavailable")
 BODY = ("payload-too-large", "unsupported-media-type", "validation-error")
 _ID = re.compile(ID_PATTERN)
 PRUNE_EVERY_S = 300.0
