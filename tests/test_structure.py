@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import flask_migrate
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -57,3 +59,16 @@ def test_flask_db_upgrade_creates_an_empty_database(tmp_path):
     subprocess.run(flask + ["db", "upgrade"], cwd=ROOT, env=env, check=True, capture_output=True)
     verify = subprocess.run(flask + ["ledger", "verify"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert verify.returncode == 0 and '"ok": true' in verify.stdout
+
+
+def test_no_tracked_file_holds_key_material():
+    """Private keys live with partners and under instance/ (git-ignored), never in the repository."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    # A PEM private key block, or a JWK carrying its private member "d".
+    secret = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\s*[A-Za-z0-9+/=]{16}"
+                        rb'|"d"\s*:\s*"[A-Za-z0-9_-]{20,}"')
+    files = [ROOT / name.decode() for name in listed.stdout.split(b"\0") if name]
+    assert len(files) > 50
+    assert [str(f.relative_to(ROOT)) for f in files if f.is_file() and secret.search(f.read_bytes())] == []
