@@ -50,7 +50,7 @@ def kill_workers(service) -> str:
     server = service.server
     before = set(server.workers())
     with InFlightClaim(service, "inflight-worker-1") as in_flight:
-        victim = server.worker_serving(in_flight.sock.getsockname()[1])
+        victim = in_flight.worker(server)
         os.kill(victim, signal.SIGKILL)
         assert in_flight.finish() is None, "a killed worker answered"
     assert not journal(service.database_url, "inflight-worker"), "a killed request left a booking"
@@ -106,6 +106,7 @@ def terminate(service) -> str:
     """SIGTERM while a claim is mid-upload: that request must still be booked and answered."""
     server = service.server
     with InFlightClaim(service, "inflight-sigterm-1") as in_flight:
+        in_flight.worker(server)
         started = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
@@ -140,8 +141,21 @@ class InFlightClaim:
     def __enter__(self):
         self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
         self.sock.sendall(self.head + self.body[:10])
-        time.sleep(0.5)  # a worker has accepted it and waits for the rest of the body
         return self
+
+    def worker(self, server) -> int:
+        """The worker inside this request; under load it may wait in the backlog a while."""
+        port, found = self.sock.getsockname()[1], []
+
+        def accepted() -> bool:
+            try:
+                found.append(server.worker_serving(port))
+            except LookupError:
+                return False
+            return True
+
+        wait_until(accepted, 30, "a worker to accept the half-sent claim")
+        return found[-1]
 
     def finish(self) -> int | None:
         """The answer's status, or None when the connection died without one."""
