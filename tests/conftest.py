@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 import flask_migrate
@@ -47,20 +48,30 @@ def migrated(tmp_path_factory):
     return uri
 
 
+def fresh_database(app, template: str) -> None:
+    """Back to the freshly migrated schema (needs an app context). Rows cannot simply be
+    deleted: the audit log refuses DELETE. PostgreSQL: TRUNCATE; SQLite: the migrated template
+    file copied over the app's database. Property tests call it once per example."""
+    db.session.remove()
+    if ON_POSTGRES:
+        tables = ", ".join(t.name for t in db.metadata.sorted_tables)
+        db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        db.session.commit()
+        return
+    db.engine.dispose()
+    path = Path(app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///"))
+    for leftover in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    shutil.copy(template.removeprefix("sqlite:///"), path)
+
+
 @pytest.fixture
 def app(migrated, tmp_path, signing_key_file):
-    if ON_POSTGRES:
-        uri = migrated
-    else:
-        uri = "sqlite:///" + str(tmp_path / "coalition.db")
-        shutil.copy(migrated.removeprefix("sqlite:///"), tmp_path / "coalition.db")
+    uri = migrated if ON_POSTGRES else "sqlite:///" + str(tmp_path / "coalition.db")
     app = create_app({"SQLALCHEMY_DATABASE_URI": uri, "TESTING": True,
                       "COALITION_SIGNING_KEY_FILE": signing_key_file})
-    if ON_POSTGRES:
-        with app.app_context():
-            tables = ", ".join(t.name for t in db.metadata.sorted_tables)
-            db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-            db.session.commit()
+    with app.app_context():
+        fresh_database(app, migrated)
     yield app
     with app.app_context():
         db.session.remove()

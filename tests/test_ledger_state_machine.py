@@ -15,18 +15,16 @@ More examples or longer runs:
 from __future__ import annotations
 
 import os
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule, run_state_machine_as_test)
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from coalition.database import db
 from coalition.models import DebtLot, Lot, Member
@@ -34,7 +32,7 @@ from coalition.verify import verify
 from partners import service as partner_service
 from partners import views
 from partners.client import PartnerClient, rfc3339
-from tests.conftest import ON_POSTGRES, new_key, public_pem, transport_for
+from tests.conftest import ON_POSTGRES, fresh_database, new_key, public_pem, transport_for
 
 UTC = timezone.utc
 # Four days before Berlin's DST starts and a week before April: runs that move the clock on
@@ -226,23 +224,6 @@ class Clock:
         return self.now
 
 
-def fresh_database(app, template: str) -> None:
-    """Each example starts from the freshly migrated schema, as tests/conftest.py's `app` does
-    once per test. Rows cannot simply be deleted: the audit log refuses DELETE."""
-    with app.app_context():
-        db.session.remove()
-        if ON_POSTGRES:
-            tables = ", ".join(t.name for t in db.metadata.sorted_tables)
-            db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-            db.session.commit()
-            return
-        db.engine.dispose()
-        path = Path(app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///"))
-        for leftover in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            leftover.unlink(missing_ok=True)
-        shutil.copy(template.removeprefix("sqlite:///"), path)
-
-
 def points_by(partner, points, member) -> dict[tuple[str, str], int]:
     """Remaining points per (member, partner) as the database holds them."""
     rows = db.session.execute(select(Member.external_id, partner, func.sum(points))
@@ -266,7 +247,8 @@ def expect_problem(response, status: int, slug: str) -> None:
 class LedgerMachine(RuleBasedStateMachine):
     def __init__(self, app, template: str, clock: Clock, keys: dict) -> None:
         super().__init__()
-        fresh_database(app, template)
+        with app.app_context():
+            fresh_database(app, template)
         # A new history, so new request counts: hundreds of runs in one app would otherwise
         # reach the per-partner rate limit.
         app.extensions["coalition_limits"].limiter.reset()

@@ -14,19 +14,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from flask import current_app
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from coalition import ledger
 from coalition.database import db
@@ -38,7 +36,7 @@ from partners import service as partner_service
 from settlement import service as settlement
 from settlement.models import CoalitionReport, Statement
 from settlement.signing import signing_key
-from tests.conftest import ON_POSTGRES
+from tests.conftest import ON_POSTGRES, fresh_database
 
 UTC = timezone.utc
 TZ_NAME = "Europe/Berlin"
@@ -341,23 +339,6 @@ def scenarios(draw):
 
 
 # --- driving the service -------------------------------------------------------------------
-
-def fresh_database(app, template: str) -> None:
-    """Every example starts from the freshly migrated schema. Rows cannot simply be deleted:
-    the audit log refuses DELETE (migration 0003). PostgreSQL: TRUNCATE, as conftest does.
-    SQLite: copy the migrated template file over the app's database, as conftest does."""
-    db.session.remove()
-    if ON_POSTGRES:
-        tables = ", ".join(t.name for t in db.metadata.sorted_tables)
-        db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        db.session.commit()
-        return
-    db.engine.dispose()
-    path = Path(app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///"))
-    for leftover in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        leftover.unlink(missing_ok=True)
-    shutil.copy(template.removeprefix("sqlite:///"), path)
-
 
 def parsed_terms(raw: dict) -> dict[str, Decimal]:
     return {k: Decimal(v) for k, v in raw.items()}
