@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from tests.conftest import new_key, public_pem
 
 from .server import BIN, ROOT, Gunicorn
 
@@ -49,13 +50,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _write_key(alg: str, directory: Path, name: str) -> tuple[Path, Path]:
-    key = ed25519.Ed25519PrivateKey.generate() if alg == "EdDSA" else ec.generate_private_key(ec.SECP256R1())
+    key = new_key(alg)
     private, public = directory / f"{name}.pem", directory / f"{name}.pub.pem"
     private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption()))
     private.chmod(0o600)
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    public.write_bytes(public_pem(key))
     return private, public
 
 

@@ -18,6 +18,7 @@ import subprocess
 import time
 import zlib
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -93,13 +94,20 @@ def sealed_up_to(database_url: str) -> int:
     return scalar(database_url, "SELECT coalesce(max(last_entry_id), 0) FROM ledger_blocks")
 
 
-def scalar(database_url: str, sql: str):
+@contextmanager
+def connected(database_url: str):
+    """A connection of its own, not pooled: the server may have restarted since the last one."""
     engine = create_engine(database_url, poolclass=NullPool)
     try:
         with engine.connect() as connection:
-            return connection.scalar(text(sql))
+            yield connection
     finally:
         engine.dispose()
+
+
+def scalar(database_url: str, sql: str):
+    with connected(database_url) as connection:
+        return connection.scalar(text(sql))
 
 
 def terminate(service) -> str:
@@ -226,17 +234,13 @@ def run_load(service, fault: str) -> list[dict]:
 
 
 def journal(database_url: str, fault: str) -> dict[tuple[str, str], list[dict]]:
-    engine = create_engine(database_url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(text(
-                "SELECT e.id, e.partner_id, e.claim_id, e.kind, e.points, m.external_id AS member_id, "
-                "       r.claim_id AS reverses "
-                "FROM journal_entries e JOIN members m ON m.id = e.member_id "
-                "LEFT JOIN journal_entries r ON r.id = e.reverses_id "
-                "WHERE e.claim_id LIKE :prefix"), {"prefix": f"{fault}-%"}).mappings().all()
-    finally:
-        engine.dispose()
+    with connected(database_url) as connection:
+        rows = connection.execute(text(
+            "SELECT e.id, e.partner_id, e.claim_id, e.kind, e.points, m.external_id AS member_id, "
+            "       r.claim_id AS reverses "
+            "FROM journal_entries e JOIN members m ON m.id = e.member_id "
+            "LEFT JOIN journal_entries r ON r.id = e.reverses_id "
+            "WHERE e.claim_id LIKE :prefix"), {"prefix": f"{fault}-%"}).mappings().all()
     found: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         found.setdefault((row["partner_id"], row["claim_id"]), []).append(dict(row))
