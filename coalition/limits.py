@@ -4,9 +4,15 @@ Two budgets, each a fixed window (the window opens at a caller's first request i
 
 * ``RATELIMIT_PARTNER`` (default 6000 per minute), per partner: every request that carries a
   valid partner token counts against ``partner:<id>``, whatever its address. It is checked
-  *after* the token has been verified (``partner:<id>`` is known only then) and *before* its
-  jti is spent: a refused request books nothing and leaves the token usable, so the partner
-  can retry the very same request after ``Retry-After`` while the token lives.
+  *after* the token has been verified (``partner:<id>`` is known only then) and after its jti
+  has been recorded, so a replayed token is refused (401) without counting: whoever holds
+  a leaked, used token cannot spend its partner's quota. The jti is recorded in the request's
+  transaction, which a 429 rolls back: a refused request books nothing and leaves the token
+  usable, so the partner can retry the very same request after ``Retry-After`` while the
+  token lives.
+* ``RATELIMIT_RECONCILIATION`` (default 10 per minute and 60 per hour), per partner, on top of
+  its partner quota: reconciliation uploads (up to 100,000 claims each) are the costliest
+  requests, so they have a budget of their own (:func:`own_quota`).
 * ``RATELIMIT_ANONYMOUS`` (default 120 per minute), per source address ``addr:<ip>``: every
   request that does not authenticate as a partner, that is
 
@@ -35,14 +41,15 @@ partner id between verifying the token and spending its jti. Both use the same
 Flask-Limiter instance, storage, strategy and key layout.
 
 Storage: Redis when ``REDIS_URL`` is set (``redis://host:port/db``; counts are shared by every
-process and instance using it), else ``memory://`` (per process). Keys are
+process and instance using it), else ``memory://``: per process, so without Redis each
+gunicorn worker keeps its own counts and a partner gets up to its quota once per worker. Keys are
 ``LIMITS:LIMITER/<RATELIMIT_KEY_PREFIX>/<partner:id|addr:ip>/<scope>/...`` and expire with their
 window. Under ``TESTING`` an app without an explicit prefix gets a unique one, so tests never
 share counters through Redis. If the storage fails, requests are let through (fail open,
 logged): abuse limits must not take the service down with them.
 
 Settings (README, configuration): ``RATELIMIT_ENABLED``, ``RATELIMIT_PARTNER``,
-``RATELIMIT_ANONYMOUS`` (``limits`` strings such as ``"100/second;6000/minute"``),
+``RATELIMIT_ANONYMOUS``, ``RATELIMIT_RECONCILIATION`` (``limits`` strings such as ``"100/second;6000/minute"``),
 ``RATELIMIT_KEY_PREFIX``, ``REDIS_URL``, ``TRUSTED_PROXIES``: from the app's config (a
 ``create_app`` test_config) if set there, else from the environment, else the defaults.
 
@@ -74,13 +81,17 @@ DEFAULTS = {
     "RATELIMIT_ENABLED": "true",
     "RATELIMIT_PARTNER": "6000 per minute",
     "RATELIMIT_ANONYMOUS": "120 per minute",
+    "RATELIMIT_RECONCILIATION": "10 per minute;60 per hour",
     "RATELIMIT_KEY_PREFIX": "coalition",
     "TRUSTED_PROXIES": "0",
 }
 PARTNER, ANONYMOUS = "partner", "anonymous"  # the scopes (part of the storage key)
+# Routes with a quota of their own besides the partner's (their scope -> setting name).
+OWN_QUOTAS = {"reconciliation": "RATELIMIT_RECONCILIATION"}
 EXEMPT_ENDPOINTS = frozenset({"healthz", "readyz"})
 REDIS_OPTIONS = {"socket_connect_timeout": 1.0, "socket_timeout": 1.0}
 _AUTHENTICATES = "_coalition_rate_limited_after_authentication"
+_OWN_QUOTA = "_coalition_own_quota"
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,7 @@ class _State:
     prefix: str
     partner: list[RateLimitItem]
     anonymous: list[RateLimitItem]
+    own: dict[str, list[RateLimitItem]]  # scope -> limits of routes with a quota of their own
 
 
 def _setting(app: Flask, name: str, default: str | None):
@@ -114,9 +126,10 @@ def init_app(app: Flask) -> None:
         f"coalition-test-{uuid.uuid4().hex}" if app.config.get("TESTING")
         else DEFAULTS["RATELIMIT_KEY_PREFIX"])
     proxies = int(_setting(app, "TRUSTED_PROXIES", DEFAULTS["TRUSTED_PROXIES"]))
+    own = {name: str(_setting(app, name, DEFAULTS[name])) for name in OWN_QUOTAS.values()}
     app.config.update(RATELIMIT_ENABLED=enabled, RATELIMIT_PARTNER=partner,
                       RATELIMIT_ANONYMOUS=anonymous, REDIS_URL=redis_url,
-                      RATELIMIT_KEY_PREFIX=prefix, TRUSTED_PROXIES=proxies)
+                      RATELIMIT_KEY_PREFIX=prefix, TRUSTED_PROXIES=proxies, **own)
     if proxies > 0:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies)
 
@@ -130,8 +143,9 @@ def init_app(app: Flask) -> None:
         swallow_errors=True, enabled=enabled)
     limiter.request_filter(lambda: request.endpoint in EXEMPT_ENDPOINTS)
     limiter.init_app(app)  # reads RATELIMIT_ENABLED (a bool by now) from app.config
-    app.extensions[EXTENSION] = _State(limiter, enabled, prefix,
-                                       sorted(parse_many(partner)), sorted(parse_many(anonymous)))
+    app.extensions[EXTENSION] = _State(
+        limiter, enabled, prefix, sorted(parse_many(partner)), sorted(parse_many(anonymous)),
+        {scope: sorted(parse_many(own[name])) for scope, name in OWN_QUOTAS.items()})
     app.register_error_handler(RateLimitExceeded, _rate_limit_exceeded)
 
 
@@ -162,9 +176,28 @@ def authenticates(hook):
 
 
 def authenticated(partner_id: str) -> None:
-    """Count a request of a verified partner; 429 past ``RATELIMIT_PARTNER``. Call it before
-    the token's jti is spent, so that a refused request leaves the token unspent."""
+    """Count a request of a verified partner; 429 past ``RATELIMIT_PARTNER``, or past the
+    route's own quota (:func:`own_quota`). Call it after every cheap rejection (a replayed
+    jti first), in the transaction that spends the jti, so that a refused request leaves
+    the token unspent."""
     _hit(PARTNER, f"partner:{partner_id}")
+    view = current_app.view_functions.get(request.endpoint)
+    scope = getattr(view, _OWN_QUOTA, None)
+    if scope is not None:
+        _hit(scope, f"partner:{partner_id}")
+
+
+def own_quota(scope: str):
+    """Mark a view whose requests also count against a quota of their own per partner
+    (``OWN_QUOTAS[scope]``): expensive routes such as reconciliation. Put it right under
+    the route decorator, so that it marks the view as registered."""
+    if scope not in OWN_QUOTAS:
+        raise ValueError(f"no quota setting for scope {scope!r}")
+
+    def mark(view):
+        setattr(view, _OWN_QUOTA, scope)
+        return view
+    return mark
 
 
 def _counted_at_authentication() -> bool:
@@ -179,7 +212,9 @@ def _hit(scope: str, key: str) -> None:
         return
     strategy = state.limiter.limiter
     identifiers = (state.prefix, key, scope)
-    for item in state.partner if scope == PARTNER else state.anonymous:
+    items = (state.partner if scope == PARTNER else
+             state.anonymous if scope == ANONYMOUS else state.own[scope])
+    for item in items:
         try:
             if strategy.hit(item, *identifiers):
                 continue

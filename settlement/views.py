@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Response, current_app, g, request
 from marshmallow import Schema, fields, validate
 
+from coalition import limits
 from coalition.api import Blueprint, problems
 from coalition.database import db
 from coalition.errors import Problem
@@ -75,6 +76,7 @@ RECONCILIATION_BODY = {
 
 
 @blp.route("/statements/<period>/reconciliation", methods=["POST"])
+@limits.own_quota("reconciliation")  # RATELIMIT_RECONCILIATION, besides the partner's quota
 @blp.doc(security=AUTH, summary="Reconcile the caller's record of a closed month, claim by claim",
          requestBody=RECONCILIATION_BODY)
 @blp.response(200, schemas.ReconciliationSchema)

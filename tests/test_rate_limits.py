@@ -198,6 +198,65 @@ def test_replayed_tokens_count_as_failures_of_the_address(make_app):
     assert_rate_limited(client.post("/v1/members", data=body, headers=headers))
 
 
+def test_a_replayed_token_never_counts_against_its_partners_quota(make_app):
+    """Whoever holds one leaked, already used token cannot use up its partner's quota: the
+    jti is checked before the partner is counted."""
+    app = make_app(RATELIMIT_PARTNER="3 per minute", RATELIMIT_ANONYMOUS="1000 per minute")
+    acme = register(app, "acme")
+    client = app.test_client()
+    body = json.dumps({"member_id": "M1"}).encode()
+    leaked = acme.client.sign("POST", "/v1/members", body)
+    assert client.post("/v1/members", data=body, headers=leaked).status_code == 201
+    replays = [client.post("/v1/members", data=body, headers=leaked) for _ in range(20)]
+    assert {r.status_code for r in replays} == {401}
+    assert all(r.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"' for r in replays)
+    # The partner has used one request of three: two more go through, the fourth is refused.
+    assert acme.client.earn("c1", "M1", 100).status == 201
+    assert acme.client.balance("M1").status == 200
+    assert_rate_limited(acme.client.balance("M1"))
+
+
+def test_a_request_refused_for_its_quota_leaves_its_jti_unspent_after_the_replay_check(make_app):
+    """The jti is recorded before the quota is counted, in the request's transaction: a 429
+    rolls it back, so the very token works once the window has passed, and only once."""
+    app = make_app(RATELIMIT_PARTNER="1 per minute", RATELIMIT_ANONYMOUS="1000 per minute")
+    acme = register(app, "acme")
+    client = app.test_client()
+    assert acme.client.enrol("M1").status == 201
+    body = earn_body("c1")
+    headers = acme.client.sign("POST", "/v1/earn", body)
+    assert_rate_limited(client.post("/v1/earn", data=body, headers=headers))
+    assert not jti_spent(app, "acme", headers) and entries(app) == 0
+    app.extensions["coalition_limits"].limiter.reset()
+    assert client.post("/v1/earn", data=body, headers=headers).status_code == 201
+    assert client.post("/v1/earn", data=body, headers=headers).status_code == 401
+    assert entries(app) == 1
+
+
+def test_reconciliation_has_a_quota_of_its_own(make_app):
+    app = make_app(RATELIMIT_PARTNER="100 per minute", RATELIMIT_RECONCILIATION="2 per minute")
+    acme, bolt = register(app, "acme"), register(app, "bolt", "ES256")
+    client = app.test_client()
+
+    def reconcile(partner):
+        body = json.dumps({"claims": []}).encode()
+        path = "/v1/statements/2026-01/reconciliation"
+        headers = partner.client.sign("POST", path, body) | {"Content-Type": "application/json"}
+        return client.post(path, data=body, headers=headers), headers
+
+    # 2026-01 was never closed: 409 period-open, counted all the same.
+    assert [reconcile(acme)[0].status_code for _ in range(2)] == [409, 409]
+    refused, headers = reconcile(acme)
+    assert_rate_limited(refused)
+    assert not jti_spent(app, "acme", headers)
+    # The partner's other requests and another partner's reconciliations are not affected.
+    assert acme.client.enrol("M1").status == 201
+    assert acme.client.statements().status == 200
+    assert reconcile(bolt)[0].status_code == 409
+    assert app.config["RATELIMIT_RECONCILIATION"] == "2 per minute"
+    assert make_app().config["RATELIMIT_RECONCILIATION"] == "10 per minute;60 per hour"
+
+
 def test_public_documents_are_limited_per_address(make_app):
     app = make_app(**TINY)
     client = app.test_client()

@@ -23,6 +23,7 @@ import json
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -36,6 +37,7 @@ from sqlalchemy import func, select
 from coalition import create_app
 from coalition.database import db
 from coalition.models import Entry, Member
+from partners import service as partner_service
 from partners.client import PartnerClient, jwk_thumbprint
 from tests.conftest import ago, new_key, public_pem, transport_for
 
@@ -109,10 +111,13 @@ class Forge:
     claim_id: str
     authorization: Callable[[str], str | None] = field(default=lambda token: f"Bearer {token}")
     transform: Callable[[str], str] = field(default=lambda token: token)
+    # Edits the JSON text of header and payload before signing (what a dict cannot hold).
+    edit_json: Callable[[bytes, bytes], tuple[bytes, bytes]] = field(
+        default=lambda header, payload: (header, payload))
 
     def token(self) -> str:
-        header = b64u(compact_json(self.header))
-        payload = compact_json(self.claims)
+        header_json, payload = self.edit_json(compact_json(self.header), compact_json(self.claims))
+        header = b64u(header_json)
         if self.header.get("b64") is False:  # RFC 7797 unencoded, detached payload
             signature = sign(self.alg, self.key, header.encode() + b"." + payload)
             return self.transform(f"{header}..{b64u(signature)}")
@@ -363,6 +368,24 @@ def changed_body(f: Forge, w: World):
     f.body = earn_body(f.claim_id, points=100_000)
 
 
+def duplicate_in_header(name: str, first_value):
+    """`name` twice in the header: first `first_value`, then the right value (last wins in
+    a lax parser, so the token would pass)."""
+    def mutate(f: Forge, w: World):
+        def edit(header: bytes, payload: bytes):
+            return b"{" + compact_json({name: first_value})[1:-1] + b"," + header[1:], payload
+        f.edit_json = edit
+    return mutate
+
+
+def duplicate_in_payload(name: str, first_value):
+    def mutate(f: Forge, w: World):
+        def edit(header: bytes, payload: bytes):
+            return header, b"{" + compact_json({name: first_value})[1:-1] + b"," + payload[1:]
+        f.edit_json = edit
+    return mutate
+
+
 def send_to(url: str, method: str | None = None):
     def mutate(f: Forge, w: World):
         f.url = url
@@ -443,6 +466,16 @@ CASES: list[tuple[str, Callable[[Forge, World], None], bool]] = [
     ("crit-registered-claim", lambda f, w: f.header.update(crit=["exp"], exp=f.claims["exp"]),
      True),
     ("crit-b64-unencoded-payload", unencoded_payload, True),
+    # duplicate names: whichever value a parser keeps, the token is refused
+    ("header-duplicate-kid", duplicate_in_header("kid", "A" * 43), True),
+    ("header-duplicate-alg", duplicate_in_header("alg", "none"), True),
+    ("header-duplicate-typ", duplicate_in_header("typ", "JWT"), True),
+    ("payload-duplicate-iss", lambda f, w: duplicate_in_payload("iss", w.other.id)(f, w), True),
+    ("payload-duplicate-aud", duplicate_in_payload("aud", "other-coalition"), True),
+    ("payload-duplicate-bsh", duplicate_in_payload("bsh", body_hash(b"{}")), True),
+    ("payload-duplicate-jti", duplicate_in_payload("jti", "an-earlier-jti"), True),
+    ("payload-not-object", lambda f, w: setattr(
+        f, "edit_json", lambda header, payload: (header, b"[" + payload + b"]")), True),
     # typ
     ("typ-missing", drop_header("typ"), True),
     ("typ-jwt", set_header(typ="JWT"), True),
@@ -767,3 +800,65 @@ def test_suspended_partner_is_rejected_until_activated(world, runner):
     assert cli(runner, "partners", "activate", partner.id)["status"] == "active"
     forge = world.forge()
     world.assert_booked(world.send(forge), forge)
+
+
+# --- a rejection's cost does not tell which keys exist ---------------------------------------
+
+@pytest.fixture
+def verifications(monkeypatch):
+    """Every signature verification PyJWT runs, as (algorithm family, key is registered)."""
+    import jwt.algorithms as algorithms
+    calls: list[str] = []
+    for cls in (algorithms.ECAlgorithm, algorithms.OKPAlgorithm):
+        original = cls.verify
+
+        def verify(self, msg, key, sig, _original=original, _name=cls.__name__):
+            calls.append(_name)
+            return _original(self, msg, key, sig)
+        monkeypatch.setattr(cls, "verify", verify)
+    return calls
+
+
+def unusable_kid(how: str):
+    def mutate(f: Forge, w: World):
+        now_ = datetime.now(timezone.utc)
+        with w.app.app_context():
+            if how == "revoked":
+                partner_service.revoke_key(db.session, w.partner.id, w.partner.kid, now=now_)
+            elif how == "suspended":
+                partner_service.set_status(db.session, w.partner.id, "suspended", now=now_)
+            db.session.commit()
+    return mutate
+
+
+FAMILY = {"EdDSA": "OKPAlgorithm", "ES256": "ECAlgorithm"}
+
+
+@pytest.mark.parametrize("case", ["active-kid-bad-signature", "unknown-kid", "revoked-kid",
+                                  "suspended-partner", "alg-of-other-family"])
+def test_every_unusable_kid_costs_one_signature_verification(world, verifications, case):
+    """An unknown kid, a revoked kid and an active kid with a bad signature must take the same
+    time: each runs exactly one signature verification of the token's algorithm (against a
+    dummy key where no usable key exists), so timing cannot tell a caller whether a key is
+    active. Counted, not timed: bench/token_rejection_timing.py measures the medians."""
+    forge = world.forge()
+    header_alg = forge.header["alg"]
+    if case == "active-kid-bad-signature":
+        different_key_right_kid(forge, world)
+    elif case == "unknown-kid":
+        unknown_kid(forge, world)
+    elif case == "alg-of-other-family":  # a registered kid, the other algorithm in the header
+        header_alg = other_alg(forge.alg)
+        forge.key, forge.alg = new_key(header_alg), header_alg
+        forge.header["alg"] = header_alg
+    else:
+        unusable_kid(case.split("-")[0])(forge, world)
+    response = world.send(forge)
+    world.assert_invalid_token(response, before_signature=True)
+    assert verifications == [FAMILY[header_alg]]
+
+
+def test_an_accepted_token_costs_one_signature_verification(world, verifications):
+    forge = world.forge()
+    world.assert_booked(world.send(forge), forge)
+    assert verifications[0] == FAMILY[forge.alg]
