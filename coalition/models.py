@@ -32,9 +32,18 @@ class Member(db.Model):
     locked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     enrolled_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # The member's PIN (coalition/pins.py): "scrypt$ln=..,r=..,p=..$salt$key", never the PIN.
+    pin_hash: Mapped[str | None] = mapped_column(String(128))
+    # Wrong PINs in a row; the fifth sets pin_locked_at: no redemption until an operator
+    # unlocks it (apart from `locked`, the operator's own lock).
+    pin_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    pin_locked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     __table_args__ = (CheckConstraint("balance >= 0", name="balance_nonnegative"),
-                      CheckConstraint("debt >= 0", name="debt_nonnegative"))
+                      CheckConstraint("debt >= 0", name="debt_nonnegative"),
+                      # PostgreSQL only: on SQLite adding it would rebuild a referenced table.
+                      CheckConstraint("pin_failures >= 0", name="pin_failures_nonnegative")
+                      .ddl_if(dialect="postgresql"))
 
 
 class Entry(db.Model):
@@ -67,6 +76,9 @@ class Entry(db.Model):
     __table_args__ = (
         UniqueConstraint("partner_id", "claim_id"),
         CheckConstraint("points > 0", name="points_positive"),
+        # A partner's burns by booking time: the daily redemption limit sums one day of them.
+        Index("ix_journal_entries_burns", "partner_id", "recorded_at",
+              postgresql_where=text("kind = 'burn'"), sqlite_where=text("kind = 'burn'")),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Numeric, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Numeric, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from coalition.database import db
@@ -20,12 +20,27 @@ class Partner(db.Model):
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | suspended
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Redemption policy (`partners set-policy`): with redeem_auth "pin" a burn of more than
+    # pin_above points needs the member's PIN; at most daily_redeem_limit points burned here per
+    # calendar day (COALITION_TIMEZONE), across all members. NULL: no limit.
+    redeem_auth: Mapped[str] = mapped_column(String(8), default="none", server_default="none")
+    pin_above: Mapped[int | None] = mapped_column(BigInteger)
+    daily_redeem_limit: Mapped[int | None] = mapped_column(BigInteger)
 
     keys: Mapped[list[PartnerKey]] = relationship(back_populates="partner",
                                                   order_by="PartnerKey.created_at")
     terms: Mapped[list[PartnerTerms]] = relationship(order_by="PartnerTerms.starts")
 
-    __table_args__ = (CheckConstraint("status IN ('active', 'suspended')", name="status_known"),)
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'suspended')", name="status_known"),
+        # PostgreSQL only: on SQLite adding them would rebuild a referenced table; there
+        # partners.service.set_policy is the only writer and checks the same.
+        CheckConstraint("(redeem_auth = 'none' AND pin_above IS NULL) OR "
+                        "(redeem_auth = 'pin' AND pin_above >= 0)",
+                        name="redeem_auth_known").ddl_if(dialect="postgresql"),
+        CheckConstraint("daily_redeem_limit IS NULL OR daily_redeem_limit >= 0",
+                        name="daily_redeem_limit_nonnegative").ddl_if(dialect="postgresql"),
+    )
 
 
 class PartnerKey(db.Model):
