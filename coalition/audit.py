@@ -7,14 +7,20 @@ that previous hash, so editing or deleting a row breaks the chain (`ledger verif
 `audit-chain`). The database refuses UPDATE and DELETE on the table (triggers, migration 0003).
 
 Unlike the journal (DESIGN.md: no per-write chain head on the hot path), the audit log does
-take one lock per write: operator actions are rare, and no claim ever writes here.
+take one lock per write: operator actions are rare, and claims write here only on rare
+security events, never on success: the wrong PIN that locks a member's redemption
+(`member.pin.lock`, coalition/pins.py) and a partner's first refused burn of the day over its
+daily redemption limit (`partner.policy.limit-hit`, coalition/redemption.py). Both are written
+by the request that is refused, in the transaction that records the refusal (errors.Refusal).
 
 Limits, stated plainly: the chain detects edits and deletions inside it, not the removal of its
 newest events (a tail cut leaves a shorter valid chain) nor a chain rewritten wholesale by
 someone who can also drop the triggers; anchoring the head hash (`audit list --limit 1`)
 somewhere outside the database catches both. Personal data: `member.add` names the member's
 external id in `subject`; erasing a member would need a redaction scheme that keeps the chain
-verifiable (future work, not done here).
+verifiable (future work, not done here). Later member events (`member.pin.*`) name the member
+by the internal id only (`member-id:<id>`), as the journal does: once the member row is
+erased they no longer point to a person.
 """
 from __future__ import annotations
 
@@ -76,6 +82,25 @@ def record(session: Session, *, actor: str, action: str, subject: str, before, a
     session.add(event)
     session.flush()
     return event
+
+
+def record_once(session: Session, *, since: datetime, actor: str, action: str, subject: str,
+                before, after, now: datetime) -> AuditEvent | None:
+    """record(), unless an event of this action and subject exists at or after `since` (then
+    None). Exact under concurrency: the second look runs under the chain's lock (PostgreSQL;
+    SQLite has one writer), which a concurrent writer holds until it commits."""
+    def exists() -> bool:
+        return session.scalar(select(AuditEvent.id).where(
+            AuditEvent.action == action, AuditEvent.subject == subject,
+            AuditEvent.at >= as_utc(since)).limit(1)) is not None
+    if exists():
+        return None
+    if not is_sqlite(session):
+        session.execute(select(func.pg_advisory_xact_lock(AUDIT_LOCK)))
+        if exists():
+            return None
+    return record(session, actor=actor, action=action, subject=subject, before=before,
+                  after=after, now=now)
 
 
 def events(session: Session, *, since: datetime | None = None, subject: str | None = None,

@@ -10,6 +10,15 @@ def _int(name: str, default: int) -> int:
     return default if raw in (None, "") else int(raw)
 
 
+def _pin_log_n() -> int:
+    """scrypt cost of member PINs, n = 2**PIN_SCRYPT_LOG_N: 14 (16 MiB, ~45 ms) to 20. Raising it
+    re-hashes each PIN when next entered correctly; lower values are for tests only (config)."""
+    value = _int("PIN_SCRYPT_LOG_N", 14)
+    if not 14 <= value <= 20:
+        raise ValueError("PIN_SCRYPT_LOG_N must lie between 14 and 20.")
+    return value
+
+
 def from_environment(instance_path: str) -> dict:
     default_db = "sqlite:///" + str(Path(instance_path) / "coalition.db")
     database_url = os.environ.get("DATABASE_URL") or default_db
@@ -25,6 +34,7 @@ def from_environment(instance_path: str) -> dict:
         "MAX_CONTENT_LENGTH": _int("MAX_BODY_BYTES", 1024 * 1024),
         "MAX_JSON_DEPTH": _int("MAX_JSON_DEPTH", 16),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+        "PIN_SCRYPT_LOG_N": _pin_log_n(),
         # The coalition's own Ed25519 key that signs statements; generated at first use.
         "COALITION_SIGNING_KEY_FILE": os.environ.get("COALITION_SIGNING_KEY_FILE")
         or str(Path(instance_path) / "coalition-signing-key.pem"),

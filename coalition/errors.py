@@ -17,6 +17,8 @@ SLUGS: dict[str, tuple[int, str]] = {
     "invalid-token": (401, "Invalid token"),
     "forbidden": (403, "Forbidden"),
     "member-locked": (403, "Member locked"),
+    "member-auth-required": (403, "Member authentication required"),
+    "member-auth-invalid": (403, "Member authentication invalid"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
     "claim-id-conflict": (409, "Claim id conflict"),
@@ -57,6 +59,14 @@ class Problem(Exception):
         if self.errors is not None:
             doc["errors"] = self.errors
         return doc
+
+
+class Refusal(Problem):
+    """A refusal that leaves a record: a wrong PIN counted under the member's row lock, the lock
+    that the fifth one sets, the day's first hit of a redemption limit (with its audit event).
+    It is raised before anything is booked, so the request's transaction holds that record and
+    nothing else: the partner API commits it, with the token's jti, where any other Problem is
+    rolled back."""
 
 
 def validation_problem(messages, detail: str = "The request has invalid fields.") -> Problem:

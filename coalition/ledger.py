@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import books
+from . import books, pins, redemption
 from .errors import Problem
 from .fields import iso_utc
 from .hashing import canonical, sha256_hex
@@ -29,11 +29,13 @@ class Rules:
     timezone: str = "Europe/Berlin"
     max_claim_age_days: int = 30
     expire_months: int = 36
+    pin_log_n: int = pins.DEFAULT_LOG_N  # scrypt cost of member PINs: n = 2**pin_log_n
 
     @classmethod
     def from_config(cls, config) -> Rules:
         return cls(config["COALITION_TIMEZONE"], config["MAX_CLAIM_AGE_DAYS"],
-                   config["POINTS_EXPIRE_MONTHS"])
+                   config["POINTS_EXPIRE_MONTHS"],
+                   config.get("PIN_SCRYPT_LOG_N", pins.DEFAULT_LOG_N))
 
 
 @dataclass(frozen=True)
@@ -222,20 +224,25 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
 
 def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: str, points: int,
               occurred_at: datetime, now: datetime, rules: Rules,
-              description: str | None = None) -> Booked:
+              description: str | None = None, member_pin: str | None = None,
+              policy: redemption.RedeemPolicy = redemption.NO_POLICY) -> Booked:
+    """The PIN is no part of the claim's content: it is not in the fingerprint (a retry replays
+    the booked burn with or without it, the PIN was checked when it booked) nor in the entry."""
     fp = fingerprint("burn", member_id=member_id, points=points, occurred_at=occurred_at,
                      description=description)
     member, done = _claimant(session, member_id, partner_id, claim_id, fp)
     if done is not None:
         return done
     _check_window(occurred_at, now, rules)
-    if member.locked:
-        raise Problem("member-locked", "This member is locked: no points can be redeemed.")
+    grant = redemption.authorise(session, member, partner_id=partner_id, points=points,
+                                 policy=policy, member_pin=member_pin, now=now,
+                                 tz=rules.timezone, log_n=rules.pin_log_n)
     lots = spendable_lots(session, member.id, now)
     available = sum(lot.remaining for lot in lots) - member.debt
     if points > available:
         raise Problem("insufficient-points",
                       f"The member has {max(available, 0)} points available; {points} requested.")
+    grant.done()
     entry = _new_entry(session, "burn", partner_id, claim_id, member, points, occurred_at, now,
                        rules, fp, description=description, status="booked",
                        balance_after=available - points)

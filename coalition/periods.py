@@ -42,3 +42,13 @@ def expiry_of(occurred_at: datetime, tz: str, months: int) -> tuple[datetime, da
 def last_day_before(instant: datetime, tz: str) -> date:
     """The local calendar day that ends at `instant` (a local midnight)."""
     return (as_utc(instant).astimezone(ZoneInfo(tz)) - timedelta(seconds=1)).date()
+
+
+def day_of(moment: datetime, tz: str) -> tuple[date, datetime, datetime]:
+    """The local calendar day `moment` falls on, with the UTC instants it starts and ends at."""
+    zone = ZoneInfo(tz)
+    day = as_utc(moment).astimezone(zone).date()
+    start = datetime(day.year, day.month, day.day, tzinfo=zone)
+    following = day + timedelta(days=1)
+    end = datetime(following.year, following.month, following.day, tzinfo=zone)
+    return day, start.astimezone(timezone.utc), end.astimezone(timezone.utc)
