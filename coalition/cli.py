@@ -1,4 +1,5 @@
-"""Operator commands of the core: `members add`, `ledger verify|seal|anchor`, `audit list`.
+"""Operator commands of the core: `members add|unlock-pin|reset-pin`, `ledger verify|seal|anchor`,
+`audit list`.
 Every command prints JSON (`ledger seal --every`: one line per event). Commands that change
 state record who asked (`operator()`) in the audit log."""
 from __future__ import annotations
@@ -18,7 +19,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import audit, sealer
+from . import audit, pins, sealer
 from . import members as member_service
 from .database import db
 from .errors import Problem
@@ -83,6 +84,31 @@ def members_add(member_id: str):
                      subject=f"member:{member.external_id}", before=None,
                      after={"member": member.id}, now=now)
     return {"member_id": member.external_id, "created": created}
+
+
+def _pin_command(change, member_id: str) -> dict:
+    member, changed = change(db.session, member_id, now=datetime.now(timezone.utc),
+                             actor=operator())
+    return {"member_id": member.external_id, "member": member.id, "changed": changed,
+            **pins.pin_state(member), "locked": member.locked}
+
+
+@members_cli.command("unlock-pin")
+@click.argument("member_id")
+@json_command
+def members_unlock_pin(member_id: str):
+    """Lift the redemption lock that five wrong PINs set, and clear the count; the PIN stays.
+    Audited as member.pin.unlock (subject member-id:<member>)."""
+    return _pin_command(pins.unlock, member_id)
+
+
+@members_cli.command("reset-pin")
+@click.argument("member_id")
+@json_command
+def members_reset_pin(member_id: str):
+    """Remove a forgotten PIN (and any PIN lock): the member sets a new one at a till.
+    Audited as member.pin.reset (subject member-id:<member>)."""
+    return _pin_command(pins.reset, member_id)
 
 
 @ledger_cli.command("verify")

@@ -106,3 +106,20 @@ def set_terms(partner_id, starts, issue_price, redemption_rate, issuance_share, 
                        "issuance_share": issuance_share, "claim_fee": claim_fee},
                       now=_now(), actor=operator())
     return service.partner_view(service.get_partner(db.session, partner_id))
+
+
+@partners_cli.command("set-policy")
+@click.argument("partner_id")
+@click.option("--redeem-auth", default=None, metavar="none|pin",
+              help="pin: burns of more than --pin-above points need the member's PIN")
+@click.option("--pin-above", default=None, metavar="POINTS",
+              help="a burn of more than POINTS needs the PIN (0: every burn; default 0)")
+@click.option("--daily-redeem-limit", default=None, metavar="POINTS|none",
+              help="points burned here per calendar day (COALITION_TIMEZONE), all members")
+@json_command
+def set_policy(partner_id, redeem_auth, pin_above, daily_redeem_limit):
+    """Change the partner's redemption policy; options not given keep their value."""
+    partner = service.set_policy(db.session, partner_id, redeem_auth=redeem_auth,
+                                 pin_above=pin_above, daily_redeem_limit=daily_redeem_limit,
+                                 now=_now(), actor=operator())
+    return service.partner_view(partner)

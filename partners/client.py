@@ -241,12 +241,21 @@ class PartnerClient:
         return self.request("POST", "/v1/earn", body)
 
     def burn(self, claim_id: str, member_id: str, points: int, occurred_at: Union[str, datetime, None] = None,
-             description: Optional[str] = None) -> Response:
+             description: Optional[str] = None, member_pin: Optional[str] = None) -> Response:
+        """`member_pin`: the PIN from the till's PIN pad, where the partner's policy asks for one
+        (403 member-auth-required without it). Never part of the claim: a retry may omit it."""
         body: dict[str, Any] = {"claim_id": claim_id, "member_id": member_id, "points": points,
                                 "occurred_at": rfc3339(occurred_at)}
         if description is not None:
             body["description"] = description
+        if member_pin is not None:
+            body["member_pin"] = member_pin
         return self.request("POST", "/v1/burn", body)
+
+    def set_pin(self, member_id: str, pin: str, current_pin: Optional[str] = None) -> Response:
+        """Set the member's first PIN, or change it (current_pin). 204 on success."""
+        body = {"pin": pin} if current_pin is None else {"pin": pin, "current_pin": current_pin}
+        return self.request("PUT", f"/v1/members/{_seg(member_id)}/pin", body)
 
     def reverse(self, claim_id: str, reversal_id: str, points: int,
                 occurred_at: Union[str, datetime, None] = None) -> Response:

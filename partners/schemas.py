@@ -1,14 +1,28 @@
 """Request and response schemas of the partner API. Strict: unknown fields are errors."""
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from coalition.fields import Identifier, Points, Rfc3339, StrictInteger, Text
+from coalition.pins import PIN_PATTERN, valid_pin
 
 
 class StrictSchema(Schema):
     class Meta:
         unknown = RAISE
+
+
+class Pin(fields.String):
+    """4 to 6 ASCII digits, write-only. No error message ever repeats the value."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(validate=validate.Regexp(PIN_PATTERN, error="Must be 4 to 6 digits."),
+                         load_only=True, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not valid_pin(value):  # a str of [0-9]{4,6}, fullmatch
+            raise ValidationError("Must be a string of 4 to 6 digits (0-9).")
+        return value
 
 
 class EnrolSchema(StrictSchema):
@@ -31,6 +45,18 @@ class BurnSchema(StrictSchema):
     points = Points(required=True)
     occurred_at = Rfc3339(required=True)
     description = Text(allow_none=True, validate=validate.Length(max=500))
+    member_pin = Pin(metadata={
+        "format": "password",
+        "description": "The member's PIN from the till's PIN pad, where the partner's "
+                       "redemption policy asks for one. Checked, never stored; not part of "
+                       "the claim's content (a retry replays with or without it)."})
+
+
+class PinSchema(StrictSchema):
+    pin = Pin(required=True, metadata={"format": "password", "description": "The new PIN."})
+    current_pin = Pin(metadata={
+        "format": "password",
+        "description": "Required to change a PIN that is set; must be absent for the first."})
 
 
 class ReversalSchema(StrictSchema):

@@ -9,7 +9,9 @@ from sqlalchemy.orm import Session, selectinload
 
 from coalition import audit, books
 from coalition.errors import Problem
+from coalition.fields import MAX_POINTS
 from coalition.ledger import find_claim
+from coalition.redemption import RedeemPolicy
 from coalition.models import Entry
 from coalition.periods import as_utc
 
@@ -135,6 +137,7 @@ def partner_view(partner: Partner) -> dict:
         "created_at": as_utc(partner.created_at).isoformat(),
         "keys": [key_view(k) for k in partner.keys],
         "terms": [terms_view(t) for t in partner.terms],
+        "policy": policy_view(partner),
     }
 
 
@@ -223,3 +226,76 @@ def terms_in_force(session: Session, partner_id: str, period: str) -> dict[str, 
     """The latest terms starting on or before `period` (the first terms start at FIRST_TERMS)."""
     chosen = _terms_row(session, partner_id, period)
     return {name: getattr(chosen, name).quantize(SCALE) for name in DEFAULT_TERMS}
+
+
+# --- redemption policy --------------------------------------------------------------------
+
+MAX_DAILY_LIMIT = 10**15
+REDEEM_AUTH = ("none", "pin")
+
+
+def policy_view(partner: Partner) -> dict:
+    return {"redeem_auth": partner.redeem_auth or "none", "pin_above": partner.pin_above,
+            "daily_redeem_limit": partner.daily_redeem_limit}
+
+
+def redeem_policy(session: Session, partner_id: str) -> RedeemPolicy:
+    """The policy a burn at this partner runs under (a partner without a row: none)."""
+    row = session.execute(select(Partner.redeem_auth, Partner.pin_above,
+                                 Partner.daily_redeem_limit)
+                          .where(Partner.id == partner_id)).one_or_none()
+    if row is None:
+        return RedeemPolicy()
+    auth, pin_above, limit = row
+    return RedeemPolicy(pin_above=pin_above if auth == "pin" else None, daily_limit=limit)
+
+
+def _points(value: str, option: str, maximum: int) -> int:
+    # [0-9] only: int() would also take " 5", "+5", "1_000" and non-ASCII digits.
+    if not (isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20):
+        raise Problem("validation-error", f"{option} must be a whole number of points.")
+    number = int(value)
+    if number > maximum:
+        raise Problem("validation-error", f"{option} must be at most {maximum}.")
+    return number
+
+
+def set_policy(session: Session, partner_id: str, *, redeem_auth: str | None = None,
+               pin_above: str | None = None, daily_redeem_limit: str | None = None,
+               now: datetime, actor: str = audit.SYSTEM) -> Partner:
+    """Change a partner's redemption policy; options not given keep their value.
+
+    redeem_auth "pin": a burn of more than pin_above points needs the member's PIN (pin_above
+    0: every burn; when switching to "pin" without pin_above, 0). "none" clears pin_above.
+    daily_redeem_limit: points per calendar day, or "none". Audited (`partner.policy.set`)
+    with the policy before and after, when it changed."""
+    partner = get_partner(session, partner_id)
+    if redeem_auth is None and pin_above is None and daily_redeem_limit is None:
+        raise Problem("validation-error", "set-policy needs --redeem-auth, --pin-above or "
+                      "--daily-redeem-limit.")
+    if redeem_auth is not None and redeem_auth not in REDEEM_AUTH:
+        raise Problem("validation-error", "--redeem-auth must be none or pin.")
+    auth = redeem_auth or partner.redeem_auth or "none"
+    if auth == "none":
+        if pin_above is not None:
+            raise Problem("validation-error", "--pin-above applies only with --redeem-auth pin.")
+        threshold = None
+    elif pin_above is not None:
+        threshold = _points(pin_above, "--pin-above", MAX_POINTS)
+    else:
+        threshold = partner.pin_above if partner.redeem_auth == "pin" and \
+            partner.pin_above is not None else 0
+    if daily_redeem_limit is None:
+        limit = partner.daily_redeem_limit
+    elif daily_redeem_limit == "none":
+        limit = None
+    else:
+        limit = _points(daily_redeem_limit, "--daily-redeem-limit", MAX_DAILY_LIMIT)
+    before = policy_view(partner)
+    partner.redeem_auth, partner.pin_above, partner.daily_redeem_limit = auth, threshold, limit
+    session.flush()
+    after = policy_view(partner)
+    if after != before:
+        audit.record(session, actor=actor, action="partner.policy.set",
+                     subject=f"partner:{partner_id}", before=before, after=after, now=now)
+    return partner

@@ -14,15 +14,15 @@ from datetime import datetime, timezone
 from flask import current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from coalition import ledger, limits, members
+from coalition import ledger, limits, members, pins
 from coalition.api import Blueprint, problems
 from coalition.database import db
-from coalition.errors import Problem, database_unavailable, http_problem, problem_response, \
-    unavailable_response
+from coalition.errors import Problem, Refusal, database_unavailable, http_problem, \
+    problem_response, unavailable_response
 from coalition.fields import ID_PATTERN
 
 from . import schemas, tokens
-from .service import claim_view, current_claim
+from .service import claim_view, current_claim, redeem_policy
 
 log = logging.getLogger("partners.views")
 blp = Blueprint("partner_api", __name__, url_prefix="/v1",
@@ -80,6 +80,15 @@ def _spend_alone() -> None:
 
 @blp.errorhandler(Problem)
 def failed(problem: Problem):
+    if isinstance(problem, Refusal):
+        # What the refusal recorded (a wrong PIN counted under the member's lock, a lock, a
+        # limit hit) is all the transaction holds besides the jti: commit it, locks and all.
+        try:
+            db.session.commit()
+        except Exception as exc:  # answered like any failure: 503 unavailable or 500
+            return crashed(exc)
+        g.pop("caller", None)
+        return problem_response(problem)
     _spend_alone()
     return problem_response(problem)
 
@@ -169,9 +178,26 @@ def earn(body: dict):
 @blp.arguments(schemas.BurnSchema)
 @blp.response(201, schemas.ClaimSchema)
 @problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict", "insufficient-points",
-          "member-locked")
+          "limit-exceeded", "member-locked", "member-auth-required", "member-auth-invalid")
 def burn(body: dict):
-    return _book(ledger.book_burn, body["claim_id"], **body)
+    return _book(ledger.book_burn, body["claim_id"],
+                 policy=redeem_policy(db.session, g.caller.partner_id), **body)
+
+
+@blp.route("/members/<member_id>/pin", methods=["PUT"])
+@blp.doc(security=AUTH, summary="Set a member's PIN (first time: pin alone; to change it: "
+         "current_pin too), as entered on the till's PIN pad")
+@blp.arguments(schemas.PinSchema)
+@blp.response(204, description="The PIN is set")
+@problems(blp, *COMMON, *BODY, "not-found", "member-locked", "member-auth-required",
+          "member-auth-invalid")
+def set_pin(body: dict, member_id: str):
+    pins.set_pin(db.session, _known(member_id), body["pin"],
+                 current_pin=body.get("current_pin"), now=_now(),
+                 log_n=current_app.config["LEDGER_RULES"].pin_log_n,
+                 partner_id=g.caller.partner_id)
+    db.session.commit()
+    return None
 
 
 @blp.route("/claims/<claim_id>/reversals", methods=["POST"])

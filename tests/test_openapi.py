@@ -17,7 +17,12 @@ OPERATIONS = {  # (path, method) -> problem slugs the operation must document (A
                            "claim-id-conflict", "payload-too-large", "unsupported-media-type"},
     ("/v1/burn", "post"): {"malformed-request", "invalid-token", "validation-error", "not-found",
                            "claim-id-conflict", "insufficient-points", "member-locked",
+                           "member-auth-required", "member-auth-invalid", "limit-exceeded",
                            "payload-too-large", "unsupported-media-type"},
+    ("/v1/members/{member_id}/pin", "put"): {
+        "malformed-request", "invalid-token", "validation-error", "not-found", "member-locked",
+        "member-auth-required", "member-auth-invalid", "payload-too-large",
+        "unsupported-media-type"},
     ("/v1/claims/{claim_id}/reversals", "post"): {
         "malformed-request", "invalid-token", "validation-error", "not-found", "claim-id-conflict",
         "reversal-exceeds-claim", "payload-too-large", "unsupported-media-type"},
@@ -29,7 +34,7 @@ REQUEST_BODIES = {  # POST path -> (required fields, all fields)
     "/v1/earn": ({"claim_id", "member_id", "points", "occurred_at"},
                  {"claim_id", "member_id", "points", "occurred_at", "pending_until", "description"}),
     "/v1/burn": ({"claim_id", "member_id", "points", "occurred_at"},
-                 {"claim_id", "member_id", "points", "occurred_at", "description"}),
+                 {"claim_id", "member_id", "points", "occurred_at", "description", "member_pin"}),
     "/v1/claims/{claim_id}/reversals": ({"reversal_id", "points", "occurred_at"},
                                         {"reversal_id", "points", "occurred_at"}),
 }
