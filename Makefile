@@ -1,4 +1,6 @@
 # make demo  - a virtualenv, the schema, a demo coalition, and the service on http://127.0.0.1:$(PORT)
+# make serve - production serving: nginx on $(HOST):$(PORT) in front of gunicorn's threaded workers,
+#              and the sealer (DATABASE_URL as set; needs nginx: docs/operations.md)
 # make test  - the test suite (SQLite; PostgreSQL when DATABASE_URL=postgresql+psycopg://... is set)
 # make fuzz  - contract fuzzing: schemathesis against /openapi.json, every request signed (SQLite)
 # make crash - the crash suite: gunicorn under load through killed workers, a killed master, a
@@ -17,7 +19,7 @@ DEMO_MEMBER := demo-card-0001
 # The demo always uses the embedded SQLite database under instance/, whatever DATABASE_URL says.
 EMBEDDED := env -u DATABASE_URL
 
-.PHONY: venv migrate demo test fuzz crash clean
+.PHONY: venv migrate demo serve test fuzz crash clean
 
 venv: $(STAMP)
 
@@ -52,6 +54,16 @@ demo: venv
 	  while kill -0 $$gunicorn 2>/dev/null; do sleep 1; done; \
 	  kill $$sealer 2>/dev/null; wait $$sealer ) & \
 	exec $(EMBEDDED) $(BIN)/gunicorn -w 2 -b $(HOST):$(PORT) --no-control-socket wsgi:app
+
+# Production serving, the way docs/operations.md ("Serving in production") describes it: nginx on
+# $(HOST):$(PORT) (deploy/nginx/) reads whole requests before gunicorn (deploy/gunicorn.conf.py,
+# threaded workers on a unix socket under instance/serve/) sees them, so slow clients cannot hold
+# its workers; the sealer runs beside them. Unlike `make demo` it uses DATABASE_URL (default: the
+# embedded SQLite database) and loads no demo data. Ctrl-C stops all three (deploy/serve.sh).
+serve: venv
+	@$(BIN)/python deploy/nginx/render.py --find-nginx >/dev/null
+	$(FLASK) db upgrade
+	HOST=$(HOST) PORT=$(PORT) BIN=$(BIN) exec deploy/serve.sh
 
 test: venv
 	$(BIN)/pytest $(PYTEST_ARGS)
