@@ -129,7 +129,7 @@ def ledger_verify(anchors_file):
         sys.exit(1)
 
 
-def _since(value: str | None) -> datetime | None:
+def parse_since(value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
@@ -148,7 +148,7 @@ def _since(value: str | None) -> datetime | None:
 @json_command
 def audit_list(since, subject, action, limit):
     """Print audit events as JSON, oldest first, with their before and after values."""
-    return [audit.event_view(e) for e in audit.events(db.session, since=_since(since), subject=subject,
+    return [audit.event_view(e) for e in audit.events(db.session, since=parse_since(since), subject=subject,
                                                        action=action, limit=limit)]
 
 

@@ -35,6 +35,13 @@ def from_environment(instance_path: str) -> dict:
         "MAX_JSON_DEPTH": _int("MAX_JSON_DEPTH", 16),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
         "PIN_SCRYPT_LOG_N": _pin_log_n(),
+        # Card harvesting (partners/harvest.py): a partner is flagged when, within the window,
+        # it asks about this many distinct unknown cards, or reads this many distinct members'
+        # balances without booking anything for them; rules checked at most every N seconds.
+        "HARVEST_WINDOW_MINUTES": _int("HARVEST_WINDOW_MINUTES", 10),
+        "HARVEST_UNKNOWN_CARDS": _int("HARVEST_UNKNOWN_CARDS", 50),
+        "HARVEST_UNBOOKED_READS": _int("HARVEST_UNBOOKED_READS", 200),
+        "HARVEST_CHECK_EVERY_S": _int("HARVEST_CHECK_EVERY_S", 30),
         # The coalition's own Ed25519 key that signs statements; generated at first use.
         "COALITION_SIGNING_KEY_FILE": os.environ.get("COALITION_SIGNING_KEY_FILE")
         or str(Path(instance_path) / "coalition-signing-key.pem"),

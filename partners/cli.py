@@ -1,16 +1,16 @@
 """`flask partners ...`: the operator's commands for partners and their keys (API.md section 4)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import click
 from flask.cli import AppGroup
 
-from coalition.cli import check_id, json_command, operator
+from coalition.cli import check_id, json_command, operator, parse_since
 from coalition.database import db
 
-from . import service, tokens
+from . import harvest, service, tokens
 
 partners_cli = AppGroup("partners", help="Partners, their keys and their terms.")
 
@@ -106,6 +106,18 @@ def set_terms(partner_id, starts, issue_price, redemption_rate, issuance_share, 
                        "issuance_share": issuance_share, "claim_fee": claim_fee},
                       now=_now(), actor=operator())
     return service.partner_view(service.get_partner(db.session, partner_id))
+
+
+@partners_cli.command("suspicious")
+@click.option("--since", default=None,
+              help="ISO date or date-time (UTC unless it says otherwise); default: 24 hours ago")
+@json_command
+def suspicious(since):
+    """Partners flagged for card harvesting (many unknown cards, or many balances read without
+    booking) since then, oldest first, with the rule, the count and the threshold."""
+    start = parse_since(since) or _now() - timedelta(hours=24)
+    return {"since": start.isoformat().replace("+00:00", "Z"),
+            "flags": harvest.suspicious(db.session, start)}
 
 
 @partners_cli.command("set-policy")

@@ -4,10 +4,11 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Numeric, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Index, Numeric, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from coalition.database import db
+from coalition.models import Id
 
 UtcDateTime = DateTime(timezone=True)
 Price = Numeric(18, 6)
@@ -87,3 +88,17 @@ class UsedToken(db.Model):
     partner_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     jti: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+class MemberLookup(db.Model):
+    """A partner asked about a card: read its balance, or got "no such member" (member_id
+    None). Kept for two harvesting windows (partners/harvest.py), the card only as a hash."""
+    __tablename__ = "member_lookups"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    partner_id: Mapped[str] = mapped_column(String(64))
+    card_hash: Mapped[str] = mapped_column(String(64))  # SHA-256 hex of the card number
+    member_id: Mapped[int | None] = mapped_column(Id)  # members.id; no key: pruned, not kept
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_member_lookups_partner_at", "partner_id", "at"),)

@@ -21,13 +21,14 @@ from coalition.errors import Problem, Refusal, database_unavailable, http_proble
     problem_response, unavailable_response
 from coalition.fields import ID_PATTERN
 
-from . import schemas, tokens
+from . import harvest, schemas, tokens
 from .service import claim_view, current_claim, redeem_policy
 
 log = logging.getLogger("partners.views")
 blp = Blueprint("partner_api", __name__, url_prefix="/v1",
                 description="Signed partner requests: members, earn, burn, reversals, claims.")
 KEYS = tokens.KeyCache()
+HARVEST_CHECKS = harvest.Throttle()
 AUTH = [{"partnerToken": []}]
 COMMON = ("malformed-request", "invalid-token", "rate-limited", "unavailable")
 BODY = ("payload-too-large", "unsupported-media-type", "validation-error")
@@ -64,18 +65,44 @@ def _maybe_prune() -> None:
     _last_prune[0] = time.monotonic()
     with db.engine.begin() as connection:
         tokens.prune(connection, _now())
+        harvest.prune(connection, _now(), harvest.Thresholds.from_config(current_app.config).window)
 
 
-def _spend_alone() -> None:
-    """After a failure the request's work is rolled back; its jti alone is committed."""
+def _spend_alone(problem: Problem | None = None) -> None:
+    """After a failure the request's work is rolled back; its jti alone is committed, with
+    the lookup of an unknown card (harvesting watch) if that is why it failed."""
     db.session.rollback()
     caller = g.pop("caller", None)
     if caller is not None:
         try:
             tokens.spend(db.session, caller)
+            card = g.get("card")
+            if card is not None and problem is not None and problem.slug == "not-found":
+                harvest.record(db.session, caller.partner_id, card, None, _now())
             db.session.commit()
         except Problem:  # the jti was used meanwhile: it is spent either way
             pass
+        else:
+            if g.get("card") is not None:
+                _watch_for_harvesting(caller.partner_id)
+
+
+def _watch_for_harvesting(partner_id: str) -> None:
+    """After the request's commit: flag the partner if it crossed a harvesting rule. Never
+    fails the request; runs at most every HARVEST_CHECK_EVERY_S per partner and process."""
+    thresholds = harvest.Thresholds.from_config(current_app.config)
+    if not HARVEST_CHECKS.due(partner_id, thresholds.check_every_s):
+        return
+    try:
+        flagged = harvest.evaluate(db.session, partner_id, _now(), thresholds)
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        log.exception("harvesting check failed")
+        return
+    if flagged:
+        log.warning("partner flagged as suspicious", extra={"partner_id": partner_id,
+                                                            "rules": flagged})
 
 
 @blp.errorhandler(Problem)
@@ -89,7 +116,7 @@ def failed(problem: Problem):
             return crashed(exc)
         g.pop("caller", None)
         return problem_response(problem)
-    _spend_alone()
+    _spend_alone(problem)
     return problem_response(problem)
 
 
@@ -158,9 +185,12 @@ def enrol(body: dict):
 @blp.response(200, schemas.BalanceSchema)
 @problems(blp, *COMMON, "not-found")
 def balance(member_id: str):
+    g.card = member_id
     view = members.balance(db.session, _known(member_id), now=_now(),
                            tz=current_app.config["COALITION_TIMEZONE"])
+    harvest.record_read(db.session, g.caller.partner_id, member_id, _now())
     db.session.commit()
+    _watch_for_harvesting(g.caller.partner_id)
     return view
 
 
@@ -170,6 +200,7 @@ def balance(member_id: str):
 @blp.response(201, schemas.ClaimSchema)
 @problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict")
 def earn(body: dict):
+    g.card = body["member_id"]  # "no such member" counts as asking about an unknown card
     return _book(ledger.book_earn, body["claim_id"], **body)
 
 
@@ -180,6 +211,7 @@ def earn(body: dict):
 @problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict", "insufficient-points",
           "limit-exceeded", "member-locked", "member-auth-required", "member-auth-invalid")
 def burn(body: dict):
+    g.card = body["member_id"]
     return _book(ledger.book_burn, body["claim_id"],
                  policy=redeem_policy(db.session, g.caller.partner_id), **body)
 
