@@ -1,9 +1,18 @@
 """Statements as CSV for a partner's finance team: one `field,value` row per line item,
-then one row per counterparty."""
+then one row per counterparty.
+
+Every export writes its rows through `writer()`, which keeps any cell from reading as a formula
+when the file is opened in a spreadsheet (OWASP, CSV injection): a text cell that starts with
+`=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'`, unless it is a plain number
+such as `-120` or `-0.5` (net amounts are negative often). Numbers (int, Decimal) pass as they
+are. No exported value can start that way yet; descriptions and campaign names will.
+"""
 from __future__ import annotations
 
 import csv
 import io
+import re
+from decimal import Decimal
 
 SCALARS = ("period", "partner_id", "currency", "closed_at", "claims", "late_claims",
            "points_issued", "points_redeemed", "points_expired", "points_funded",
@@ -11,36 +20,71 @@ SCALARS = ("period", "partner_id", "currency", "closed_at", "claims", "late_clai
            "redemption_reimbursement_cents", "fees_cents", "debt_recovery_credit_cents",
            "net_cents", "ledger_anchor")
 
+# Tab and carriage return too: some spreadsheets drop them and then read what follows.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?", re.ASCII)
+
+
+def safe_cell(value):
+    """`value` as a CSV cell that a spreadsheet shows and never evaluates."""
+    if value is None or (isinstance(value, (int, Decimal)) and not isinstance(value, bool)):
+        return value
+    text = str(value)
+    if text.startswith(FORMULA_START) and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+class _SafeWriter:
+    def __init__(self, out: io.StringIO) -> None:
+        self._out = out
+        self._row = io.StringIO()
+        # With "\r\n" as its line end, csv quotes every cell holding a \r or a \n; with "\n" it
+        # left a \r bare, and a spreadsheet started a new row there, whose first cell (the rest
+        # of the value) could be a formula again. The row then ends in "\n" as exports always did.
+        self._rows = csv.writer(self._row, lineterminator="\r\n")
+
+    def writerow(self, row) -> None:
+        self._row.seek(0)
+        self._row.truncate()
+        self._rows.writerow([safe_cell(value) for value in row])
+        self._out.write(self._row.getvalue()[:-2] + "\n")
+
+
+def writer(out: io.StringIO) -> _SafeWriter:
+    """The one CSV writer of every export."""
+    return _SafeWriter(out)
+
 
 def statement_csv(doc: dict, digest: str) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["field", "value"])
+    rows = writer(out)
+    rows.writerow(["field", "value"])
     for name in SCALARS:
-        writer.writerow([name, doc[name]])
+        rows.writerow([name, doc[name]])
     for name, value in sorted(doc["terms"].items()):
-        writer.writerow([f"terms.{name}", value])
-    writer.writerow(["digest", digest])
-    writer.writerow([])
-    writer.writerow(["counterparty", "issued_by_them_redeemed_here", "issued_here_redeemed_there"])
+        rows.writerow([f"terms.{name}", value])
+    rows.writerow(["digest", digest])
+    rows.writerow([])
+    rows.writerow(["counterparty", "issued_by_them_redeemed_here", "issued_here_redeemed_there"])
     for row in doc["counterparties"]:
-        writer.writerow([row["partner_id"], row["issued_by_them_redeemed_here"],
-                         row["issued_here_redeemed_there"]])
+        rows.writerow([row["partner_id"], row["issued_by_them_redeemed_here"],
+                       row["issued_here_redeemed_there"]])
     return out.getvalue()
 
 
 def report_csv(doc: dict) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["partner_id", "net_cents", "digest"])
+    rows = writer(out)
+    rows.writerow(["partner_id", "net_cents", "digest"])
     for row in doc["statements"]:
-        writer.writerow([row["partner_id"], row["net_cents"], row["digest"]])
-    writer.writerow([])
-    writer.writerow(["issuer", "redeemer", "points"])
+        rows.writerow([row["partner_id"], row["net_cents"], row["digest"]])
+    rows.writerow([])
+    rows.writerow(["issuer", "redeemer", "points"])
     for row in doc["matrix"]:
-        writer.writerow([row["issuer"], row["redeemer"], row["points"]])
-    writer.writerow([])
-    writer.writerow(["operator_margin_cents", doc["operator_margin_cents"]])
+        rows.writerow([row["issuer"], row["redeemer"], row["points"]])
+    rows.writerow([])
+    rows.writerow(["operator_margin_cents", doc["operator_margin_cents"]])
     for name, value in doc["payments"].items():
-        writer.writerow([f"payments.{name}", value])
+        rows.writerow([f"payments.{name}", value])
     return out.getvalue()
