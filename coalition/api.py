@@ -6,7 +6,7 @@ import marshmallow as ma
 from flask import current_app, request
 from webargs.flaskparser import FlaskParser
 
-from .errors import PROBLEM_JSON, Problem, SLUGS, pointers
+from .errors import MAX_LISTED_ERRORS, MAX_TEXT, PROBLEM_JSON, Problem, SLUGS, pointers
 from .jsonbody import parse_object
 
 
@@ -53,7 +53,13 @@ class ProblemSchema(ma.Schema):
     status = ma.fields.Integer(required=True)
     detail = ma.fields.String(required=True)
     errors = ma.fields.List(ma.fields.Dict(), metadata={
-        "description": "For validation errors: [{pointer, detail}] with RFC 6901 pointers."})
+        "description": "For validation errors: [{pointer, detail}] with RFC 6901 pointers, the "
+                       f"first {MAX_LISTED_ERRORS} errors found at most (`errors_total` counts them "
+                       f"all). A pointer or detail longer than {MAX_TEXT} characters is cut and "
+                       "ends in `...`."})
+    errors_total = ma.fields.Integer(metadata={
+        "description": "Present with `errors`: how many errors were found. When it exceeds the "
+                       "length of `errors`, the list is truncated and `detail` says so."})
 
 
 def problems(blp: Blueprint, *slugs: str):

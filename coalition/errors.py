@@ -37,8 +37,21 @@ SLUGS: dict[str, tuple[int, str]] = {
 }
 
 
+# A problem's size is bounded whatever the input: a 300 KB upload of empty records once
+# answered a 25 MB list. At most MAX_LISTED_ERRORS errors are listed, `errors_total` counts them
+# all, and no text taken from the input (a pointer naming a 500 KB key, say) runs longer than
+# MAX_TEXT characters.
+MAX_LISTED_ERRORS = 100
+MAX_TEXT = 200
+_CLIPPED = "..."
+
+
 def problem_type(slug: str) -> str:
     return f"/problems/{slug}"
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[:limit - len(_CLIPPED)] + _CLIPPED
 
 
 class Problem(Exception):
@@ -55,9 +68,13 @@ class Problem(Exception):
 
     def body(self) -> dict:
         doc = {"type": problem_type(self.slug), "title": self.title,
-               "status": self.status, "detail": self.detail}
+               "status": self.status, "detail": clip(self.detail, 4 * MAX_TEXT)}
         if self.errors is not None:
-            doc["errors"] = self.errors
+            doc["errors"] = [{name: clip(str(value)) for name, value in error.items()}
+                             for error in self.errors[:MAX_LISTED_ERRORS]]
+            doc["errors_total"] = len(self.errors)
+            if len(self.errors) > MAX_LISTED_ERRORS:
+                doc["detail"] += f" The first {MAX_LISTED_ERRORS} of {len(self.errors)} errors are listed."
         return doc
 
 

@@ -11,6 +11,7 @@ from flask import Flask, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 from sqlalchemy import text
 
+from . import bodylimit
 from .database import db
 from .errors import Problem
 
@@ -57,6 +58,8 @@ def init_app(app: Flask) -> None:
         # fullmatch: with .match, "$" lets a trailing newline through into the response header.
         g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         g.started = time.perf_counter()
+
+    bodylimit.init_app(app)  # after the request id, before the rate limits and any token work
 
     @app.after_request
     def _finish(response):

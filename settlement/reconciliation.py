@@ -19,7 +19,7 @@ from coalition.errors import Problem, pointers
 from coalition.models import Entry, Member
 
 from . import service
-from .schemas import KINDS, MAX_RECONCILIATION_CLAIMS, ReconciliationUploadSchema
+from .schemas import KINDS, MAX_LISTED, MAX_RECONCILIATION_CLAIMS, ReconciliationUploadSchema
 
 COMPARED = ("kind", "points", "member_id")
 CSV_REQUIRED = ("claim_id", "kind", "points")
@@ -31,7 +31,11 @@ _IN_CHUNK = 500  # bound parameters per IN (...) lookup
 
 
 def reconcile(session: Session, partner_id: str, period: str, records: list[dict]) -> dict:
-    """Compare `records` (loaded by ReconciliationUploadSchema) with what the coalition booked."""
+    """Compare `records` (loaded by ReconciliationUploadSchema) with what the coalition booked.
+
+    The totals count everything; each list names at most MAX_LISTED claims, the first by
+    claim_id, and `truncated` says whether any list left some out: a month of a million claims,
+    or an upload of 100,000 the coalition never saw, still answers in a bounded size."""
     service.report(session, period)  # 422 for a malformed period, 409 period-open unless closed
     _check_bounded(records)
     theirs = _unique(records)
@@ -43,22 +47,22 @@ def reconcile(session: Session, partner_id: str, period: str, records: list[dict
             mismatched.append({"claim_id": claim_id, "differences": differences})
         else:
             matched.append(claim_id)
-    missing_at_partner = [ours[c] for c in sorted(ours.keys() - theirs.keys())]
+    missing_at_partner = sorted(ours.keys() - theirs.keys())
     absent = sorted(theirs.keys() - ours.keys())
-    elsewhere = _booked_in(session, partner_id, absent)
-    missing_at_coalition = [{**theirs[c], "booked_in": elsewhere.get(c)} for c in absent]
+    elsewhere = _booked_in(session, partner_id, absent[:MAX_LISTED])  # only for the claims named
+    counts = {"matched": len(matched), "mismatched": len(mismatched),
+              "missing_at_partner": len(missing_at_partner), "missing_at_coalition": len(absent)}
     return {
         "period": period, "partner_id": partner_id,
         "totals": {
-            "coalition_claims": len(ours), "partner_claims": len(theirs),
-            "matched": len(matched), "mismatched": len(mismatched),
-            "missing_at_partner": len(missing_at_partner),
-            "missing_at_coalition": len(missing_at_coalition),
+            "coalition_claims": len(ours), "partner_claims": len(theirs), **counts,
             "coalition_points": _points_by_kind(ours.values()),
             "partner_points": _points_by_kind(theirs.values()),
         },
-        "matched": matched, "mismatched": mismatched,
-        "missing_at_partner": missing_at_partner, "missing_at_coalition": missing_at_coalition,
+        "matched": matched[:MAX_LISTED], "mismatched": mismatched[:MAX_LISTED],
+        "missing_at_partner": [ours[c] for c in missing_at_partner[:MAX_LISTED]],
+        "missing_at_coalition": [{**theirs[c], "booked_in": elsewhere.get(c)} for c in absent[:MAX_LISTED]],
+        "truncated": max(counts.values()) > MAX_LISTED,
     }
 
 
@@ -163,6 +167,7 @@ def _csv_rows(raw: bytes, params: dict) -> list[dict]:
         raise Problem("malformed-request", "The CSV has no header row.")
     header, data = rows[0], rows[1:]
     _check_header(header)
+    _check_bounded(data)  # before a row-by-row check can list half a million short rows
     ragged = [{"pointer": f"/claims/{index}", "detail": f"{len(row)} fields; the header has {len(header)}."}
               for index, row in enumerate(data) if len(row) != len(header)]
     if ragged:

@@ -53,6 +53,7 @@ class JwksSchema(Schema):
 # --- Reconciliation (API.md section 3): the partner's record of a closed month, and the answer.
 
 MAX_RECONCILIATION_CLAIMS = 100_000
+MAX_LISTED = 1000  # claims named per list of a reconciliation; its totals count them all
 KINDS = ("earn", "burn", "reversal")
 
 
@@ -125,10 +126,18 @@ class PartnerRecordSchema(Schema):
 class ReconciliationSchema(Schema):
     period = fields.String(required=True)
     partner_id = fields.String(required=True)
-    totals = fields.Nested(ReconciliationTotalsSchema, required=True)
-    matched = fields.List(fields.String(), required=True, metadata={"description": "claim ids"})
-    mismatched = fields.List(fields.Nested(MismatchSchema), required=True)
+    totals = fields.Nested(ReconciliationTotalsSchema, required=True, metadata={
+        "description": "Complete counts, also of what the lists leave out."})
+    matched = fields.List(fields.String(), required=True, metadata={
+        "description": f"claim ids; the first {MAX_LISTED} by claim_id at most."})
+    mismatched = fields.List(fields.Nested(MismatchSchema), required=True, metadata={
+        "description": f"The first {MAX_LISTED} by claim_id at most."})
     missing_at_partner = fields.List(fields.Nested(CoalitionRecordSchema), required=True, metadata={
-        "description": "Claims the coalition booked into the month that the upload lacks."})
+        "description": "Claims the coalition booked into the month that the upload lacks; "
+                       f"the first {MAX_LISTED} by claim_id at most."})
     missing_at_coalition = fields.List(fields.Nested(PartnerRecordSchema), required=True, metadata={
-        "description": "Uploaded claims the coalition did not book into the month."})
+        "description": "Uploaded claims the coalition did not book into the month; "
+                       f"the first {MAX_LISTED} by claim_id at most."})
+    truncated = fields.Boolean(required=True, metadata={
+        "description": f"true when a list holds more than {MAX_LISTED} claims and names only the "
+                       "first of them; `totals` has the full count of each."})

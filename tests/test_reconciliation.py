@@ -71,7 +71,7 @@ def test_a_perfect_upload_matches_every_claim(fuel):
                    "coalition_points": {"earn": 500, "burn": 900, "reversal": 500},
                    "partner_points": {"earn": 500, "burn": 900, "reversal": 500}},
         "matched": ["f1", "f2", "rf1"], "mismatched": [],
-        "missing_at_partner": [], "missing_at_coalition": []}
+        "missing_at_partner": [], "missing_at_coalition": [], "truncated": False}
 
 
 def test_missing_extra_and_mismatched_claims(fuel, may):
@@ -260,4 +260,4 @@ def test_documented_in_openapi(app):
     assert "`unsupported-media-type`" in slugs["415"] and "`payload-too-large`" in slugs["413"]
     result = spec["components"]["schemas"]["Reconciliation"]
     assert set(result["required"]) == {"period", "partner_id", "totals", "matched", "mismatched",
-                                       "missing_at_partner", "missing_at_coalition"}
+                                       "missing_at_partner", "missing_at_coalition", "truncated"}
