@@ -2,10 +2,11 @@
 
 The one definition `make serve` (deploy/serve.sh) and docs/operations.md use:
 `gunicorn -c deploy/gunicorn.conf.py -b unix:/run/coalition/gunicorn.sock`. A `-b` (or any other
-option) on the command line wins over this file. Never expose gunicorn itself: it has no header
-or body timeouts, and a client that sends half a request holds a thread until it hangs up. nginx
-in front reads every request whole before gunicorn sees it, and every answer before the client
-does, so gunicorn only ever talks to nginx, quickly.
+option) on the command line wins over this file. Never expose gunicorn itself: it has no body
+timeout, and a client that stalls in the middle of a body holds a thread until it hangs up (20 of
+them starve 2 workers × 4 threads; docs/operations.md). nginx in front reads every request whole
+before gunicorn sees it, and every answer before the client does, so gunicorn only ever talks to
+nginx, quickly.
 """
 import os
 

@@ -27,8 +27,8 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 # Debian installs nginx in /usr/sbin, which is not on an ordinary user's PATH.
 NGINX_PLACES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 INSTALL_HINT = ("nginx is not installed. On Debian or Ubuntu: "
-                "sudo apt-get update && sudo apt-get install -y nginx-light "
-                "(or nginx); elsewhere the distribution's nginx package. NGINX=/path/to/nginx "
+                "sudo apt-get update && sudo apt-get install -y nginx "
+                "(or nginx-light); elsewhere the distribution's nginx package. NGINX=/path/to/nginx "
                 "names one that is not on PATH.")
 _PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
 _UPSTREAM = re.compile(r"^(unix:/\S+|[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9A-Fa-f:]+\]:\d{1,5})$")
