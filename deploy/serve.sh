@@ -71,6 +71,8 @@ for _ in $(seq 100); do
 done
 
 url="http://$HOST:$PORT"
+limits="in memory, per gunicorn process (set REDIS_URL to share them)"
+[[ -n ${REDIS_URL:-} ]] && limits="Redis (REDIS_URL)"
 cat <<EOF
 
 Coalition clearing service (nginx -> gunicorn gthread -> app): $url
@@ -79,6 +81,7 @@ Coalition clearing service (nginx -> gunicorn gthread -> app): $url
   nginx access log (JSON):  $SERVE_DIR/access.log   (the app's own log lines follow below)
   gunicorn socket:          $socket
   Sealer anchors:           $ANCHORS
+  Rate-limit counters:      $limits
 Stop with Ctrl-C.
 
 EOF
