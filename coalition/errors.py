@@ -34,6 +34,11 @@ SLUGS: dict[str, tuple[int, str]] = {
     "rate-limited": (429, "Rate limited"),
     "internal-error": (500, "Internal error"),
     "unavailable": (503, "Service unavailable"),
+    # Answered by the serving edge (deploy/: nginx, gunicorn), never by the app itself.
+    "uri-too-long": (414, "URI too long"),
+    "headers-too-large": (431, "Request headers too large"),
+    "bad-gateway": (502, "Bad gateway"),
+    "gateway-timeout": (504, "Gateway timeout"),
 }
 
 

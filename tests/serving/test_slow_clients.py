@@ -52,9 +52,6 @@ ANONYMOUS_BUDGET = 8  # RATELIMIT_ANONYMOUS per minute in this stack
 # What every answer carries: the app's security headers (coalition/ops.py) for an API answer.
 APP_HEADERS = {**SECURITY_HEADERS, "Content-Security-Policy": API_CSP, "Cache-Control": "no-store"}
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-# Slugs nginx (deploy/nginx/coalition.conf.template) and gunicorn (deploy/gunicorn.conf.py) answer
-# with that the contract (coalition/errors.py SLUGS) does not have yet: proposed there.
-PROPOSED_SLUGS = {"uri-too-long", "headers-too-large", "bad-gateway", "gateway-timeout"}
 
 
 class Stack:
@@ -349,6 +346,4 @@ def _answered_problems() -> dict[str, tuple[int, str]]:
 @pytest.mark.parametrize("slug", sorted(_answered_problems()))
 def test_every_slug_nginx_and_gunicorn_answer_is_in_the_contract(slug):
     status, title = _answered_problems()[slug]
-    if slug not in SLUGS and slug in PROPOSED_SLUGS:
-        pytest.xfail(f"{slug} ({status}) is proposed for coalition/errors.py SLUGS")
     assert SLUGS.get(slug) == (status, title)
