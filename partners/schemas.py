@@ -114,4 +114,7 @@ class ClaimSchema(Schema):
     description = fields.String(allow_none=True)
     reverses = fields.String(allow_none=True, metadata={"description": "For a reversal: the claim it reverses."})
     reversals = fields.List(fields.Nested(ReversalRefSchema), metadata={
-        "description": "Present when reading a claim: its reversals so far."})
+        "description": "Present when reading a claim: its reversals so far, oldest first, "
+                       "at most 1000 (reversals_total counts them all)."})
+    reversals_total = fields.Integer(metadata={
+        "description": "Present when reading a claim: how many reversals it has."})

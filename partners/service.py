@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from coalition import audit, books
@@ -22,6 +22,7 @@ FIRST_TERMS = "0000-00"  # sorts before every YYYY-MM
 DEFAULT_TERMS = {"issue_price": Decimal("0.01"), "redemption_rate": Decimal("0.009"),
                  "issuance_share": Decimal("1"), "claim_fee": Decimal("0")}
 SCALE = Decimal("0.000001")
+MAX_LISTED_REVERSALS = 1000  # per claim read; reversals_total and reversed_points count them all
 
 
 def get_partner(session: Session, partner_id: str) -> Partner:
@@ -144,8 +145,11 @@ def partner_view(partner: Partner) -> dict:
 # --- claims as partners see them ----------------------------------------------------------
 
 def claim_view(entry: Entry, *, reversals: list[Entry] | None = None,
-               now: datetime | None = None) -> dict:
-    """A claim as answered when it was booked (reversals None), or as it stands now."""
+               now: datetime | None = None, reversed_points: int | None = None,
+               reversals_total: int | None = None) -> dict:
+    """A claim as answered when it was booked (reversals None), or as it stands now: with its
+    reversals (the first MAX_LISTED_REVERSALS, when `reversals_total` says there are more) and
+    `reversed_points` over all of them."""
     view = {
         "claim_id": entry.claim_id, "kind": entry.kind,
         "member_id": entry.member.external_id, "partner_id": entry.partner_id,
@@ -156,11 +160,12 @@ def claim_view(entry: Entry, *, reversals: list[Entry] | None = None,
         "reverses": entry.reverses.claim_id if entry.reverses is not None else None,
     }
     if reversals is not None:
-        done = sum(r.points for r in reversals)
+        done = sum(r.points for r in reversals) if reversed_points is None else reversed_points
         view["reversed_points"] = done
         view["reversals"] = [{"reversal_id": r.claim_id, "points": r.points,
                               "occurred_at": r.occurred_at, "recorded_at": r.recorded_at,
                               "period": r.period} for r in reversals]
+        view["reversals_total"] = len(reversals) if reversals_total is None else reversals_total
         view["status"] = _status(entry, done, now)
     return view
 
@@ -179,9 +184,14 @@ def current_claim(session: Session, partner_id: str, claim_id: str, *, now: date
     entry = find_claim(session, partner_id, claim_id)
     if entry is None:
         raise Problem("not-found", "No such claim.")
+    # A claim of 10^9 points could have as many reversals: the answer names the first ones only.
     reversals = list(session.scalars(select(Entry).where(Entry.reverses_id == entry.id)
-                                     .order_by(Entry.id)))
-    return claim_view(entry, reversals=reversals, now=now)
+                                     .order_by(Entry.id).limit(MAX_LISTED_REVERSALS)))
+    total, points = session.execute(
+        select(func.count(), func.coalesce(func.sum(Entry.points), 0))
+        .where(Entry.reverses_id == entry.id)).one()
+    return claim_view(entry, reversals=reversals, now=now, reversed_points=int(points),
+                      reversals_total=int(total))
 
 
 # --- terms --------------------------------------------------------------------------------

@@ -127,3 +127,22 @@ def test_a_crash_answers_500_problem_and_still_spends_the_token(app, acme, monke
         assert "disk on fire" not in first.get_data(as_text=True)
         monkeypatch.undo()
         assert c.post("/v1/earn", data=body, headers=headers).status_code == 401
+
+
+def test_reading_a_claim_names_at_most_the_first_reversals_and_counts_them_all(acme, monkeypatch):
+    """A claim of 10^9 points could have as many reversals: the answer stays bounded
+    (MAX_LISTED_REVERSALS, lowered here), while reversals_total, reversed_points and the
+    status still count every reversal."""
+    from partners import service
+    monkeypatch.setattr(service, "MAX_LISTED_REVERSALS", 3)
+    acme.client.enrol("M1")
+    assert acme.client.earn("e1", "M1", 100, occurred_at=ago(minutes=10)).status == 201
+    for n in range(5):
+        assert acme.client.reverse("e1", f"r{n}", 20, occurred_at=ago(minutes=9 - n)).status == 201
+    claim = acme.client.claim("e1").json()
+    assert [r["reversal_id"] for r in claim["reversals"]] == ["r0", "r1", "r2"]
+    assert claim["reversals_total"] == 5 and claim["reversed_points"] == 100
+    assert claim["status"] == "reversed"
+    monkeypatch.setattr(service, "MAX_LISTED_REVERSALS", 1000)
+    whole = acme.client.claim("e1").json()
+    assert len(whole["reversals"]) == 5 and whole["reversals_total"] == 5
