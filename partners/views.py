@@ -224,6 +224,7 @@ def burn(body: dict):
 @problems(blp, *COMMON, *BODY, "not-found", "member-locked", "member-auth-required",
           "member-auth-invalid")
 def set_pin(body: dict, member_id: str):
+    g.card = member_id  # "no such member" counts as asking about an unknown card
     pins.set_pin(db.session, _known(member_id), body["pin"],
                  current_pin=body.get("current_pin"), now=_now(),
                  log_n=current_app.config["LEDGER_RULES"].pin_log_n,

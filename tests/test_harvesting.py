@@ -62,12 +62,12 @@ def test_a_partner_probing_unknown_cards_is_flagged_once_per_window(watch, acme,
     assert flags(watch, "bolt") == []
 
 
-def test_earns_and_burns_for_unknown_cards_count_as_probes(watch, acme):
+def test_earns_burns_and_pins_for_unknown_cards_count_as_probes(watch, acme):
     assert acme.client.enrol("REAL-1").status == 201
     for n in range(3):
         assert acme.client.earn(f"e{n}", f"GHOST-{n}", 10).status == 404
-    for n in range(3, 5):
-        assert acme.client.burn(f"b{n}", f"GHOST-{n}", 10).status == 404
+    assert acme.client.burn("b3", "GHOST-3", 10).status == 404
+    assert acme.client.set_pin("GHOST-4", "1234").status == 404
     assert acme.client.earn("ok", "REAL-1", 10).status == 201  # a known card is no probe
     [flag] = flags(watch)
     assert flag["rule"] == "unknown-cards" and flag["count"] == 5
