@@ -115,6 +115,11 @@ def set_status(session: Session, partner_id: str, status: str, *, now: datetime,
     return partner
 
 
+def partner_ids(session: Session) -> list[str]:
+    """Every registered partner's id, in order (suspended partners too: they still settle)."""
+    return list(session.scalars(select(Partner.id).order_by(Partner.id)))
+
+
 def list_partners(session: Session) -> list[Partner]:
     return list(session.scalars(select(Partner).order_by(Partner.id)
                                 .options(selectinload(Partner.keys), selectinload(Partner.terms))))
