@@ -1,18 +1,22 @@
-"""A member's history across every partner, for the operator (`flask members show`).
+"""Histories: a member's across every partner, for the operator (`flask members show`), and
+a partner's own claims, page by page (GET /v1/claims).
 
-Partners see only their own claims (GET /v1/claims); the operator sees all of a member's.
-The history says what was booked, not what the balance is: the balance comes from
+A history says what was booked, not what the balance is: the balance comes from
 `members.balance`, which knows about pending points, expiry and debt.
 """
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, aliased
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, literal, select, tuple_
+from sqlalchemy.orm import Session, aliased, selectinload
 
 from .errors import Problem
 from .fields import iso_utc
 from .members import find
-from .models import Entry
+from .models import Entry, Member
+from .periods import as_utc
 
 
 def member_history(session: Session, external_id: str, *, limit: int | None = None) -> list[dict]:
@@ -41,3 +45,56 @@ def member_history(session: Session, external_id: str, *, limit: int | None = No
              "late": entry.late, "status": entry.status, "reverses": reversed_claim,
              "description": entry.description}
             for entry, reversed_claim in session.execute(query)]
+
+
+@dataclass(frozen=True)
+class Listed:
+    entry: Entry
+    reversals_total: int
+    reversed_points: int
+
+
+def partner_claims(session: Session, partner_id: str, *, limit: int,
+                   after: tuple[datetime, int] | None = None, member_id: str | None = None,
+                   period: str | None = None, kind: str | None = None,
+                   since: datetime | None = None,
+                   until: datetime | None = None) -> tuple[list[Listed], tuple[datetime, int] | None]:
+    """One page of the partner's own claims, newest first, and the key to continue after it.
+
+    Ordered by (recorded_at, id) descending, a key no claim ever changes: `after` (the last
+    key of the previous page) continues exactly where that page ended, so no claim shows up
+    twice or is skipped when claims arrive between pages (those sort before the first page).
+    `since` is inclusive, `until` exclusive, both on recorded_at. A member_id that names no
+    member matches nothing (it is not an error: the answer says nothing about which cards
+    exist). Each claim comes with the count and points of all its reversals. The next key is
+    None on the last page.
+    """
+    query = select(Entry).where(Entry.partner_id == partner_id)
+    if member_id is not None:
+        query = query.where(Entry.member_id == select(Member.id)
+                            .where(Member.external_id == member_id).scalar_subquery())
+    if period is not None:
+        query = query.where(Entry.period == period)
+    if kind is not None:
+        query = query.where(Entry.kind == kind)
+    if since is not None:
+        query = query.where(Entry.recorded_at >= since)
+    if until is not None:
+        query = query.where(Entry.recorded_at < until)
+    if after is not None:
+        recorded_at, entry_id = after
+        query = query.where(tuple_(Entry.recorded_at, Entry.id)
+                            < tuple_(literal(recorded_at, Entry.recorded_at.type),
+                                     literal(entry_id, Entry.id.type)))
+    entries = list(session.scalars(
+        query.options(selectinload(Entry.reverses))
+        .order_by(Entry.recorded_at.desc(), Entry.id.desc()).limit(limit + 1)))
+    more = len(entries) > limit
+    entries = entries[:limit]
+    reversals = {target: (int(count), int(points)) for target, count, points in session.execute(
+        select(Entry.reverses_id, func.count(), func.sum(Entry.points))
+        .where(Entry.reverses_id.in_([e.id for e in entries if e.kind != "reversal"]))
+        .group_by(Entry.reverses_id))} if entries else {}
+    page = [Listed(e, *reversals.get(e.id, (0, 0))) for e in entries]
+    last = entries[-1] if more else None
+    return page, (as_utc(last.recorded_at), last.id) if last is not None else None

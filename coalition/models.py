@@ -79,6 +79,9 @@ class Entry(db.Model):
         # A partner's burns by booking time: the daily redemption limit sums one day of them.
         Index("ix_journal_entries_burns", "partner_id", "recorded_at",
               postgresql_where=text("kind = 'burn'"), sqlite_where=text("kind = 'burn'")),
+        # A partner's claims newest first (GET /v1/claims), and one month of them (statement lines).
+        Index("ix_journal_entries_partner_recorded", "partner_id", "recorded_at", "id"),
+        Index("ix_journal_entries_partner_period", "partner_id", "period", "id"),
     )
 
 

@@ -8,6 +8,7 @@ def init_app(app: Flask, api) -> None:
     from . import models  # noqa: F401  (registers the tables with the metadata)
     from .cli import partners_cli
     from .demo import demo_cli
+    from . import listings  # noqa: F401  (adds GET /v1/claims to the partner blueprint)
     from .views import blp
 
     api.register_blueprint(blp)

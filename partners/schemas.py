@@ -1,9 +1,15 @@
 """Request and response schemas of the partner API. Strict: unknown fields are errors."""
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import re
+
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from coalition.fields import Identifier, Points, Rfc3339, StrictInteger, Text
+from coalition.hashing import canonical
 from coalition.pins import PIN_PATTERN, valid_pin
 
 
@@ -118,3 +124,95 @@ class ClaimSchema(Schema):
                        "at most 1000 (reversals_total counts them all)."})
     reversals_total = fields.Integer(metadata={
         "description": "Present when reading a claim: how many reversals it has."})
+
+
+# --- listings: query parameters and pages ---------------------------------------------------
+
+MAX_CURSOR = 200  # characters; every cursor this service issues is far shorter
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_CURSOR, re.ASCII)
+_PERIOD = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])", re.ASCII)
+MAX_ROW_ID = 2**63 - 1  # BIGINT: a larger id in a query would fail in the database, not here
+
+
+def cursor_of(key: list) -> str:
+    """The opaque cursor for a page that ends at the row with sort key `key` (strings and
+    integers): base64url, unpadded, of its canonical JSON. Partners pass it back unchanged."""
+    return base64.urlsafe_b64encode(canonical(key)).rstrip(b"=").decode("ascii")
+
+
+class Cursor(fields.String):
+    """A cursor this service issued (`cursor_of`), loaded as the sort key it holds; `parts`
+    names the type of each part (str for an RFC 3339 time, loaded as a datetime; int for a row
+    id). Anything else, a tampered cursor included, is a validation error."""
+
+    def __init__(self, *parts: type, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.parts = parts
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            if not (isinstance(value, str) and _CURSOR.fullmatch(value)):
+                raise ValueError
+            key = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+            if not (isinstance(key, list) and len(key) == len(self.parts)):
+                raise ValueError
+            return tuple(self._part(kind, part) for kind, part in zip(self.parts, key))
+        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, ValidationError):
+            raise ValidationError("Not a cursor of this listing: pass next_cursor back "
+                                  "exactly as answered.") from None
+
+    @staticmethod
+    def _part(kind: type, part):
+        if kind is int:
+            if type(part) is not int or not 0 <= part <= MAX_ROW_ID:
+                raise ValueError
+            return part
+        return Rfc3339()._deserialize(part, None, None)
+
+
+class QueryInteger(fields.Integer):
+    """A whole number in a query string: ASCII digits only (int() would also take " 5", "+5",
+    "1_000" and other scripts' digits)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not (isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9):
+            raise ValidationError("Must be a whole number, in ASCII digits.")
+        return int(value)
+
+
+class Period(fields.String):
+    """A settlement month, YYYY-MM."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(validate=validate.Regexp(_PERIOD.pattern), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not (isinstance(value, str) and _PERIOD.fullmatch(value)):
+            raise ValidationError("Must be a month, YYYY-MM.")
+        return value
+
+
+MAX_CLAIMS_PAGE = 500
+
+
+class ClaimListQuerySchema(StrictSchema):
+    member_id = Identifier(metadata={"description": "Only this member's claims."})
+    period = Period(metadata={"description": "Only claims booked into this settlement month."})
+    kind = fields.String(validate=validate.OneOf(["earn", "burn", "reversal"]))
+    since = Rfc3339(metadata={"description": "Only claims recorded at or after this time "
+                                             "(inclusive)."})
+    until = Rfc3339(metadata={"description": "Only claims recorded before this time "
+                                             "(exclusive)."})
+    cursor = Cursor(str, int, metadata={
+        "description": "next_cursor of the previous page, unchanged; with the same filters."})
+    limit = QueryInteger(load_default=100, validate=validate.Range(1, MAX_CLAIMS_PAGE),
+                         metadata={"description": f"Claims per page, 1 to {MAX_CLAIMS_PAGE}."})
+
+
+class ClaimListSchema(Schema):
+    claims = fields.List(fields.Nested(ClaimSchema), required=True, metadata={
+        "description": "Newest first (by recorded_at, then booking order). Each claim as "
+                       "GET /v1/claims/{claim_id} answers it, with its current status, "
+                       "reversed_points and reversals_total, but without the `reversals` list."})
+    next_cursor = fields.String(required=True, allow_none=True, metadata={
+        "description": "Pass as `cursor` for the next page; null on the last page."})
