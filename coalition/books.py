@@ -60,6 +60,13 @@ def booking_period(session: Session, occurred_at: datetime, tz: str) -> tuple[st
     return next_period(last_closed), True
 
 
+def is_closed(session: Session, period: str) -> bool:
+    """Whether month `period` (YYYY-MM) is closed: it has its statements and takes no more
+    claims. A month before the first claim is not closed, nor can it be (nothing is in it)."""
+    parse_period(period)
+    return session.get(ClosedPeriod, period) is not None
+
+
 def first_period(session: Session) -> str | None:
     """The month of the earliest claim ever booked: there is nothing before it."""
     return session.scalar(select(func.min(Entry.period)))
@@ -70,17 +77,19 @@ def close_books(session: Session, period: str, *, now: datetime, tz: str) -> Clo
     same transaction, which holds the books lock until it commits."""
     year, month = parse_period(period)
     lock_for_close(session)
-    last_closed = closed_through(session)
-    if last_closed is not None and period <= last_closed:
+    if is_closed(session, period):
         raise Problem("period-closed", f"{period} is closed already.")
+    first = first_period(session)
+    if first is None:
+        raise Problem("period-open", "Nothing has been booked yet: there is no month to close.")
+    if period < first:  # closed months run without a gap from the first claim's month on
+        raise Problem("period-open", f"Nothing was booked before {first}: "
+                                     f"{period} has nothing to close.")
     if now < month_start_utc(*add_months(year, month, 1), tz):
         raise Problem("period-open", f"{period} has not ended yet.")
-    expected = next_period(last_closed) if last_closed else first_period(session)
-    if expected is None:
-        raise Problem("period-open", "Nothing has been booked yet: there is no month to close.")
+    last_closed = closed_through(session)
+    expected = next_period(last_closed) if last_closed else first
     if period != expected:
-        if period < expected:  # before the first period: nothing was ever booked there
-            raise Problem("period-closed", f"{period} lies before the first period {expected}.")
         raise Problem("period-open", f"Close {expected} first: months close in order.")
     closed = ClosedPeriod(period=period, closed_at=now)
     session.add(closed)

@@ -1,12 +1,15 @@
-"""Operator commands of the core: `members add|unlock-pin|reset-pin`, `ledger verify|seal|anchor`,
-`audit list`.
-Every command prints JSON (`ledger seal --every`: one line per event). Commands that change
-state record who asked (`operator()`) in the audit log."""
+"""Operator commands of the core: `members add|show|unlock-pin|reset-pin`,
+`ledger verify|seal|anchor`, `audit list`.
+Every command prints JSON (`ledger seal --every`: one line per event), its errors too: every
+group is a JsonGroup. Commands that change state record who asked (`operator()`) in the audit
+log."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import json
+import logging
 import math
 import os
 import re
@@ -14,6 +17,8 @@ import signal
 import sys
 import threading
 from datetime import datetime, timezone
+from decimal import Decimal
+from typing import NoReturn
 
 import click
 from flask import Flask, current_app
@@ -22,13 +27,27 @@ from flask.cli import AppGroup
 from . import audit, pins, sealer
 from . import members as member_service
 from .database import db
-from .errors import Problem
-from .fields import ID_PATTERN
+from .decimals import plain
+from .errors import Problem, database_unavailable
+from .fields import ID_PATTERN, iso_utc
+from .history import member_history
 from .verify import verify
+
+log = logging.getLogger("coalition.cli")
+
+
+def _json_default(value):
+    return plain(value) if isinstance(value, Decimal) else str(value)
 
 
 def emit(doc) -> None:
-    click.echo(json.dumps(doc, indent=2, default=str))
+    click.echo(json.dumps(doc, indent=2, default=_json_default))
+
+
+def fail(error: str, detail: str, *, code: int = 1, **more) -> NoReturn:
+    """End the command with `{"error": slug, "detail": ...}` on stdout and a non-zero exit."""
+    click.echo(json.dumps({"error": error, "detail": detail, **more}, default=_json_default))
+    sys.exit(code)
 
 
 def json_command(fn):
@@ -40,12 +59,56 @@ def json_command(fn):
             db.session.commit()
         except Problem as problem:
             db.session.rollback()
-            click.echo(json.dumps({"error": problem.slug, "detail": problem.detail,
-                                   **({"errors": problem.errors} if problem.errors else {})}))
-            sys.exit(1)
+            fail(problem.slug, problem.detail,
+                 **({"errors": problem.errors} if problem.errors else {}))
+        except BaseException:
+            db.session.rollback()  # the group answers it as JSON (JsonGroup)
+            raise
         if result is not None:
             emit(result)
     return wrapper
+
+
+@contextlib.contextmanager
+def json_errors():
+    """What click would print as text on stderr (usage errors, bad files) and anything a
+    command raised, as JSON on stdout. Click's exit codes: 2 for usage errors, 1 otherwise."""
+    try:
+        yield
+    except (click.exceptions.Exit, click.Abort):
+        raise  # --help, ctx.exit(), Ctrl-C: not errors of the command line
+    except click.exceptions.NoArgsIsHelpError as exc:
+        group = exc.ctx.command
+        fail("usage-error", "Missing command.", code=exc.exit_code, usage=exc.ctx.get_usage(),
+             commands=sorted(group.list_commands(exc.ctx)) if isinstance(group, click.Group) else [])
+    except click.UsageError as exc:
+        fail("usage-error", exc.format_message(), code=exc.exit_code,
+             **({"usage": exc.ctx.get_usage()} if exc.ctx is not None else {}))
+    except click.ClickException as exc:
+        fail("validation-error", exc.format_message(), code=exc.exit_code)
+    except Problem as problem:  # from a command outside json_command
+        fail(problem.slug, problem.detail)
+    except Exception as exc:
+        if database_unavailable(exc):
+            fail("unavailable", "The database is not reachable just now; run the command again.")
+        log.exception("operator command failed")  # the traceback on stderr, for the operator
+        fail("internal-error", f"The command failed: {type(exc).__name__} (details on stderr).")
+
+
+class JsonGroup(AppGroup):
+    """A command group whose errors, click's usage errors included, are JSON on stdout.
+
+    Click raises a usage error while it parses a command line, in make_context (missing
+    argument, bad option or choice) and in Group.invoke (unknown command): this group covers
+    its own parsing, its commands' parsing and their callbacks."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with json_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with json_errors():
+            return super().invoke(ctx)
 
 
 def operator() -> str:
@@ -67,9 +130,9 @@ def check_id(value: str, what: str) -> str:
     return value
 
 
-members_cli = AppGroup("members", help="Enrol and inspect members.")
-ledger_cli = AppGroup("ledger", help="The ledger of record.")
-audit_cli = AppGroup("audit", help="The audit log of operator actions (append-only).")
+members_cli = JsonGroup("members", help="Enrol and inspect members.")
+ledger_cli = JsonGroup("ledger", help="The ledger of record.")
+audit_cli = JsonGroup("audit", help="The audit log of operator actions (append-only).")
 
 
 @members_cli.command("add")
@@ -84,6 +147,23 @@ def members_add(member_id: str):
                      subject=f"member:{member.external_id}", before=None,
                      after={"member": member.id}, now=now)
     return {"member_id": member.external_id, "created": created}
+
+
+@members_cli.command("show")
+@click.argument("member_id")
+@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
+              help="only the newest N entries of the history (default: all)")
+@json_command
+def members_show(member_id: str, limit: int | None):
+    """One member's balance (as partners read it) and history across every partner, newest
+    first: every earn, burn and reversal with its partner, period and status."""
+    now = datetime.now(timezone.utc)
+    balance = member_service.balance(db.session, member_id, now=now,
+                                     tz=current_app.config["COALITION_TIMEZONE"])
+    member = member_service.find(db.session, member_id)
+    return {**balance, "member": member.id, "enrolled_at": iso_utc(member.created_at),
+            "enrolled_by": member.enrolled_by, "locked": member.locked, **pins.pin_state(member),
+            "history": member_history(db.session, member_id, limit=limit)}
 
 
 def _pin_command(change, member_id: str) -> dict:
@@ -197,7 +277,7 @@ def ledger_seal(every, anchor_file, max_runs):
 
 
 def _line(doc: dict) -> None:
-    click.echo(json.dumps(doc, default=str))  # click.echo flushes: lines reach a pipe at once
+    click.echo(json.dumps(doc, default=_json_default))  # click.echo flushes: lines reach a pipe at once
 
 
 def _stop_on_signals(stop: threading.Event):

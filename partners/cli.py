@@ -1,22 +1,25 @@
-"""`flask partners ...`: the operator's commands for partners and their keys (API.md section 4)."""
+"""`flask partners ...`: the operator's commands for partners, their keys, terms and policies (README, "Operator command line")."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import click
-from flask.cli import AppGroup
 
-from coalition.cli import check_id, json_command, operator, parse_since
+from coalition.cli import JsonGroup, check_id, json_command, operator, parse_since
 from coalition.database import db
 
 from . import harvest, service, tokens
 
-partners_cli = AppGroup("partners", help="Partners, their keys and their terms.")
+partners_cli = JsonGroup("partners", help="Partners, their keys and their terms.")
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+FORCE_HELP = ("accept a redemption rate above the issue price (the coalition loses money on "
+              "every point issued and redeemed here); audited as forced")
 
 
 @partners_cli.command("add")
@@ -26,10 +29,12 @@ def _now() -> datetime:
 @click.option("--redemption-rate", default=None, help="EUR per point redeemed here (default 0.009)")
 @click.option("--issuance-share", default=None, help="0..1, charged at issue (default 1)")
 @click.option("--claim-fee", default=None, help="EUR per accepted claim (default 0)")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @json_command
-def add(partner_id, name, issue_price, redemption_rate, issuance_share, claim_fee):
+def add(partner_id, name, issue_price, redemption_rate, issuance_share, claim_fee, force):
+    """Register a partner with its first terms, which apply from the beginning."""
     partner = service.add_partner(
-        db.session, check_id(partner_id, "ID"), name, now=_now(), actor=operator(),
+        db.session, check_id(partner_id, "ID"), name, now=_now(), actor=operator(), force=force,
         terms={"issue_price": issue_price, "redemption_rate": redemption_rate,
                "issuance_share": issuance_share, "claim_fee": claim_fee})
     return service.partner_view(partner)
@@ -95,16 +100,19 @@ def prune_tokens():
 @partners_cli.command("set-terms")
 @click.argument("partner_id")
 @click.option("--from", "starts", required=True, help="first month (YYYY-MM) the terms apply to")
-@click.option("--issue-price", required=True)
-@click.option("--redemption-rate", required=True)
-@click.option("--issuance-share", required=True)
-@click.option("--claim-fee", required=True)
+@click.option("--issue-price", default=None, help="EUR per point issued")
+@click.option("--redemption-rate", default=None, help="EUR per point redeemed here")
+@click.option("--issuance-share", default=None, help="0..1, charged at issue")
+@click.option("--claim-fee", default=None, help="EUR per accepted claim")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @json_command
-def set_terms(partner_id, starts, issue_price, redemption_rate, issuance_share, claim_fee):
+def set_terms(partner_id, starts, issue_price, redemption_rate, issuance_share, claim_fee, force):
+    """New terms from month --from on (it must still be open). Terms not given carry over from
+    the terms in force for that month."""
     service.set_terms(db.session, partner_id, starts,
                       {"issue_price": issue_price, "redemption_rate": redemption_rate,
                        "issuance_share": issuance_share, "claim_fee": claim_fee},
-                      now=_now(), actor=operator())
+                      force=force, now=_now(), actor=operator())
     return service.partner_view(service.get_partner(db.session, partner_id))
 
 

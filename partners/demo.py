@@ -18,17 +18,17 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from flask import Flask, current_app
-from flask.cli import AppGroup
 
-from coalition.cli import emit, operator
+from coalition.cli import JsonGroup, emit, operator
 from coalition.database import db
+from coalition.decimals import plain
 from coalition.verify import verify
 
 from . import service
 from .client import PartnerClient, Response, keygen, load_private_key
 from .models import Partner
 
-demo_cli = AppGroup("demo", help="Demo data for trying the service out.")
+demo_cli = JsonGroup("demo", help="Demo data for trying the service out.")
 
 PARTNERS = (  # id, name, algorithm, terms (None: the defaults)
     ("demo-bakery", "Demo Bakery", "EdDSA", {}),
@@ -67,7 +67,7 @@ def _register(app: Flask, key_dir: Path, now: datetime) -> dict:
                                              audience=app.config["COALITION_AUDIENCE"],
                                              transport=transport_for(app)),
                                {"id": partner_id, "alg": alg, "kid": key.kid,
-                                "key_file": os.path.relpath(path), "terms": {k: str(v) for k, v in service.parse_terms(terms).items()}})
+                                "key_file": os.path.relpath(path), "terms": {k: plain(v) for k, v in service.parse_terms(terms).items()}})
     db.session.commit()
     db.session.close()  # the requests below use their own sessions (SQLite: one writer)
     return clients

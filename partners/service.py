@@ -5,9 +5,11 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from coalition import audit, books
+from coalition.decimals import plain
 from coalition.errors import Problem
 from coalition.fields import MAX_POINTS
 from coalition.ledger import find_claim
@@ -32,9 +34,10 @@ def get_partner(session: Session, partner_id: str) -> Partner:
     return partner
 
 
-def parse_terms(raw: dict) -> dict[str, Decimal]:
+def parse_terms(raw: dict, base: dict[str, Decimal] = DEFAULT_TERMS) -> dict[str, Decimal]:
+    """The terms `raw` gives (decimal text or numbers), the others taken from `base`."""
     terms = {}
-    for name, default in DEFAULT_TERMS.items():
+    for name, default in base.items():
         value = raw.get(name)
         try:
             number = default if value is None else Decimal(str(value))
@@ -48,23 +51,45 @@ def parse_terms(raw: dict) -> dict[str, Decimal]:
     return terms
 
 
+def losing(terms: dict[str, Decimal]) -> bool:
+    """Terms under which the coalition pays out more for a point redeemed at the partner than
+    the partner paid for a point it issued: a loss on every point earned and burned there."""
+    return terms["redemption_rate"] > terms["issue_price"]
+
+
+def _refuse_losing(terms: dict[str, Decimal], force: bool) -> None:
+    if losing(terms) and not force:
+        raise Problem("validation-error", f"redemption_rate {plain(terms['redemption_rate'])} is above "
+                      f"issue_price {plain(terms['issue_price'])}: the coalition would lose money on "
+                      "every point issued and redeemed here. Give --force if that is meant.")
+
+
 def add_partner(session: Session, partner_id: str, name: str, *, now: datetime,
-                terms: dict | None = None, actor: str = audit.SYSTEM) -> Partner:
+                terms: dict | None = None, force: bool = False,
+                actor: str = audit.SYSTEM) -> Partner:
+    """Register a partner with its first terms (DEFAULT_TERMS for those not given). Terms with
+    a redemption_rate above the issue_price are refused unless `force` (audited as forced)."""
     if session.get(Partner, partner_id) is not None:
         raise Problem("validation-error", f"Partner {partner_id!r} exists already.")
     if not name.strip():
         raise Problem("validation-error", "A partner needs a name.")
+    first = parse_terms(terms or {})
+    _refuse_losing(first, force)
     partner = Partner(id=partner_id, name=name.strip(), status="active", created_at=now)
     session.add(partner)
     # The first terms apply from the beginning: a claim may occur before the partner was
     # registered (up to MAX_CLAIM_AGE_DAYS), and later terms must never change which terms
     # an earlier, closed month used.
-    session.add(PartnerTerms(partner_id=partner_id, starts=FIRST_TERMS, created_at=now,
-                             **parse_terms(terms or {})))
+    session.add(PartnerTerms(partner_id=partner_id, starts=FIRST_TERMS, created_at=now, **first))
     session.flush()
     audit.record(session, actor=actor, action="partner.add", subject=f"partner:{partner_id}",
-                 before=None, after=partner_view(partner), now=now)
+                 before=None, after={**partner_view(partner), **_forced(first, force)}, now=now)
     return partner
+
+
+def _forced(terms: dict[str, Decimal], force: bool) -> dict:
+    """Marks an audit event whose terms were accepted only because the operator forced them."""
+    return {"forced": True} if force and losing(terms) else {}
 
 
 def add_key(session: Session, partner_id: str, pem: bytes, *, now: datetime,
@@ -72,19 +97,34 @@ def add_key(session: Session, partner_id: str, pem: bytes, *, now: datetime,
     partner = get_partner(session, partner_id)
     key, alg = load_public_key(pem)
     kid = thumbprint(key)
-    existing = session.get(PartnerKey, kid)
-    if existing is not None:
-        if existing.partner_id == partner.id and existing.status == "active":
-            return existing  # registering the same key twice changes nothing
-        raise Problem("validation-error", "This key is registered already (or was revoked); "
-                      "a revoked key is never accepted again: generate a new one.")
+    _refuse_registered(session.get(PartnerKey, kid), partner.id)
     row = PartnerKey(kid=kid, partner_id=partner.id, alg=alg, public_key_pem=canonical_pem(key),
                      status="active", created_at=now)
-    session.add(row)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # the same key registered at the same moment by another command
+        _refuse_registered(session.get(PartnerKey, kid), partner.id)
+        raise
     audit.record(session, actor=actor, action="partner.key.add", subject=f"partner:{partner.id}",
                  before=None, after=key_view(row), now=now)
     return row
+
+
+def _refuse_registered(existing: PartnerKey | None, partner_id: str) -> None:
+    """A kid names one key of one partner for good: a key is registered once, and a revoked key
+    is never accepted again."""
+    if existing is None:
+        return
+    if existing.partner_id != partner_id:
+        owner = f"partner {existing.partner_id!r}"
+    else:
+        owner = "this partner"
+    if existing.status == "revoked":
+        raise Problem("validation-error", f"This key (kid {existing.kid}) was registered for {owner} "
+                      "and revoked: a revoked key is never accepted again; generate a new one.")
+    raise Problem("validation-error", f"This key is registered already for {owner}, "
+                  f"as kid {existing.kid}.")
 
 
 def revoke_key(session: Session, partner_id: str, kid: str, *, now: datetime,
@@ -115,11 +155,6 @@ def set_status(session: Session, partner_id: str, status: str, *, now: datetime,
     return partner
 
 
-def partner_ids(session: Session) -> list[str]:
-    """Every registered partner's id, in order (suspended partners too: they still settle)."""
-    return list(session.scalars(select(Partner.id).order_by(Partner.id)))
-
-
 def list_partners(session: Session) -> list[Partner]:
     return list(session.scalars(select(Partner).order_by(Partner.id)
                                 .options(selectinload(Partner.keys), selectinload(Partner.terms))))
@@ -132,9 +167,9 @@ def key_view(k: PartnerKey) -> dict:
 
 
 def terms_view(t: PartnerTerms) -> dict:
-    # At the columns' scale (6 places) whether the row was just set or read back.
+    # The same text whether the row was just set or read back (the column's 6 places).
     return {"from": None if t.starts == FIRST_TERMS else t.starts,
-            **{name: str(getattr(t, name).quantize(SCALE)) for name in DEFAULT_TERMS}}
+            **{name: plain(getattr(t, name)) for name in DEFAULT_TERMS}}
 
 
 def partner_view(partner: Partner) -> dict:
@@ -202,21 +237,26 @@ def current_claim(session: Session, partner_id: str, claim_id: str, *, now: date
 # --- terms --------------------------------------------------------------------------------
 
 def set_terms(session: Session, partner_id: str, starts: str, raw: dict, *, now: datetime,
-              actor: str = audit.SYSTEM) -> PartnerTerms:
-    """New terms from month `starts` on; that month must still be open.
+              force: bool = False, actor: str = audit.SYSTEM) -> PartnerTerms:
+    """New terms from month `starts` on; that month must still be open. Terms `raw` leaves out
+    (or None) carry over from the terms in force for `starts`. Terms with a redemption_rate
+    above the issue_price are refused unless `force`.
 
     Audited with the terms that applied to `starts` before (their own "from" says whether they
-    were replaced or only superseded from `starts` on) and the terms that apply now."""
+    were replaced or only superseded from `starts` on) and the terms that apply now, with
+    "forced": true if they were accepted only by `force`."""
     get_partner(session, partner_id)
     books.parse_period(starts)
     last_closed = books.closed_through(session)
     if last_closed is not None and starts <= last_closed:
         raise Problem("period-closed", f"{starts} is closed: terms can change from {books.next_period(last_closed)} on.")
-    missing = [name for name in DEFAULT_TERMS if raw.get(name) is None]
-    if missing:
-        raise Problem("validation-error", "set-terms needs every term: missing " + ", ".join(missing) + ".")
-    terms = parse_terms(raw)
-    before = terms_view(_terms_row(session, partner_id, starts))
+    if all(raw.get(name) is None for name in DEFAULT_TERMS):
+        raise Problem("validation-error", "set-terms needs at least one term: "
+                      + ", ".join(DEFAULT_TERMS) + ".")
+    current = _terms_row(session, partner_id, starts)
+    terms = parse_terms(raw, base={name: getattr(current, name) for name in DEFAULT_TERMS})
+    _refuse_losing(terms, force)
+    before = terms_view(current)
     row = session.get(PartnerTerms, (partner_id, starts))
     if row is None:
         row = PartnerTerms(partner_id=partner_id, starts=starts, created_at=now)
@@ -227,7 +267,8 @@ def set_terms(session: Session, partner_id: str, starts: str, raw: dict, *, now:
     after = terms_view(row)
     if after != before:
         audit.record(session, actor=actor, action="partner.terms.set",
-                     subject=f"partner:{partner_id}", before=before, after=after, now=now)
+                     subject=f"partner:{partner_id}", before=before,
+                     after={**after, **_forced(terms, force)}, now=now)
     return row
 
 
@@ -314,3 +355,9 @@ def set_policy(session: Session, partner_id: str, *, redeem_auth: str | None = N
         audit.record(session, actor=actor, action="partner.policy.set",
                      subject=f"partner:{partner_id}", before=before, after=after, now=now)
     return partner
+
+
+def partner_ids(session: Session) -> list[str]:
+    """Every registered partner's id, sorted by code point (not by the database's collation):
+    who gets a statement when a month closes, in the order the statements list them."""
+    return sorted(session.scalars(select(Partner.id)))

@@ -364,7 +364,8 @@ class Run:
 
     def setup(self) -> None:
         for p, raw in zip(self.partners, self.sc["terms"]):
-            partner_service.add_partner(self.s, p, p.upper(), now=self.now, terms=raw)
+            # force: any terms, those that lose money on every point too
+            partner_service.add_partner(self.s, p, p.upper(), now=self.now, terms=raw, force=True)
         for m in self.members:
             enrol(self.s, m, now=self.now)
         self.s.commit()
@@ -594,7 +595,7 @@ def run_scenario(s, scenario) -> None:
     for p in run.partners:
         if run.terms[pstr(run.m2)][p] is not run.terms[pstr(run.m1)][p]:
             raw = scenario["terms2"][run.partners.index(p)]
-            partner_service.set_terms(s, p, pstr(run.m2), raw, now=run.now)
+            partner_service.set_terms(s, p, pstr(run.m2), raw, now=run.now, force=True)
     s.commit()
     run.check_closed(run.m1)
 
