@@ -1,5 +1,6 @@
 """Statements as CSV for a partner's finance team: one `field,value` row per line item,
-then one row per counterparty.
+then one row per counterparty. The coalition report likewise: its `field,value` rows, then
+one row per statement and one per issuer x redeemer cell.
 
 Every export writes its rows through `writer()`, which keeps any cell from reading as a formula
 when the file is opened in a spreadsheet (OWASP, CSV injection): a text cell that starts with
@@ -73,9 +74,23 @@ def statement_csv(doc: dict, digest: str) -> str:
     return out.getvalue()
 
 
-def report_csv(doc: dict) -> str:
+def report_csv(doc: dict, digest: str) -> str:
+    """The coalition report of a month: `digest` is the SHA-256 of the signed report, the
+    rest comes from the report itself (a v1 report has no netting in cents)."""
     out = io.StringIO()
     rows = writer(out)
+    rows.writerow(["field", "value"])
+    for name in ("period", "currency", "closed_at"):
+        rows.writerow([name, doc[name]])
+    for name, value in sorted(doc["totals"].items()):
+        rows.writerow([f"totals.{name}", value])
+    rows.writerow(["operator_margin_cents", doc["operator_margin_cents"]])
+    for name, value in sorted(doc["payments"].items()):
+        rows.writerow([f"payments.{name}", value])
+    for name in ("ledger_anchor", "ledger_head"):
+        rows.writerow([name, doc[name]])
+    rows.writerow(["digest", digest])
+    rows.writerow([])
     rows.writerow(["partner_id", "net_cents", "digest"])
     for row in doc["statements"]:
         rows.writerow([row["partner_id"], row["net_cents"], row["digest"]])
@@ -83,8 +98,4 @@ def report_csv(doc: dict) -> str:
     rows.writerow(["issuer", "redeemer", "points"])
     for row in doc["matrix"]:
         rows.writerow([row["issuer"], row["redeemer"], row["points"]])
-    rows.writerow([])
-    rows.writerow(["operator_margin_cents", doc["operator_margin_cents"]])
-    for name, value in doc["payments"].items():
-        rows.writerow([f"payments.{name}", value])
     return out.getvalue()

@@ -1,10 +1,11 @@
 """Statements as PDF for a partner's finance team to file: one A4 page (two at most for a
-partner with many counterparties), rendered from the signed statement and nothing else.
+partner with many counterparties), rendered from the signed statement and nothing else; and
+the coalition report of a month as PDF for the operator, rendered from the signed report.
 
 The PDF is a rendering, not the record: its footer carries the SHA-256 digest, the signing
 key's kid and the ledger anchor, so anyone can match it to the signed JSON and check that
 (`python -m partners.client verify-statement`). Output is deterministic: reportlab's
-`invariant` mode fixes the timestamps and the document id, so one statement gives one PDF,
+`invariant` mode fixes the timestamps and the document id, so one document gives one PDF,
 byte for byte. Money is formatted from integer cents with Decimal, never float.
 """
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import calendar
 import io
 from decimal import Decimal, InvalidOperation
+
+from coalition.decimals import plain
 
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_LEFT
@@ -67,10 +70,11 @@ def net_sentence(net_cents: int) -> str:
 
 
 def rate(text: str) -> str:
-    """A term as stored (`"0.012000"`) without trailing zeros (`"0.012"`)."""
+    """A term as a statement gives it (`"0.012000"` in a v1 statement) as few digits as it
+    needs (`"0.012"`)."""
     try:
-        return format(Decimal(text).normalize(), "f")
-    except (InvalidOperation, TypeError):
+        return plain(Decimal(text))
+    except (InvalidOperation, TypeError, ValueError):
         return str(text)
 
 
@@ -109,33 +113,47 @@ def _bases(doc: dict) -> dict[str, str]:
     }
 
 
-def _story(signed: dict, coalition: str) -> list:
-    doc = signed["document"]
+def _styles() -> tuple[ParagraphStyle, ...]:
+    """body, small, h1, h2, and the big bold line of the summary box."""
     body = ParagraphStyle("body", parent=getSampleStyleSheet()["Normal"], fontName=FONT, fontSize=9,
                           leading=11.5, alignment=TA_LEFT)
     small = ParagraphStyle("small", parent=body, fontSize=8, leading=9.5)
     h1 = ParagraphStyle("h1", parent=body, fontName=BOLD, fontSize=16, leading=20)
     h2 = ParagraphStyle("h2", parent=body, fontName=BOLD, fontSize=11, leading=14,
                         spaceBefore=8, spaceAfter=3)
-    net_style = ParagraphStyle("net", parent=body, fontName=BOLD, fontSize=15, leading=19)
-    net = doc["net_cents"]
-    facts = Table([["Partner", doc["partner_id"], "Closed at (UTC)", doc["closed_at"]],
-                   ["Period", f"{doc['period']} ({month_name(doc['period'])})", "Currency", doc["currency"]],
-                   ["Claims", f"{points(doc['claims'])} ({points(doc['late_claims'])} late)", "", ""]],
-                  colWidths=[28 * mm, 59 * mm, 30 * mm, 57 * mm], hAlign="LEFT")
+    big = ParagraphStyle("net", parent=body, fontName=BOLD, fontSize=15, leading=19)
+    return body, small, h1, h2, big
+
+
+def _facts(rows: list[list]) -> Table:
+    facts = Table(rows, colWidths=[28 * mm, 59 * mm, 30 * mm, 57 * mm], hAlign="LEFT")
     facts.setStyle(TableStyle([("FONT", (0, 0), (-1, -1), FONT, 9),
                                ("FONT", (0, 0), (0, -1), BOLD, 9), ("FONT", (2, 0), (2, -1), BOLD, 9),
                                ("LEFTPADDING", (0, 0), (0, -1), 0),
                                ("TOPPADDING", (0, 0), (-1, -1), 1), ("BOTTOMPADDING", (0, 0), (-1, -1), 1)]))
-    box = Table([[Paragraph(_esc(net_sentence(net)), net_style)],
-                 [Paragraph(f"Net amount: EUR {eur(net, signed=True)}. Sign convention: credits to you "
-                            "are positive, charges to you negative; a positive net means the "
-                            "coalition pays you, a negative net that you pay the coalition.", body)]],
-                colWidths=[174 * mm], hAlign="LEFT")
+    return facts
+
+
+def _box(lines: list[Paragraph]) -> Table:
+    box = Table([[line] for line in lines], colWidths=[174 * mm], hAlign="LEFT")
     box.setStyle(TableStyle([("BOX", (0, 0), (-1, -1), 1.2, colors.black),
                              ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#f4f4f4")),
                              ("TOPPADDING", (0, 0), (-1, -1), 4), ("BOTTOMPADDING", (0, 0), (-1, -1), 4),
                              ("LEFTPADDING", (0, 0), (-1, -1), 8)]))
+    return box
+
+
+def _story(signed: dict, coalition: str) -> list:
+    doc = signed["document"]
+    body, small, h1, h2, net_style = _styles()
+    net = doc["net_cents"]
+    facts = _facts([["Partner", doc["partner_id"], "Closed at (UTC)", doc["closed_at"]],
+                    ["Period", f"{doc['period']} ({month_name(doc['period'])})", "Currency", doc["currency"]],
+                    ["Claims", f"{points(doc['claims'])} ({points(doc['late_claims'])} late)", "", ""]])
+    box = _box([Paragraph(_esc(net_sentence(net)), net_style),
+                Paragraph(f"Net amount: EUR {eur(net, signed=True)}. Sign convention: credits to you "
+                          "are positive, charges to you negative; a positive net means the "
+                          "coalition pays you, a negative net that you pay the coalition.", body)])
     bases = _bases(doc)
     amounts = [["Line", "Basis (each line rounded half up to cents)", "EUR"]]
     amounts += [[label, bases[name], eur(sign * doc[name], signed=True)] for name, label, sign in MONEY]
@@ -184,10 +202,9 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _footer(signed: dict):
+def _footer(signed: dict, record: str, page_label: str):
     doc, sig = signed["document"], signed["signature"]
-    lines = ["This PDF renders a statement signed by the coalition. The record is the signed JSON "
-             "(GET /v1/statements/PERIOD); it matches this copy by:",
+    lines = [f"This PDF renders {record}; it matches this copy by:",
              f"SHA-256 digest: {signed['digest']}",
              f"Signature: {sig.get('alg', 'EdDSA')}, kid {sig['kid']} (GET /.well-known/jwks.json)",
              f"Ledger anchor: {doc['ledger_anchor']}"]
@@ -200,7 +217,7 @@ def _footer(signed: dict):
         for i, line in enumerate(lines):
             canvas.drawString(template.leftMargin, (21.5 - 3.6 * i) * mm, line)
         canvas.drawRightString(A4[0] - template.rightMargin, 10.4 * mm,
-                               f"{doc['partner_id']} {doc['period']}, page {canvas.getPageNumber()}")
+                               f"{page_label}, page {canvas.getPageNumber()}")
         canvas.restoreState()
     return draw
 
@@ -210,12 +227,95 @@ def statement_pdf(signed: dict, *, coalition: str = COALITION, compress: bool = 
 
     `compress=False` leaves the page streams readable (the text appears literally in the bytes)."""
     doc = signed["document"]
+    record = ("a statement signed by the coalition. The record is the signed JSON "
+              "(GET /v1/statements/PERIOD)")
+    return _render(signed, _story(signed, coalition), coalition, compress,
+                   title=f"Statement {doc['partner_id']} {doc['period']}",
+                   footer=_footer(signed, record, f"{doc['partner_id']} {doc['period']}"))
+
+
+def report_pdf(signed: dict, *, coalition: str = COALITION, compress: bool = True) -> bytes:
+    """The PDF of a signed coalition report (`service.signed(row)`): same input, same bytes."""
+    period = signed["document"]["period"]
+    record = ("the coalition report signed by the coalition. The record is the signed JSON "
+              "(flask settlement show PERIOD)")
+    return _render(signed, _report_story(signed, coalition), coalition, compress,
+                   title=f"Coalition report {period}",
+                   footer=_footer(signed, record, f"Coalition report {period}"))
+
+
+def _render(signed: dict, story: list, coalition: str, compress: bool, *, title: str, footer) -> bytes:
     out = io.BytesIO()
     template = SimpleDocTemplate(
         out, pagesize=A4, leftMargin=18 * mm, rightMargin=18 * mm, topMargin=16 * mm,
         bottomMargin=29 * mm, invariant=1, pageCompression=1 if compress else 0,
-        title=f"Statement {doc['partner_id']} {doc['period']}", author=coalition,
-        subject=f"sha256:{signed['digest']}", creator=coalition)
-    footer = _footer(signed)
-    template.build(_story(signed, coalition), onFirstPage=footer, onLaterPages=footer)
+        title=title, author=coalition, subject=f"sha256:{signed['digest']}", creator=coalition)
+    template.build(story, onFirstPage=footer, onLaterPages=footer)
     return out.getvalue()
+
+
+def margin_sentence(margin_cents: int) -> str:
+    if margin_cents < 0:
+        return f"The coalition pays out EUR {eur(-margin_cents)} more than it takes in"
+    return f"Operator margin EUR {eur(margin_cents)}"
+
+
+def _report_story(signed: dict, coalition: str) -> list:
+    doc = signed["document"]
+    body, small, h1, h2, big = _styles()
+    mono = ParagraphStyle("mono", parent=small, fontName="Courier", fontSize=6.5, leading=8)
+    pay = doc["payments"]
+    netted = ""
+    if "saved_cents" in pay:  # a v1 report counts payments only
+        netted = (f" Paid one by one, the statements' money lines would move EUR "
+                  f"{eur(pay['gross_obligations_cents'])}; netted, EUR {eur(pay['net_payments_cents'])} "
+                  f"moves: EUR {eur(pay['saved_cents'])} of liquidity saved.")
+    box = _box([Paragraph(_esc(margin_sentence(doc["operator_margin_cents"])), big),
+                Paragraph(_esc(f"Netting settles {points(pay['gross_obligations'])} money lines with "
+                               f"{points(pay['net_payments'])} net payments "
+                               f"({points(pay['saved'])} payments saved).{netted}"), body)])
+    nets = [["Partner", "Net (EUR)", "Direction", "Statement digest (SHA-256)"]]
+    for row in doc["statements"]:
+        net = row["net_cents"]
+        direction = "coalition pays" if net > 0 else "pays coalition" if net < 0 else "nothing"
+        nets.append([Paragraph(_esc(str(row["partner_id"])), small), eur(net, signed=True), direction,
+                     Paragraph(_esc(str(row["digest"])), mono)])
+    nets.append(["Operator margin", eur(doc["operator_margin_cents"], signed=True), "", ""])
+    netting = [["Payments", "Count", "EUR"],
+               ["Gross obligations: every money line paid alone", points(pay["gross_obligations"]),
+                eur(pay["gross_obligations_cents"]) if "saved_cents" in pay else ""],
+               ["Net payments: one per partner", points(pay["net_payments"]),
+                eur(pay["net_payments_cents"]) if "saved_cents" in pay else ""],
+               ["Saved by netting", points(pay["saved"]),
+                eur(pay["saved_cents"]) if "saved_cents" in pay else ""]]
+    totals = doc["totals"]
+    story: list = [
+        Paragraph(_esc(coalition), h1),
+        Paragraph("Monthly coalition report", body),
+        Spacer(1, 6),
+        _facts([["Period", f"{doc['period']} ({month_name(doc['period'])})",
+                 "Closed at (UTC)", doc["closed_at"]],
+                ["Partners", points(len(doc["statements"])), "Currency", doc["currency"]],
+                ["Points issued", points(totals["points_issued"]),
+                 "Points redeemed", points(totals["points_redeemed"])],
+                ["Points expired", points(totals["points_expired"]), "", ""]]),
+        Spacer(1, 8), box,
+        Paragraph("Statements (net: > 0 the coalition pays the partner)", h2),
+        _table(nets, [40 * mm, 26 * mm, 26 * mm, 82 * mm],
+               extra=[("ALIGN", (2, 0), (-1, -1), "LEFT"), ("FONT", (0, -1), (-1, -1), BOLD, 9),
+                      ("LINEABOVE", (0, -1), (-1, -1), 0.8, colors.black)]),
+        Paragraph("Netting", h2),
+        _table(netting, [100 * mm, 30 * mm, 44 * mm]),
+    ]
+    heading = Paragraph("Issuer x redeemer (points redeemed at the redeemer, issued by the issuer)", h2)
+    if doc["matrix"]:
+        story.append(heading)
+        story.append(_table([["Issuer", "Redeemer", "Points"]] +
+                            [[Paragraph(_esc(str(c["issuer"])), small),
+                              Paragraph(_esc(str(c["redeemer"])), small), points(c["points"])]
+                             for c in doc["matrix"]],
+                            [72 * mm, 72 * mm, 30 * mm], right_from=2))
+    else:
+        story.append(KeepTogether([heading, Paragraph("No points were redeemed this month.", body)]))
+    story.append(Paragraph(_esc(f"Ledger head at the close: {doc.get('ledger_head')}"), small))
+    return story

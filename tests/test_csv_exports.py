@@ -111,13 +111,37 @@ def test_real_statements_keep_their_numbers_and_lose_their_formulas(may):
     statement = service.signed(service.statement(may, "bakery", "2026-05"))["document"]
     report = json.loads(service.report(may, "2026-05").document)
     assert "net_cents,-909\n" in exports.statement_csv(statement, "d" * 64)
-    assert "\nbakery,-909," in exports.report_csv(report)
+    assert "\nbakery,-909," in exports.report_csv(report, "d" * 64)
     statement["partner_id"] = statement["counterparties"][0]["partner_id"] = "=cmd|' /C calc'!A0"
     statement["terms"]["claim_fee"] = "-1+1"
     report["statements"][0]["partner_id"] = "@SUM(A1)"
-    for text in (exports.statement_csv(statement, "+digest"), exports.report_csv(report)):
+    for text in (exports.statement_csv(statement, "+digest"), exports.report_csv(report, "+digest")):
         assert formulas(text) == []
     assert "partner_id,'=cmd|' /C calc'!A0\n" in exports.statement_csv(statement, "d")
+
+
+def test_the_coalition_report_as_csv(may):
+    close(may, "2026-05", datetime(2026, 6, 2, tzinfo=timezone.utc))
+    from settlement import service
+    signed = service.signed(service.report(may, "2026-05"))
+    report = signed["document"]
+    nets = {s["partner_id"]: s["digest"] for s in report["statements"]}
+    assert exports.report_csv(report, signed["digest"]) == "\n".join([
+        "field,value", "period,2026-05", "currency,EUR", "closed_at,2026-06-02T00:00:00Z",
+        "totals.points_expired,0", "totals.points_issued,1250", "totals.points_redeemed,1201",
+        "operator_margin_cents,126",
+        # netting, as counts and in cents: 8 money lines of 2618 cents in all against 3 net
+        # payments of 1832 cents (docs/settlement.md)
+        "payments.gross_obligations,8", "payments.gross_obligations_cents,2618",
+        "payments.net_payments,3", "payments.net_payments_cents,1832",
+        "payments.saved,5", "payments.saved_cents,786",
+        f"ledger_anchor,{report['ledger_anchor']}", f"ledger_head,{report['ledger_head']}",
+        f"digest,{signed['digest']}", "",
+        "partner_id,net_cents,digest",
+        f"bakery,-909,{nets['bakery']}", f"books,-70,{nets['books']}", f"fuel,853,{nets['fuel']}", "",
+        "issuer,redeemer,points", "bakery,bakery,100", "bakery,books,200", "bakery,fuel,700",
+        "books,bakery,1", "fuel,fuel,200", ""])
+    assert len(signed["digest"]) == len(report["ledger_anchor"]) == 64
 
 
 def test_the_api_and_the_cli_export_through_the_escaping_writer(may, runner, monkeypatch):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -123,7 +124,11 @@ def test_may_statements_match_the_hand_computation(may):
         {"issuer": "books", "redeemer": "bakery", "points": 1},
         {"issuer": "fuel", "redeemer": "fuel", "points": 200}]
     assert report["operator_margin_cents"] == 126 == -(bakery["net_cents"] + fuel["net_cents"] + books["net_cents"])
-    assert report["payments"] == {"gross_obligations": 8, "net_payments": 3, "saved": 5}
+    # Netting: 8 money lines (1091 + 1097 + 430 cents) paid one by one, against 3 net payments
+    # (909 + 853 + 70 cents).
+    assert report["payments"] == {"gross_obligations": 8, "net_payments": 3, "saved": 5,
+                                  "gross_obligations_cents": 2618, "net_payments_cents": 1832,
+                                  "saved_cents": 786}
     assert report["totals"] == {"points_issued": 1250, "points_redeemed": 1201, "points_expired": 0}
 
 
@@ -143,8 +148,8 @@ def test_june_takes_late_claims_berlin_boundary_and_new_terms(may):
     close(may, "2026-06", datetime(2026, 6, 30, 22, 0, tzinfo=UTC))
     bakery = doc(may, "bakery", "2026-06")
     assert (bakery["claims"], bakery["late_claims"], bakery["points_issued"]) == (2, 1, 127)
-    assert bakery["terms"]["issue_price"] == "0.020000" and bakery["issuance_charge_cents"] == 254
-    assert doc(may, "bakery")["terms"]["issue_price"] == "0.010000"  # May keeps May's terms
+    assert bakery["terms"]["issue_price"] == "0.02" and bakery["issuance_charge_cents"] == 254
+    assert doc(may, "bakery")["terms"]["issue_price"] == "0.01"  # May keeps May's terms
 
 
 def test_months_close_once_in_order_after_they_end(may):
@@ -155,7 +160,7 @@ def test_months_close_once_in_order_after_they_end(may):
         return exc.value.slug
     assert attempt("2026-05", datetime(2026, 5, 31, 21, 59, tzinfo=UTC)) == "period-open"
     assert attempt("2026-06") == "period-open"      # May first
-    assert attempt("2026-04") == "period-closed"    # before the first period: nothing there
+    assert attempt("2026-04") == "period-open"      # before the first period: nothing there
     assert attempt("2026-13") == "validation-error"
     close(may, "2026-05", datetime(2026, 6, 1, tzinfo=UTC))
     assert attempt("2026-05") == "period-closed"
@@ -171,7 +176,7 @@ def test_nothing_booked_means_nothing_to_close(app):
         assert exc.value.slug == "period-open"
 
 
-def test_statements_are_signed_and_verify_catches_changes(may, runner):
+def test_statements_are_signed(may, runner):
     close(may, "2026-05", datetime(2026, 6, 2, tzinfo=UTC))
     row = settlement.statement(may, "fuel", "2026-05")
     client = current_app.test_client()
@@ -184,12 +189,50 @@ def test_statements_are_signed_and_verify_catches_changes(may, runner):
     result = runner.invoke(args=["ledger", "verify"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["checked"]["statements"] == 4
-    tampered = row.document.replace('"net_cents":853', '"net_cents":953')
-    may.execute(text("UPDATE statements SET document = :d WHERE partner_id = 'fuel'"), {"d": tampered})
+
+
+REPLACE_IN_FUEL = "UPDATE statements SET document = REPLACE(document, :old, :new){} WHERE partner_id = 'fuel'"
+STATEMENT_TAMPERING = {
+    "document changed": (REPLACE_IN_FUEL.format(""), {"old": '"net_cents":853', "new": '"net_cents":953'},
+                         {"statement-digest": 1}),
+    "document and its digest changed": (REPLACE_IN_FUEL.format(", digest = :digest"),
+                                        {"old": '"claims":3', "new": '"claims":2'},
+                                        {"statement-digest": 1}),
+    # The column that served GET /v1/statements went unchecked once (issue 8): now the listing
+    # reads the signed document, and verify compares the column with it.
+    "net_cents column changed": ("UPDATE statements SET net_cents = 953 WHERE partner_id = 'fuel'", {},
+                                 {"statement-column": 1}),
+    "report changed": ("UPDATE coalition_reports SET document = REPLACE(document, :old, :new)",
+                       {"old": '"operator_margin_cents":126', "new": '"operator_margin_cents":26'},
+                       {"statement-digest": 1}),
+    "signature replaced": ("UPDATE statements SET signature = (SELECT signature FROM statements "
+                           "WHERE partner_id = 'bakery') WHERE partner_id = 'fuel'", {},
+                           {"statement-signature": 1}),
+}
+
+
+@pytest.mark.parametrize("sql, params, caught", STATEMENT_TAMPERING.values(), ids=STATEMENT_TAMPERING.keys())
+def test_verify_catches_statements_changed_behind_its_back(may, runner, sql, params, caught):
+    from partners.client import PartnerClient
+    from tests.conftest import new_key, public_pem, transport_for
+    close(may, "2026-05", datetime(2026, 6, 2, tzinfo=UTC))
+    key = new_key("EdDSA")
+    partner_service.add_key(may, "fuel", public_pem(key), now=day(2, month=6))
+    may.commit()
+    client = PartnerClient("", "fuel", key, transport=transport_for(current_app))
+    listed = client.request("GET", "/v1/statements").json()
+    document = settlement.statement(may, "fuel", "2026-05").document
+    if params:  # the digest of the changed document, for the case that changes both
+        params = {**params, "digest": hashlib.sha256(
+            document.replace(params["old"], params["new"]).encode()).hexdigest()}
+    may.execute(text(sql), params)
     may.commit()
     result = runner.invoke(args=["ledger", "verify"])
-    assert result.exit_code == 1
-    assert json.loads(result.output)["violations_by_check"] == {"statement-digest": 1}
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.output)["violations_by_check"] == caught
+    if "statement-column" in caught:  # and what the partner is shown did not move
+        assert listed["statements"][0]["net_cents"] == 853
+        assert client.request("GET", "/v1/statements").json() == listed
 
 
 def test_first_terms_apply_from_the_beginning_and_later_terms_change_no_earlier_month(may):

@@ -33,7 +33,8 @@ from coalition.members import balance, enrol
 from coalition.models import ClosedPeriod, Consumption, DebtLot, Entry, Lot, Member
 from coalition.verify import verify
 from partners import service as partner_service
-from settlement import service as settlement
+from coalition.hashing import canonical
+from settlement import service as settlement, statements
 from settlement.models import CoalitionReport, Statement
 from settlement.signing import signing_key
 from tests.conftest import ON_POSTGRES, fresh_database
@@ -268,8 +269,8 @@ class Model:
         price, share = terms["issue_price"], terms["issuance_share"]
         doc = {
             "period": period, "partner_id": partner, "currency": "EUR",
-            "type": "coalition-statement/v1",
-            "terms": {k: format(v.quantize(Decimal("0.000001")), "f") for k, v in terms.items()},
+            "type": "coalition-statement/v2",
+            "terms": {k: format(v.normalize(), "f") for k, v in terms.items()},
             "claims": f.claims[partner], "late_claims": f.late[partner],
             "points_issued": f.issued[partner], "points_redeemed": f.redeemed[partner],
             "points_expired": 0, "points_funded": f.funded[partner],
@@ -528,17 +529,22 @@ class Run:
         assert sum(d["points_debt_recovered"] for d in docs.values()) == f.debt_fills
         assert report["totals"] == {"points_issued": sum(f.issued.values()),
                                     "points_redeemed": sum(f.redeemed.values()), "points_expired": 0}
-        gross = sum(1 for d in docs.values() for line in settlement.MONEY_LINES if d[line])
+        lines = [d[line] for d in docs.values() for line in statements.MONEY_LINES]
+        gross = sum(1 for c in lines if c)
         nets = sum(1 for d in docs.values() if d["net_cents"])
+        gross_cents = sum(abs(c) for c in lines)
+        net_cents = sum(abs(d["net_cents"]) for d in docs.values())
         assert report["payments"] == {"gross_obligations": gross, "net_payments": nets,
-                                      "saved": gross - nets}
+                                      "saved": gross - nets, "gross_obligations_cents": gross_cents,
+                                      "net_payments_cents": net_cents, "saved_cents": gross_cents - net_cents}
 
         # (3) the closed month re-derives byte for byte from the journal.
         closed = s.get(ClosedPeriod, period)
-        statements, derived_report = settlement.derive(s, period, closed.closed_at, self.partners)
+        derived, derived_report = settlement.derive(s, period, closed.closed_at, self.partners,
+                                                    statements.CURRENT)
         for p in self.partners:
-            assert settlement.canonical(statements[p]) == rows[p].document.encode(), p
-        assert settlement.canonical(derived_report) == report_row.document.encode()
+            assert canonical(derived[p]) == rows[p].document.encode(), p
+        assert canonical(derived_report) == report_row.document.encode()
         s.rollback()
 
     def check_consumptions(self) -> None:

@@ -68,7 +68,9 @@ def test_the_worked_example(app, runner, tmp_path):
         ("bakery", "bakery", 100), ("bakery", "books", 200), ("bakery", "fuel", 700),
         ("books", "bakery", 1), ("fuel", "fuel", 200)]
     assert report["operator_margin_cents"] == 126
-    assert report["payments"] == {"gross_obligations": 8, "net_payments": 3, "saved": 5}
+    assert report["payments"] == {"gross_obligations": 8, "net_payments": 3, "saved": 5,
+                                  "gross_obligations_cents": 2618, "net_payments_cents": 1832,
+                                  "saved_cents": 786}
 
     # The partner reads the same statement over the API.
     signed = fuel.request("GET", "/v1/statements/2026-05").json()
@@ -84,5 +86,5 @@ def test_the_worked_example(app, runner, tmp_path):
     june = cli(runner, "settlement", "show", "2026-06", "--partner", "bakery")["document"]
     assert (june["claims"], june["late_claims"], june["points_issued"],
             june["issuance_charge_cents"], june["net_cents"]) == (2, 1, 127, 254, -254)
-    assert june["terms"]["issue_price"] == "0.020000"
+    assert june["terms"]["issue_price"] == "0.02"
     assert cli(runner, "ledger", "verify")["ok"]
