@@ -308,7 +308,19 @@ def ledger_anchor():
     return sealer.anchor(db.session)
 
 
+def adopt(group: click.Group) -> JsonGroup:
+    """Another package's group (Flask-Migrate's `db`, flask-smorest's `openapi`) with the same
+    JSON errors as ours; the package's own group object, shared by every app, stays as it is."""
+    return JsonGroup(group.name, commands=group.commands, callback=group.callback,
+                     params=group.params, help=group.help, short_help=group.short_help,
+                     invoke_without_command=group.invoke_without_command,
+                     no_args_is_help=group.no_args_is_help)
+
+
 def init_app(app: Flask) -> None:
+    for name, command in list(app.cli.commands.items()):
+        if isinstance(command, click.Group) and not isinstance(command, JsonGroup):
+            app.cli.add_command(adopt(command), name)
     app.cli.add_command(members_cli)
     app.cli.add_command(ledger_cli)
     app.cli.add_command(audit_cli)

@@ -7,17 +7,16 @@ from pathlib import Path
 
 import click
 from flask import current_app
-from flask.cli import AppGroup
 
-from coalition.cli import json_command, operator
+from coalition import books
+from coalition.cli import JsonGroup, json_command, operator
 from coalition.database import db
 from coalition.errors import Problem
 
-from . import exports, service, signing
-from .pdf import statement_pdf
+from . import exports, pdf, service, signing
 
-settlement_cli = AppGroup("settlement", help="Monthly settlement: close months, show statements, "
-                                               "rotate the statement signing key.")
+settlement_cli = JsonGroup("settlement", help="Monthly settlement: close months, show statements, "
+                                                "rotate the statement signing key.")
 
 
 @settlement_cli.command("close")
@@ -30,6 +29,11 @@ def close(period):
                          tz=current_app.config["COALITION_TIMEZONE"], key=key, actor=operator())
 
 
+def _require_closed(period: str) -> None:
+    if not books.is_closed(db.session, period):
+        raise Problem("period-open", f"{period} is not closed.")
+
+
 @settlement_cli.command("show")
 @click.argument("period")
 @click.option("--partner", "partner_id", default=None, help="one partner's statement")
@@ -38,28 +42,25 @@ def close(period):
               help="with --format pdf: the file to write")
 @json_command
 def show(period, partner_id, fmt, out):
-    """Print a closed month: the coalition view, or one partner's statement (PDF to --out)."""
+    """Print a closed month: the coalition report with every statement, or one partner's
+    statement (--partner); as JSON, CSV, or a PDF written to --out."""
+    _require_closed(period)
+    if (fmt == "pdf") != (out is not None):
+        raise Problem("validation-error", "--format pdf needs --out FILE, and --out is for PDF only.")
+    row = (service.report(db.session, period) if partner_id is None
+           else service.statement(db.session, partner_id, period))
+    signed = service.signed(row)
     if fmt == "pdf":
-        if partner_id is None or out is None:
-            raise Problem("validation-error", "--format pdf needs --partner ID and --out FILE.")
-        service.report(db.session, period)
-        row = service.statement(db.session, partner_id, period)
-        Path(out).write_bytes(statement_pdf(service.signed(row)))
+        Path(out).write_bytes(pdf.statement_pdf(signed) if partner_id else pdf.report_pdf(signed))
         return {"written": out, "partner_id": partner_id, "period": period, "digest": row.digest}
+    if fmt == "csv":
+        click.echo(exports.statement_csv(signed["document"], row.digest) if partner_id
+                   else exports.report_csv(signed["document"], row.digest), nl=False)
+        return None
     if partner_id is None:
-        signed = service.signed(service.report(db.session, period))
-        if fmt == "csv":
-            click.echo(exports.report_csv(signed["document"]), nl=False)
-            return None
         signed["partners"] = [service.signed(service.statement(db.session, s["partner_id"], period))
                               for s in signed["document"]["statements"]]
-        return signed
-    service.report(db.session, period)  # period-open if the month is not closed
-    row = service.statement(db.session, partner_id, period)
-    if fmt == "csv":
-        click.echo(exports.statement_csv(service.signed(row)["document"], row.digest), nl=False)
-        return None
-    return service.signed(row)
+    return signed
 
 
 @settlement_cli.command("signing-keys")
