@@ -263,7 +263,7 @@ def margin_sentence(margin_cents: int) -> str:
 def _report_story(signed: dict, coalition: str) -> list:
     doc = signed["document"]
     body, small, h1, h2, big = _styles()
-    mono = ParagraphStyle("mono", parent=small, fontName="Courier", fontSize=6.5, leading=8)
+    mono = ParagraphStyle("mono", parent=small, fontName="Courier", fontSize=6, leading=8)
     pay = doc["payments"]
     netted = ""
     if "saved_cents" in pay:  # a v1 report counts payments only
@@ -278,9 +278,9 @@ def _report_story(signed: dict, coalition: str) -> list:
     for row in doc["statements"]:
         net = row["net_cents"]
         direction = "coalition pays" if net > 0 else "pays coalition" if net < 0 else "nothing"
-        nets.append([Paragraph(_esc(str(row["partner_id"])), small), eur(net, signed=True), direction,
+        nets.append([Paragraph(_esc(str(row["partner_id"])), body), eur(net, signed=True), direction,
                      Paragraph(_esc(str(row["digest"])), mono)])
-    nets.append(["Operator margin", eur(doc["operator_margin_cents"], signed=True), "", ""])
+    nets.append(["Operator margin", eur(doc["operator_margin_cents"], signed=True), "minus the nets", ""])
     netting = [["Payments", "Count", "EUR"],
                ["Gross obligations: every money line paid alone", points(pay["gross_obligations"]),
                 eur(pay["gross_obligations_cents"]) if "saved_cents" in pay else ""],
@@ -301,7 +301,7 @@ def _report_story(signed: dict, coalition: str) -> list:
                 ["Points expired", points(totals["points_expired"]), "", ""]]),
         Spacer(1, 8), box,
         Paragraph("Statements (net: > 0 the coalition pays the partner)", h2),
-        _table(nets, [40 * mm, 26 * mm, 26 * mm, 82 * mm],
+        _table(nets, [38 * mm, 22 * mm, 26 * mm, 88 * mm],
                extra=[("ALIGN", (2, 0), (-1, -1), "LEFT"), ("FONT", (0, -1), (-1, -1), BOLD, 9),
                       ("LINEABOVE", (0, -1), (-1, -1), 0.8, colors.black)]),
         Paragraph("Netting", h2),
@@ -311,11 +311,11 @@ def _report_story(signed: dict, coalition: str) -> list:
     if doc["matrix"]:
         story.append(heading)
         story.append(_table([["Issuer", "Redeemer", "Points"]] +
-                            [[Paragraph(_esc(str(c["issuer"])), small),
-                              Paragraph(_esc(str(c["redeemer"])), small), points(c["points"])]
+                            [[Paragraph(_esc(str(c["issuer"])), body),
+                              Paragraph(_esc(str(c["redeemer"])), body), points(c["points"])]
                              for c in doc["matrix"]],
                             [72 * mm, 72 * mm, 30 * mm], right_from=2))
     else:
         story.append(KeepTogether([heading, Paragraph("No points were redeemed this month.", body)]))
-    story.append(Paragraph(_esc(f"Ledger head at the close: {doc.get('ledger_head')}"), small))
+    story += [Spacer(1, 6), Paragraph(_esc(f"Ledger head at the close: {doc.get('ledger_head')}"), small)]
     return story

@@ -1,9 +1,10 @@
 """Statements as PDF (settlement/pdf.py): the copy a partner's finance team files, rendered from
-the signed statement, byte for byte the same every time."""
+the signed statement, byte for byte the same every time; and the coalition report as PDF."""
 from __future__ import annotations
 
 import base64
 import copy
+import json
 import re
 import time
 import zlib
@@ -12,7 +13,7 @@ from datetime import datetime, timezone
 import pytest
 
 from settlement import service as settlement
-from settlement.pdf import eur, net_sentence, statement_pdf
+from settlement.pdf import eur, net_sentence, report_pdf, statement_pdf
 from tests.test_settlement import close, may  # noqa: F401  (may: the closed-month fixture)
 
 CLOSED = datetime(2026, 6, 2, tzinfo=timezone.utc)
@@ -108,3 +109,52 @@ def test_money_is_formatted_from_integer_cents():
             eur(bad)
     assert [net_sentence(c) for c in (1, -1, 0)] == [
         "The coalition pays you EUR 0.01", "You pay the coalition EUR 0.01", "Nothing to pay"]
+
+
+@pytest.fixture
+def report(may):  # noqa: F811
+    close(may, "2026-05", CLOSED)
+    return settlement.signed(settlement.report(may, "2026-05"))
+
+
+def test_the_coalition_report_pdf_shows_nets_netting_matrix_and_what_matches_it_to_the_json(report):
+    raw, packed = report_pdf(report, compress=False), report_pdf(report)
+    assert raw.startswith(b"%PDF-") and packed.startswith(b"%PDF-") and pages(raw) == 1
+    doc = report["document"]
+    text = page_text(packed)
+    for needle in ("Monthly coalition report", "2026-05 (May 2026)", doc["closed_at"],
+                   "Operator margin EUR 1.26",
+                   # netting in counts and in cents: 8 lines of EUR 26.18 against 3 nets of EUR 18.32
+                   "Netting settles 8 money lines with 3 net payments (5 payments saved).",
+                   "26.18", "18.32", "7.86",
+                   "bakery", "-9.09", "books", "-0.70", "fuel", "+8.53", "+1.26",
+                   *(s["digest"] for s in doc["statements"]),
+                   "1,250", "1,201", "700", "200",
+                   f"SHA-256 digest: {report['digest']}", f"kid {report['signature']['kid']}",
+                   f"Ledger anchor: {doc['ledger_anchor']}", doc["ledger_head"],
+                   "Coalition report 2026-05, page 1"):
+        assert drawn(needle) in text, needle
+    assert report_pdf(report) == packed  # same report, same bytes
+
+
+def test_a_coalition_report_of_many_partners_and_a_v1_report_render(report):
+    many = copy.deepcopy(report)
+    many["document"]["statements"] = [{"partner_id": f"partner-{i:03}", "net_cents": i - 40,
+                                       "digest": f"{i:064x}"} for i in range(80)]
+    many["document"]["matrix"] = [{"issuer": f"partner-{i:03}", "redeemer": "fuel", "points": i}
+                                  for i in range(1, 80)]
+    pdf = report_pdf(many, compress=False)
+    assert pages(pdf) >= 3 and pdf.count(drawn(f"SHA-256 digest: {many['digest']}")) == pages(pdf)
+    assert drawn("partner-079") in pdf and drawn(f"{79:064x}") in pdf
+    v1 = copy.deepcopy(report)  # a month closed before netting was reported in cents
+    v1["document"]["payments"] = {"gross_obligations": 8, "net_payments": 3, "saved": 5}
+    text = report_pdf(v1, compress=False)
+    assert drawn("(5 payments saved).") in text and drawn("liquidity") not in text
+
+
+def test_the_cli_writes_the_coalition_report_pdf(report, runner, tmp_path):
+    out = tmp_path / "report.pdf"
+    result = runner.invoke(args=["settlement", "show", "2026-05", "--format", "pdf", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["digest"] == report["digest"]
+    assert out.read_bytes() == report_pdf(report)
