@@ -1,0 +1,48 @@
+"""`flask members show ID`: one member's balance and history across every partner."""
+from __future__ import annotations
+
+import json
+
+from tests.conftest import ago
+
+
+def cli(runner, *args):
+    result = runner.invoke(args=list(args))
+    return result.exit_code, json.loads(result.output)
+
+
+def test_members_show_has_the_balance_and_the_history_across_partners(app, runner, acme, bolt):
+    assert acme.client.enrol("M1").status == 201
+    assert acme.client.enrol("M2").status == 201
+    assert acme.client.earn("a1", "M1", 300, occurred_at=ago(minutes=5), description="Shoes").status == 201
+    assert bolt.client.earn("b1", "M1", 200, occurred_at=ago(minutes=4)).status == 201
+    assert bolt.client.earn("b2", "M1", 50, occurred_at=ago(minutes=4),
+                            pending_until=ago(minutes=-60)).status == 201
+    assert bolt.client.burn("b3", "M1", 120, occurred_at=ago(minutes=3)).status == 201
+    assert acme.client.reverse("a1", "a1-r", 100, occurred_at=ago(minutes=2)).status == 201
+    assert bolt.client.earn("other", "M2", 999, occurred_at=ago(minutes=1)).status == 201
+
+    code, shown = cli(runner, "members", "show", "M1")
+    assert code == 0
+    balance = acme.client.balance("M1").json()
+    assert {k: shown[k] for k in balance} == balance  # the balance as partners read it
+    assert (shown["available"], shown["pending"], shown["debt"]) == (280, 50, 0)
+    assert (shown["locked"], shown["pin_set"], shown["pin_locked"]) == (False, False, False)
+    assert shown["enrolled_by"] == "acme" and shown["enrolled_at"].endswith("Z")
+    history = shown["history"]
+    assert [(h["claim_id"], h["kind"], h["partner_id"], h["points"]) for h in history] == [
+        ("a1-r", "reversal", "acme", 100), ("b3", "burn", "bolt", 120), ("b2", "earn", "bolt", 50),
+        ("b1", "earn", "bolt", 200), ("a1", "earn", "acme", 300)]
+    assert history[0]["reverses"] == "a1" and history[-1]["description"] == "Shoes"
+    assert history[2]["status"] == "pending"
+
+    code, newest = cli(runner, "members", "show", "M1", "--limit", "2")
+    assert code == 0 and [h["claim_id"] for h in newest["history"]] == ["a1-r", "b3"]
+
+
+def test_members_show_an_unknown_or_new_member(runner):
+    assert cli(runner, "members", "show", "NOBODY") == (1, {"error": "not-found", "detail": "No such member."})
+    assert cli(runner, "members", "add", "M1")[0] == 0
+    code, shown = cli(runner, "members", "show", "M1")
+    assert code == 0 and shown["history"] == [] and shown["available"] == 0
+    assert shown["enrolled_by"] is None  # enrolled by the operator
