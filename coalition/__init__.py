@@ -16,7 +16,7 @@ from .ledger import Rules
 
 ROOT = Path(__file__).resolve().parent.parent
 # Bounded parts that plug into the core. Imported by name so that `coalition` never imports
-# them (DESIGN.md: arrows point one way only); each exposes init_app(app, api).
+# them (imports point one way only: README, "Layout"); each exposes init_app(app, api).
 EXTENSIONS = ("partners", "settlement")
 
 
@@ -34,7 +34,8 @@ def create_app(test_config: dict | None = None) -> Flask:
             "components": {"securitySchemes": {"partnerToken": {
                 "type": "http", "scheme": "bearer", "bearerFormat": "JWT (typ partner+jwt)",
                 "description": "ES256 or EdDSA JWT signed with the partner's private key; "
-                               "claims iss, aud, iat, exp, jti, htm, htu, bsh (API.md section 1)."}}},
+                               "claims iss, aud, iat, exp, jti, htm, htu, bsh. The recipe, step by step "
+                               "with a worked example: docs/partner-api.md in the repository."}}},
         },
         EXTENSIONS=EXTENSIONS,
     )

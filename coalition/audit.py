@@ -6,9 +6,9 @@ hash of the event before it and its own SHA-256 over a canonical encoding of its
 that previous hash, so editing or deleting a row breaks the chain (`ledger verify`, check
 `audit-chain`). The database refuses UPDATE and DELETE on the table (triggers, migration 0003).
 
-Unlike the journal (DESIGN.md: no per-write chain head on the hot path), the audit log does
-take one lock per write: operator actions are rare, and claims write here only on rare
-security events, never on success: the wrong PIN that locks a member's redemption
+Unlike the journal (no per-write chain head on the claim path: coalition/sealer.py), the
+audit log does take one lock per write: operator actions are rare, and claims write here only
+on rare security events, never on success: the wrong PIN that locks a member's redemption
 (`member.pin.lock`, coalition/pins.py) and a partner's first refused burn of the day over its
 daily redemption limit (`partner.policy.limit-hit`, coalition/redemption.py). Both are written
 by the request that is refused, in the transaction that records the refusal (errors.Refusal).

@@ -37,7 +37,7 @@ def _sqlite_connect(dbapi_connection, _record) -> None:
     # Take the transaction into our hands so that every transaction starts as BEGIN IMMEDIATE:
     # SQLite has one writer, and a read that later upgrades to a write would fail with
     # SQLITE_BUSY instead of waiting. Taking the write lock up front makes the member lock
-    # of DESIGN.md hold on SQLite too.
+    # (README, "The ledger in ten lines", rule 8) hold on SQLite too.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")

@@ -1,4 +1,4 @@
-"""Abuse limits with Flask-Limiter: 429 `rate-limited` with `Retry-After` (API.md section 2).
+"""Abuse limits with Flask-Limiter: 429 `rate-limited` with `Retry-After` (docs/partner-api.md).
 
 Two budgets, each a fixed window (the window opens at a caller's first request in it):
 

@@ -1,4 +1,4 @@
-"""Tamper evidence for the journal without a global lock on the claim path (DESIGN.md).
+"""Tamper evidence for the journal without a global lock on the claim path.
 
 A claim stores only its own entry hash. The sealer, off the hot path, chains committed entries
 in id order into blocks: a block hashes its entries' hashes and the previous block's hash.

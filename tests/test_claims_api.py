@@ -1,4 +1,4 @@
-"""The partner endpoints of API.md section 3, through signed HTTP requests."""
+"""The partner endpoints (docs/partner-api.md, section 7), through signed HTTP requests."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone

@@ -9,7 +9,8 @@ import pytest
 from coalition.errors import PROBLEM_JSON, SLUGS
 from coalition.fields import ID_PATTERN, MAX_POINTS
 
-OPERATIONS = {  # (path, method) -> problem slugs the operation must document (API.md section 2)
+# (path, method) -> problem slugs the operation must document (docs/partner-api.md, section 9)
+OPERATIONS = {
     ("/v1/members", "post"): {"malformed-request", "invalid-token", "validation-error",
                               "payload-too-large", "unsupported-media-type"},
     ("/v1/members/{member_id}/balance", "get"): {"invalid-token", "not-found"},

@@ -102,7 +102,7 @@ def unsigned_earn(app, environ=None):
 
 
 def assert_rate_limited(r, window: int = 60) -> int:
-    """A 429 as API.md section 2 says; returns Retry-After (whole seconds)."""
+    """A 429 as docs/partner-api.md says; returns Retry-After (whole seconds)."""
     status = r.status_code if hasattr(r, "status_code") else r.status
     headers = {name.lower(): value for name, value in r.headers.items()}
     body = r.get_json(force=True) if hasattr(r, "get_json") else r.json()

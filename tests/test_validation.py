@@ -1,5 +1,6 @@
-"""Strict input (API.md sections 2 and 3): every rejected request is a problem+json document with
-the contract's slug, 422s point at the offending field, and nothing reaches the ledger."""
+"""Strict input (docs/partner-api.md, sections 9 and 10): every rejected request is a
+problem+json document with the contract's slug, 422s point at the offending field, and nothing
+reaches the ledger."""
 from __future__ import annotations
 
 import json

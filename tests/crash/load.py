@@ -4,9 +4,9 @@ would, and remembers every claim and what the service answered.
 A claim is *acknowledged* when the service answered 201 (first booking or idempotent replay),
 *rejected* on a definitive 4xx (insufficient points, for instance). Anything else (a refused or
 reset connection, a timeout, 5xx, 429, a 409 `claim-id-conflict` race) leaves it unanswered:
-the client retries the very same body under a fresh token until it gets an answer, as API.md
-asks of a partner. After `stop` is set the client finishes the claim in hand, retrying it until
-`deadline_s` at most, and writes its record.
+the client retries the very same body under a fresh token until it gets an answer, as
+docs/partner-api.md asks of a partner. After `stop` is set the client finishes the claim in
+hand, retrying it until `deadline_s` at most, and writes its record.
 """
 from __future__ import annotations
 
