@@ -189,6 +189,13 @@ def test_the_worked_request_gets_the_documented_answer(app, worked, monkeypatch)
         # "Sent again, the very same token is refused ... sent today, it is long expired"
         again = client.post(worked.claims["htu"], data=worked.body, headers=headers)
         assert (again.status_code, again.get_json()["type"]) == (401, "/problems/token-replayed")
+        # "The same body under a fresh token is answered with the same 201 and Idempotent-Replayed"
+        fresh = jwt.encode({**worked.claims, "jti": "worked-example-0002"}, worked.key,
+                           algorithm="EdDSA", headers={"typ": "partner+jwt", "kid": worked.kid})
+        replayed = client.post(worked.claims["htu"], data=worked.body,
+                               headers={**headers, "Authorization": f"Bearer {fresh}"})
+        assert (replayed.status_code, replayed.get_json()) == (worked.status, worked.answer)
+        assert replayed.headers["Idempotent-Replayed"] == "true"
         monkeypatch.undo()
         today = client.post(worked.claims["htu"], data=worked.body, headers=headers)
         assert (today.status_code, today.get_json()["type"]) == (401, "/problems/token-expired")
