@@ -220,7 +220,8 @@ def test_a_rotation_that_fails_after_committing_leaves_the_old_key_signing(
         with monkeypatch.context() as patch:
             patch.setattr("settlement.signing.os.replace", crash)
             result = runner.invoke(args=["settlement", "rotate-signing-key", *retire])
-        assert result.exit_code == 1 and isinstance(result.exception, OSError)
+        assert result.exit_code == 1 and json.loads(result.stdout) == {
+            "error": "internal-error", "detail": "The command failed: OSError (details on stderr)."}
         assert current_kid() == old and not staged.exists()  # the new private key is gone
         return cli(runner, "audit", "list", "--action", "coalition.key")[1][-1]["after"]["current"]
 
