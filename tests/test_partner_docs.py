@@ -77,7 +77,8 @@ class Worked:
     """The worked example as the document states it."""
 
     def __init__(self) -> None:
-        self.key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes.fromhex(example("worked-seed").strip()))
+        seed = bytes.fromhex(example("worked-seed").strip())
+        self.key = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
         self.kid = example("worked-kid").strip()
         self.iat = int(example("worked-iat").strip())
         self.body = example("worked-body").encode()  # the block's bytes, without a final newline
@@ -150,8 +151,9 @@ def partner_files(app, tmp_path):
 
 def test_the_worked_token_reproduces_byte_for_byte(worked):
     public = worked.key.public_key()
-    assert public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex() == \
-        "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"  # RFC 8032 7.1 TEST 1
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    # RFC 8032, section 7.1, TEST 1: the seed's public key
+    assert raw.hex() == "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
     assert worked.kid == thumbprint(public)
     assert worked.bsh == b64url(hashlib.sha256(worked.body).digest())
     assert json.loads(worked.body)["points"] == 100 and not worked.body.endswith(b"\n")
@@ -203,7 +205,8 @@ def test_the_worked_request_gets_the_documented_answer(app, worked, monkeypatch)
 
 # --- the Python example ---------------------------------------------------------------------
 
-def run_python_example(tmp_path, base_url: str, partner_id: str, key_file: Path) -> list[tuple[int, object]]:
+def run_python_example(tmp_path, base_url: str, partner_id: str,
+                       key_file: Path) -> list[tuple[int, object]]:
     script = tmp_path / "earn.py"
     script.write_text(example("python") + "\n", encoding="utf-8")
     env = {**os.environ, "COALITION_URL": base_url, "COALITION_PARTNER": partner_id,
@@ -220,7 +223,8 @@ def run_python_example(tmp_path, base_url: str, partner_id: str, key_file: Path)
 
 def test_the_python_example_books_a_claim(app, served, partner_files, tmp_path):
     partner_id, key_file = partner_files
-    (enrolled_status, enrolled), (status, claim) = run_python_example(tmp_path, served, partner_id, key_file)
+    (enrolled_status, enrolled), (status, claim) = run_python_example(
+        tmp_path, served, partner_id, key_file)
     assert (enrolled_status, enrolled["member_id"]) == (201, "M-1001")
     assert status == 201, claim
     assert {k: claim[k] for k in ("kind", "member_id", "partner_id", "points", "status",
@@ -369,7 +373,8 @@ def test_the_statement_check_accepts_a_signed_statement_and_refuses_a_changed_on
 
 def test_every_slug_has_a_row_in_the_error_table():
     text = DOC.read_text(encoding="utf-8")
-    rows = {slug: int(status) for status, slug in re.findall(r"^\| (\d{3}) \| `([a-z-]+)` \|", text, re.MULTILINE)}
+    table = re.findall(r"^\| (\d{3}) \| `([a-z-]+)` \|", text, re.MULTILINE)
+    rows = {slug: int(status) for status, slug in table}
     assert {slug: status for slug, (status, _) in SLUGS.items()} == rows
 
 
@@ -390,8 +395,9 @@ def test_no_tracked_file_points_outside_the_repository():
     outside = re.compile(rb"\b(?:API|DESIGN)\.md\b|\.\./shared\b")
     names = [name.decode() for name in listed.stdout.split(b"\0") if name]
     assert len(names) > 50
-    offending = {name: sorted({m.decode() for m in outside.findall((ROOT / name).read_bytes())})
-                 for name in names if (ROOT / name).is_file() and outside.search((ROOT / name).read_bytes())}
+    texts = {name: (ROOT / name).read_bytes() for name in names if (ROOT / name).is_file()}
+    offending = {name: sorted({m.decode() for m in outside.findall(text)})
+                 for name, text in texts.items() if outside.search(text)}
     assert offending == {}
 
 
