@@ -143,11 +143,12 @@ def cursor_of(key: list) -> str:
 class Cursor(fields.String):
     """A cursor this service issued (`cursor_of`), loaded as the sort key it holds; `parts`
     names the type of each part (str for an RFC 3339 time, loaded as a datetime; int for a row
-    id). Anything else, a tampered cursor included, is a validation error."""
+    id or another count from 0), `check` what else the key must satisfy. Anything else, a
+    tampered cursor included, is a validation error."""
 
-    def __init__(self, *parts: type, **kwargs) -> None:
+    def __init__(self, *parts: type, check=lambda key: True, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.parts = parts
+        self.parts, self.check = parts, check
 
     def _deserialize(self, value, attr, data, **kwargs):
         try:
@@ -156,7 +157,10 @@ class Cursor(fields.String):
             key = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
             if not (isinstance(key, list) and len(key) == len(self.parts)):
                 raise ValueError
-            return tuple(self._part(kind, part) for kind, part in zip(self.parts, key))
+            key = tuple(self._part(kind, part) for kind, part in zip(self.parts, key))
+            if not self.check(key):
+                raise ValueError
+            return key
         except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, ValidationError):
             raise ValidationError("Not a cursor of this listing: pass next_cursor back "
                                   "exactly as answered.") from None

@@ -1,10 +1,12 @@
 """Response schemas of the statements API (documents are returned exactly as signed)."""
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from coalition.fields import Identifier, Points, Rfc3339
-from partners.schemas import StrictSchema
+from partners.schemas import Cursor, QueryInteger, StrictSchema
+
+from .lines import SECTIONS
 
 
 class SignatureSchema(Schema):
@@ -141,3 +143,91 @@ class ReconciliationSchema(Schema):
     truncated = fields.Boolean(required=True, metadata={
         "description": f"true when a list holds more than {MAX_LISTED} claims and names only the "
                        "first of them; `totals` has the full count of each."})
+
+
+# --- Statement lines: the line items behind a closed statement (settlement/lines.py) -------
+
+MAX_LINES_PAGE = 1000
+
+
+class LinesQuerySchema(StrictSchema):
+    format = fields.String(load_default="json", validate=validate.OneOf(["json", "csv"]), metadata={
+        "description": "csv: every line in one streamed response, no cursor or limit."})
+    cursor = Cursor(int, int, check=lambda key: key[0] < len(SECTIONS), metadata={
+        "description": "next_cursor of the previous page, unchanged (JSON only)."})
+    limit = QueryInteger(validate=validate.Range(1, MAX_LINES_PAGE), metadata={
+        "description": f"Lines per page, 1 to {MAX_LINES_PAGE}; 100 when not given (JSON only)."})
+
+    @validates_schema
+    def _paged_in_json_only(self, data, **kwargs):
+        if data.get("format") == "csv":
+            for name in ("cursor", "limit"):
+                if name in data:
+                    raise ValidationError("CSV answers every line at once: no cursor or limit.",
+                                          field_name=name)
+
+
+class StatementLineSchema(Schema):
+    line = fields.String(required=True, validate=validate.OneOf(SECTIONS))
+    claim_id = fields.String(required=True, metadata={
+        "description": "The caller's own claim: the claim (claim), the earn whose points were "
+                       "used (funding), the reversal that left the debt (debt_recovery)."})
+    kind = fields.String(required=True, metadata={
+        "description": "claim: earn, burn or reversal; funding: burn, burn_reversal or "
+                       "debt_fill; debt_recovery: debt_fill."})
+    reverses = fields.String(required=True, allow_none=True, metadata={
+        "description": "claim lines of a reversal: the claim it reverses."})
+    member_id = fields.String(required=True, allow_none=True, metadata={
+        "description": "null once the member's personal data was erased."})
+    counterparty = fields.String(required=True, allow_none=True, metadata={
+        "description": "funding: the partner that redeemed the points (for a debt fill: the "
+                       "partner whose debt they paid); debt_recovery: the partner whose points "
+                       "paid the debt; claim: null."})
+    occurred_at = Rfc3339(required=True, metadata={"description": "Of the claim that booked the line."})
+    recorded_at = Rfc3339(required=True, metadata={"description": "Of the claim that booked the line."})
+    late = fields.Boolean(required=True, metadata={
+        "description": "claim lines: booked into this month because its own month was closed."})
+    own_period = fields.String(required=True, allow_none=True, metadata={
+        "description": "claim lines: the month of occurred_at (differs from the statement's "
+                       "month for a late claim); null otherwise."})
+    claims = fields.Integer(required=True)
+    late_claims = fields.Integer(required=True)
+    points_issued = fields.Integer(required=True)
+    points_redeemed = fields.Integer(required=True)
+    points_funded = fields.Integer(required=True)
+    points_debt_recovered = fields.Integer(required=True)
+    issuance_charge_cents = fields.Integer(required=True)
+    redemption_funding_charge_cents = fields.Integer(required=True)
+    redemption_reimbursement_cents = fields.Integer(required=True)
+    fees_cents = fields.Integer(required=True)
+    debt_recovery_credit_cents = fields.Integer(required=True)
+    net_cents = fields.Integer(required=True)
+
+
+class StatementTotalsSchema(Schema):
+    claims = fields.Integer(required=True)
+    late_claims = fields.Integer(required=True)
+    points_issued = fields.Integer(required=True)
+    points_redeemed = fields.Integer(required=True)
+    points_funded = fields.Integer(required=True)
+    points_debt_recovered = fields.Integer(required=True)
+    issuance_charge_cents = fields.Integer(required=True)
+    redemption_funding_charge_cents = fields.Integer(required=True)
+    redemption_reimbursement_cents = fields.Integer(required=True)
+    fees_cents = fields.Integer(required=True)
+    debt_recovery_credit_cents = fields.Integer(required=True)
+    net_cents = fields.Integer(required=True)
+
+
+class StatementLinesSchema(Schema):
+    period = fields.String(required=True)
+    partner_id = fields.String(required=True)
+    digest = fields.String(required=True, metadata={"description": "The statement's digest."})
+    totals = fields.Nested(StatementTotalsSchema, required=True, metadata={
+        "description": "The statement's fields that the lines of every page together sum to, "
+                       "column by column."})
+    lines = fields.List(fields.Nested(StatementLineSchema), required=True, metadata={
+        "description": "Claim lines, then funding lines, then debt recovery lines, each in "
+                       "booking order."})
+    next_cursor = fields.String(required=True, allow_none=True, metadata={
+        "description": "Pass as `cursor` for the next page; null on the last page."})

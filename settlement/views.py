@@ -1,16 +1,17 @@
 """Partners read their own closed statements; anyone reads the coalition's public keys."""
 from __future__ import annotations
 
-from flask import Response, current_app, g, request
-from marshmallow import Schema, fields, validate
+from flask import Response, current_app, g, request, stream_with_context
+from marshmallow import RAISE, Schema, fields, validate
 
 from coalition import limits
 from coalition.api import Blueprint, problems
 from coalition.database import db
 from coalition.errors import Problem
+from partners.schemas import cursor_of
 from partners.views import AUTH, COMMON, authenticate, crashed, failed
 
-from . import exports, reconciliation, schemas, service, signing
+from . import exports, lines, reconciliation, schemas, service, signing
 from .pdf import statement_pdf
 
 blp = Blueprint("statements", __name__, url_prefix="/v1",
@@ -58,6 +59,39 @@ def get_statement(query: dict, period: str):
         return Response(statement_pdf(service.signed(row)), mimetype="application/pdf",
                         headers=disposition)
     return service.signed(row)
+
+
+@blp.route("/statements/<period>/lines", methods=["GET"])
+@blp.doc(security=AUTH, summary="The line items behind one closed statement (JSON pages, or CSV)",
+         description="Every claim of the caller booked into the month, every use of the "
+                     "caller's points (funding) and every debt paid back to it (debt_recovery). "
+                     "Each points and cents column sums exactly to the statement's field of the "
+                     "same name; a money line's cents are spread over its lines by the largest "
+                     "remainder method. JSON: pages in order, the statement's totals on every "
+                     "page. CSV: every line, one header row, streamed.",
+         responses={"200": {"content": {
+             "application/json": {"schema": {"$ref": "#/components/schemas/StatementLines"}},
+             "text/csv": {"schema": {"type": "string"}}}}})
+@blp.arguments(schemas.LinesQuerySchema, location="query", unknown=RAISE)
+@blp.response(200, schemas.StatementLinesSchema)
+@problems(blp, *COMMON, "not-found", "validation-error")
+def statement_lines(query: dict, period: str):
+    month = lines.MonthLines(db.session, g.caller.partner_id, period,
+                             tz=current_app.config["COALITION_TIMEZONE"])
+    if query["format"] == "csv":
+        db.session.commit()  # the jti; each page of the stream reads in its own transaction
+        filename = f"statement-lines-{g.caller.partner_id}-{period}.csv"
+        return Response(stream_with_context(lines.csv_chunks(month, commit=db.session.commit)),
+                        mimetype="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    page, last = month.page(query.get("cursor"), query.get("limit", DEFAULT_LINES))
+    db.session.commit()
+    return {"period": period, "partner_id": g.caller.partner_id, "digest": month.digest,
+            "totals": month.totals, "lines": page,
+            "next_cursor": cursor_of(list(last)) if last else None}
+
+
+DEFAULT_LINES = 100
 
 
 RECONCILIATION_BODY = {
