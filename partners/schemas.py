@@ -188,7 +188,7 @@ class Period(fields.String):
     """A settlement month, YYYY-MM."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(validate=validate.Regexp(_PERIOD.pattern), **kwargs)
+        super().__init__(validate=validate.Regexp(f"^{_PERIOD.pattern}$"), **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not (isinstance(value, str) and _PERIOD.fullmatch(value)):

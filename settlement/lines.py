@@ -69,8 +69,10 @@ class Allocation:
     def cents(self, points: int, line_id: int) -> int:
         exact = Decimal(points) * self.factor
         low = exact.to_integral_value(rounding=ROUND_FLOOR)
-        up = self.boundary is not None and (exact - low, -line_id) >= (self.boundary[0], -self.boundary[1])
-        return int(low) + up
+        if self.boundary is None:
+            return int(low)
+        remainder, last = self.boundary
+        return int(low) + ((exact - low, -line_id) >= (remainder, -last))
 
 
 class MonthLines:

@@ -61,6 +61,9 @@ def get_statement(query: dict, period: str):
     return service.signed(row)
 
 
+DEFAULT_LINES = 100
+
+
 @blp.route("/statements/<period>/lines", methods=["GET"])
 @blp.doc(security=AUTH, summary="The line items behind one closed statement (JSON pages, or CSV)",
          description="Every claim of the caller booked into the month, every use of the "
@@ -69,13 +72,18 @@ def get_statement(query: dict, period: str):
                      "same name; a money line's cents are spread over its lines by the largest "
                      "remainder method. JSON: pages in order, the statement's totals on every "
                      "page. CSV: every line, one header row, streamed.",
-         responses={"200": {"content": {
+         responses={"200": {"description": "One page of lines (JSON), or every line (CSV)",
+                             "content": {
              "application/json": {"schema": {"$ref": "#/components/schemas/StatementLines"}},
              "text/csv": {"schema": {"type": "string"}}}}})
 @blp.arguments(schemas.LinesQuerySchema, location="query", unknown=RAISE)
 @blp.response(200, schemas.StatementLinesSchema)
 @problems(blp, *COMMON, "not-found", "validation-error")
 def statement_lines(query: dict, period: str):
+    """JSON is paged by keyset: `limit` lines (1 to 1000, default 100) after `cursor`, with
+    `next_cursor` until the last page and the statement's totals on every page. CSV streams
+    every line after one header row, a page at a time (settlement/lines.py, csv_chunks).
+    Not found as GET /v1/statements/{period} is: no statement of the caller for the month."""
     month = lines.MonthLines(db.session, g.caller.partner_id, period,
                              tz=current_app.config["COALITION_TIMEZONE"])
     if query["format"] == "csv":
@@ -89,9 +97,6 @@ def statement_lines(query: dict, period: str):
     return {"period": period, "partner_id": g.caller.partner_id, "digest": month.digest,
             "totals": month.totals, "lines": page,
             "next_cursor": cursor_of(list(last)) if last else None}
-
-
-DEFAULT_LINES = 100
 
 
 RECONCILIATION_BODY = {
