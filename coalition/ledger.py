@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -45,11 +46,11 @@ class Booked:
 
 
 class ClaimIdRace(Exception):
-    """Another transaction booked the same claim id first; the caller rolls back and replays."""
+    """Another transaction booked the same claim id first: see book_raced."""
 
-    def __init__(self, fingerprint: str) -> None:
-        super().__init__(fingerprint)
-        self.fingerprint = fingerprint
+    def __init__(self, partner_id: str, claim_id: str, fingerprint: str) -> None:
+        super().__init__(claim_id)
+        self.partner_id, self.claim_id, self.fingerprint = partner_id, claim_id, fingerprint
 
 
 def fingerprint(kind: str, **content) -> str:
@@ -132,6 +133,30 @@ def available_points(session: Session, member: Member, now: datetime) -> int:
 
 # --- booking ------------------------------------------------------------------------------
 
+def book_raced(session: Session, book: Callable[..., Booked], *,
+               restore: Callable[[], None], **claim) -> Booked:
+    """`book(session, **claim)` (book_earn, book_burn or book_reversal), answering a lost race
+    for the claim id as a retry would.
+
+    A concurrent booking of the same claim id for another member can only be noticed when the
+    journal's unique key refuses this one, and that leaves the transaction unusable: it is
+    rolled back, `restore()` records again what the caller's transaction must keep (the
+    token's jti), and the winner's booking is replayed (201 if the content is the same, 409 if
+    not). If the winner rolled back after all, this claim is booked afresh. Without a race
+    this is one call of `book`, not a statement more.
+    """
+    for _attempt in range(2):
+        try:
+            return book(session, **claim)
+        except ClaimIdRace as race:
+            session.rollback()
+            restore()
+            booked = replay(session, race.partner_id, race.claim_id, race.fingerprint)
+            if booked is not None:
+                return booked
+    raise Problem("claim-id-conflict", "The claim id is being booked concurrently; retry.")
+
+
 def _check_window(occurred_at: datetime, now: datetime, rules: Rules) -> None:
     if occurred_at > now + MAX_FUTURE:
         raise Problem("validation-error", "occurred_at lies too far in the future.", errors=[
@@ -155,7 +180,7 @@ def _book(session: Session, entry: Entry, postings: dict[str, int], member: Memb
         # The member lock serialises retries for one member, so a clash on the claim key
         # means a concurrent post of the same claim id for another member.
         if _is_claim_key(exc):
-            raise ClaimIdRace(entry.fingerprint) from exc
+            raise ClaimIdRace(entry.partner_id, entry.claim_id, entry.fingerprint) from exc
         raise
 
 

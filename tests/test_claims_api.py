@@ -1,9 +1,20 @@
 """The partner endpoints (docs/partner-api.md, section 7), through signed HTTP requests."""
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 
-from tests.conftest import ago
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from coalition import ledger
+from coalition.database import db
+from coalition.problems import Problem
+from partners import tokens
+from partners.models import UsedToken
+from partners.tokens import Caller
+from tests.conftest import ago, postgres_only
 
 CONTRACT_FIELDS = {"claim_id", "kind", "member_id", "partner_id", "points", "occurred_at",
                    "recorded_at", "period", "status", "reversed_points", "balance_after"}
@@ -146,3 +157,52 @@ def test_reading_a_claim_names_at_most_the_first_reversals_and_counts_them_all(a
     monkeypatch.setattr(service, "MAX_LISTED_REVERSALS", 1000)
     whole = acme.client.claim("e1").json()
     assert len(whole["reversals"]) == 5 and whole["reversals_total"] == 5
+
+
+@postgres_only
+def test_a_claim_id_race_is_retried_in_the_domain_keeping_what_must_survive(app, acme):
+    """A claim id booked concurrently for another member: the loser's INSERT waits on the
+    winner's uncommitted key and fails once it commits. book_raced rolls back, calls `restore`
+    once (the partner API re-spends the token's jti there, so it survives the rollback) and
+    answers as a retry would: 409, the content differs."""
+    assert acme.client.enrol("M1").status == 201 and acme.client.enrol("M2").status == 201
+    now = datetime.now(timezone.utc)
+    claim = dict(partner_id="acme", claim_id="raced", points=10,
+                 occurred_at=now - timedelta(minutes=1), now=now, rules=app.config["LEDGER_RULES"])
+    caller = Caller("acme", acme.kid, "jti-of-the-loser", now + timedelta(minutes=5))
+    outcome: dict = {}
+
+    def loser():
+        with app.app_context():
+            restored = []
+
+            def restore():
+                restored.append(True)
+                tokens.spend(db.session, caller)
+            try:
+                ledger.book_raced(db.session, ledger.book_earn, restore=restore, member_id="M2",
+                                  **claim)
+            except Problem as problem:
+                outcome["slug"] = problem.slug
+            outcome["restored"] = len(restored)
+            outcome["jti in the transaction"] = db.session.scalar(
+                select(func.count()).select_from(UsedToken).where(UsedToken.jti == caller.jti))
+            db.session.rollback()
+
+    with app.app_context():
+        winner = Session(db.engine)
+        ledger.book_earn(winner, member_id="M1", **claim)  # flushed: holds the claim key
+        thread = threading.Thread(target=loser)
+        thread.start()
+        deadline = time.monotonic() + 20
+        with db.engine.connect() as watcher:
+            while watcher.scalar(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()")) == 0:
+                assert time.monotonic() < deadline, "the loser never waited on the claim key"
+                time.sleep(0.05)
+        winner.commit()
+        winner.close()
+        thread.join(30)
+    assert outcome == {"slug": "claim-id-conflict", "restored": 1, "jti in the transaction": 1}
+    assert acme.client.claim("raced").json()["member_id"] == "M1"
