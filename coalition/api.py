@@ -60,6 +60,10 @@ class ProblemSchema(ma.Schema):
     errors_total = ma.fields.Integer(metadata={
         "description": "Present with `errors`: how many errors were found. When it exceeds the "
                        "length of `errors`, the list is truncated and `detail` says so."})
+    request_id = ma.fields.String(metadata={
+        "description": "The request's id, as in the `X-Request-Id` response header: quote it "
+                       "when asking the operator about this answer.",
+        "example": "4f1c0d2a9b8e4e55a1c3d7f6e2b90a11"})
 
 
 def problems(blp: Blueprint, *slugs: str):

@@ -1,14 +1,23 @@
-"""Verification of signed partner requests, exactly as API.md section 1 says.
+"""Verification of signed partner requests (docs/partner-api.md, "The token").
 
-The algorithm comes from the stored key, never from the token. Until the signature has been
-verified every failure is the same 401, so a caller learns nothing about which keys exist;
-the precise reason goes to the log (never the token itself).
+The algorithm comes from the stored key, never from the token. Every refusal is a 401 whose
+detail says what is wrong, with the same text as the RFC 6750 error_description:
 
-Nor does the time a rejection takes tell: an unknown kid, the kid of a revoked key or of a
-suspended partner, and an algorithm other than the key's all run one signature verification,
-against a dummy key of the token's algorithm, like an active kid with a bad signature does.
+* Before the signature verifies, slug `invalid-token`, naming the structural rule the token
+  broke (the scheme, not a JWT, a duplicate name, typ, alg, kid, crit, a key in the header).
+  These depend on the token alone, never on which keys exist.
+* An unknown kid, an alg other than the key's, and a signature that does not verify all get
+  one answer, and each costs one signature verification (against a dummy key of the token's
+  algorithm where no usable key exists): neither the answer nor its time tells a caller
+  whether a kid is registered. A revoked key or a suspended partner is verified against its
+  real key, and answers like a bad signature unless the signature holds.
+* Once the signature verifies, the caller holds that private key: the answer names what is
+  wrong (key-revoked, partner-suspended, token-claims-invalid, token-expired, ...).
+
 Header and payload are JSON objects without duplicate names (as request bodies are): with
-duplicates, which value counts would depend on the parser.
+duplicates, which value counts would depend on the parser. The claims are checked here, not by
+PyJWT, whose checks neither name the claim nor hold iat/exp to integers; PyJWT only supplies
+the signature algorithms.
 """
 from __future__ import annotations
 
@@ -19,17 +28,18 @@ import json
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import unquote
 
-import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from jwt.algorithms import get_default_algorithms
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from coalition.errors import Problem
+from coalition.problems import Problem
 
 from .keys import PublicKey, load_public_key
 from .models import Partner, PartnerKey, UsedToken
@@ -38,18 +48,44 @@ log = logging.getLogger("partners.tokens")
 
 TYP = "partner+jwt"
 ALGORITHMS = ("ES256", "EdDSA")
-FORBIDDEN_HEADER_PARAMS = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})  # we honour no crit
-REQUIRED_CLAIMS = ("iss", "aud", "iat", "exp", "jti", "htm", "htu", "bsh")
+KEY_HEADER_PARAMS = ("jwk", "jku", "x5u", "x5c")  # the key is chosen by kid alone
 MAX_LIFETIME = 300
 LEEWAY = 30
+MAX_JTI = 64
 KID = re.compile(r"^[A-Za-z0-9_-]{43}$")  # base64url of a SHA-256 digest
-CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+_SEGMENT = re.compile(r"^[A-Za-z0-9_-]*$")
+# RFC 6750 section 3: error_description is %x20-21 / %x23-5B / %x5D-7E (no quote, no backslash).
+_NOT_IN_DESCRIPTION = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+_VERIFIERS = {alg: get_default_algorithms()[alg] for alg in ALGORITHMS}
 # Stand-ins for keys that cannot be used: verifying against one costs what a real key costs.
 # Their private halves are dropped at once, so nothing ever verifies against them.
 DUMMY_KEYS: dict[str, PublicKey] = {
     "EdDSA": ed25519.Ed25519PrivateKey.generate().public_key(),
     "ES256": ec.generate_private_key(ec.SECP256R1()).public_key(),
 }
+
+# Every slug authentication answers with (all 401): the partner API documents them all.
+SLUGS = ("invalid-token", "key-revoked", "partner-suspended", "token-claims-invalid",
+         "token-expired", "token-not-yet-valid", "token-lifetime-too-long", "token-wrong-issuer",
+         "token-wrong-audience", "token-htm-mismatch", "token-htu-mismatch", "token-bsh-mismatch",
+         "token-replayed")
+
+NO_AUTHORIZATION = "The request has no Authorization header; send Authorization: Bearer <token>."
+NOT_BEARER = ("The Authorization header must be the Bearer scheme, one space, then the token "
+              "and nothing else.")
+NOT_A_JWT = ("The token is not a JWT: it must be three base64url segments separated by dots, "
+             "the first two encoding JSON objects.")
+DUPLICATE_NAME = "The token {part} has a duplicate name; every name may appear only once."
+WRONG_TYP = f"The token header must have typ {TYP}."
+ALG_NOT_ALLOWED = f"The token alg must be {' or '.join(ALGORITHMS)}."
+BAD_KID = ("The token header must have a kid: the RFC 7638 thumbprint of the signing key, "
+           "43 base64url characters.")
+CRIT = "The token header must not have crit: this service supports no header extension."
+KEY_IN_HEADER = (f"The token header must not carry {', '.join(KEY_HEADER_PARAMS)}: the key is "
+                 "found by kid alone.")
+# One answer for an unknown kid, an alg other than the key's and a bad signature.
+BAD_SIGNATURE = ("The token signature does not verify with a usable key registered under its "
+                 "kid for its alg.")
 
 
 @dataclass(frozen=True)
@@ -60,13 +96,11 @@ class Caller:
     expires_at: datetime  # after this the token is dead anyway: its jti row can be pruned
 
 
-class InvalidToken(Exception):
-    """Internal reason for a 401; never shown to the caller."""
-
-
-def unauthorized() -> Problem:
-    return Problem("invalid-token", "The bearer token is missing, malformed or not acceptable.",
-                   headers=CHALLENGE)
+def refused(slug: str, detail: str) -> Problem:
+    """A 401 whose RFC 6750 challenge repeats the detail."""
+    description = _NOT_IN_DESCRIPTION.sub("?", detail)
+    return Problem(slug, detail, headers={
+        "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'})
 
 
 class KeyCache:
@@ -90,103 +124,171 @@ def body_hash(body: bytes) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
 
 
-def authenticate(session: Session, keys: KeyCache, *, authorization: str, method: str,
-                 path: str, query: str, body: bytes, audience: str) -> Caller:
+def authenticate(session: Session, keys: KeyCache, *, authorization: str | None, method: str,
+                 path: str, query: str, body: bytes, audience: str,
+                 now: float | None = None) -> Caller:
+    """The verified caller, or a 401 Problem. `now`: seconds since the epoch (default: the
+    clock)."""
     try:
-        return _verify(session, keys, authorization, method, path, query, body, audience)
-    except (InvalidToken, jwt.PyJWTError) as exc:
-        log.info("token rejected", extra={"reason": str(exc)[:200]})
-        raise unauthorized() from None
+        return _verify(session, keys, authorization, method, path, query, body, audience,
+                       time.time() if now is None else now)
+    except Problem as problem:
+        log.info("token rejected", extra={"slug": problem.slug, "reason": problem.detail})
+        raise
+
+
+def _b64decode(segment: str) -> bytes:
+    if not _SEGMENT.fullmatch(segment):  # the lenient decoder would skip stray characters
+        raise refused("invalid-token", NOT_A_JWT)
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (ValueError, binascii.Error):  # a length of 4n+1
+        raise refused("invalid-token", NOT_A_JWT) from None
+
+
+class _DuplicateName(ValueError):
+    pass
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
     doc = dict(pairs)
     if len(doc) != len(pairs):
-        raise InvalidToken("duplicate name in a JSON object")
+        raise _DuplicateName
     return doc
 
 
-def _segment(encoded: str) -> dict:
+def _object(segment: str, part: str) -> dict:
     """One base64url JSON object of a compact JWS, decoded strictly."""
+    raw = _b64decode(segment)
     try:
-        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
         doc = json.loads(raw, object_pairs_hook=_no_duplicates)
-    except (ValueError, binascii.Error, RecursionError):
-        raise InvalidToken("a segment is not base64url JSON") from None
+    except _DuplicateName:
+        raise refused("invalid-token", DUPLICATE_NAME.format(part=part)) from None
+    except (ValueError, RecursionError):
+        raise refused("invalid-token", NOT_A_JWT) from None
     if not isinstance(doc, dict):
-        raise InvalidToken("a segment is not a JSON object")
+        raise refused("invalid-token", NOT_A_JWT)
     return doc
 
 
-def _verify(session, keys, authorization, method, path, query, body, audience) -> Caller:
+def _structure(authorization: str | None) -> tuple[dict, dict, bytes, bytes]:
+    """Header, claims, signing input and signature of a well-formed token: the rules that
+    depend on the token alone."""
+    if authorization is None:
+        raise refused("invalid-token", NO_AUTHORIZATION)
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token or " " in token:  # RFC 9110: scheme is case-insensitive
-        raise InvalidToken("no Bearer token")
+        raise refused("invalid-token", NOT_BEARER)
     segments = token.split(".")
     if len(segments) != 3:
-        raise InvalidToken("not a compact JWS")
-    header = _segment(segments[0])
-    _segment(segments[1])  # duplicates only; PyJWT reads the claims once the signature holds
+        raise refused("invalid-token", NOT_A_JWT)
+    header = _object(segments[0], "header")
     if header.get("typ") != TYP:
-        raise InvalidToken("typ")
-    if FORBIDDEN_HEADER_PARAMS & header.keys():
-        raise InvalidToken("forbidden header parameter")
-    alg, kid = header.get("alg"), header.get("kid")
-    if alg not in ALGORITHMS or not isinstance(kid, str) or not KID.fullmatch(kid):
-        raise InvalidToken("alg or kid")
+        raise refused("invalid-token", WRONG_TYP)
+    if "crit" in header:
+        raise refused("invalid-token", CRIT)
+    if any(name in header for name in KEY_HEADER_PARAMS):
+        raise refused("invalid-token", KEY_IN_HEADER)
+    if header.get("alg") not in ALGORITHMS:
+        raise refused("invalid-token", ALG_NOT_ALLOWED)
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not KID.fullmatch(kid):
+        raise refused("invalid-token", BAD_KID)
+    claims = _object(segments[1], "payload")
+    signature = _b64decode(segments[2])
+    return header, claims, f"{segments[0]}.{segments[1]}".encode(), signature
+
+
+def _verify(session, keys, authorization, method, path, query, body, audience, now) -> Caller:
+    header, claims, signing_input, signature = _structure(authorization)
+    alg, kid = header["alg"], header["kid"]
     row = session.execute(
         select(PartnerKey.alg, PartnerKey.public_key_pem, PartnerKey.status,
                PartnerKey.partner_id, Partner.status)
         .join(Partner, Partner.id == PartnerKey.partner_id).where(PartnerKey.kid == kid)).one_or_none()
-    unusable = _unusable(row, alg)
-    if unusable:
-        _verify_against_dummy(token, alg)
-        raise InvalidToken(unusable)
-    key_alg, pem, _, partner_id, _ = row
-    claims = jwt.decode(token, keys.get(kid, pem), algorithms=[key_alg], audience=audience,
-                        issuer=partner_id, leeway=LEEWAY,
-                        options={"require": list(REQUIRED_CLAIMS), "strict_aud": True})
-    # --- signature verified from here on ---
+    # One verification whatever the row: against the kid's key if its alg is the token's, else
+    # against a dummy key, whose outcome does not matter.
+    usable = row is not None and row[0] == alg
+    key = keys.get(kid, row[1]) if usable else DUMMY_KEYS[alg]
+    if not _VERIFIERS[alg].verify(signing_input, key, signature) or not usable:
+        raise refused("invalid-token", BAD_SIGNATURE)
+    # --- signature verified from here on: the caller holds this key ---
+    _, _, key_status, partner_id, partner_status = row
+    if key_status != "active":  # before the partner's status: a revoked key learns no more
+        raise refused("key-revoked", "The key named by kid is revoked; sign with an active key "
+                                     "of the partner.")
+    if partner_status != "active":
+        raise refused("partner-suspended", "The partner owning this key is suspended; its "
+                                           "requests are refused until the operator activates it.")
+    exp = _check_claims(claims, partner_id=partner_id, audience=audience, now=now)
+    _check_binding(claims, method=method, path=path, query=query, body=body)
+    return Caller(partner_id, kid, claims["jti"], datetime.fromtimestamp(exp + LEEWAY, timezone.utc))
+
+
+_TYPES = {"iss": (str, "a string"), "aud": (str, "a single string"),
+          "iat": (int, "an integer, seconds since the epoch"),
+          "exp": (int, "an integer, seconds since the epoch"),
+          "jti": (str, f"a string of 1 to {MAX_JTI} characters"),
+          "htm": (str, "a string"), "htu": (str, "a string"), "bsh": (str, "a string")}
+_OPTIONAL = {"nbf": _TYPES["iat"]}
+
+
+def _invalid_claim(name: str, what: str) -> Problem:
+    return refused("token-claims-invalid", f"The {name} claim must be {what}.")
+
+
+def _check_claims(claims: dict, *, partner_id: str, audience: str, now: float) -> int:
+    """The claims of a verified token, in the order a partner's engineer would fix them: their
+    types, whose they are, then time. Returns exp."""
+    for name, (kind, what) in (_TYPES | _OPTIONAL).items():
+        if name not in claims:
+            if name in _OPTIONAL:
+                continue
+            raise refused("token-claims-invalid", f"The token has no {name} claim; it must be "
+                                                  f"{what}.")
+        value = claims[name]
+        if type(value) is not kind:  # bool is no int here, and "1700000000" no integer
+            raise _invalid_claim(name, what)
+    if not 1 <= len(claims["jti"]) <= MAX_JTI:
+        raise _invalid_claim("jti", _TYPES["jti"][1])
     iat, exp = claims["iat"], claims["exp"]
-    if type(iat) is not int or type(exp) is not int:  # PyJWT would accept "1700000000"
-        raise InvalidToken("iat and exp must be integers")
-    if not 0 < exp - iat <= MAX_LIFETIME:
-        raise InvalidToken("lifetime")
-    jti = claims["jti"]
-    if not isinstance(jti, str) or not 1 <= len(jti) <= 64:
-        raise InvalidToken("jti")
+    if exp <= iat:
+        raise _invalid_claim("exp", "later than iat")
+    if claims["iss"] != partner_id:
+        raise refused("token-wrong-issuer", "The iss claim must be the id of the partner that "
+                                            "owns the key named by kid.")
+    if claims["aud"] != audience:
+        raise refused("token-wrong-audience", f"The aud claim must be {audience}, the audience "
+                                              "of this service.")
+    if exp - iat > MAX_LIFETIME:
+        raise refused("token-lifetime-too-long", f"The token lives too long: exp - iat must be "
+                                                 f"at most {MAX_LIFETIME} seconds.")
+    if iat > now + LEEWAY or claims.get("nbf", iat) > now + LEEWAY:
+        raise refused("token-not-yet-valid", f"The token is not valid yet: its iat (or nbf) "
+                      f"lies more than {LEEWAY} seconds in the future; check the signer's clock.")
+    if exp <= now - LEEWAY:
+        raise refused("token-expired", f"The token has expired: its exp lies more than "
+                      f"{LEEWAY} seconds in the past; sign a fresh token for every request.")
+    return exp
+
+
+def _check_binding(claims: dict, *, method: str, path: str, query: str, body: bytes) -> None:
+    """htm, htu and bsh bind the token to this one request."""
     if claims["htm"] != method:
-        raise InvalidToken("htm")
-    htu = claims["htu"]
-    signed_path, _, signed_query = htu.partition("?") if isinstance(htu, str) else ("", "", "")
+        raise refused("token-htm-mismatch", f"The htm claim must be the request method in "
+                                            f"upper case, here {_printable(method)}.")
+    signed_path, _, signed_query = claims["htu"].partition("?")
     if unquote(signed_path) != path or signed_query != query:
-        raise InvalidToken("htu")
+        raise refused("token-htu-mismatch", "The htu claim must be the request path with its "
+                                            "query string, e.g. /v1/earn, not a full URL.")
     if claims["bsh"] != body_hash(body):
-        raise InvalidToken("bsh")
-    return Caller(partner_id, kid, jti,
-                  datetime.fromtimestamp(exp + LEEWAY, timezone.utc))
+        raise refused("token-bsh-mismatch", "The bsh claim must be the base64url SHA-256 of the "
+                      "exact body bytes, without padding (of no bytes for a request without a "
+                      "body).")
 
 
-def _unusable(row, alg: str) -> str | None:
-    """Why the kid's key cannot verify this token, or None if it can."""
-    if row is None:
-        return "unknown kid"
-    key_alg, _, key_status, _, partner_status = row
-    if key_status != "active" or partner_status != "active":
-        return "revoked key or suspended partner"
-    if alg != key_alg:
-        return "alg differs from the key's"
-    return None
-
-
-def _verify_against_dummy(token: str, alg: str) -> None:
-    """The signature check a usable key would have cost; its outcome is ignored."""
-    try:
-        jwt.decode(token, DUMMY_KEYS[alg], algorithms=[alg], options={"verify_aud": False,
-                   "verify_iss": False, "verify_exp": False, "verify_iat": False,
-                   "verify_nbf": False})
-    except jwt.PyJWTError:
-        pass
+def _printable(text: str) -> str:
+    return _NOT_IN_DESCRIPTION.sub("?", text)[:16]
 
 
 def spend(session: Session, caller: Caller) -> None:
@@ -198,10 +300,9 @@ def spend(session: Session, caller: Caller) -> None:
     except IntegrityError:
         session.rollback()
         log.info("token replayed", extra={"partner_id": caller.partner_id})
-        raise unauthorized() from None
+        raise refused("token-replayed", "This token was used already: every request, retries "
+                                        "included, needs a fresh token with a new jti.") from None
 
 
 def prune(session: Session, now: datetime) -> int:
     return session.execute(delete(UsedToken).where(UsedToken.expires_at < now)).rowcount
-
-
