@@ -6,6 +6,11 @@ moves forward, closes month one in the middle (later claims for it land late in 
 then closes month two. A plain-Python model of lots, debt lots and consumptions predicts every
 answer, balance and statement line; the service must agree with it exactly.
 
+The model knows no statement formula. It follows the money claim by claim, in exact euros: each
+point issued, redeemed, funded or recovered moves its price at the terms of the partner and month
+it concerns, into the money line it belongs to. Only at the end is each line's euro total rounded
+to cents, once, half up; a statement's net is its credits less its charges.
+
 More examples: SETTLEMENT_PROPERTY_EXAMPLES=1000 pytest tests/test_settlement_properties.py
 Coverage of the generated histories: add --hypothesis-show-statistics.
 """
@@ -80,11 +85,15 @@ def note(what: str) -> None:
         pass
 
 
-def money(points: int, *factors: Decimal) -> int:
-    amount = Decimal(points) * 100
-    for factor in factors:
-        amount *= factor
-    return int(amount.to_integral_value(rounding=ROUND_HALF_UP))
+def to_cents(euros: Decimal) -> int:
+    return int((euros * 100).to_integral_value(rounding=ROUND_HALF_UP))
+
+
+# Each money line as the partner sees it: a credit is paid to the partner, a charge by it.
+CREDIT, CHARGE = 1, -1
+LINES = {"issuance_charge_cents": CHARGE, "redemption_funding_charge_cents": CHARGE,
+         "fees_cents": CHARGE, "redemption_reimbursement_cents": CREDIT,
+         "debt_recovery_credit_cents": CREDIT}
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -148,12 +157,28 @@ class Rejected(Exception):
 
 
 class Model:
-    def __init__(self) -> None:
+    def __init__(self, terms: dict[str, dict[str, dict[str, Decimal]]]) -> None:
+        self.terms = terms  # period -> partner -> terms in force
         self.claims: dict[str, MClaim] = {}
         self.lots: dict[str, MLot] = {}
         self.debts: list[MDebt] = []
         self.closed: tuple[int, int] | None = None
         self.flows: dict[str, MFlows] = defaultdict(MFlows)
+        # period -> (partner, money line) -> exact euros, before any rounding
+        self.euros: dict[str, dict] = defaultdict(lambda: defaultdict(Decimal))
+
+    def _pay(self, period: str, partner: str, line: str, points: int, per_point: str) -> None:
+        """`points` (negative: given back) move money on `line` at `partner`'s terms in `period`:
+        `per_point` names the price of one point there."""
+        t = self.terms[period][partner]
+        price = {"issued": t["issue_price"] * t["issuance_share"],
+                 "redeemed": t["redemption_rate"],
+                 "funded": t["issue_price"] * (1 - t["issuance_share"])}[per_point]
+        self.euros[period][partner, line] += points * price
+
+    def _fund(self, period: str, issuer: str, points: int) -> None:
+        """The issuer's points are spent (a burn or a debt fill): the rest of their price is due."""
+        self._pay(period, issuer, "redemption_funding_charge_cents", points, "funded")
 
     def period_for(self, occurred: datetime) -> tuple[str, bool]:
         own = local_month(occurred)
@@ -184,6 +209,7 @@ class Model:
         flows = self.flows[period]
         flows.claims[partner] += 1
         flows.late[partner] += int(late)
+        self.euros[period][partner, "fees_cents"] += self.terms[period][partner]["claim_fee"]
         return claim, flows
 
     def earn(self, cid, partner, member, points, occurred, pending_until, now) -> int:
@@ -192,6 +218,7 @@ class Model:
         lot = MLot(cid, member, partner, points, points, occurred,
                    pending_until if pending else None, len(self.lots))
         flows.issued[partner] += points
+        self._pay(claim.period, partner, "issuance_charge_cents", points, "issued")
         if not pending:
             for debt in self.debts:
                 if debt.member != member or debt.remaining == 0:
@@ -204,6 +231,9 @@ class Model:
                 flows.funded[partner] += take
                 flows.recovered[debt.creditor] += take
                 flows.debt_fills += take
+                self._fund(claim.period, partner, take)
+                # the creditor gets back the part of the price it had not been paid
+                self._pay(claim.period, debt.creditor, "debt_recovery_credit_cents", take, "funded")
         self.lots[cid] = lot
         return self.available(member, now)
 
@@ -215,6 +245,7 @@ class Model:
         claim, flows = self._new(cid, "burn", partner, member, points, occurred)
         flows.redeemed[partner] += points
         flows.burns_net += points
+        self._pay(claim.period, partner, "redemption_reimbursement_cents", points, "redeemed")
         left = points
         for lot in lots:
             take = min(left, lot.remaining)
@@ -223,6 +254,7 @@ class Model:
             claim.net[lot.claim] = take
             flows.funded[lot.issuer] += take
             flows.matrix[lot.issuer, partner] += take
+            self._fund(claim.period, lot.issuer, take)
             left -= take
             if left == 0:
                 break
@@ -243,9 +275,11 @@ class Model:
             if points - take:
                 self.debts.append(MDebt(member, partner, points - take, points - take))
             flows.issued[partner] -= points
+            self._pay(claim.period, partner, "issuance_charge_cents", -points, "issued")
         else:
             flows.redeemed[partner] -= points
             flows.burns_net -= points
+            self._pay(claim.period, partner, "redemption_reimbursement_cents", -points, "redeemed")
             left = points
             for lot, _ in reversed(target.consumed):
                 give = min(left, target.net[lot.claim])
@@ -255,6 +289,7 @@ class Model:
                 lot.remaining += give
                 flows.funded[lot.issuer] -= give
                 flows.matrix[lot.issuer, partner] -= give
+                self._fund(claim.period, lot.issuer, -give)
                 left -= give
                 if left == 0:
                     break
@@ -263,32 +298,24 @@ class Model:
 
     # --- what the month's statements must say ----------------------------------------------
 
-    def statement(self, period: str, partner: str, terms: dict[str, Decimal],
-                  partners: list[str]) -> dict:
+    def points(self, period: str, partner: str) -> dict:
         f = self.flows[period]
-        price, share = terms["issue_price"], terms["issuance_share"]
-        doc = {
-            "period": period, "partner_id": partner, "currency": "EUR",
-            "type": "coalition-statement/v2",
-            "terms": {k: format(v.normalize(), "f") for k, v in terms.items()},
-            "claims": f.claims[partner], "late_claims": f.late[partner],
-            "points_issued": f.issued[partner], "points_redeemed": f.redeemed[partner],
-            "points_expired": 0, "points_funded": f.funded[partner],
-            "points_debt_recovered": f.recovered[partner],
-            "issuance_charge_cents": money(f.issued[partner], price, share),
-            "redemption_funding_charge_cents": money(f.funded[partner], price, 1 - share),
-            "redemption_reimbursement_cents": money(f.redeemed[partner], terms["redemption_rate"]),
-            "fees_cents": money(f.claims[partner], terms["claim_fee"]),
-            "debt_recovery_credit_cents": money(f.recovered[partner], price, 1 - share),
-            "counterparties": [
-                {"partner_id": q, "issued_by_them_redeemed_here": f.matrix[q, partner],
-                 "issued_here_redeemed_there": f.matrix[partner, q]}
-                for q in partners if q != partner and (f.matrix[q, partner] or f.matrix[partner, q])],
-        }
-        doc["net_cents"] = (doc["redemption_reimbursement_cents"] + doc["debt_recovery_credit_cents"]
-                            - doc["issuance_charge_cents"] - doc["redemption_funding_charge_cents"]
-                            - doc["fees_cents"])
-        return doc
+        return {"claims": f.claims[partner], "late_claims": f.late[partner],
+                "points_issued": f.issued[partner], "points_redeemed": f.redeemed[partner],
+                "points_expired": 0, "points_funded": f.funded[partner],
+                "points_debt_recovered": f.recovered[partner]}
+
+    def money(self, period: str, partner: str) -> dict:
+        """Each line's euros rounded once; the net from the rounded lines."""
+        lines = {line: to_cents(self.euros[period][partner, line]) for line in LINES}
+        lines["net_cents"] = sum(sign * lines[line] for line, sign in LINES.items())
+        return lines
+
+    def counterparties(self, period: str, partner: str, partners: list[str]) -> list[dict]:
+        m = self.flows[period].matrix
+        return [{"partner_id": q, "issued_by_them_redeemed_here": m[q, partner],
+                 "issued_here_redeemed_there": m[partner, q]}
+                for q in partners if q != partner and (m[q, partner] or m[partner, q])]
 
 
 # --- strategies ----------------------------------------------------------------------------
@@ -348,7 +375,6 @@ def parsed_terms(raw: dict) -> dict[str, Decimal]:
 class Run:
     def __init__(self, s, scenario) -> None:
         self.s, self.sc = s, scenario
-        self.model = Model()
         self.m1, self.m2 = scenario["months"]
         self.m3 = next_month(self.m2)
         self.partners = [f"p{i}" for i in range(len(scenario["terms"]))]
@@ -357,6 +383,8 @@ class Run:
         self.terms[pstr(self.m2)] = {
             p: parsed_terms(t2) if t2 else self.terms[pstr(self.m1)][p]
             for p, t2 in zip(self.partners, scenario["terms2"])}
+        self.terms[pstr(self.m3)] = self.terms[pstr(self.m2)]  # a claim 1 s ahead of the clock
+        self.model = Model(self.terms)
         self.now = month_start(self.m1)
         self.booked: list[str] = []  # earns and burns that were accepted, in order
         self.sent: dict[str, tuple] = {}  # accepted claim id -> (function, arguments, entry id)
@@ -499,22 +527,29 @@ class Run:
         report_row = s.get(CoalitionReport, period)
         report = json.loads(report_row.document)
 
-        # The money lines of every partner, recomputed from the model.
+        # Every partner's statement, field by field, from the model.
         closed_at = self.closed_at[period].isoformat().replace("+00:00", "Z")
+        money = {p: model.money(period, p) for p in self.partners}
         for p in self.partners:
-            expected = model.statement(period, p, self.terms[period][p], self.partners)
-            got = dict(docs[p])
-            assert got.pop("closed_at") == closed_at
-            assert len(got.pop("ledger_anchor")) == 64
-            assert len(got.pop("ledger_head")) == 64  # the sealed chain's head at the close
-            assert got == expected, (p, got, expected)
-            assert rows[p].net_cents == got["net_cents"]
+            doc = docs[p]
+            assert set(doc) == {"type", "period", "partner_id", "currency", "closed_at", "terms",
+                                "counterparties", "ledger_anchor", "ledger_head",
+                                *model.points(period, p), *money[p]}, p
+            assert (doc["type"], doc["period"], doc["partner_id"], doc["currency"], doc["closed_at"]) \
+                == ("coalition-statement/v2", period, p, "EUR", closed_at)
+            assert doc["terms"] == {k: format(v.normalize(), "f") for k, v in self.terms[period][p].items()}
+            assert {k: doc[k] for k in model.points(period, p)} == model.points(period, p), p
+            assert {k: doc[k] for k in money[p]} == money[p], (p, doc, money[p])
+            assert doc["counterparties"] == model.counterparties(period, p, self.partners), p
+            assert len(doc["ledger_anchor"]) == 64
+            assert len(doc["ledger_head"]) == 64  # the sealed chain's head at the close
+            assert rows[p].net_cents == doc["net_cents"]
             assert rows[p].digest == hashlib.sha256(rows[p].document.encode()).hexdigest()
 
         # (1) the month nets to zero with the operator margin, exactly.
-        assert sum(r.net_cents for r in rows.values()) + report["operator_margin_cents"] == 0
+        assert report["operator_margin_cents"] == -sum(m["net_cents"] for m in money.values())
         assert [(x["partner_id"], x["net_cents"], x["digest"]) for x in report["statements"]] == [
-            (p, rows[p].net_cents, rows[p].digest) for p in self.partners]
+            (p, money[p]["net_cents"], rows[p].digest) for p in self.partners]
 
         # (2) every redeemed point traced to exactly one issuer.
         f = model.flows[period]
@@ -529,11 +564,12 @@ class Run:
         assert sum(d["points_debt_recovered"] for d in docs.values()) == f.debt_fills
         assert report["totals"] == {"points_issued": sum(f.issued.values()),
                                     "points_redeemed": sum(f.redeemed.values()), "points_expired": 0}
-        lines = [d[line] for d in docs.values() for line in statements.MONEY_LINES]
+        # netting: every money line paid alone, against one net payment per partner
+        lines = [m[line] for m in money.values() for line in LINES]
         gross = sum(1 for c in lines if c)
-        nets = sum(1 for d in docs.values() if d["net_cents"])
+        nets = sum(1 for m in money.values() if m["net_cents"])
         gross_cents = sum(abs(c) for c in lines)
-        net_cents = sum(abs(d["net_cents"]) for d in docs.values())
+        net_cents = sum(abs(m["net_cents"]) for m in money.values())
         assert report["payments"] == {"gross_obligations": gross, "net_payments": nets,
                                       "saved": gross - nets, "gross_obligations_cents": gross_cents,
                                       "net_payments_cents": net_cents, "saved_cents": gross_cents - net_cents}
