@@ -14,11 +14,11 @@ from marshmallow import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
+from coalition import books
 from coalition.api import require_json_object
 from coalition.errors import Problem, pointers
 from coalition.models import Entry, Member
 
-from . import service
 from .schemas import KINDS, MAX_LISTED, MAX_RECONCILIATION_CLAIMS, ReconciliationUploadSchema
 
 COMPARED = ("kind", "points", "member_id")
@@ -36,7 +36,8 @@ def reconcile(session: Session, partner_id: str, period: str, records: list[dict
     The totals count everything; each list names at most MAX_LISTED claims, the first by
     claim_id, and `truncated` says whether any list left some out: a month of a million claims,
     or an upload of 100,000 the coalition never saw, still answers in a bounded size."""
-    service.report(session, period)  # 422 for a malformed period, 409 period-open unless closed
+    if not books.is_closed(session, period):  # a malformed period is a validation-error
+        raise Problem("period-open", f"{period} is not closed.")
     _check_bounded(records)
     theirs = _unique(records)
     ours = _coalition_side(session, partner_id, period)
