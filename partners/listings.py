@@ -16,8 +16,9 @@ from coalition.fields import iso_utc
 from coalition.history import partner_claims
 
 from . import schemas
+from .auth import AUTH, COMMON
 from .service import claim_view
-from .views import AUTH, COMMON, blp
+from .views import blp
 
 
 @blp.route("/claims", methods=["GET"])

@@ -8,8 +8,8 @@ from coalition import limits
 from coalition.api import Blueprint, problems
 from coalition.database import db
 from coalition.errors import Problem
+from partners.auth import AUTH, COMMON, authenticate, crashed, failed
 from partners.schemas import cursor_of
-from partners.views import AUTH, COMMON, authenticate, crashed, failed
 
 from . import exports, lines, reconciliation, schemas, service, signing
 from .pdf import statement_pdf
