@@ -1,4 +1,4 @@
-"""Verification of signed partner requests (docs/partner-api.md, "The token").
+"""Verification of signed partner requests (docs/partner-api.md, section 3).
 
 The algorithm comes from the stored key, never from the token. Every refusal is a 401 whose
 detail says what is wrong, with the same text as the RFC 6750 error_description:

@@ -19,8 +19,8 @@ class SignatureSchema(Schema):
 
 class SignedStatementSchema(Schema):
     document = fields.Dict(required=True, metadata={
-        "description": "The statement: every field of DESIGN.md's statement table, money in "
-                       "integer cents, terms as decimal strings."})
+        "description": "The statement: every field docs/settlement.md lists for a statement, "
+                       "money in integer cents, terms as decimal strings."})
     digest = fields.String(required=True, metadata={"description": "SHA-256 hex of the canonical document"})
     signature = fields.Nested(SignatureSchema, required=True)
 
@@ -52,7 +52,7 @@ class JwksSchema(Schema):
                        "the statements they signed). A retired (compromised) key is absent."})
 
 
-# --- Reconciliation (API.md section 3): the partner's record of a closed month, and the answer.
+# --- Reconciliation (docs/partner-api.md): the partner's record of a closed month, and the answer.
 
 MAX_RECONCILIATION_CLAIMS = 100_000
 MAX_LISTED = 1000  # claims named per list of a reconciliation; its totals count them all

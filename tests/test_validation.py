@@ -479,7 +479,7 @@ def test_path_ids_off_the_pattern_are_404(app, shop, method, path):
     assert_nothing_booked(app, shop)
 
 
-@pytest.mark.parametrize("path", ["/v1/nope", "/v1/earn/extra", "/nope", "/v2/earn", "/v1/claims"])
+@pytest.mark.parametrize("path", ["/v1/nope", "/v1/earn/extra", "/nope", "/v2/earn", "/v1/claim"])
 def test_unknown_routes_are_404_problem_json(app, shop, path):
     assert_problem(app.test_client().get(path), 404, "not-found")
     assert_problem(send(app, shop, "GET", path), 404, "not-found")
