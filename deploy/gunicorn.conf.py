@@ -64,17 +64,25 @@ _REASONS = {400: "Bad Request", 403: "Forbidden", 414: "URI Too Long",
 
 def problem_error(sock, status_int, reason, mesg):
     import json
+    import uuid
 
     from coalition.ops import API_CSP, SECURITY_HEADERS
     from gunicorn import util
 
     status = status_int if status_int in _PROBLEMS else (400 if 400 <= status_int < 500 else 500)
     slug, title = _PROBLEMS[status]
+    # The request's own id is out of reach here (its headers did not parse). Behind nginx, the
+    # X-Accel-Redirect makes nginx answer its own page for the slug instead, which carries the
+    # request's id (deploy/nginx/coalition.conf.template); this body serves a direct caller.
+    request_id = uuid.uuid4().hex
     body = json.dumps({"type": f"/problems/{slug}", "title": title, "status": status,
-                       "detail": (mesg or title)[:200]}).encode()
+                       "detail": (mesg or title)[:200], "request_id": request_id},
+                      separators=(",", ":")).encode()
     headers = {"Connection": "close", "Content-Type": "application/problem+json",
-               "Content-Length": str(len(body)), **SECURITY_HEADERS,
-               "Content-Security-Policy": API_CSP, "Cache-Control": "no-store"}
+               "Content-Length": str(len(body)), "X-Request-Id": request_id,
+               "X-Accel-Redirect": f"/_edge/{slug}", **SECURITY_HEADERS,
+               "Content-Security-Policy": API_CSP}  # nginx keeps an upstream Cache-Control
+    # through the redirect, and its /_edge/ page sets one: sent here too, it would be doubled.
     head = f"HTTP/1.1 {status} {_REASONS[status]}\r\n" + \
         "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
     util.write_nonblock(sock, head.encode("latin-1") + body)

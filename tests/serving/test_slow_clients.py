@@ -189,6 +189,7 @@ def assert_problem(status: int, headers: dict[str, str], body: bytes, slug: str,
     for name, value in APP_HEADERS.items():
         assert headers.get(name.lower()) == value, (name, headers)
     assert REQUEST_ID.fullmatch(headers.get("x-request-id", "")), headers
+    assert doc["request_id"] == headers["x-request-id"], (doc, headers)  # the id a partner quotes
 
 
 def test_slow_clients_do_not_starve_the_service(stack):
