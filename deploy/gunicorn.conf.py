@@ -78,11 +78,12 @@ def problem_error(sock, status_int, reason, mesg):
     body = json.dumps({"type": f"/problems/{slug}", "title": title, "status": status,
                        "detail": (mesg or title)[:200], "request_id": request_id},
                       separators=(",", ":")).encode()
+    # No Cache-Control: nginx keeps an upstream one through the redirect, and its page sets one.
     headers = {"Connection": "close", "Content-Type": "application/problem+json",
                "Content-Length": str(len(body)), "X-Request-Id": request_id,
-               "X-Accel-Redirect": f"/_edge/{slug}", **SECURITY_HEADERS,
-               "Content-Security-Policy": API_CSP}  # nginx keeps an upstream Cache-Control
-    # through the redirect, and its /_edge/ page sets one: sent here too, it would be doubled.
+               **SECURITY_HEADERS, "Content-Security-Policy": API_CSP}
+    if status != 403:  # nginx has no page for 403 (gunicorn sends it only for PROXY protocol)
+        headers["X-Accel-Redirect"] = f"/_edge/{slug}"
     head = f"HTTP/1.1 {status} {_REASONS[status]}\r\n" + \
         "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
     util.write_nonblock(sock, head.encode("latin-1") + body)
