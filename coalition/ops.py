@@ -12,6 +12,7 @@ from pythonjsonlogger.json import JsonFormatter
 from sqlalchemy import text
 
 from . import bodylimit
+from .api import documented, problem_doc
 from .database import db
 from .errors import Problem
 
@@ -28,6 +29,22 @@ SECURITY_HEADERS = {
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 PAGE_CSP = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; " \
            "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
+
+
+def _status(value: str, meaning: str) -> dict:
+    return {"description": meaning, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["status"], "additionalProperties": False,
+        "properties": {"status": {"type": "string", "enum": [value]}}}}}}
+
+
+# OpenAPI documentation of the probes (coalition/api.py adds X-Request-Id to every answer).
+HEALTHZ_DOC = {"tags": ["operations"], "summary": "Liveness: the process serves requests",
+               "responses": {"200": _status("alive", "The process is alive.")}}
+READYZ_DOC = {"tags": ["operations"], "summary": "Readiness: the database is reachable",
+              "responses": {
+                  "200": _status("ready", "The database answered: the service can take requests."),
+                  # readyz raises its Problem without the Retry-After of the API's `unavailable`.
+                  "503": problem_doc("unavailable", with_headers=False)}}
 
 
 class RequestIdFilter(logging.Filter):
@@ -79,10 +96,12 @@ def init_app(app: Flask) -> None:
         return response
 
     @app.get("/healthz")
+    @documented(**HEALTHZ_DOC)
     def healthz():
         return {"status": "alive"}
 
     @app.get("/readyz")
+    @documented(**READYZ_DOC)
     def readyz():
         try:
             db.session.execute(text("SELECT 1"))
