@@ -14,6 +14,10 @@ from coalition.pins import PIN_PATTERN, valid_pin
 
 
 class StrictSchema(Schema):
+    """A request schema. Its EXAMPLE, when set, is the example of every request body it
+    describes in the OpenAPI document (coalition/api.py); the examples are those of
+    docs/partner-api.md, and tests/test_openapi.py checks them against the schema and the app."""
+
     class Meta:
         unknown = RAISE
 
@@ -32,10 +36,13 @@ class Pin(fields.String):
 
 
 class EnrolSchema(StrictSchema):
+    EXAMPLE = {"member_id": "M-1001"}
     member_id = Identifier(required=True)
 
 
 class EarnSchema(StrictSchema):
+    EXAMPLE = {"claim_id": "order-43", "member_id": "M-1001", "points": 50,
+               "occurred_at": "2026-05-04T09:59:00+02:00", "pending_until": "2026-05-18T00:00:00Z"}
     claim_id = Identifier(required=True)
     member_id = Identifier(required=True)
     points = Points(required=True)
@@ -46,6 +53,8 @@ class EarnSchema(StrictSchema):
 
 
 class BurnSchema(StrictSchema):
+    EXAMPLE = {"claim_id": "till-7-0815", "member_id": "M-1001", "points": 30,
+               "occurred_at": "2026-05-04T09:59:30Z", "member_pin": "4711"}
     claim_id = Identifier(required=True)
     member_id = Identifier(required=True)
     points = Points(required=True)
@@ -59,6 +68,7 @@ class BurnSchema(StrictSchema):
 
 
 class PinSchema(StrictSchema):
+    EXAMPLE = {"pin": "4711"}  # the first PIN; a change sends current_pin too
     pin = Pin(required=True, metadata={"format": "password", "description": "The new PIN."})
     current_pin = Pin(metadata={
         "format": "password",
@@ -66,6 +76,8 @@ class PinSchema(StrictSchema):
 
 
 class ReversalSchema(StrictSchema):
+    EXAMPLE = {"reversal_id": "order-42-return-1", "points": 40,
+               "occurred_at": "2026-05-04T10:00:00Z"}
     reversal_id = Identifier(required=True)
     points = Points(required=True)
     occurred_at = Rfc3339(required=True)
@@ -131,6 +143,7 @@ class ClaimSchema(Schema):
 MAX_CURSOR = 200  # characters; every cursor this service issues is far shorter
 _CURSOR = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_CURSOR, re.ASCII)
 _PERIOD = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])", re.ASCII)
+PERIOD_PATTERN = f"^{_PERIOD.pattern}$"
 MAX_ROW_ID = 2**63 - 1  # BIGINT: a larger id in a query would fail in the database, not here
 
 
@@ -188,7 +201,7 @@ class Period(fields.String):
     """A settlement month, YYYY-MM."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(validate=validate.Regexp(f"^{_PERIOD.pattern}$"), **kwargs)
+        super().__init__(validate=validate.Regexp(PERIOD_PATTERN), **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not (isinstance(value, str) and _PERIOD.fullmatch(value)):

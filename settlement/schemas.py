@@ -3,10 +3,15 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from coalition.api import path_parameter
 from coalition.fields import Identifier, Points, Rfc3339
-from partners.schemas import Cursor, QueryInteger, StrictSchema
+from partners.schemas import PERIOD_PATTERN, Cursor, QueryInteger, StrictSchema
 
 from .lines import SECTIONS
+
+# {period} in the statements' paths: a value that is no YYYY-MM has no statement (404) and
+# cannot be reconciled (422 validation-error).
+path_parameter("period", PERIOD_PATTERN, "A settlement month, YYYY-MM.")
 
 
 class SignatureSchema(Schema):
@@ -69,6 +74,11 @@ class ReconciliationRecordSchema(StrictSchema):
 
 
 class ReconciliationUploadSchema(StrictSchema):
+    EXAMPLE = {"claims": [
+        {"claim_id": "order-42", "kind": "earn", "points": 100, "member_id": "M-1001"},
+        {"claim_id": "order-42-return-1", "kind": "reversal", "points": 30},
+        {"claim_id": "order-43", "kind": "earn", "points": 50},
+        {"claim_id": "order-99", "kind": "earn", "points": 10}]}
     claims = fields.List(fields.Nested(ReconciliationRecordSchema), required=True,
                          validate=validate.Length(max=MAX_RECONCILIATION_CLAIMS))
 

@@ -40,7 +40,9 @@ def list_statements():
 
 @blp.route("/statements/<period>", methods=["GET"])
 @blp.doc(security=AUTH, summary="One closed statement, as signed (JSON), CSV or PDF",
-         responses={"200": {"content": {
+         responses={"200": {"description": "The statement: as signed (JSON, the default), or "
+                                           "as CSV or PDF (?format=)",
+                            "content": {
              "application/json": {"schema": {"$ref": "#/components/schemas/SignedStatement"}},
              "text/csv": {"schema": {"type": "string"}},
              "application/pdf": {"schema": {"type": "string", "format": "binary"}}}}})
@@ -108,8 +110,8 @@ RECONCILIATION_BODY = {
     "content": {
         "application/json": {"schema": schemas.ReconciliationUploadSchema},
         "text/csv": {"schema": {"type": "string"},
-                     "example": "claim_id,kind,points,member_id,occurred_at\n"
-                                "order-42,earn,100,M-1,2026-05-03T12:00:00Z\n"},
+                     "example": "claim_id,kind,points\norder-42,earn,100\n"
+                                "order-42-return-1,reversal,40\n"},
     },
 }
 
@@ -132,6 +134,7 @@ def reconcile(period: str):
               description="Every key the coalition signed statements with and has not retired, "
                           "the current one first: pick the key by the statement's `signature.kid`.")
 @keys_blp.response(200, schemas.JwksSchema)
+@problems(keys_blp, "unavailable")  # read from the database (coalition/errors.py answers 503)
 def jwks():
     document = signing.jwks(db.session, signing.existing_key(current_app.config["COALITION_SIGNING_KEY_FILE"]))
     db.session.commit()
