@@ -1,13 +1,21 @@
-"""The OpenAPI document and its Swagger UI: every partner endpoint, its bodies, its problems."""
+"""The OpenAPI document and its Swagger UI: every route the app serves, its bodies and their
+examples, its path patterns, its problems and the headers of every answer."""
 from __future__ import annotations
 
+import json
 import re
+from datetime import datetime, timezone
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
+from openapi_schema_validator import OAS30ReadValidator, OAS30WriteValidator, oas30_format_checker
 
 from coalition.errors import PROBLEM_JSON, SLUGS
 from coalition.fields import ID_PATTERN, MAX_POINTS
+from partners.client import PartnerClient
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # (path, method) -> problem slugs the operation must document (docs/partner-api.md, section 9)
 OPERATIONS = {
@@ -73,6 +81,10 @@ def resolve(spec: dict, node: dict) -> dict:
 
 def operation(spec: dict, path: str, method: str) -> dict:
     return spec["paths"][path][method]
+
+
+def all_subclasses(cls) -> list:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *all_subclasses(direct))]
 
 
 def test_is_openapi_3_with_info(spec):
@@ -258,3 +270,268 @@ def test_docs_static_does_not_leave_its_directory(app, path):
     r = app.test_client().get(path)
     assert r.status_code == 404
     assert r.mimetype == PROBLEM_JSON
+
+
+# --- completeness: every route, header, example, pattern and schema ---------------------------
+
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+# Served but not part of the API they describe: the document itself, its Swagger UI page and
+# the page's assets, and Flask's own static files.
+NOT_IN_THE_DOCUMENT = {"api-docs.openapi_json", "api-docs.openapi_swagger_ui", "swagger_static",
+                       "static"}
+IDEMPOTENT_CLAIMS = {("/v1/earn", "post"), ("/v1/burn", "post"),
+                     ("/v1/claims/{claim_id}/reversals", "post")}
+# The one 503 without Retry-After: readyz raises `unavailable` without it (coalition/ops.py).
+NO_RETRY_AFTER = {("/readyz", "get", "503")}
+
+
+def operations(spec: dict):
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if method in HTTP_METHODS:
+                yield path, method, op
+
+
+def responses(spec: dict):
+    for path, method, op in operations(spec):
+        for status, response in op["responses"].items():
+            yield path, method, status, resolve(spec, response)
+
+
+def inline(spec: dict, node):
+    """`node` with every local $ref replaced by what it names (the schemas are not recursive)."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return inline(spec, resolve(spec, node))
+        return {key: inline(spec, value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [inline(spec, value) for value in node]
+    return node
+
+
+def header(spec: dict, response: dict, name: str) -> dict | None:
+    found = response.get("headers", {}).get(name)
+    return None if found is None else resolve(spec, found)
+
+
+def test_the_document_is_valid_openapi(spec):
+    from openapi_spec_validator import validate
+    validate(spec)
+
+
+def test_every_route_the_app_serves_is_in_the_document_with_its_methods(app, spec):
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
+    assert NOT_IN_THE_DOCUMENT <= endpoints  # the exclusions name real routes
+    served: dict[str, set[str]] = {}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint not in NOT_IN_THE_DOCUMENT:
+            path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+            methods = rule.methods - {"HEAD", "OPTIONS"}
+            served.setdefault(path, set()).update(m.lower() for m in methods)
+    documented: dict[str, set[str]] = {}
+    for path, method, _ in operations(spec):
+        documented.setdefault(path, set()).add(method)
+    assert documented == served
+    assert {"/healthz", "/readyz", "/problems/{slug}", "/.well-known/jwks.json"} <= set(documented)
+
+
+def test_servers_is_the_origin_that_serves_the_document(spec):
+    assert [server["url"] for server in spec["servers"]] == ["/"]
+    assert all(path.startswith("/") for path in spec["paths"])
+
+
+def test_every_response_has_a_description_and_the_request_id_header(spec):
+    from coalition.ops import _REQUEST_ID
+    count = 0
+    for path, method, status, response in responses(spec):
+        assert response.get("description", "").strip(), (path, method, status)
+        request_id = header(spec, response, "X-Request-Id")
+        assert request_id and request_id["required"] is True, (path, method, status)
+        assert request_id["schema"]["pattern"] == _REQUEST_ID.pattern
+        count += 1
+    assert count > 100
+
+
+def test_every_401_has_the_bearer_challenge(spec):
+    from partners.tokens import refused
+    challenges = [header(spec, response, "WWW-Authenticate")
+                  for _, _, status, response in responses(spec) if status == "401"]
+    assert len(challenges) >= 12 and all(c and c["required"] for c in challenges)
+    pattern = challenges[0]["schema"]["pattern"]
+    sent = refused("token-expired", 'A "quoted" detail, with \\ and é.').headers["WWW-Authenticate"]
+    assert re.fullmatch(pattern, sent) and re.fullmatch(pattern, challenges[0]["example"])
+    assert all(c == challenges[0] for c in challenges)
+
+
+def test_every_429_and_503_has_retry_after(spec):
+    checked = 0
+    for path, method, status, response in responses(spec):
+        if status not in ("429", "503"):
+            continue
+        retry_after = header(spec, response, "Retry-After")
+        if (path, method, status) in NO_RETRY_AFTER:
+            assert retry_after is None
+            continue
+        assert retry_after and retry_after["required"], (path, method, status)
+        assert retry_after["schema"] == {"type": "integer", "minimum": 1}
+        checked += 1
+    assert checked >= 15
+
+
+def test_idempotent_replayed_is_documented_on_the_claims_answers(spec):
+    documented = {(path, method, status) for path, method, status, response in responses(spec)
+                  if header(spec, response, "Idempotent-Replayed")}
+    assert documented == {(path, method, "201") for path, method in IDEMPOTENT_CLAIMS}
+
+
+def test_the_claims_answers_send_idempotent_replayed_on_a_replay(app, acme):
+    client = acme.client
+    assert client.enrol("M-1001").status == 201
+    calls = {
+        ("/v1/earn", "post"): lambda: client.earn("order-1", "M-1001", 100),
+        ("/v1/burn", "post"): lambda: client.burn("till-1", "M-1001", 30),
+        ("/v1/claims/{claim_id}/reversals", "post"): lambda: client.reverse("order-1", "ret-1", 10),
+    }
+    assert set(calls) == IDEMPOTENT_CLAIMS
+    for call in calls.values():
+        first, again = call(), call()
+        assert first.status == again.status == 201
+        assert "idempotent-replayed" not in first.headers
+        assert again.headers["idempotent-replayed"] == "true"
+
+
+def test_every_header_is_a_component_with_a_schema_and_a_description(spec):
+    names = set()
+    for _, _, _, response in responses(spec):
+        for name, value in response.get("headers", {}).items():
+            assert set(value) == {"$ref"} and value["$ref"].startswith("#/components/headers/")
+            names.add(name)
+    assert names == {"X-Request-Id", "WWW-Authenticate", "Retry-After", "Idempotent-Replayed",
+                     "Content-Disposition"}
+    for component in spec["components"]["headers"].values():
+        assert component["description"] and component["schema"]["type"]
+
+
+def test_answers_carry_the_headers_documented_for_them(app, spec):
+    client = app.test_client()
+    unsigned = client.post("/v1/earn", json={}, headers={"X-Request-Id": "till-7.req_1"})
+    assert unsigned.status_code == 401
+    documented = spec["paths"]["/v1/earn"]["post"]["responses"]["401"]
+    challenge = header(spec, documented, "WWW-Authenticate")["schema"]["pattern"]
+    assert re.fullmatch(challenge, unsigned.headers["WWW-Authenticate"])
+    assert unsigned.headers["X-Request-Id"] == "till-7.req_1"
+    for path in ("/healthz", "/readyz", "/problems/rate-limited", "/problems/nope"):
+        answer = client.get(path)
+        response = spec["paths"][path if path.count("/") == 1 else "/problems/{slug}"]["get"][
+            "responses"][str(answer.status_code)]
+        assert re.fullmatch(header(spec, response, "X-Request-Id")["schema"]["pattern"],
+                            answer.headers["X-Request-Id"])
+        (mimetype, media), = response["content"].items()
+        assert answer.mimetype == mimetype
+        OAS30ReadValidator(inline(spec, media["schema"])).validate(answer.get_json())
+
+
+def test_every_path_parameter_has_the_pattern_the_app_enforces(spec):
+    from partners.schemas import PERIOD_PATTERN
+    expected = {"member_id": ID_PATTERN, "claim_id": ID_PATTERN, "period": PERIOD_PATTERN}
+    seen = set()
+    for path, item in spec["paths"].items():
+        declared = item.get("parameters", []) + [p for m, op in item.items() if m in HTTP_METHODS
+                                                 for p in op.get("parameters", [])]
+        for parameter in (resolve(spec, p) for p in declared):
+            if parameter["in"] != "path":
+                continue
+            pattern = parameter["schema"]["pattern"]
+            assert pattern.startswith("^") and pattern.endswith("$"), (path, parameter)
+            assert parameter.get("description"), (path, parameter)
+            if parameter["name"] in expected:
+                assert pattern == expected[parameter["name"]], (path, parameter["name"])
+            seen.add(parameter["name"])
+    assert seen == set(expected) | {"slug"}
+
+
+@pytest.mark.parametrize("path, name, value", [
+    ("/v1/members/{member_id}/balance", "member_id", "-starts-with-a-dash"),
+    ("/v1/claims/{claim_id}", "claim_id", "x" * 65),
+    ("/v1/statements/{period}", "period", "2026-13"),
+])
+def test_a_path_value_outside_its_pattern_is_not_found(app, acme, spec, path, name, value):
+    parameter = next(p for p in spec["paths"][path]["parameters"] if p["name"] == name)
+    assert not re.search(parameter["schema"]["pattern"], value)
+    answer = acme.client.request("GET", path.replace("{" + name + "}", value))
+    assert answer.status == 404 and answer.json()["type"] == "/problems/not-found"
+
+
+def test_every_request_body_has_an_example_valid_against_its_schema(spec):
+    checked = 0
+    for path, method, op in operations(spec):
+        for mimetype, media in op.get("requestBody", {}).get("content", {}).items():
+            assert "example" in media, (path, method, mimetype)
+            validator = OAS30WriteValidator(inline(spec, media["schema"]),
+                                            format_checker=oas30_format_checker)
+            validator.validate(media["example"])
+            if isinstance(media["example"], dict):  # the validator does refuse: an unknown field
+                assert not validator.is_valid({**media["example"], "partner_id": "x"})
+            checked += 1
+    assert checked == 7  # 5 JSON bodies, and the reconciliation upload as JSON and as CSV
+
+
+def test_request_examples_are_those_of_the_partner_guide_and_load(spec):
+    """The marshmallow schema that parses the body loads its example; the guide shows it."""
+    from partners.schemas import StrictSchema
+    guide = (ROOT / "docs" / "partner-api.md").read_text(encoding="utf-8")
+    examples = [media["example"] for _, _, op in operations(spec)
+                for media in op.get("requestBody", {}).get("content", {}).values()]
+    for example in examples:
+        text = example.strip() if isinstance(example, str) else json.dumps(
+            example, separators=(",", ":"), ensure_ascii=False)
+        assert text in guide, text
+    with_examples = [cls for cls in all_subclasses(StrictSchema) if hasattr(cls, "EXAMPLE")]
+    assert len(with_examples) == 6
+    for cls in with_examples:
+        cls().load(cls.EXAMPLE)
+        assert cls.EXAMPLE in examples, cls
+
+
+def test_the_reconciliation_examples_pass_the_apps_validation(app, acme, spec):
+    """Uploaded to a month that is still open, a valid body is refused for the month alone."""
+    body = spec["paths"]["/v1/statements/{period}/reconciliation"]["post"]["requestBody"]
+    path = f"/v1/statements/{datetime.now(timezone.utc):%Y-%m}/reconciliation"
+    for mimetype, media in body["content"].items():
+        data = media["example"].encode() if mimetype == "text/csv" else \
+            PartnerClient.encode_body(media["example"])
+        headers = {**acme.client.sign("POST", path, data), "Content-Type": mimetype}
+        answer = app.test_client().post(path, data=data, headers=headers)
+        assert (answer.status_code, answer.get_json()["type"]) == (409, "/problems/period-open")
+
+
+def test_every_component_schema_is_used_and_flask_smorests_own_are_gone(spec):
+    schemas = spec["components"]["schemas"]
+    assert not {"Error", "PaginationMetadata"} & set(schemas)
+    reached: set[str] = set()
+    pending = [spec["paths"]]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/components/") and ref not in reached:
+                reached.add(ref)
+                pending.append(resolve(spec, node))
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    for kind in ("schemas", "headers"):
+        assert {f"#/components/{kind}/{name}" for name in spec["components"][kind]} <= reached, kind
+    assert "responses" not in spec["components"] and "parameters" not in spec["components"]
+
+
+def test_every_problem_answer_is_problem_json_with_the_one_problem_schema(spec):
+    count = 0
+    for path, method, status, response in responses(spec):
+        if status.startswith(("4", "5")):
+            assert response["content"] == {
+                PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}, (path, status)
+            count += 1
+        else:
+            assert PROBLEM_JSON not in response.get("content", {}), (path, status)
+    assert count > 80
