@@ -17,6 +17,7 @@ from .fields import iso_utc
 from .members import find
 from .models import Entry, Member
 from .periods import as_utc
+from .vocabulary import EntryKind
 
 
 def member_history(session: Session, external_id: str, *, limit: int | None = None) -> list[dict]:
@@ -93,7 +94,7 @@ def partner_claims(session: Session, partner_id: str, *, limit: int,
     entries = entries[:limit]
     reversals = {target: (int(count), int(points)) for target, count, points in session.execute(
         select(Entry.reverses_id, func.count(), func.sum(Entry.points))
-        .where(Entry.reverses_id.in_([e.id for e in entries if e.kind != "reversal"]))
+        .where(Entry.reverses_id.in_([e.id for e in entries if e.kind != EntryKind.REVERSAL]))
         .group_by(Entry.reverses_id))} if entries else {}
     page = [Listed(e, *reversals.get(e.id, (0, 0))) for e in entries]
     last = entries[-1] if more else None

@@ -20,6 +20,8 @@ from .fields import iso_utc
 from .hashing import canonical, sha256_hex
 from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
 from .periods import as_utc, expiry_of
+from .vocabulary import (REVERSIBLE, Account, ConsumptionKind, EntryKind, available,
+                         issued_account, member_account, redeemed_account, spendable)
 
 MAX_FUTURE = timedelta(minutes=5)
 MAX_PENDING = timedelta(days=366)
@@ -116,19 +118,16 @@ def replay(session: Session, partner_id: str, claim_id: str, fp: str) -> Booked 
 
 
 def spendable_lots(session: Session, member_id: int, now: datetime) -> list[Lot]:
-    """A member's available lots in the order a burn consumes them."""
+    """A member's spendable lots in the order a burn consumes them."""
     return list(session.scalars(
-        select(Lot).where(Lot.member_id == member_id, Lot.remaining > 0, Lot.expires_at > now,
-                          (Lot.available_at.is_(None)) | (Lot.available_at <= now))
+        select(Lot).where(Lot.member_id == member_id, spendable(Lot, now))
         .order_by(Lot.expires_at, Lot.occurred_at, Lot.id)))
 
 
 def available_points(session: Session, member: Member, now: datetime) -> int:
-    spendable = session.scalar(
-        select(func.coalesce(func.sum(Lot.remaining), 0))
-        .where(Lot.member_id == member.id, Lot.remaining > 0, Lot.expires_at > now,
-               (Lot.available_at.is_(None)) | (Lot.available_at <= now)))
-    return int(spendable) - member.debt
+    points = session.scalar(select(func.coalesce(func.sum(Lot.remaining), 0))
+                            .where(Lot.member_id == member.id, spendable(Lot, now)))
+    return available(int(points), member.debt)
 
 
 # --- booking ------------------------------------------------------------------------------
@@ -202,7 +201,7 @@ def _new_entry(session: Session, kind: str, partner_id: str, claim_id: str, memb
 def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: str, points: int,
               occurred_at: datetime, now: datetime, rules: Rules,
               pending_until: datetime | None = None, description: str | None = None) -> Booked:
-    fp = fingerprint("earn", member_id=member_id, points=points, occurred_at=occurred_at,
+    fp = fingerprint(EntryKind.EARN, member_id=member_id, points=points, occurred_at=occurred_at,
                      pending_until=pending_until, description=description)
     member, done = _claimant(session, member_id, partner_id, claim_id, fp)
     if done is not None:
@@ -227,18 +226,18 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
                 break
             debt.remaining -= take
             lot.remaining -= take
-            consumptions.append(Consumption(kind="debt_fill", lot=lot, debt_lot_id=debt.id,
-                                            points=take))
+            consumptions.append(Consumption(kind=ConsumptionKind.DEBT_FILL, lot=lot,
+                                            debt_lot_id=debt.id, points=take))
     filled = points - lot.remaining
     member.balance += lot.remaining
     member.debt -= filled
-    available = available_points(session, member, now) + (0 if pending else lot.remaining)
-    entry = _new_entry(session, "earn", partner_id, claim_id, member, points, occurred_at, now,
-                       rules, fp, pending_until=pending_until, description=description,
-                       status="pending" if pending else "booked", balance_after=available)
+    balance_after = available_points(session, member, now) + (0 if pending else lot.remaining)
+    entry = _new_entry(session, EntryKind.EARN, partner_id, claim_id, member, points, occurred_at,
+                       now, rules, fp, pending_until=pending_until, description=description,
+                       status="pending" if pending else "booked", balance_after=balance_after)
     lot.entry = entry
-    _book(session, entry, {f"member:{member.id}": lot.remaining, f"issued:{partner_id}": -points,
-                           "debt": filled}, member)
+    _book(session, entry, {member_account(member.id): lot.remaining,
+                           issued_account(partner_id): -points, Account.DEBT: filled}, member)
     session.add(lot)
     for c in consumptions:
         c.entry_id = entry.id
@@ -253,7 +252,7 @@ def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: st
               policy: redemption.RedeemPolicy = redemption.NO_POLICY) -> Booked:
     """The PIN is no part of the claim's content: it is not in the fingerprint (a retry replays
     the booked burn with or without it, the PIN was checked when it booked) nor in the entry."""
-    fp = fingerprint("burn", member_id=member_id, points=points, occurred_at=occurred_at,
+    fp = fingerprint(EntryKind.BURN, member_id=member_id, points=points, occurred_at=occurred_at,
                      description=description)
     member, done = _claimant(session, member_id, partner_id, claim_id, fp)
     if done is not None:
@@ -263,22 +262,23 @@ def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: st
                                  policy=policy, member_pin=member_pin, now=now,
                                  tz=rules.timezone, log_n=rules.pin_log_n)
     lots = spendable_lots(session, member.id, now)
-    available = sum(lot.remaining for lot in lots) - member.debt
-    if points > available:
+    available_now = available(sum(lot.remaining for lot in lots), member.debt)
+    if points > available_now:
         raise Problem("insufficient-points",
-                      f"The member has {max(available, 0)} points available; {points} requested.")
+                      f"The member has {max(available_now, 0)} points available; {points} requested.")
     grant.done()
-    entry = _new_entry(session, "burn", partner_id, claim_id, member, points, occurred_at, now,
-                       rules, fp, description=description, status="booked",
-                       balance_after=available - points)
+    entry = _new_entry(session, EntryKind.BURN, partner_id, claim_id, member, points, occurred_at,
+                       now, rules, fp, description=description, status="booked",
+                       balance_after=available_now - points)
     member.balance -= points
-    _book(session, entry, {f"member:{member.id}": -points, f"redeemed:{partner_id}": points},
-          member)
+    _book(session, entry, {member_account(member.id): -points,
+                           redeemed_account(partner_id): points}, member)
     left = points
     for lot in lots:
         take = min(left, lot.remaining)
         lot.remaining -= take
-        session.add(Consumption(entry_id=entry.id, lot_id=lot.id, kind="burn", points=take))
+        session.add(Consumption(entry_id=entry.id, lot_id=lot.id, kind=ConsumptionKind.BURN,
+                                points=take))
         left -= take
         if left == 0:
             break
@@ -293,14 +293,14 @@ def reversed_points(session: Session, target: Entry) -> int:
 
 def book_reversal(session: Session, *, partner_id: str, claim_id: str, reversal_id: str,
                   points: int, occurred_at: datetime, now: datetime, rules: Rules) -> Booked:
-    fp = fingerprint("reversal", claim_id=claim_id, points=points, occurred_at=occurred_at)
+    fp = fingerprint(EntryKind.REVERSAL, claim_id=claim_id, points=points, occurred_at=occurred_at)
     target = find_claim(session, partner_id, claim_id)
     if target is None:
         raise Problem("not-found", "No such claim.")
     member = lock_member(session, pk=target.member_id)
     if (done := replay(session, partner_id, reversal_id, fp)) is not None:
         return done
-    if target.kind not in ("earn", "burn"):
+    if target.kind not in REVERSIBLE:
         raise Problem("validation-error", "Only earns and burns can be reversed.", errors=[
             {"pointer": "/claim_id", "detail": "This claim is a reversal."}])
     _check_window(occurred_at, now, rules)
@@ -312,10 +312,10 @@ def book_reversal(session: Session, *, partner_id: str, claim_id: str, reversal_
         raise Problem("reversal-exceeds-claim",
                       f"{target.points - already} points of this claim are left to reverse; "
                       f"{points} requested.")
-    entry = _new_entry(session, "reversal", partner_id, reversal_id, member, points, occurred_at,
+    entry = _new_entry(session, EntryKind.REVERSAL, partner_id, reversal_id, member, points, occurred_at,
                        now, rules, fp, reverses_id=target.id, reverses=target, status="booked",
                        balance_after=0)
-    if target.kind == "earn":
+    if target.kind == EntryKind.EARN:
         consumptions, debt, postings = _reverse_earn(session, target, member, points)
     else:
         consumptions, debt, postings = _reverse_burn(session, target, member, points)
@@ -339,11 +339,12 @@ def _reverse_earn(session: Session, target: Entry, member: Member, points: int):
     lot.remaining -= take
     member.balance -= take
     member.debt += shortfall
-    consumptions = [Consumption(lot_id=lot.id, kind="earn_reversal", points=take)] if take else []
+    consumptions = ([Consumption(lot_id=lot.id, kind=ConsumptionKind.EARN_REVERSAL, points=take)]
+                    if take else [])
     debt = DebtLot(member_id=member.id, creditor_id=target.partner_id, points=shortfall,
                    remaining=shortfall) if shortfall else None
-    return consumptions, debt, {f"member:{member.id}": -take, "debt": -shortfall,
-                                f"issued:{target.partner_id}": points}
+    return consumptions, debt, {member_account(member.id): -take, Account.DEBT: -shortfall,
+                                issued_account(target.partner_id): points}
 
 
 def _reverse_burn(session: Session, target: Entry, member: Member, points: int):
@@ -356,7 +357,7 @@ def _reverse_burn(session: Session, target: Entry, member: Member, points: int):
     net: dict[int, int] = {}
     order: list[int] = []
     for lot_id, taken, kind in rows:
-        if kind == "burn":
+        if kind == ConsumptionKind.BURN:
             order.append(lot_id)
         net[lot_id] = net.get(lot_id, 0) + taken
     consumptions, left = [], points
@@ -366,11 +367,12 @@ def _reverse_burn(session: Session, target: Entry, member: Member, points: int):
             continue
         net[lot_id] -= give
         session.get(Lot, lot_id).remaining += give
-        consumptions.append(Consumption(lot_id=lot_id, kind="burn_reversal", points=-give))
+        consumptions.append(Consumption(lot_id=lot_id, kind=ConsumptionKind.BURN_REVERSAL,
+                                        points=-give))
         left -= give
         if left == 0:
             break
     assert left == 0, "a burn's consumptions cover its points"
     member.balance += points
-    return consumptions, None, {f"member:{member.id}": points,
-                                f"redeemed:{target.partner_id}": -points}
+    return consumptions, None, {member_account(member.id): points,
+                                redeemed_account(target.partner_id): -points}

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from .errors import Problem
 from .models import Lot, Member
 from .periods import as_utc, last_day_before
+from .vocabulary import available, spendable, unspent
 
 
 def find(session: Session, external_id: str) -> Member | None:
@@ -36,19 +37,19 @@ def balance(session: Session, external_id: str, *, now: datetime, tz: str) -> di
     if member is None:
         raise Problem("not-found", "No such member.")
     lots = session.execute(
-        select(Lot.remaining, Lot.available_at, Lot.expires_at)
-        .where(Lot.member_id == member.id, Lot.remaining > 0, Lot.expires_at > now)).all()
-    available = pending = 0
+        select(Lot.remaining, spendable(Lot, now), Lot.expires_at)
+        .where(Lot.member_id == member.id, unspent(Lot, now))).all()
+    spendable_points = pending = 0
     expiring: dict[datetime, int] = {}
-    for remaining, available_at, expires_at in lots:
-        if available_at is not None and as_utc(available_at) > now:
-            pending += remaining
+    for remaining, can_spend, expires_at in lots:
+        if can_spend:
+            spendable_points += remaining
         else:
-            available += remaining
+            pending += remaining
         expiring[as_utc(expires_at)] = expiring.get(as_utc(expires_at), 0) + remaining
     return {
         "member_id": external_id,
-        "available": available - member.debt,
+        "available": available(spendable_points, member.debt),
         "pending": pending,
         "debt": member.debt,
         "expiring": [{"points": points, "expires_on": last_day_before(at, tz)}

@@ -13,6 +13,7 @@ from sqlalchemy import (BigInteger, Boolean, CheckConstraint, DateTime, ForeignK
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .database import db
+from .vocabulary import EntryKind
 
 # BIGINT ids on PostgreSQL; on SQLite only INTEGER PRIMARY KEY is the autoincrementing rowid.
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -46,12 +47,15 @@ class Member(db.Model):
                       .ddl_if(dialect="postgresql"))
 
 
+BURNS = f"kind = '{EntryKind.BURN}'"  # the partial index of a partner's burns
+
+
 class Entry(db.Model):
     """One accepted claim (or a system booking such as an expiry): immutable once written."""
     __tablename__ = "journal_entries"
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # earn | burn | reversal
+    kind: Mapped[str] = mapped_column(String(16))  # vocabulary.EntryKind
     partner_id: Mapped[str | None] = mapped_column(String(64))
     claim_id: Mapped[str | None] = mapped_column(String(64))
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), index=True)
@@ -78,7 +82,7 @@ class Entry(db.Model):
         CheckConstraint("points > 0", name="points_positive"),
         # A partner's burns by booking time: the daily redemption limit sums one day of them.
         Index("ix_journal_entries_burns", "partner_id", "recorded_at",
-              postgresql_where=text("kind = 'burn'"), sqlite_where=text("kind = 'burn'")),
+              postgresql_where=text(BURNS), sqlite_where=text(BURNS)),
         # A partner's claims newest first (GET /v1/claims), and one month of them (statement lines).
         Index("ix_journal_entries_partner_recorded", "partner_id", "recorded_at", "id"),
         Index("ix_journal_entries_partner_period", "partner_id", "period", "id"),
@@ -90,7 +94,7 @@ class Posting(db.Model):
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     entry_id: Mapped[int] = mapped_column(ForeignKey("journal_entries.id"), index=True)
-    # member:<id> | issued:<partner> | redeemed:<partner> | expired | debt
+    # vocabulary.Account: member:<id> | issued:<partner> | redeemed:<partner> | expired | debt
     account: Mapped[str] = mapped_column(String(80), index=True)
     points: Mapped[int] = mapped_column(BigInteger)
 
@@ -142,7 +146,7 @@ class DebtLot(db.Model):
 class Consumption(db.Model):
     """What an entry took from (points > 0) or gave back to (points < 0) a lot.
 
-    kind: burn | burn_reversal | earn_reversal | debt_fill. A debt fill takes points from the
+    kind: vocabulary.ConsumptionKind. A debt fill takes points from the
     new earn's lot to pay off `debt_lot_id`: the filling issuer's points are redeemed by it.
     """
     __tablename__ = "consumptions"

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from . import audit, pins
 from .errors import Problem, Refusal
-from .models import Entry, Member
+from .models import BURNS, Entry, Member
 from .periods import day_of
 
 
@@ -82,7 +82,7 @@ def redeemed_on_day(session: Session, partner_id: str, *, now: datetime, tz: str
         select(func.coalesce(func.sum(Entry.points), 0))
         # A literal, not a bind parameter: a prepared statement's generic plan can then still
         # use the partial index ix_journal_entries_burns (WHERE kind = 'burn').
-        .where(Entry.partner_id == partner_id, text("journal_entries.kind = 'burn'"),
+        .where(Entry.partner_id == partner_id, text(f"journal_entries.{BURNS}"),
                Entry.recorded_at >= start, Entry.recorded_at < end)))
 
 

@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 
 from .ledger import entry_hash
 from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
+from .vocabulary import (Account, ConsumptionKind, EntryKind, issued_account, member_account,
+                         redeemed_account)
 
 MAX_REPORTED = 50
 
@@ -74,24 +76,26 @@ def _verify_entries(session: Session, report: Report) -> int:
             report.fail("entry-balanced", f"postings sum to {sum(postings.values())}", **ref)
         if entry_hash(entry, postings) != entry.entry_hash:
             report.fail("entry-hash", "entry or postings differ from what was hashed", **ref)
-        member = postings.get(f"member:{entry.member_id}", 0)
-        p, e = entry.partner_id, entry.id
+        member = postings.get(member_account(entry.member_id), 0)
+        issued, redeemed = issued_account(entry.partner_id), redeemed_account(entry.partner_id)
+        e = entry.id
         target_kind = kinds.get(entry.reverses_id)
+        filled = consumed[e, ConsumptionKind.DEBT_FILL]
         expected = {
-            "earn": (postings.get(f"issued:{p}") == -entry.points
-                     and postings.get("debt", 0) == consumed[e, "debt_fill"]
-                     and member == entry.points - consumed[e, "debt_fill"]),
-            "burn": (postings.get(f"redeemed:{p}") == entry.points and member == -entry.points
-                     and consumed[e, "burn"] == entry.points),
+            EntryKind.EARN: (postings.get(issued) == -entry.points
+                             and postings.get(Account.DEBT, 0) == filled
+                             and member == entry.points - filled),
+            EntryKind.BURN: (postings.get(redeemed) == entry.points and member == -entry.points
+                             and consumed[e, ConsumptionKind.BURN] == entry.points),
         }.get(entry.kind)
-        if entry.kind == "reversal" and target_kind == "earn":
-            taken, owed = consumed[e, "earn_reversal"], debts.get(e, 0)
-            expected = (postings.get(f"issued:{p}") == entry.points and taken + owed == entry.points
-                        and member == -taken and postings.get("debt", 0) == -owed)
-        elif entry.kind == "reversal" and target_kind == "burn":
-            expected = (postings.get(f"redeemed:{p}") == -entry.points
+        if entry.kind == EntryKind.REVERSAL and target_kind == EntryKind.EARN:
+            taken, owed = consumed[e, ConsumptionKind.EARN_REVERSAL], debts.get(e, 0)
+            expected = (postings.get(issued) == entry.points and taken + owed == entry.points
+                        and member == -taken and postings.get(Account.DEBT, 0) == -owed)
+        elif entry.kind == EntryKind.REVERSAL and target_kind == EntryKind.BURN:
+            expected = (postings.get(redeemed) == -entry.points
                         and member == entry.points
-                        and consumed[e, "burn_reversal"] == -entry.points)
+                        and consumed[e, ConsumptionKind.BURN_REVERSAL] == -entry.points)
         if not expected:
             report.fail("entry-shape", f"{entry.kind} postings or consumptions do not match its points", **ref)
     for target, total in reversed_total.items():
@@ -103,13 +107,14 @@ def _verify_entries(session: Session, report: Report) -> int:
 
 
 def _verify_members(session: Session, report: Report) -> None:
-    accounts = _sums(session, Posting.account, Posting.points, Posting.account.like("member:%"))
+    accounts = _sums(session, Posting.account, Posting.points,
+                     Posting.account.like(f"{Account.MEMBER}%"))
     lots = _sums(session, Lot.member_id, Lot.remaining)
     debts = _sums(session, DebtLot.member_id, DebtLot.remaining)
     total_debt = 0
     for member_id, balance, debt in session.execute(select(Member.id, Member.balance, Member.debt)):
         total_debt += debt
-        posted = accounts.pop(f"member:{member_id}", 0)
+        posted = accounts.pop(member_account(member_id), 0)
         if not balance == posted == lots.get(member_id, 0):
             report.fail("member-balance", f"stored {balance}, postings {posted}, "
                         f"lots {lots.get(member_id, 0)}", member=member_id)
@@ -121,7 +126,7 @@ def _verify_members(session: Session, report: Report) -> None:
     for account in accounts:
         report.fail("member-balance", f"postings to {account}, which has no member row")
     debt_account = session.scalar(select(func.coalesce(func.sum(Posting.points), 0))
-                                  .where(Posting.account == "debt"))
+                                  .where(Posting.account == Account.DEBT))
     if int(debt_account) != -total_debt:
         report.fail("debt-account", f"account debt is {debt_account}, members owe {total_debt}")
 
@@ -135,13 +140,14 @@ def _verify_lots(session: Session, report: Report) -> int:
             select(Lot, Entry.kind, Entry.points, Entry.partner_id, Entry.member_id)
             .join(Entry, Entry.id == Lot.entry_id)):
         count += 1
-        if (kind, points, partner, member) != ("earn", lot.points, lot.issuer_id, lot.member_id):
+        if (kind, points, partner, member) != (EntryKind.EARN, lot.points, lot.issuer_id,
+                                               lot.member_id):
             report.fail("lot-origin", "lot does not match the earn that made it", lot=lot.id)
         if not 0 <= lot.remaining == lot.points - used.get(lot.id, 0):
             report.fail("lot-remaining", f"remaining {lot.remaining}, points {lot.points} "
                         f"less consumed {used.get(lot.id, 0)}", lot=lot.id)
     missing = session.scalars(select(Entry.id).outerjoin(Lot, Lot.entry_id == Entry.id)
-                              .where(Entry.kind == "earn", Lot.id.is_(None))).all()
+                              .where(Entry.kind == EntryKind.EARN, Lot.id.is_(None))).all()
     for entry_id in missing:
         report.fail("lot-origin", "earn has no lot", entry_id=entry_id)
     for debt in session.scalars(select(DebtLot)):

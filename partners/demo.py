@@ -23,6 +23,7 @@ from coalition.cli import JsonGroup, emit, operator
 from coalition.database import db
 from coalition.decimals import plain
 from coalition.verify import verify
+from coalition.vocabulary import EntryKind
 
 from . import service
 from .client import PartnerClient, Response, keygen, load_private_key
@@ -111,7 +112,7 @@ def load():
             claim = rng.choice(booked)
             points = claim["left"] if rng.random() < 0.5 else rng.randint(1, claim["left"])
             r = clients[claim["partner"]][0].reverse(claim["id"], f"demo-rev-{n:04d}", points, at)
-            if record("reversal", r):
+            if record(EntryKind.REVERSAL, r):
                 claim["left"] -= points
                 available[r.json()["member_id"]] = r.json()["balance_after"]
                 if claim["left"] == 0:
@@ -123,12 +124,12 @@ def load():
             points = rng.randint(1, available[member])
             r = clients[partner][0].burn(f"demo-burn-{n:04d}", member, points, at,
                                          description=f"Redeemed at {partner}")
-            ok = record("burn", r, allowed=("insufficient-points",))
+            ok = record(EntryKind.BURN, r, allowed=("insufficient-points",))
         else:
             member, points = rng.choice(MEMBERS), rng.choice((10, 25, 50, 80, 120, 200, 350))
             r = clients[partner][0].earn(f"demo-earn-{n:04d}", member, points, at,
                                          description=f"Purchase at {partner}")
-            ok = record("earn", r)
+            ok = record(EntryKind.EARN, r)
         if ok:
             available[member] = r.json()["balance_after"]
             booked.append({"partner": partner, "id": r.json()["claim_id"], "left": points})

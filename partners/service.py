@@ -16,6 +16,7 @@ from coalition.ledger import find_claim
 from coalition.redemption import RedeemPolicy
 from coalition.models import Entry
 from coalition.periods import as_utc
+from coalition.vocabulary import EntryKind
 
 from .keys import canonical_pem, load_public_key, thumbprint
 from .models import Partner, PartnerKey, PartnerTerms
@@ -211,7 +212,7 @@ def claim_view(entry: Entry, *, reversals: list[Entry] | None = None,
 
 
 def _status(entry: Entry, reversed_points: int, now: datetime) -> str:
-    if entry.kind == "reversal":
+    if entry.kind == EntryKind.REVERSAL:
         return "booked"
     if reversed_points == entry.points:
         return "reversed"

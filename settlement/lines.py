@@ -41,6 +41,7 @@ from coalition.fields import iso_utc
 from coalition.hashing import sha256_hex
 from coalition.models import Consumption, DebtLot, Entry, Lot, Member
 from coalition.periods import as_utc, period_of
+from coalition.vocabulary import FUNDING, ConsumptionKind, EntryKind
 
 from . import exports, service
 from .statements import CHARGES, CREDITS, MONEY_LINES
@@ -92,10 +93,10 @@ class MonthLines:
 
     def _queries(self, partner_id: str, period: str) -> None:
         target, earn, made = aliased(Entry), aliased(Entry), aliased(Entry)
-        issued = case((Entry.kind == "earn", Entry.points), (target.kind == "earn", -Entry.points),
-                      else_=0)
-        redeemed = case((Entry.kind == "burn", Entry.points),
-                        (target.kind == "burn", -Entry.points), else_=0)
+        issued = case((Entry.kind == EntryKind.EARN, Entry.points),
+                      (target.kind == EntryKind.EARN, -Entry.points), else_=0)
+        redeemed = case((Entry.kind == EntryKind.BURN, Entry.points),
+                        (target.kind == EntryKind.BURN, -Entry.points), else_=0)
         claims = (select(Entry.id.label("id")).select_from(Entry)
                   .outerjoin(target, target.id == Entry.reverses_id)
                   .where(Entry.partner_id == partner_id, Entry.period == period))
@@ -103,12 +104,12 @@ class MonthLines:
                    .join(Entry, Entry.id == Consumption.entry_id)
                    .join(Lot, Lot.id == Consumption.lot_id)
                    .where(Entry.period == period, Lot.issuer_id == partner_id,
-                          Consumption.kind.in_(("burn", "burn_reversal", "debt_fill"))))
+                          Consumption.kind.in_(FUNDING)))
         recovery = (select(Consumption.id.label("id")).select_from(Consumption)
                     .join(Entry, Entry.id == Consumption.entry_id)
                     .join(DebtLot, DebtLot.id == Consumption.debt_lot_id)
                     .where(Entry.period == period, DebtLot.creditor_id == partner_id,
-                           Consumption.kind == "debt_fill"))
+                           Consumption.kind == ConsumptionKind.DEBT_FILL))
         self.sections = {"claim": claims, "funding": funding, "debt_recovery": recovery}
         self.ids = {"claim": Entry.id, "funding": Consumption.id, "debt_recovery": Consumption.id}
         # money column -> (section, points of a line (None: 1 each), the statement's field)
@@ -120,7 +121,7 @@ class MonthLines:
             "debt_recovery_credit_cents": ("debt_recovery", Consumption.points,
                                            "points_debt_recovered"),
         }
-        counterparty = case((Consumption.kind == "debt_fill", DebtLot.creditor_id),
+        counterparty = case((Consumption.kind == ConsumptionKind.DEBT_FILL, DebtLot.creditor_id),
                             else_=Entry.partner_id)
         # Each: the line id, claim_id, kind, member, counterparty or reverses, occurred_at,
         # recorded_at, then its section's own columns.

@@ -18,8 +18,9 @@ from coalition import books
 from coalition.api import require_json_object
 from coalition.errors import Problem, pointers
 from coalition.models import Entry, Member
+from coalition.vocabulary import CLAIM_KINDS
 
-from .schemas import KINDS, MAX_LISTED, MAX_RECONCILIATION_CLAIMS, ReconciliationUploadSchema
+from .schemas import MAX_LISTED, MAX_RECONCILIATION_CLAIMS, ReconciliationUploadSchema
 
 COMPARED = ("kind", "points", "member_id")
 CSV_REQUIRED = ("claim_id", "kind", "points")
@@ -97,7 +98,7 @@ def _coalition_side(session: Session, partner_id: str, period: str) -> dict[str,
                Entry.late, target.claim_id)
         .join(Member, Member.id == Entry.member_id)
         .outerjoin(target, target.id == Entry.reverses_id)
-        .where(Entry.partner_id == partner_id, Entry.period == period, Entry.kind.in_(KINDS),
+        .where(Entry.partner_id == partner_id, Entry.period == period, Entry.kind.in_(CLAIM_KINDS),
                Entry.claim_id.is_not(None)))
     return {claim_id: {"claim_id": claim_id, "kind": kind, "points": int(points),
                        "member_id": member, "occurred_at": occurred_at, "late": late,
@@ -127,7 +128,7 @@ def _booked_in(session: Session, partner_id: str, claim_ids: list[str]) -> dict[
 
 
 def _points_by_kind(records) -> dict[str, int]:
-    totals = dict.fromkeys(KINDS, 0)
+    totals = dict.fromkeys(CLAIM_KINDS, 0)
     for record in records:
         totals[record["kind"]] += record["points"]
     return totals

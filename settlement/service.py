@@ -20,6 +20,7 @@ from coalition.errors import Problem
 from coalition.fields import iso_utc
 from coalition.hashing import canonical, sha256_hex
 from coalition.models import ClosedPeriod, Consumption, DebtLot, Entry, Lot
+from coalition.vocabulary import FUNDING, ConsumptionKind, EntryKind
 from partners.service import partner_ids, terms_in_force
 
 from . import signing, statements
@@ -39,24 +40,25 @@ def month_flows(session: Session, period: str) -> Flows:
         flows.claims[partner] += count
         flows.late[partner] += count if late else 0
         points = int(points)
-        if kind == "earn" or (kind == "reversal" and target_kind == "earn"):
-            flows.issued[partner] += points if kind == "earn" else -points
-        elif kind == "burn" or (kind == "reversal" and target_kind == "burn"):
-            flows.redeemed[partner] += points if kind == "burn" else -points
+        reverses = target_kind if kind == EntryKind.REVERSAL else None
+        if kind == EntryKind.EARN or reverses == EntryKind.EARN:
+            flows.issued[partner] += points if kind == EntryKind.EARN else -points
+        elif kind == EntryKind.BURN or reverses == EntryKind.BURN:
+            flows.redeemed[partner] += points if kind == EntryKind.BURN else -points
     for kind, issuer, redeemer, creditor, points in session.execute(
             select(Consumption.kind, Lot.issuer_id, Entry.partner_id, DebtLot.creditor_id,
                    func.sum(Consumption.points))
             .join(Entry, Entry.id == Consumption.entry_id).join(Lot, Lot.id == Consumption.lot_id)
             .outerjoin(DebtLot, DebtLot.id == Consumption.debt_lot_id)
             .where(Entry.period == period,
-                   Consumption.kind.in_(("burn", "burn_reversal", "debt_fill", "expiry")))
+                   Consumption.kind.in_((*FUNDING, ConsumptionKind.EXPIRY)))
             .group_by(Consumption.kind, Lot.issuer_id, Entry.partner_id, DebtLot.creditor_id)):
         points = int(points)
-        if kind == "expiry":
+        if kind == ConsumptionKind.EXPIRY:
             flows.expired[issuer] += points
             continue
         flows.funded[issuer] += points  # a debt fill redeems the filling issuer's points too
-        if kind == "debt_fill":
+        if kind == ConsumptionKind.DEBT_FILL:
             flows.recovered[creditor] += points
         else:
             flows.matrix[issuer, redeemer] += points

@@ -1,0 +1,87 @@
+"""The ledger's words, each defined once: entry kinds, consumption kinds, account names, and
+what "spendable" and "available" mean.
+
+The rows store exactly these strings (journal_entries.kind, consumptions.kind,
+postings.account), so a value here never changes: a different spelling would be a different
+kind to every month already booked, to `ledger verify` and to the signed statements. The
+enums are StrEnums: a member is equal to, hashes like, formats and JSON-encodes as its value.
+tests/test_structure.py refuses these strings written out anywhere else in the packages.
+"""
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EntryKind(StrEnum):
+    """journal_entries.kind: what a partner's claim did."""
+    EARN = "earn"
+    BURN = "burn"
+    REVERSAL = "reversal"
+
+
+# The kinds a partner claims and reconciles, in the order answers list them.
+CLAIM_KINDS = (EntryKind.EARN, EntryKind.BURN, EntryKind.REVERSAL)
+# What a reversal may undo: a reversal is never reversed.
+REVERSIBLE = (EntryKind.EARN, EntryKind.BURN)
+
+
+class ConsumptionKind(StrEnum):
+    """consumptions.kind: what an entry took from (points > 0) or gave back to (< 0) a lot."""
+    BURN = "burn"  # a burn spent the lot's points
+    BURN_REVERSAL = "burn_reversal"  # a burn's reversal gave them back
+    EARN_REVERSAL = "earn_reversal"  # an earn's reversal took back what was left of its lot
+    DEBT_FILL = "debt_fill"  # a new earn's points paid off a debt lot
+    EXPIRY = "expiry"  # points that expired unspent (read by settlement; nothing books it yet)
+
+
+# What funds a redemption: the uses of an issuer's points that its statement charges it for.
+FUNDING = (ConsumptionKind.BURN, ConsumptionKind.BURN_REVERSAL, ConsumptionKind.DEBT_FILL)
+
+
+class Account(StrEnum):
+    """postings.account. Three accounts exist once per member or partner: their names are a
+    prefix and the id (member_account, issued_account, redeemed_account)."""
+    MEMBER = "member:"  # + members.id: the member's points (= its lots' remaining)
+    ISSUED = "issued:"  # + partner id: points the partner issued (negative), less reversals
+    REDEEMED = "redeemed:"  # + partner id: points redeemed at the partner
+    DEBT = "debt"  # points members owe after an earn was reversed once spent
+    EXPIRED = "expired"  # points that expired unspent
+
+
+def member_account(member_pk: int) -> str:
+    return f"{Account.MEMBER}{member_pk}"
+
+
+def issued_account(partner_id: str) -> str:
+    return f"{Account.ISSUED}{partner_id}"
+
+
+def redeemed_account(partner_id: str) -> str:
+    return f"{Account.REDEEMED}{partner_id}"
+
+
+# --- spendable and available ----------------------------------------------------------------
+
+def unspent(lot, now):
+    """The SQL condition on `lot` (the Lot model, or an alias of it) for a lot that still
+    holds points at `now`: not used up and not expired. Unspent points are spendable or
+    pending."""
+    return (lot.remaining > 0) & (lot.expires_at > now)
+
+
+def spendable(lot, now):
+    """The SQL condition for a lot whose points a member can spend at `now`: unspent, and no
+    longer pending (an earn with pending_until holds its points back until then)."""
+    return unspent(lot, now) & (lot.available_at.is_(None) | (lot.available_at <= now))
+
+
+def available(spendable_points: int, debt: int) -> int:
+    """What a member has available: spendable points net of debt (negative while a debt is
+    unpaid). A burn may take at most this; balances answer it as `available`."""
+    return spendable_points - debt
+
+
+# --- bounds of the partner contract ---------------------------------------------------------
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"  # claim, member and partner ids
+MAX_POINTS = 10**9  # points of one claim
