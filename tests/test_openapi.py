@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -385,12 +385,13 @@ def test_idempotent_replayed_is_documented_on_the_claims_answers(spec):
 
 
 def test_the_claims_answers_send_idempotent_replayed_on_a_replay(app, acme):
-    client = acme.client
+    client, then = acme.client, datetime.now(timezone.utc) - timedelta(minutes=5)
     assert client.enrol("M-1001").status == 201
-    calls = {
-        ("/v1/earn", "post"): lambda: client.earn("order-1", "M-1001", 100),
-        ("/v1/burn", "post"): lambda: client.burn("till-1", "M-1001", 30),
-        ("/v1/claims/{claim_id}/reversals", "post"): lambda: client.reverse("order-1", "ret-1", 10),
+    calls = {  # a replay is the same content: the same occurred_at too
+        ("/v1/earn", "post"): lambda: client.earn("order-1", "M-1001", 100, then),
+        ("/v1/burn", "post"): lambda: client.burn("till-1", "M-1001", 30, then),
+        ("/v1/claims/{claim_id}/reversals", "post"):
+            lambda: client.reverse("order-1", "ret-1", 10, then),
     }
     assert set(calls) == IDEMPOTENT_CLAIMS
     for call in calls.values():
