@@ -31,9 +31,9 @@ from sqlalchemy import String, Text, func, or_, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .database import db, is_sqlite
+from .clock import as_utc, iso_utc
 from .hashing import canonical, sha256_hex
 from .models import Id, UtcDateTime
-from .periods import as_utc
 
 GENESIS = "0" * 64  # prev_hash of the first event
 AUDIT_LOCK = 0x41756469  # PostgreSQL advisory lock key of the chain head (BOOKS_LOCK differs)
@@ -62,6 +62,7 @@ def _json(value) -> str | None:
 def event_hash(event: AuditEvent) -> str:
     return sha256_hex(canonical({
         "v": 1, "prev_hash": event.prev_hash,
+        # Not iso_utc: the chain's hashes were taken over this text, microseconds always.
         "at": as_utc(event.at).isoformat(timespec="microseconds"),
         "actor": event.actor, "action": event.action, "subject": event.subject,
         "before": event.before, "after": event.after,
@@ -120,7 +121,7 @@ def events(session: Session, *, since: datetime | None = None, subject: str | No
 
 
 def event_view(event: AuditEvent) -> dict:
-    return {"id": event.id, "at": as_utc(event.at).isoformat().replace("+00:00", "Z"),
+    return {"id": event.id, "at": iso_utc(event.at),
             "actor": event.actor, "action": event.action, "subject": event.subject,
             "before": None if event.before is None else json.loads(event.before),
             "after": None if event.after is None else json.loads(event.after),

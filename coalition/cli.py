@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import NoReturn
 
@@ -24,19 +24,22 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import audit, pins, sealer
+from . import audit, clock, pins, sealer
 from . import members as member_service
 from .database import db
 from .decimals import plain
 from .errors import Problem, database_unavailable
-from .fields import ID_PATTERN, iso_utc
+from .clock import iso_utc
 from .history import member_history
 from .verify import verify
+from .vocabulary import ID_PATTERN
 
 log = logging.getLogger("coalition.cli")
 
 
 def _json_default(value):
+    if isinstance(value, datetime):
+        return iso_utc(value)
     return plain(value) if isinstance(value, Decimal) else str(value)
 
 
@@ -139,7 +142,7 @@ audit_cli = JsonGroup("audit", help="The audit log of operator actions (append-o
 @click.argument("member_id")
 @json_command
 def members_add(member_id: str):
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     member, created = member_service.enrol(db.session, check_id(member_id, "MEMBER_ID"), now=now)
     if created:  # enrolment is recorded here, not in enrol(): partners enrol members over the API
         # Personal data: the external id appears in this event only (erasure: see audit.py).
@@ -157,7 +160,7 @@ def members_add(member_id: str):
 def members_show(member_id: str, limit: int | None):
     """One member's balance (as partners read it) and history across every partner, newest
     first: every earn, burn and reversal with its partner, period and status."""
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     balance = member_service.balance(db.session, member_id, now=now,
                                      tz=current_app.config["COALITION_TIMEZONE"])
     member = member_service.find(db.session, member_id)
@@ -167,7 +170,7 @@ def members_show(member_id: str, limit: int | None):
 
 
 def _pin_command(change, member_id: str) -> dict:
-    member, changed = change(db.session, member_id, now=datetime.now(timezone.utc),
+    member, changed = change(db.session, member_id, now=clock.now(),
                              actor=operator())
     return {"member_id": member.external_id, "member": member.id, "changed": changed,
             **pins.pin_state(member), "locked": member.locked}
@@ -213,10 +216,9 @@ def parse_since(value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        moment = datetime.fromisoformat(value)
+        return clock.parse_iso(value)
     except ValueError:
         raise Problem("validation-error", "--since must be an ISO 8601 date or date-time.") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 @audit_cli.command("list")
@@ -257,7 +259,7 @@ def ledger_seal(every, anchor_file, max_runs):
     except OSError as exc:
         raise click.FileError(anchor_file, exc.strerror) from None
     if every is None:
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         result = sealer.seal_run(db.session, now=now)
         db.session.commit()  # an anchor names only a committed head
         if anchors is not None:

@@ -6,10 +6,9 @@ from datetime import datetime, timezone
 
 from marshmallow import ValidationError, fields, validate
 
+from .clock import iso_utc
 from .jsonbody import HugeInteger
-
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
-MAX_POINTS = 10**9
+from .vocabulary import ID_PATTERN, MAX_POINTS
 
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$", re.ASCII)
@@ -85,9 +84,3 @@ class Rfc3339(fields.DateTime):
         if value is None:
             return None
         return iso_utc(value)
-
-
-def iso_utc(value: datetime) -> str:
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; they are stored as UTC
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")

@@ -12,11 +12,10 @@ from datetime import datetime
 from sqlalchemy import func, literal, select, tuple_
 from sqlalchemy.orm import Session, aliased, selectinload
 
+from .clock import as_utc, iso_utc
 from .errors import Problem
-from .fields import iso_utc
 from .members import find
 from .models import Entry, Member
-from .periods import as_utc
 from .vocabulary import EntryKind
 
 

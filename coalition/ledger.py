@@ -15,11 +15,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import books, pins, redemption
+from .clock import as_utc, iso_utc
 from .errors import Problem
-from .fields import iso_utc
 from .hashing import canonical, sha256_hex
 from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
-from .periods import as_utc, expiry_of
+from .periods import expiry_of
 from .vocabulary import (REVERSIBLE, Account, ConsumptionKind, EntryKind, available,
                          issued_account, member_account, redeemed_account, spendable)
 

@@ -7,9 +7,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from .clock import as_utc
 from .errors import Problem
 from .models import Lot, Member
-from .periods import as_utc, last_day_before
+from .periods import last_day_before
 from .vocabulary import available, spendable, unspent
 
 

@@ -29,12 +29,11 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from . import books
+from . import books, clock
+from .clock import as_utc, iso_utc
 from .database import db, is_sqlite
-from .fields import iso_utc
 from .hashing import canonical, sha256_hex
 from .models import Entry, Id, UtcDateTime
-from .periods import as_utc
 
 GENESIS = "0" * 64
 SEAL_LOCK = 0x5365616C  # advisory lock: one sealer at a time
@@ -264,8 +263,7 @@ def log_error(exc: BaseException) -> None:
                 extra={"error": f"{type(exc).__name__}: {first_line}"})
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+utcnow = clock.now  # run_sealer's clock; a test passes its own
 
 
 def run_sealer(session_factory: Callable[[], Session], *, every: float, stop: threading.Event,

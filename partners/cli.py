@@ -1,11 +1,12 @@
 """`flask partners ...`: the operator's commands for partners, their keys, terms and policies (README, "Operator command line")."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
 
+from coalition import clock
 from coalition.cli import JsonGroup, check_id, json_command, operator, parse_since
 from coalition.database import db
 
@@ -15,7 +16,7 @@ partners_cli = JsonGroup("partners", help="Partners, their keys and their terms.
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return clock.now()
 
 
 FORCE_HELP = ("accept a redemption rate above the issue price (the coalition loses money on "
@@ -124,7 +125,7 @@ def suspicious(since):
     """Partners flagged for card harvesting (many unknown cards, or many balances read without
     booking) since then, oldest first, with the rule, the count and the threshold."""
     start = parse_since(since) or _now() - timedelta(hours=24)
-    return {"since": start.isoformat().replace("+00:00", "Z"),
+    return {"since": clock.iso_utc(start),
             "flags": harvest.suspicious(db.session, start)}
 
 

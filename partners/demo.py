@@ -13,12 +13,13 @@ import os
 import random
 import sys
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from flask import Flask, current_app
 
+from coalition import clock
 from coalition.cli import JsonGroup, emit, operator
 from coalition.database import db
 from coalition.decimals import plain
@@ -83,7 +84,7 @@ def load():
         emit({"skipped": True, "detail": "Partner demo-bakery exists: the demo is loaded already.",
               "members": [MEMBERS[0], "...", MEMBERS[-1]]})
         return
-    rng, now = random.Random(42), datetime.now(timezone.utc)
+    rng, now = random.Random(42), clock.now()
     clients = _register(app, Path(app.instance_path) / "demo-keys", now)
     ids = sorted(clients)
     statuses: dict[str, Counter] = defaultdict(Counter)
@@ -138,7 +139,7 @@ def load():
     db.session.rollback()
     emit({"partners": [info for _, info in clients.values()], "members": len(MEMBERS),
           "example_member": MEMBERS[0], "claims_by_kind_and_status": statuses,
-          "period": [times[0].isoformat(timespec="seconds"), times[-1].isoformat(timespec="seconds")],
+          "period": [clock.iso_utc(times[0]), clock.iso_utc(times[-1])],
           "ledger_verify_ok": report["ok"], "unexpected": unexpected})
     if unexpected or not report["ok"]:
         sys.exit(1)

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from coalition import audit
 from coalition.models import Entry, Member
-from coalition.periods import as_utc
+from coalition.clock import as_utc
 
 from .models import MemberLookup
 

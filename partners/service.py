@@ -9,13 +9,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from coalition import audit, books
+from coalition.clock import as_utc, iso_utc
 from coalition.decimals import plain
 from coalition.errors import Problem
 from coalition.fields import MAX_POINTS
 from coalition.ledger import find_claim
 from coalition.redemption import RedeemPolicy
 from coalition.models import Entry
-from coalition.periods import as_utc
 from coalition.vocabulary import EntryKind
 
 from .keys import canonical_pem, load_public_key, thumbprint
@@ -163,8 +163,8 @@ def list_partners(session: Session) -> list[Partner]:
 
 def key_view(k: PartnerKey) -> dict:
     return {"kid": k.kid, "alg": k.alg, "state": k.status,
-            "created_at": as_utc(k.created_at).isoformat(),
-            "revoked_at": as_utc(k.revoked_at).isoformat() if k.revoked_at else None}
+            "created_at": iso_utc(k.created_at),
+            "revoked_at": iso_utc(k.revoked_at) if k.revoked_at else None}
 
 
 def terms_view(t: PartnerTerms) -> dict:
@@ -176,7 +176,7 @@ def terms_view(t: PartnerTerms) -> dict:
 def partner_view(partner: Partner) -> dict:
     return {
         "id": partner.id, "name": partner.name, "status": partner.status,
-        "created_at": as_utc(partner.created_at).isoformat(),
+        "created_at": iso_utc(partner.created_at),
         "keys": [key_view(k) for k in partner.keys],
         "terms": [terms_view(t) for t in partner.terms],
         "policy": policy_view(partner),

@@ -2,13 +2,12 @@
 print them, manage the coalition key that signs them."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 from flask import current_app
 
-from coalition import books
+from coalition import books, clock
 from coalition.cli import JsonGroup, json_command, operator
 from coalition.database import db
 from coalition.errors import Problem
@@ -25,7 +24,7 @@ settlement_cli = JsonGroup("settlement", help="Monthly settlement: close months,
 def close(period):
     """Close month YYYY-MM (it must have ended, after every earlier month) and write statements."""
     key = signing.signing_key(current_app.config["COALITION_SIGNING_KEY_FILE"])
-    return service.close(db.session, period, now=datetime.now(timezone.utc),
+    return service.close(db.session, period, now=clock.now(),
                          tz=current_app.config["COALITION_TIMEZONE"], key=key, actor=operator())
 
 
@@ -79,4 +78,4 @@ def rotate_signing_key(retire):
     """Generate a new statement signing key that signs from now on. Replaced keys stay in the
     JWKS so what they signed still verifies, unless retired with --retire."""
     return signing.rotate(db.session, current_app.config["COALITION_SIGNING_KEY_FILE"],
-                          now=datetime.now(timezone.utc), actor=operator(), retire=tuple(retire))
+                          now=clock.now(), actor=operator(), retire=tuple(retire))

@@ -37,10 +37,10 @@ from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from sqlalchemy import case, func, literal, select
 from sqlalchemy.orm import Session, aliased
 
-from coalition.fields import iso_utc
+from coalition.clock import as_utc, iso_utc
 from coalition.hashing import sha256_hex
 from coalition.models import Consumption, DebtLot, Entry, Lot, Member
-from coalition.periods import as_utc, period_of
+from coalition.periods import period_of
 from coalition.vocabulary import FUNDING, ConsumptionKind, EntryKind
 
 from . import exports, service

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, aliased
 
 from coalition import audit, books, sealer
 from coalition.errors import Problem
-from coalition.fields import iso_utc
+from coalition.clock import iso_utc
 from coalition.hashing import canonical, sha256_hex
 from coalition.models import ClosedPeriod, Consumption, DebtLot, Entry, Lot
 from coalition.vocabulary import FUNDING, ConsumptionKind, EntryKind

@@ -30,8 +30,7 @@ from sqlalchemy.orm import Session
 from coalition import audit
 from coalition.database import is_sqlite
 from coalition.errors import Problem
-from coalition.fields import iso_utc
-from coalition.periods import as_utc
+from coalition.clock import as_utc, iso_utc
 from partners.keys import canonical_pem, thumbprint
 
 from .models import CoalitionReport, SigningKey, Statement
