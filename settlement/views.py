@@ -11,7 +11,8 @@ from coalition.errors import Problem
 from partners.auth import AUTH, COMMON, authenticate, crashed, failed
 from partners.schemas import cursor_of
 
-from . import exports, lines, reconciliation, schemas, service, signing
+from . import exports, lines, schemas, service, signing
+from . import reconciliation_input as reconciliation  # the upload's parsing; reconcile itself
 from .pdf import statement_pdf
 
 blp = Blueprint("statements", __name__, url_prefix="/v1",
