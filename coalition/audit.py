@@ -11,7 +11,7 @@ audit log does take one lock per write: operator actions are rare, and claims wr
 on rare security events, never on success: the wrong PIN that locks a member's redemption
 (`member.pin.lock`, coalition/pins.py) and a partner's first refused burn of the day over its
 daily redemption limit (`partner.policy.limit-hit`, coalition/redemption.py). Both are written
-by the request that is refused, in the transaction that records the refusal (errors.Refusal).
+by the request that is refused, in the transaction that records the refusal (problems.Refusal).
 
 Limits, stated plainly: the chain detects edits and deletions inside it, not the removal of its
 newest events (a tail cut leaves a shorter valid chain) nor a chain rewritten wholesale by

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .database import is_sqlite
-from .errors import Problem
+from .problems import Problem
 from .models import ClosedPeriod, Entry
 from .periods import add_months, month_start_utc, period_of
 

@@ -13,7 +13,7 @@ from sqlalchemy import func, literal, select, tuple_
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from .clock import as_utc, iso_utc
-from .errors import Problem
+from .problems import Problem
 from .members import find
 from .models import Entry, Member
 from .vocabulary import EntryKind

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from . import books, pins, redemption
 from .clock import as_utc, iso_utc
-from .errors import Problem
+from .problems import Problem
 from .hashing import canonical, sha256_hex
 from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
 from .periods import expiry_of

@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .clock import as_utc
-from .errors import Problem
+from .problems import Problem
 from .models import Lot, Member
 from .periods import last_day_before
 from .vocabulary import available, spendable, unspent

@@ -11,7 +11,7 @@ Five wrong PINs in a row lock redemption for the member (`pin_locked_at`, audite
 `member.pin.lock`) at every partner until an operator runs `members unlock-pin` or
 `members reset-pin`; a correct PIN resets the count. A PIN is checked with the member's row
 locked (SELECT ... FOR UPDATE), and a wrong one is counted in the same transaction, which the
-caller commits although the request fails (errors.Refusal): parallel guesses queue on the row
+caller commits although the request fails (problems.Refusal): parallel guesses queue on the row
 and each sees the count the one before it left, so no more than five are ever tried.
 
 Nothing here imports Flask; nothing here logs, returns or stores a PIN in clear.
@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import audit
-from .errors import Problem, Refusal
+from .problems import Problem, Refusal
 from .models import Member
 
 PIN_PATTERN = r"^[0-9]{4,6}$"

@@ -25,7 +25,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from . import audit, pins
-from .errors import Problem, Refusal
+from .problems import Problem, Refusal
 from .models import BURNS, Entry, Member
 from .periods import day_of
 

@@ -8,7 +8,7 @@ import json
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from coalition.errors import Problem
+from coalition.problems import Problem
 
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 

@@ -11,12 +11,11 @@ from sqlalchemy.orm import Session, selectinload
 from coalition import audit, books
 from coalition.clock import as_utc, iso_utc
 from coalition.decimals import plain
-from coalition.errors import Problem
-from coalition.fields import MAX_POINTS
 from coalition.ledger import find_claim
 from coalition.redemption import RedeemPolicy
 from coalition.models import Entry
-from coalition.vocabulary import EntryKind
+from coalition.problems import Problem
+from coalition.vocabulary import MAX_POINTS, EntryKind
 
 from .keys import canonical_pem, load_public_key, thumbprint
 from .models import Partner, PartnerKey, PartnerTerms

@@ -16,10 +16,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from coalition import audit, books, sealer
-from coalition.errors import Problem
 from coalition.clock import iso_utc
 from coalition.hashing import canonical, sha256_hex
 from coalition.models import ClosedPeriod, Consumption, DebtLot, Entry, Lot
+from coalition.problems import Problem
 from coalition.vocabulary import FUNDING, ConsumptionKind, EntryKind
 from partners.service import partner_ids, terms_in_force
 

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from coalition import audit
 from coalition.database import is_sqlite
-from coalition.errors import Problem
+from coalition.problems import Problem
 from coalition.clock import as_utc, iso_utc
 from partners.keys import canonical_pem, thumbprint
 

@@ -58,6 +58,82 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
+def module_of(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """(line, module) for every module an import statement names, relative ones resolved.
+    `from package import name` names package.name (a submodule, or something the package's
+    __init__ defines); `from module import name` names the module."""
+    package = module_of(path) if path.name == "__init__.py" else module_of(path).rpartition(".")[0]
+    found = []
+    for node in ast.walk(parsed(path)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            if (ROOT / base.replace(".", "/") / "__init__.py").exists():
+                found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+            else:
+                found.append((node.lineno, base))
+    return found
+
+
+# --- (a) the domain imports neither Flask nor marshmallow ----------------------------------
+
+# The HTTP and command line side: request handling, schemas, error answers, the app factory.
+HTTP_SIDE = {"coalition.api", "coalition.cli", "coalition.errors", "coalition.ops",
+             "coalition.limits", "coalition.fields", "coalition.jsonbody", "coalition.bodylimit",
+             "settlement.reconciliation_input"}
+HTTP_SIDE_NAMES = {"views", "auth", "listings", "cli", "schemas", "demo"}
+# The data layer the domain may use: coalition/database.py (the Flask-SQLAlchemy `db` object,
+# is_sqlite) and the models.py files declaring tables on it. It reaches Flask-SQLAlchemy,
+# whose session the domain works on; requests and schemas it does not reach.
+DATA_LAYER = {"coalition.database"}
+WEB_PACKAGES = {"flask", "flask_smorest", "flask_limiter", "flask_migrate", "flask_sqlalchemy",
+                "marshmallow", "webargs", "werkzeug", "apispec"}
+
+
+def http_side(module: str) -> bool:
+    package, _, name = module.rpartition(".")
+    return (module in HTTP_SIDE or module in PACKAGES
+            or (package in PACKAGES and name in HTTP_SIDE_NAMES))
+
+
+def domain_modules() -> list[Path]:
+    """Everything but the HTTP side, package __init__ files and the data layer's plumbing."""
+    return [p for p in package_files()
+            if not http_side(module_of(p)) and module_of(p) not in DATA_LAYER]
+
+
+def test_the_domain_imports_neither_flask_nor_marshmallow():
+    names = {rel(p) for p in domain_modules()}
+    assert {"coalition/ledger.py", "settlement/reconciliation.py", "partners/service.py",
+            "coalition/models.py"} <= names and not names & {"coalition/errors.py",
+                                                               "settlement/views.py"}
+    offenders = []
+    for path in domain_modules():
+        for line, module in imports_of(path):
+            if module.split(".")[0] in WEB_PACKAGES:
+                offenders.append(f"{rel(path)}:{line}: imports {module}")
+            elif http_side(module):
+                offenders.append(f"{rel(path)}:{line}: imports {module}, which is the HTTP side "
+                                 "(Problem is in coalition.problems)")
+    assert offenders == []
+
+
+def test_reconciliation_bounds_agree_with_the_schemas():
+    """Defined twice, the domain's and the schema's, until settlement/schemas.py imports them."""
+    from settlement import reconciliation, schemas
+    assert (reconciliation.MAX_LISTED, reconciliation.MAX_RECONCILIATION_CLAIMS) == (
+        schemas.MAX_LISTED, schemas.MAX_RECONCILIATION_CLAIMS)
+
+
 def test_coalition_imports_neither_partners_nor_settlement():
     offenders = {str(p.relative_to(ROOT)): imported_modules(p) & {"partners", "settlement"}
                  for p in (ROOT / "coalition").rglob("*.py")}
