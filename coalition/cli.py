@@ -24,7 +24,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import audit, clock, pins, sealer
+from . import audit, clock, config, pins, sealer
 from . import members as member_service
 from .database import db
 from .decimals import plain
@@ -116,7 +116,7 @@ class JsonGroup(AppGroup):
 
 def operator() -> str:
     """The actor of an operator command: $COALITION_OPERATOR if set, else the OS user."""
-    name = os.environ.get("COALITION_OPERATOR", "").strip()
+    name = config.operator_name()
     if not name:
         try:
             name = getpass.getuser()

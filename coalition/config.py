@@ -1,4 +1,6 @@
-"""Configuration read from the environment (12-factor), with safe defaults for the embedded mode."""
+"""Configuration read from the environment (12-factor), with safe defaults for the embedded mode.
+
+Every environment variable the service reads is read here, and only here."""
 from __future__ import annotations
 
 import os
@@ -8,6 +10,11 @@ from pathlib import Path
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     return default if raw in (None, "") else int(raw)
+
+
+def _given(names) -> dict[str, str]:
+    """The settings among `names` that the environment sets (to something not empty)."""
+    return {name: os.environ[name] for name in names if os.environ.get(name) not in (None, "")}
 
 
 def _pin_log_n() -> int:
@@ -45,4 +52,27 @@ def from_environment(instance_path: str) -> dict:
         # The coalition's own Ed25519 key that signs statements; generated at first use.
         "COALITION_SIGNING_KEY_FILE": os.environ.get("COALITION_SIGNING_KEY_FILE")
         or str(Path(instance_path) / "coalition-signing-key.pem"),
+        # Abuse limits: only those the environment sets. create_app's test_config may set them
+        # too; coalition/limits.py takes RATE_LIMIT_DEFAULTS for the rest.
+        **_given(RATE_LIMIT_SETTINGS),
     }
+
+
+# Abuse limits (coalition/limits.py): `limits` strings such as "100/second;6000/minute", an on/off
+# flag, the storage key prefix, and how many proxies in front of the service to trust for
+# X-Forwarded-For. REDIS_URL (redis://host:port/db) has no default: counts kept in memory.
+RATE_LIMIT_DEFAULTS = {
+    "RATELIMIT_ENABLED": "true",
+    "RATELIMIT_PARTNER": "6000 per minute",
+    "RATELIMIT_ANONYMOUS": "120 per minute",
+    "RATELIMIT_RECONCILIATION": "10 per minute;60 per hour",
+    "RATELIMIT_KEY_PREFIX": "coalition",
+    "TRUSTED_PROXIES": "0",
+}
+RATE_LIMIT_SETTINGS = (*RATE_LIMIT_DEFAULTS, "REDIS_URL")
+
+
+def operator_name() -> str:
+    """$COALITION_OPERATOR, stripped ("" if unset): who runs an operator command. Read when the
+    command runs, not when the app is made."""
+    return os.environ.get("COALITION_OPERATOR", "").strip()

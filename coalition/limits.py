@@ -51,7 +51,8 @@ logged): abuse limits must not take the service down with them.
 Settings (README, configuration): ``RATELIMIT_ENABLED``, ``RATELIMIT_PARTNER``,
 ``RATELIMIT_ANONYMOUS``, ``RATELIMIT_RECONCILIATION`` (``limits`` strings such as ``"100/second;6000/minute"``),
 ``RATELIMIT_KEY_PREFIX``, ``REDIS_URL``, ``TRUSTED_PROXIES``: from the app's config (a
-``create_app`` test_config) if set there, else from the environment, else the defaults.
+``create_app`` test_config if set there, else the environment's value, which
+coalition/config.py puts there), else the defaults (config.RATE_LIMIT_DEFAULTS).
 
 Addresses: ``request.remote_addr``. ``X-Forwarded-For`` is honoured only when
 ``TRUSTED_PROXIES`` (a count of proxies in front of the service) is set, through werkzeug's
@@ -61,7 +62,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -72,19 +72,13 @@ from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
 from limits import RateLimitItem, parse_many
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from .config import RATE_LIMIT_DEFAULTS
 from .errors import Problem, problem_response
 
 log = logging.getLogger("coalition.limits")
 
 EXTENSION = "coalition_limits"
-DEFAULTS = {
-    "RATELIMIT_ENABLED": "true",
-    "RATELIMIT_PARTNER": "6000 per minute",
-    "RATELIMIT_ANONYMOUS": "120 per minute",
-    "RATELIMIT_RECONCILIATION": "10 per minute;60 per hour",
-    "RATELIMIT_KEY_PREFIX": "coalition",
-    "TRUSTED_PROXIES": "0",
-}
+DEFAULTS = RATE_LIMIT_DEFAULTS
 PARTNER, ANONYMOUS = "partner", "anonymous"  # the scopes (part of the storage key)
 # Routes with a quota of their own besides the partner's (their scope -> setting name).
 OWN_QUOTAS = {"reconciliation": "RATELIMIT_RECONCILIATION"}
@@ -105,10 +99,8 @@ class _State:
 
 
 def _setting(app: Flask, name: str, default: str | None):
-    """App config (create_app's test_config) first, then the environment, then the default."""
-    if app.config.get(name) not in (None, ""):
-        return app.config[name]
-    value = os.environ.get(name)
+    """App config (create_app's test_config, else the environment's value), else the default."""
+    value = app.config.get(name)
     return default if value in (None, "") else value
 
 

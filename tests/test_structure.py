@@ -134,6 +134,27 @@ def test_reconciliation_bounds_agree_with_the_schemas():
         schemas.MAX_LISTED, schemas.MAX_RECONCILIATION_CLAIMS)
 
 
+# --- (e) the environment is read in coalition/config.py only ---------------------------------
+
+ENVIRONMENT = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
+
+
+def test_only_config_reads_the_environment():
+    offenders = []
+    for path in [*package_files(), ROOT / "wsgi.py"]:
+        if rel(path) in ("coalition/config.py", STANDALONE):
+            continue
+        for node in ast.walk(parsed(path)):
+            named = (isinstance(node, ast.Attribute) and node.attr in ENVIRONMENT
+                     and isinstance(node.value, ast.Name) and node.value.id == "os")
+            imported = (isinstance(node, ast.ImportFrom) and node.module == "os"
+                        and any(alias.name in ENVIRONMENT for alias in node.names))
+            if named or imported:
+                offenders.append(f"{rel(path)}:{node.lineno}: reads the environment "
+                                 "(settings belong in coalition/config.py)")
+    assert offenders == []
+
+
 def test_coalition_imports_neither_partners_nor_settlement():
     offenders = {str(p.relative_to(ROOT)): imported_modules(p) & {"partners", "settlement"}
                  for p in (ROOT / "coalition").rglob("*.py")}
