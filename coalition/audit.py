@@ -27,32 +27,17 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import String, Text, func, or_, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
 
-from .database import db, is_sqlite
 from .clock import as_utc, iso_utc
+from .database import is_sqlite
 from .hashing import canonical, sha256_hex
-from .models import Id, UtcDateTime
+from .models import AuditEvent
 
 GENESIS = "0" * 64  # prev_hash of the first event
 AUDIT_LOCK = 0x41756469  # PostgreSQL advisory lock key of the chain head (BOOKS_LOCK differs)
 SYSTEM = "system"  # actor of changes made by code rather than by an operator's command
-
-
-class AuditEvent(db.Model):
-    __tablename__ = "audit_events"
-
-    id: Mapped[int] = mapped_column(Id, primary_key=True)
-    at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
-    actor: Mapped[str] = mapped_column(String(128))
-    action: Mapped[str] = mapped_column(String(64))  # partner.add, partner.key.revoke, period.close, ...
-    subject: Mapped[str] = mapped_column(String(200), index=True)  # partner:acme, period:2026-05, ...
-    before: Mapped[str | None] = mapped_column(Text)  # canonical JSON, null if nothing existed
-    after: Mapped[str | None] = mapped_column(Text)
-    # Unique: two events can never follow the same one, so the chain cannot fork.
-    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    hash: Mapped[str] = mapped_column(String(64))
 
 
 def _json(value) -> str | None:

@@ -1,4 +1,5 @@
-"""The ledger of record: members, the double-entry journal, lots, debt lots and consumptions.
+"""Every table of the core: the ledger of record (members, the double-entry journal, lots, debt
+lots and consumptions), closed months, and the tamper evidence (sealed blocks, the audit log).
 
 Journal entries and postings are immutable. Lots and debt lots carry a `remaining` that the
 journal fully determines (`ledger verify` re-derives it), kept as a column so that a burn can
@@ -9,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, Index,
-                        Integer, String, UniqueConstraint, text)
+                        Integer, String, Text, UniqueConstraint, text)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .database import db
@@ -17,6 +18,8 @@ from .vocabulary import EntryKind
 
 # BIGINT ids on PostgreSQL; on SQLite only INTEGER PRIMARY KEY is the autoincrementing rowid.
 Id = BigInteger().with_variant(Integer(), "sqlite")
+# Every instant of every table, partners' and settlement's too: stored in UTC, TIMESTAMP WITH TIME
+# ZONE on PostgreSQL. SQLite hands values back naive; clock.as_utc reads them as UTC.
 UtcDateTime = DateTime(timezone=True)
 
 
@@ -171,3 +174,47 @@ class ClosedPeriod(db.Model):
     closed_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # The sealed chain's head block hash when the month closed: the statements' anchor.
     ledger_head: Mapped[str | None] = mapped_column(String(64))
+
+
+# --- tamper evidence: the sealer's chain of blocks (coalition/sealer.py) and the audit log
+
+class LedgerBlock(db.Model):
+    """A run of journal entries the sealer chained: their hashes, and the block before it."""
+    __tablename__ = "ledger_blocks"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    first_entry_id: Mapped[int] = mapped_column(BigInteger)
+    last_entry_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    entry_count: Mapped[int] = mapped_column(BigInteger)
+    entries_hash: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)  # the chain cannot fork
+    block_hash: Mapped[str] = mapped_column(String(64))
+    sealed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class LedgerSeal(db.Model):
+    """One row per sealed entry: the block that sealed it and the hash the entry had then. The
+    block's entries_hash covers these rows, so they cannot be changed unseen either, and they
+    let `verify` name the first entry that changed, vanished or appeared after sealing.
+    No foreign keys: a tampered journal must still be reported on, not refuse the tampering."""
+    __tablename__ = "ledger_seals"
+
+    entry_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    block_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditEvent(db.Model):
+    """An operator action or security event, chained to the event before it (coalition/audit.py)."""
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))  # partner.add, partner.key.revoke, period.close, ...
+    subject: Mapped[str] = mapped_column(String(200), index=True)  # partner:acme, period:2026-05, ...
+    before: Mapped[str | None] = mapped_column(Text)  # canonical JSON, null if nothing existed
+    after: Mapped[str | None] = mapped_column(Text)
+    # Unique: two events can never follow the same one, so the chain cannot fork.
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hash: Mapped[str] = mapped_column(String(64))

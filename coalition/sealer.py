@@ -24,16 +24,16 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from sqlalchemy import BigInteger, String, func, insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from . import books, clock
 from .clock import as_utc, iso_utc
-from .database import db, is_sqlite
+from .database import is_sqlite
 from .hashing import canonical, sha256_hex
-from .models import Entry, Id, UtcDateTime
+from .models import Entry, LedgerBlock, LedgerSeal
 
 GENESIS = "0" * 64
 SEAL_LOCK = 0x5365616C  # advisory lock: one sealer at a time
@@ -44,31 +44,6 @@ MAX_BLOCK = 10_000
 DATABASE_ERRORS = (DBAPIError, PoolTimeout)
 
 log = logging.getLogger("coalition.sealer")
-
-
-class LedgerBlock(db.Model):
-    __tablename__ = "ledger_blocks"
-
-    id: Mapped[int] = mapped_column(Id, primary_key=True)
-    first_entry_id: Mapped[int] = mapped_column(BigInteger)
-    last_entry_id: Mapped[int] = mapped_column(BigInteger, unique=True)
-    entry_count: Mapped[int] = mapped_column(BigInteger)
-    entries_hash: Mapped[str] = mapped_column(String(64))
-    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)  # the chain cannot fork
-    block_hash: Mapped[str] = mapped_column(String(64))
-    sealed_at: Mapped[datetime] = mapped_column(UtcDateTime)
-
-
-class LedgerSeal(db.Model):
-    """One row per sealed entry: the block that sealed it and the hash the entry had then. The
-    block's entries_hash covers these rows, so they cannot be changed unseen either, and they
-    let `verify` name the first entry that changed, vanished or appeared after sealing.
-    No foreign keys: a tampered journal must still be reported on, not refuse the tampering."""
-    __tablename__ = "ledger_seals"
-
-    entry_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    block_id: Mapped[int] = mapped_column(BigInteger, index=True)
-    entry_hash: Mapped[str] = mapped_column(String(64))
 
 
 def entries_digest(hashes: list[str]) -> str:

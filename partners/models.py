@@ -4,13 +4,12 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Index, Numeric, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Numeric, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from coalition.database import db
-from coalition.models import Id
+from coalition.models import Id, UtcDateTime
 
-UtcDateTime = DateTime(timezone=True)
 Price = Numeric(18, 6)
 
 

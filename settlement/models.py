@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, String, Text
+from sqlalchemy import BigInteger, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coalition.database import db
+from coalition.models import UtcDateTime
 
 
 class Statement(db.Model):
@@ -20,7 +21,7 @@ class Statement(db.Model):
     signature: Mapped[str] = mapped_column(String(128))  # base64url Ed25519 over document
     kid: Mapped[str] = mapped_column(String(64))
     net_cents: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class CoalitionReport(db.Model):
@@ -43,7 +44,7 @@ class SigningKey(db.Model):
 
     kid: Mapped[str] = mapped_column(String(64), primary_key=True)  # RFC 7638 thumbprint
     public_key_pem: Mapped[str] = mapped_column(Text)
-    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    registered_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # Set when the operator withdraws the key (a compromise): it leaves the JWKS, and what it
     # signed no longer verifies. Never cleared.
-    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

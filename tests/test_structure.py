@@ -155,6 +155,42 @@ def test_only_config_reads_the_environment():
     assert offenders == []
 
 
+# --- (f) every table in a models.py, every instant of one type --------------------------------
+
+def called(node: ast.Call) -> str | None:
+    return getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+
+
+def declares_table(node: ast.AST) -> bool:
+    """A declarative model (`__tablename__ = ...`) or a `Table(name, db.metadata, ...)`."""
+    if isinstance(node, ast.Assign):
+        return any(isinstance(t, ast.Name) and t.id == "__tablename__" for t in node.targets)
+    return (isinstance(node, ast.Call) and called(node) == "Table"
+            and any(isinstance(a, ast.Attribute) and a.attr == "metadata" for a in node.args))
+
+
+def defines_utc_datetime(node: ast.AST) -> bool:
+    return (isinstance(node, ast.ClassDef) and node.name == "UtcDateTime") or (
+        isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "UtcDateTime" for t in node.targets))
+
+
+def test_tables_are_declared_in_models_modules_with_one_utc_datetime_type():
+    offenders, definitions = [], []
+    for path in package_files():
+        for node in ast.walk(parsed(path)):
+            where = f"{rel(path)}:{getattr(node, 'lineno', 0)}"
+            if defines_utc_datetime(node):
+                definitions.append(where)
+            if declares_table(node) and path.name != "models.py":
+                offenders.append(f"{where}: a table outside a models.py")
+            if (isinstance(node, ast.Call) and called(node) == "DateTime"
+                    and rel(path) != "coalition/models.py"):
+                offenders.append(f"{where}: DateTime(...); use coalition.models.UtcDateTime")
+    assert len(definitions) == 1 and definitions[0].startswith("coalition/models.py:"), definitions
+    assert offenders == []
+
+
 def test_coalition_imports_neither_partners_nor_settlement():
     offenders = {str(p.relative_to(ROOT)): imported_modules(p) & {"partners", "settlement"}
                  for p in (ROOT / "coalition").rglob("*.py")}
