@@ -18,7 +18,6 @@ Nothing here imports Flask; nothing here logs, returns or stores a PIN in clear.
 """
 from __future__ import annotations
 
-import base64
 import os
 import re
 from datetime import datetime
@@ -29,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import audit
+from .hashing import b64url_decode, b64url_encode
 from .problems import Problem, Refusal
 from .models import Member
 
@@ -50,14 +50,6 @@ def subject(member: Member) -> str:
     return f"member-id:{member.id}"
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def _kdf(salt: bytes, log_n: int, r: int, p: int, length: int) -> Scrypt:
     return Scrypt(salt=salt, length=length, n=2 ** log_n, r=r, p=p)
 
@@ -69,14 +61,14 @@ def valid_pin(pin) -> bool:
 def hash_pin(pin: str, log_n: int = DEFAULT_LOG_N) -> str:
     salt = os.urandom(SALT_BYTES)
     key = _kdf(salt, log_n, R, P, KEY_BYTES).derive(pin.encode("ascii"))
-    return f"scrypt$ln={log_n},r={R},p={P}${_b64(salt)}${_b64(key)}"
+    return f"scrypt$ln={log_n},r={R},p={P}${b64url_encode(salt)}${b64url_encode(key)}"
 
 
 def _parse(stored: str) -> tuple[int, int, int, bytes, bytes]:
     m = _STORED.fullmatch(stored)
     if m is None:
         raise ValueError("not a stored PIN hash")
-    return int(m[1]), int(m[2]), int(m[3]), _unb64(m[4]), _unb64(m[5])
+    return int(m[1]), int(m[2]), int(m[3]), b64url_decode(m[4]), b64url_decode(m[5])
 
 
 def pin_matches(stored: str, pin: str) -> bool:

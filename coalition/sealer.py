@@ -14,7 +14,6 @@ appends the head once per UTC day, which `ledger verify --anchors` checks the ch
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from sqlalchemy.orm import Session
 from . import books, clock
 from .clock import as_utc, iso_utc
 from .database import is_sqlite
-from .hashing import canonical, sha256_hex
+from .hashing import canonical, entries_digest, sha256_hex
 from .models import Entry, LedgerBlock, LedgerSeal
 
 GENESIS = "0" * 64
@@ -44,13 +43,6 @@ MAX_BLOCK = 10_000
 DATABASE_ERRORS = (DBAPIError, PoolTimeout)
 
 log = logging.getLogger("coalition.sealer")
-
-
-def entries_digest(hashes: list[str]) -> str:
-    digest = hashlib.sha256()
-    for entry_hash in hashes:
-        digest.update(bytes.fromhex(entry_hash))
-    return digest.hexdigest()
 
 
 def block_hash(block: LedgerBlock) -> str:

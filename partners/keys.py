@@ -1,20 +1,16 @@
 """Partner public keys: which ones we accept, and their RFC 7638 thumbprints (the kid)."""
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from coalition.hashing import b64url_encode
 from coalition.problems import Problem
 
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def load_public_key(pem: bytes) -> tuple[PublicKey, str]:
@@ -34,12 +30,12 @@ def thumbprint(key: PublicKey) -> str:
     """RFC 7638: SHA-256 over the required JWK members in lexicographic order, base64url."""
     if isinstance(key, ed25519.Ed25519PublicKey):
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        jwk = {"crv": "Ed25519", "kty": "OKP", "x": _b64(raw)}
+        jwk = {"crv": "Ed25519", "kty": "OKP", "x": b64url_encode(raw)}
     else:
         numbers = key.public_numbers()
-        jwk = {"crv": "P-256", "kty": "EC", "x": _b64(numbers.x.to_bytes(32, "big")),
-               "y": _b64(numbers.y.to_bytes(32, "big"))}
-    return _b64(hashlib.sha256(json.dumps(jwk, sort_keys=True, separators=(",", ":")).encode()).digest())
+        jwk = {"crv": "P-256", "kty": "EC", "x": b64url_encode(numbers.x.to_bytes(32, "big")),
+               "y": b64url_encode(numbers.y.to_bytes(32, "big"))}
+    return b64url_encode(hashlib.sha256(json.dumps(jwk, sort_keys=True, separators=(",", ":")).encode()).digest())
 
 
 def canonical_pem(key: PublicKey) -> str:

@@ -21,7 +21,6 @@ the signature algorithms.
 """
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
@@ -39,6 +38,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from coalition.hashing import b64url_decode, b64url_encode
 from coalition.problems import Problem
 
 from .keys import PublicKey, load_public_key
@@ -121,7 +121,7 @@ class KeyCache:
 
 
 def body_hash(body: bytes) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
+    return b64url_encode(hashlib.sha256(body).digest())
 
 
 def authenticate(session: Session, keys: KeyCache, *, authorization: str | None, method: str,
@@ -141,7 +141,7 @@ def _b64decode(segment: str) -> bytes:
     if not _SEGMENT.fullmatch(segment):  # the lenient decoder would skip stray characters
         raise refused("invalid-token", NOT_A_JWT)
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return b64url_decode(segment)
     except (ValueError, binascii.Error):  # a length of 4n+1
         raise refused("invalid-token", NOT_A_JWT) from None
 

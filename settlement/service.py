@@ -7,7 +7,6 @@ took. The arithmetic from those aggregates to the documents is in settlement/sta
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +16,7 @@ from sqlalchemy.orm import Session, aliased
 
 from coalition import audit, books, sealer
 from coalition.clock import iso_utc
-from coalition.hashing import canonical, sha256_hex
+from coalition.hashing import canonical, entries_digest, sha256_hex
 from coalition.models import ClosedPeriod, Consumption, DebtLot, Entry, Lot
 from coalition.problems import Problem
 from coalition.vocabulary import FUNDING, ConsumptionKind, EntryKind
@@ -62,11 +61,8 @@ def month_flows(session: Session, period: str) -> Flows:
             flows.recovered[creditor] += points
         else:
             flows.matrix[issuer, redeemer] += points
-    hashes = session.scalars(select(Entry.entry_hash).where(Entry.period == period).order_by(Entry.id))
-    digest = hashlib.sha256()
-    for entry_hash in hashes:
-        digest.update(bytes.fromhex(entry_hash))
-    flows.anchor = digest.hexdigest()
+    flows.anchor = entries_digest(session.scalars(
+        select(Entry.entry_hash).where(Entry.period == period).order_by(Entry.id)))
     return flows
 
 

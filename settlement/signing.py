@@ -14,7 +14,6 @@ Where keys live, and why:
 """
 from __future__ import annotations
 
-import base64
 import os
 import threading
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from coalition import audit
 from coalition.database import is_sqlite
+from coalition.hashing import b64url_decode, b64url_encode
 from coalition.problems import Problem
 from coalition.clock import as_utc, iso_utc
 from partners.keys import canonical_pem, thumbprint
@@ -43,14 +43,6 @@ SUBJECT = "coalition:signing-key"  # audit subject
 
 _lock = threading.Lock()
 _cache: dict[str, tuple[tuple[int, int, int], ed25519.Ed25519PrivateKey]] = {}
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _write_new(file: Path, key: ed25519.Ed25519PrivateKey) -> None:
@@ -115,13 +107,13 @@ def kid_of(key) -> str:
 
 
 def sign(key: ed25519.Ed25519PrivateKey, document: bytes) -> tuple[str, str]:
-    return kid_of(key), _b64(key.sign(document))
+    return kid_of(key), b64url_encode(key.sign(document))
 
 
 def verify(key, document: bytes, signature: str) -> bool:
     """`key`: the public key (or a private key, whose public half is used)."""
     try:
-        _public(key).verify(_unb64(signature), document)
+        _public(key).verify(b64url_decode(signature), document)
         return True
     except (InvalidSignature, ValueError):
         return False
@@ -130,7 +122,7 @@ def verify(key, document: bytes, signature: str) -> bool:
 def public_jwk(kid: str, key) -> dict:
     """The public members only: a JWK built here can never carry the private scalar "d"."""
     raw = _public(key).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return {"kty": "OKP", "crv": "Ed25519", "x": _b64(raw), "kid": kid, "alg": "EdDSA", "use": "sig"}
+    return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw), "kid": kid, "alg": "EdDSA", "use": "sig"}
 
 
 @dataclass(frozen=True)
