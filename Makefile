@@ -82,6 +82,15 @@ crash: venv
 	  *) echo "make crash needs DATABASE_URL=postgresql+psycopg://... naming an empty database" >&2; exit 2;; esac
 	$(BIN)/pytest tests/crash $(PYTEST_ARGS)
 
+# The throughput benchmark (bench/run.py, bench/README.md): the service and the floor app under
+# gunicorn (2 workers x 8 threads), 8 client processes of signed single earns, raw PostgreSQL
+# INSERT+COMMIT and COPY, on a fresh bench_* database (on DATABASE_URL's server, else
+# 127.0.0.1:5432) created and dropped by the run. About 3 minutes; BENCH_SIZE=big runs longer.
+# Prints one table of rates and ratios to baselines of the same run; exits 1 on any error.
+.PHONY: bench
+bench: venv
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 # Removes the virtualenv and caches. instance/ (the embedded database, demo keys) is kept:
 # delete it by hand to start the demo from scratch.
 clean:

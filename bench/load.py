@@ -24,6 +24,7 @@ import json
 import math
 import multiprocessing
 import random
+import signal
 import sys
 import time
 import uuid
@@ -95,6 +96,21 @@ class Result:
                 "samples": self.samples}
 
 
+def merge(name: str, results: list[Result]) -> Result:
+    """Runs of one scenario taken together: their answers over their summed time."""
+    merged = Result(name, results[0].clients)
+    for r in results:
+        merged.ok += r.ok
+        merged.statuses.update(r.statuses)
+        merged.samples.extend(r.samples[:3 - len(merged.samples)])
+        merged.seconds += r.seconds
+        merged.latencies.extend(r.latencies)
+        merged.exhausted += r.exhausted
+        merged.client_cpu += r.client_cpu
+        merged.crashed.extend(r.crashed)
+    return merged
+
+
 def member_ids(count: int) -> list[str]:
     return [f"{MEMBER_PREFIX}{i:06d}" for i in range(count)]
 
@@ -142,6 +158,7 @@ def sign_all(signer: Signer, method: str, path: str, bodies: list[bytes]) -> lis
 
 def _client(index: int, base_url: str, path: str, signer: Signer, make_bodies: BodyMaker,
             duration: float | None, barrier, queue) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it kills us
     try:
         bodies = make_bodies(index)
         headers = sign_all(signer, "POST", path, bodies)
@@ -210,6 +227,10 @@ def run(name: str, base_url: str, path: str, signer: Signer, make_bodies: BodyMa
             result.client_cpu += report["cpu"]
             starts.append(report["start"])
             ends.append(report["end"])
+    except BaseException:  # interrupted, or a client lost: the others must not run on
+        for p in procs:
+            p.kill()
+        raise
     finally:
         for p in procs:
             p.join(timeout=10)
