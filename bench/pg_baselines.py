@@ -19,6 +19,7 @@ import io
 import json
 import math
 import multiprocessing
+import signal
 import sys
 import time
 from datetime import datetime, timezone
@@ -82,6 +83,7 @@ def _copy_worker(conninfo: str, client: int, rows: int, barrier, queue) -> None:
 
 
 def _guarded(worker, conninfo: str, client: int, arg, barrier, queue) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it kills us
     try:
         worker(conninfo, client, arg, barrier, queue)
     except BaseException as err:  # the others must not wait at the barrier for this one
@@ -111,6 +113,10 @@ def _parallel(name: str, conninfo: str, table: str, worker, arg, clients: int) -
             result.latencies.extend(report["latencies"])
             starts.append(report["start"])
             ends.append(report["end"])
+    except BaseException:  # interrupted, or a worker lost: the others must not run on
+        for p in procs:
+            p.kill()
+        raise
     finally:
         for p in procs:
             p.join(timeout=10)
