@@ -80,6 +80,8 @@ def options(argv: list[str] | None) -> argparse.Namespace:
                    default=env("raw_duration", float(preset["raw_duration"])))
     p.add_argument("--copy-rows", type=int, default=env("copy_rows", preset["copy_rows"]),
                    help="COPY rows per client")
+    p.add_argument("--keep-logs", action="store_true",
+                   help="copy the servers' logs to bench/results/ (done anyway when a run fails)")
     args = p.parse_args(argv)
     args.size = size
     return args
@@ -227,6 +229,16 @@ def count_rows(conninfo: str, table: str) -> int:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
+def code_version() -> str:
+    """What the service ran: the commit, and whether the working tree had changes beyond it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip() or "unknown"
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                              "coalition", "partners", "settlement", "migrations", "wsgi.py"],
+                             cwd=ROOT, capture_output=True, text=True).stdout.splitlines()
+    return f"{head} + uncommitted changes in {len(changed)} files" if changed else head
+
+
 def machine() -> dict:
     with open("/proc/meminfo") as fh:
         mem_kb = int(next(line for line in fh if line.startswith("MemTotal")).split()[1])
@@ -254,6 +266,7 @@ def table(rows: list[tuple]) -> str:
 def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
     problems = []
     load_before = os.getloadavg()[0]
+    version = code_version()
     env = {**os.environ, "DATABASE_URL": scratch.url.set(drivername="postgresql+psycopg")
            .render_as_string(hide_password=False),
            "RATELIMIT_ENABLED": "false", "COALITION_OPERATOR": "bench",
@@ -352,6 +365,7 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
                 f"{host['ram_gib']} GiB; load average {load_before:.2f} before, "
                 f"{host['loadavg']:.2f} after")
     print()
+    print(f"service code: {version}")
     print(settings)
     print(table(rows))
     for result in (earns, floor_earns):
@@ -369,10 +383,10 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     (out / f"bench-{stamp}.json").write_text(json.dumps(
         {"settings": vars(args), "machine": host, "loadavg_before": load_before,
-         "postgres": pg_version,
+         "postgres": pg_version, "code": version,
          "results": [r.summary() for r in results], "group_by": group_by,
          "problems": problems}, indent=2))
-    if problems:  # keep the servers' logs for a look
+    if problems or args.keep_logs:
         for server in servers:
             shutil.copy(server.log_path, out / f"bench-{stamp}-{server.name}.log")
     return 1 if problems else 0
