@@ -1,16 +1,12 @@
-"""Partner public keys: which ones we accept, and their RFC 7638 thumbprints (the kid)."""
+"""Partner public keys: which ones we accept. Their kid is the RFC 7638 thumbprint, computed in
+coalition/jwk.py (statement signing keys are named the same way)."""
 from __future__ import annotations
-
-import hashlib
-import json
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from coalition.hashing import b64url_encode
+from coalition.jwk import PublicKey, canonical_pem, thumbprint  # noqa: F401  (partners' names)
 from coalition.problems import Problem
-
-PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
 
 def load_public_key(pem: bytes) -> tuple[PublicKey, str]:
@@ -24,20 +20,3 @@ def load_public_key(pem: bytes) -> tuple[PublicKey, str]:
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
         return key, "ES256"
     raise Problem("validation-error", "Only EC P-256 (ES256) and Ed25519 (EdDSA) keys are accepted.")
-
-
-def thumbprint(key: PublicKey) -> str:
-    """RFC 7638: SHA-256 over the required JWK members in lexicographic order, base64url."""
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        jwk = {"crv": "Ed25519", "kty": "OKP", "x": b64url_encode(raw)}
-    else:
-        numbers = key.public_numbers()
-        jwk = {"crv": "P-256", "kty": "EC", "x": b64url_encode(numbers.x.to_bytes(32, "big")),
-               "y": b64url_encode(numbers.y.to_bytes(32, "big"))}
-    return b64url_encode(hashlib.sha256(json.dumps(jwk, sort_keys=True, separators=(",", ":")).encode()).digest())
-
-
-def canonical_pem(key: PublicKey) -> str:
-    return key.public_bytes(serialization.Encoding.PEM,
-                            serialization.PublicFormat.SubjectPublicKeyInfo).decode()

@@ -11,13 +11,14 @@ from sqlalchemy.orm import Session, selectinload
 from coalition import audit, books
 from coalition.clock import as_utc, iso_utc
 from coalition.decimals import plain
+from coalition.jwk import canonical_pem, thumbprint
 from coalition.ledger import find_claim
 from coalition.redemption import RedeemPolicy
 from coalition.models import Entry
 from coalition.problems import Problem
 from coalition.vocabulary import MAX_POINTS, EntryKind
 
-from .keys import canonical_pem, load_public_key, thumbprint
+from .keys import load_public_key
 from .models import Partner, PartnerKey, PartnerTerms
 
 FIRST_TERMS = "0000-00"  # sorts before every YYYY-MM

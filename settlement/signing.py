@@ -27,11 +27,11 @@ from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
 from coalition import audit
+from coalition.clock import as_utc, iso_utc
 from coalition.database import is_sqlite
 from coalition.hashing import b64url_decode, b64url_encode
+from coalition.jwk import canonical_pem, thumbprint
 from coalition.problems import Problem
-from coalition.clock import as_utc, iso_utc
-from partners.keys import canonical_pem, thumbprint
 
 from .models import CoalitionReport, SigningKey, Statement
 
