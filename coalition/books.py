@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .database import is_sqlite
-from .problems import Problem
 from .models import ClosedPeriod, Entry
 from .periods import add_months, month_start_utc, period_of
+from .problems import Problem
 
 BOOKS_LOCK = 0x436F616C  # arbitrary, fixed: the one advisory lock key of this service
 PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")

@@ -26,10 +26,10 @@ from flask.cli import AppGroup
 
 from . import audit, clock, config, pins, sealer
 from . import members as member_service
+from .clock import iso_utc
 from .database import db
 from .decimals import plain
 from .errors import Problem, database_unavailable
-from .clock import iso_utc
 from .history import member_history
 from .verify import verify
 from .vocabulary import ID_PATTERN

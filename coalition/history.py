@@ -13,9 +13,9 @@ from sqlalchemy import func, literal, select, tuple_
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from .clock import as_utc, iso_utc
-from .problems import Problem
 from .members import find
 from .models import Entry, Member
+from .problems import Problem
 from .vocabulary import EntryKind
 
 

@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session
 
 from . import books, pins, redemption
 from .clock import as_utc, iso_utc
-from .problems import Problem
 from .hashing import canonical, sha256_hex
 from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
 from .periods import expiry_of
+from .problems import Problem
 from .vocabulary import (REVERSIBLE, Account, ConsumptionKind, EntryKind, available,
                          issued_account, member_account, redeemed_account, spendable)
 

@@ -8,9 +8,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .clock import as_utc
-from .problems import Problem
 from .models import Lot, Member
 from .periods import last_day_before
+from .problems import Problem
 from .vocabulary import available, spendable, unspent
 
 

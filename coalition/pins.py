@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session
 
 from . import audit
 from .hashing import b64url_decode, b64url_encode
-from .problems import Problem, Refusal
 from .models import Member
+from .problems import Problem, Refusal
 
 PIN_PATTERN = r"^[0-9]{4,6}$"
 _PIN = re.compile(r"[0-9]{4,6}")  # fullmatch; [0-9], not \d: ASCII digits only

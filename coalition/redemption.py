@@ -25,9 +25,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from . import audit, pins
-from .problems import Problem, Refusal
 from .models import BURNS, Entry, Member
 from .periods import day_of
+from .problems import Problem, Refusal
 
 
 @dataclass(frozen=True)
