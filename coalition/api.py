@@ -137,12 +137,12 @@ def headers(*names: str) -> dict:
     return {name: _HEADER_IDS[name] for name in names}
 
 
-def problem_doc(*slugs: str, with_headers: bool = True) -> dict:
+def problem_doc(*slugs: str) -> dict:
     """One problem+json response answering `slugs` (all of one status), with their headers."""
     response = {"description": " or ".join(f"`{slug}`" for slug in slugs),
                 "content": {PROBLEM_JSON: {"schema": ProblemSchema}}}
     names = sorted({h for slug in slugs for h in PROBLEM_HEADERS.get(slug, ())})
-    if with_headers and names:
+    if names:
         response["headers"] = headers(*names)
     return response
 

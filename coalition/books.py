@@ -21,7 +21,7 @@ from .periods import add_months, month_start_utc, period_of
 from .problems import Problem
 
 BOOKS_LOCK = 0x436F616C  # arbitrary, fixed: the one advisory lock key of this service
-PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+PERIOD = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")  # ASCII digits: \d takes any script's
 
 
 def parse_period(text: str) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from . import bodylimit
 from .api import documented, problem_doc
 from .database import db
-from .errors import Problem
+from .errors import UNAVAILABLE_RETRY_AFTER_S, Problem
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 access_log = logging.getLogger("coalition.access")
@@ -43,8 +43,7 @@ HEALTHZ_DOC = {"tags": ["operations"], "summary": "Liveness: the process serves 
 READYZ_DOC = {"tags": ["operations"], "summary": "Readiness: the database is reachable",
               "responses": {
                   "200": _status("ready", "The database answered: the service can take requests."),
-                  # readyz raises its Problem without the Retry-After of the API's `unavailable`.
-                  "503": problem_doc("unavailable", with_headers=False)}}
+                  "503": problem_doc("unavailable")}}
 
 
 class RequestIdFilter(logging.Filter):
@@ -109,5 +108,6 @@ def init_app(app: Flask) -> None:
         except Exception:
             db.session.rollback()
             logging.getLogger("coalition.ops").warning("database not reachable", exc_info=True)
-            raise Problem("unavailable", "The database is not reachable.")
+            raise Problem("unavailable", "The database is not reachable.",
+                          headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
         return {"status": "ready"}

@@ -5,14 +5,13 @@ errors exactly as every other partner route.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from flask import g
 from marshmallow import RAISE
 
+from coalition import clock
 from coalition.api import problems
+from coalition.clock import iso_utc
 from coalition.database import db
-from coalition.fields import iso_utc
 from coalition.history import partner_claims
 
 from . import schemas
@@ -30,10 +29,11 @@ from .views import blp
                      "before the first page (a claim whose booking was still in flight may "
                      "appear only on the next listing).")
 @blp.arguments(schemas.ClaimListQuerySchema, location="query", unknown=RAISE)
-@blp.response(200, schemas.ClaimListSchema)
+@blp.response(200, schemas.ClaimListSchema, description="One page of claims, and the "
+              "cursor of the next (null on the last page)")
 @problems(blp, *COMMON, "validation-error")
 def list_claims(query: dict):
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     after = query.pop("cursor", None)
     page, last = partner_claims(db.session, g.caller.partner_id, after=after, **query)
     db.session.commit()

@@ -5,11 +5,11 @@ Authentication, and what happens to a request's transaction when it fails, is pa
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime
 
 from flask import current_app, g
 
-from coalition import ledger, members, pins
+from coalition import clock, ledger, members, pins
 from coalition.api import Blueprint, problems
 from coalition.database import db
 from coalition.errors import Problem
@@ -28,8 +28,8 @@ BODY = ("payload-too-large", "unsupported-media-type", "validation-error")
 _ID = re.compile(ID_PATTERN)
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
+def _now() -> datetime:  # a module-level name: tests pin the clock here
+    return clock.now()
 
 
 def _book(book, **claim):
@@ -50,7 +50,7 @@ def _known(identifier: str) -> str:
 @blp.route("/members", methods=["POST"])
 @blp.doc(security=AUTH, summary="Enrol a member (201 the first time, 200 after)")
 @blp.arguments(schemas.EnrolSchema)
-@blp.response(201, schemas.MemberSchema)
+@blp.response(201, schemas.MemberSchema, description="Enrolled now")
 @blp.alt_response(200, schema=schemas.MemberSchema, description="Enrolled already")
 @problems(blp, *COMMON, *BODY)
 def enrol(body: dict):
@@ -62,7 +62,7 @@ def enrol(body: dict):
 
 @blp.route("/members/<member_id>/balance", methods=["GET"])
 @blp.doc(security=AUTH, summary="A member's balance, shared across the coalition")
-@blp.response(200, schemas.BalanceSchema)
+@blp.response(200, schemas.BalanceSchema, description="The member's balance now")
 @problems(blp, *COMMON, "not-found")
 def balance(member_id: str):
     g.card = member_id
@@ -77,7 +77,8 @@ def balance(member_id: str):
 @blp.route("/earn", methods=["POST"])
 @blp.doc(security=AUTH, summary="Credit points issued by the calling partner")
 @blp.arguments(schemas.EarnSchema)
-@blp.response(201, schemas.ClaimSchema)
+@blp.response(201, schemas.ClaimSchema, description="Booked (or, with Idempotent-Replayed, booked "
+              "before: the same claim sent again)")
 @problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict")
 def earn(body: dict):
     g.card = body["member_id"]  # "no such member" counts as asking about an unknown card
@@ -87,7 +88,8 @@ def earn(body: dict):
 @blp.route("/burn", methods=["POST"])
 @blp.doc(security=AUTH, summary="Redeem points at the calling partner")
 @blp.arguments(schemas.BurnSchema)
-@blp.response(201, schemas.ClaimSchema)
+@blp.response(201, schemas.ClaimSchema, description="Booked (or, with Idempotent-Replayed, booked "
+              "before: the same claim sent again)")
 @problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict", "insufficient-points",
           "limit-exceeded", "member-locked", "member-auth-required", "member-auth-invalid")
 def burn(body: dict):
@@ -115,7 +117,8 @@ def set_pin(body: dict, member_id: str):
 @blp.route("/claims/<claim_id>/reversals", methods=["POST"])
 @blp.doc(security=AUTH, summary="Reverse all or part of one of the caller's claims")
 @blp.arguments(schemas.ReversalSchema)
-@blp.response(201, schemas.ClaimSchema)
+@blp.response(201, schemas.ClaimSchema, description="The reversal, booked (or, with "
+              "Idempotent-Replayed, booked before: the same reversal sent again)")
 @problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict", "reversal-exceeds-claim")
 def reverse(body: dict, claim_id: str):
     return _book(ledger.book_reversal, claim_id=_known(claim_id), **body)
@@ -123,7 +126,8 @@ def reverse(body: dict, claim_id: str):
 
 @blp.route("/claims/<claim_id>", methods=["GET"])
 @blp.doc(security=AUTH, summary="One of the caller's claims, with its reversals")
-@blp.response(200, schemas.ClaimSchema)
+@blp.response(200, schemas.ClaimSchema, description="The claim as booked, with its "
+              "reversals and what remains of it")
 @problems(blp, *COMMON, "not-found")
 def claim(claim_id: str):
     view = current_claim(db.session, g.caller.partner_id, _known(claim_id), now=_now())

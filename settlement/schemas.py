@@ -5,9 +5,11 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from coalition.api import path_parameter
 from coalition.fields import Identifier, Points, Rfc3339
-from partners.schemas import PERIOD_PATTERN, Cursor, QueryInteger, StrictSchema
+from coalition.schemas import PERIOD_PATTERN, Cursor, QueryInteger, StrictSchema
+from coalition.vocabulary import CLAIM_KINDS, EntryKind
 
 from .lines import SECTIONS
+from .reconciliation import MAX_LISTED, MAX_RECONCILIATION_CLAIMS  # noqa: F401
 
 # {period} in the statements' paths: a value that is no YYYY-MM has no statement (404) and
 # cannot be reconciled (422 validation-error).
@@ -59,9 +61,7 @@ class JwksSchema(Schema):
 
 # --- Reconciliation (docs/partner-api.md): the partner's record of a closed month, and the answer.
 
-MAX_RECONCILIATION_CLAIMS = 100_000
-MAX_LISTED = 1000  # claims named per list of a reconciliation; its totals count them all
-KINDS = ("earn", "burn", "reversal")
+KINDS = [str(kind) for kind in CLAIM_KINDS]
 
 
 class ReconciliationRecordSchema(StrictSchema):
@@ -75,10 +75,10 @@ class ReconciliationRecordSchema(StrictSchema):
 
 class ReconciliationUploadSchema(StrictSchema):
     EXAMPLE = {"claims": [
-        {"claim_id": "order-42", "kind": "earn", "points": 100, "member_id": "M-1001"},
-        {"claim_id": "order-42-return-1", "kind": "reversal", "points": 30},
-        {"claim_id": "order-43", "kind": "earn", "points": 50},
-        {"claim_id": "order-99", "kind": "earn", "points": 10}]}
+        {"claim_id": "order-42", "kind": EntryKind.EARN, "points": 100, "member_id": "M-1001"},
+        {"claim_id": "order-42-return-1", "kind": EntryKind.REVERSAL, "points": 30},
+        {"claim_id": "order-43", "kind": EntryKind.EARN, "points": 50},
+        {"claim_id": "order-99", "kind": EntryKind.EARN, "points": 10}]}
     claims = fields.List(fields.Nested(ReconciliationRecordSchema), required=True,
                          validate=validate.Length(max=MAX_RECONCILIATION_CLAIMS))
 

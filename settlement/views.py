@@ -8,8 +8,8 @@ from coalition import limits
 from coalition.api import Blueprint, problems
 from coalition.database import db
 from coalition.errors import Problem
+from coalition.schemas import cursor_of
 from partners.auth import AUTH, COMMON, authenticate, crashed, failed
-from partners.schemas import cursor_of
 
 from . import exports, lines, schemas, service, signing
 from . import reconciliation_input as reconciliation  # the upload's parsing; reconcile itself
@@ -30,7 +30,8 @@ class FormatSchema(Schema):
 
 @blp.route("/statements", methods=["GET"])
 @blp.doc(security=AUTH, summary="The caller's closed statements")
-@blp.response(200, schemas.StatementListSchema)
+@blp.response(200, schemas.StatementListSchema, description="Every closed month of the "
+              "caller: period, net and the digest of its signed statement")
 @problems(blp, *COMMON)
 def list_statements():
     rows = service.statements_of(db.session, g.caller.partner_id)
@@ -121,7 +122,8 @@ RECONCILIATION_BODY = {
 @limits.own_quota("reconciliation")  # RATELIMIT_RECONCILIATION, besides the partner's quota
 @blp.doc(security=AUTH, summary="Reconcile the caller's record of a closed month, claim by claim",
          requestBody=RECONCILIATION_BODY)
-@blp.response(200, schemas.ReconciliationSchema)
+@blp.response(200, schemas.ReconciliationSchema, description="The comparison: matched, "
+              "mismatched and missing claims, with complete totals")
 @problems(blp, *COMMON, "validation-error", "unsupported-media-type", "payload-too-large", "period-open")
 def reconcile(period: str):
     records = reconciliation.records_from(request)
@@ -134,7 +136,8 @@ def reconcile(period: str):
 @keys_blp.doc(summary="Public keys that sign statements (JWKS)",
               description="Every key the coalition signed statements with and has not retired, "
                           "the current one first: pick the key by the statement's `signature.kid`.")
-@keys_blp.response(200, schemas.JwksSchema)
+@keys_blp.response(200, schemas.JwksSchema, description="The public keys statements are "
+                   "signed with (RFC 7517), by kid")
 @problems(keys_blp, "unavailable")  # read from the database (coalition/errors.py answers 503)
 def jwks():
     document = signing.jwks(db.session, signing.existing_key(current_app.config["COALITION_SIGNING_KEY_FILE"]))

@@ -82,9 +82,11 @@ def test_is_closed(app, booked):
     first, second = booked
     with app.app_context():
         assert not books.is_closed(db.session, first)
-        with pytest.raises(Problem) as exc:
-            books.is_closed(db.session, "2026-13")
-        assert exc.value.slug == "validation-error"
+        # Not months: digits of other scripts too (Arabic-Indic, fullwidth), which \d would take.
+        for period in ("2026-13", "\u0662\u0660\u0662\u0666-05", "\uff12\uff10\uff12\uff16-05"):
+            with pytest.raises(Problem) as exc:
+                books.is_closed(db.session, period)
+            assert exc.value.slug == "validation-error"
         key = service.signing.signing_key(app.config["COALITION_SIGNING_KEY_FILE"])
         service.close(db.session, first, now=datetime.now(UTC), tz=app.config["COALITION_TIMEZONE"],
                       key=key)

@@ -107,6 +107,7 @@ def test_readyz_is_503_when_the_database_is_unreachable(app_without_db, logs):
         assert leak not in body
     assert r.headers["X-Request-Id"] == "ready-probe-1"
     assert r.headers["Cache-Control"] == "no-store"
+    assert r.headers["Retry-After"] == "1"  # as every 503 unavailable of the service
     warning = [x for x in logs.records() if x["name"] == "coalition.ops"]
     assert warning and warning[0]["level"] == "WARNING" and warning[0]["request_id"] == "ready-probe-1"
     # Liveness does not depend on the database: the process is alive, just not ready.

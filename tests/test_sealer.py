@@ -82,6 +82,11 @@ def test_blocks_chain_to_each_other(ledger_with_history, acme, runner):
     assert verify(runner)[0] == 0
 
 
+# A different hash: its first two characters replaced, by "aa" unless they were "aa" already
+# (1 hash in 256: the update would then change nothing).
+REWRITTEN = ("CASE WHEN substr(entry_hash, 1, 2) = 'aa' THEN 'bb' ELSE 'aa' END "
+             "|| substr(entry_hash, 3)")
+
 TAMPERING = {
     # A whole claim deleted with every derived row rewritten to match: only the chain sees it.
     "claim deleted consistently":
@@ -89,7 +94,7 @@ TAMPERING = {
          "UPDATE members SET balance = 0 WHERE id = 2; DELETE FROM journal_entries WHERE id = 2",
          "block-entries"),
     "entry hash rewritten to match edited content":
-        ("UPDATE journal_entries SET entry_hash = 'aa' || substr(entry_hash, 3) WHERE id = 3",
+        ("UPDATE journal_entries SET entry_hash = " + REWRITTEN + " WHERE id = 3",
          "block-entries"),
     "block edited": ("UPDATE ledger_blocks SET entry_count = 5", "block-chain"),
     "seal record edited": ("UPDATE ledger_seals SET entry_hash = entry_hash || '' WHERE entry_id = 1; "
@@ -116,8 +121,8 @@ DELETE_ENTRY = ("DELETE FROM postings WHERE entry_id = {id}; DELETE FROM lots WH
                 "DELETE FROM journal_entries WHERE id = {id}")
 FIRST_BROKEN = {
     "deleted": (DELETE_ENTRY, "deleted"),
-    "hash rewritten": ("UPDATE journal_entries SET entry_hash = 'bb' || substr(entry_hash, 3) "
-                       "WHERE id = {id}", "changed"),
+    "hash rewritten": ("UPDATE journal_entries SET entry_hash = " + REWRITTEN + " WHERE id = {id}",
+                       "changed"),
 }
 
 

@@ -130,30 +130,18 @@ def test_the_domain_imports_neither_flask_nor_marshmallow():
 SETTLEMENT_MAY_IMPORT = {"partners.service"}
 # settlement/views.py authenticates partners as the partner API does.
 SETTLEMENT_ALSO = {"settlement/views.py": {"partners.auth"}}
-# Shared marshmallow helpers (StrictSchema, Cursor, QueryInteger, cursor_of) still live in
-# partners/schemas.py, a file under a concurrent change; they belong in coalition.
-NOT_YET_MOVED = {"settlement/views.py": {"partners.schemas"},
-                 "settlement/schemas.py": {"partners.schemas"}}
 
 
 def test_settlement_uses_partners_through_its_service():
     offenders = []
     for path in sorted((ROOT / "settlement").rglob("*.py")):
-        allowed = (SETTLEMENT_MAY_IMPORT | SETTLEMENT_ALSO.get(rel(path), set())
-                   | NOT_YET_MOVED.get(rel(path), set()))
+        allowed = (SETTLEMENT_MAY_IMPORT | SETTLEMENT_ALSO.get(rel(path), set()))
         for line, module in imports_of(path):
             if module.split(".")[0] != "partners":
                 continue
             if not any(module == m or module.startswith(m + ".") for m in allowed):
                 offenders.append(f"{rel(path)}:{line}: imports {module}")
     assert not offenders, listed(offenders)
-
-
-def test_reconciliation_bounds_agree_with_the_schemas():
-    """Defined twice, the domain's and the schema's, until settlement/schemas.py imports them."""
-    from settlement import reconciliation, schemas
-    assert (reconciliation.MAX_LISTED, reconciliation.MAX_RECONCILIATION_CLAIMS) == (
-        schemas.MAX_LISTED, schemas.MAX_RECONCILIATION_CLAIMS)
 
 
 # --- (c) imports point one way: the core never imports the parts that plug into it -----------
@@ -185,13 +173,10 @@ OTHER_MEANINGS = {
     ("coalition/members.py", "debt"): "the balance answer's field debt (partner contract)",
     ("coalition/cli.py", "member:"): "the audit subject member:<card> of `members add`",
 }
-# Marshmallow schemas under a concurrent change: their OneOf lists and OpenAPI examples still
-# spell the claim kinds out; they should take vocabulary.CLAIM_KINDS.
-NOT_YET_SWEPT = {"partners/schemas.py", "settlement/schemas.py"}
 
 
 def test_ledger_words_are_not_spelled_out_outside_the_vocabulary():
-    skip = {"coalition/vocabulary.py", STANDALONE, *NOT_YET_SWEPT}
+    skip = {"coalition/vocabulary.py", STANDALONE}
     offenders = []
     for path in package_files():
         name = rel(path)
@@ -266,9 +251,6 @@ def test_tables_are_declared_in_models_modules_with_one_utc_datetime_type():
 
 # --- (g) base64url through coalition.hashing only ---------------------------------------------
 
-# partners/schemas.py (its pagination cursor) is under a concurrent change; it should use
-# coalition.hashing.b64url_encode/b64url_decode too.
-BASE64URL_NOT_YET = {"partners/schemas.py"}
 
 
 def base64url_by_hand(node: ast.AST) -> bool:
@@ -281,7 +263,7 @@ def base64url_by_hand(node: ast.AST) -> bool:
 
 
 def test_base64url_only_through_the_helper():
-    skip = {"coalition/hashing.py", STANDALONE, *BASE64URL_NOT_YET}
+    skip = {"coalition/hashing.py", STANDALONE}
     offenders = [f"{rel(path)}:{node.lineno}: base64url by hand (use coalition.hashing."
                  "b64url_encode/b64url_decode)"
                  for path in package_files() if rel(path) not in skip
