@@ -177,7 +177,23 @@ class LinesQuerySchema(StrictSchema):
                                           field_name=name)
 
 
-class StatementLineSchema(Schema):
+class StatementTotalsSchema(Schema):
+    """The statement's columns that lines sum to: each line has them too."""
+    claims = fields.Integer(required=True)
+    late_claims = fields.Integer(required=True)
+    points_issued = fields.Integer(required=True)
+    points_redeemed = fields.Integer(required=True)
+    points_funded = fields.Integer(required=True)
+    points_debt_recovered = fields.Integer(required=True)
+    issuance_charge_cents = fields.Integer(required=True)
+    redemption_funding_charge_cents = fields.Integer(required=True)
+    redemption_reimbursement_cents = fields.Integer(required=True)
+    fees_cents = fields.Integer(required=True)
+    debt_recovery_credit_cents = fields.Integer(required=True)
+    net_cents = fields.Integer(required=True)
+
+
+class StatementLineSchema(StatementTotalsSchema):
     line = fields.String(required=True, validate=validate.OneOf(SECTIONS))
     claim_id = fields.String(required=True, metadata={
         "description": "The caller's own claim: the claim (claim), the earn whose points were "
@@ -200,33 +216,6 @@ class StatementLineSchema(Schema):
     own_period = fields.String(required=True, allow_none=True, metadata={
         "description": "claim lines: the month of occurred_at (differs from the statement's "
                        "month for a late claim); null otherwise."})
-    claims = fields.Integer(required=True)
-    late_claims = fields.Integer(required=True)
-    points_issued = fields.Integer(required=True)
-    points_redeemed = fields.Integer(required=True)
-    points_funded = fields.Integer(required=True)
-    points_debt_recovered = fields.Integer(required=True)
-    issuance_charge_cents = fields.Integer(required=True)
-    redemption_funding_charge_cents = fields.Integer(required=True)
-    redemption_reimbursement_cents = fields.Integer(required=True)
-    fees_cents = fields.Integer(required=True)
-    debt_recovery_credit_cents = fields.Integer(required=True)
-    net_cents = fields.Integer(required=True)
-
-
-class StatementTotalsSchema(Schema):
-    claims = fields.Integer(required=True)
-    late_claims = fields.Integer(required=True)
-    points_issued = fields.Integer(required=True)
-    points_redeemed = fields.Integer(required=True)
-    points_funded = fields.Integer(required=True)
-    points_debt_recovered = fields.Integer(required=True)
-    issuance_charge_cents = fields.Integer(required=True)
-    redemption_funding_charge_cents = fields.Integer(required=True)
-    redemption_reimbursement_cents = fields.Integer(required=True)
-    fees_cents = fields.Integer(required=True)
-    debt_recovery_credit_cents = fields.Integer(required=True)
-    net_cents = fields.Integer(required=True)
 
 
 class StatementLinesSchema(Schema):
