@@ -12,6 +12,8 @@
    Every earn answered 2xx must be a row in the database afterwards.
 4. Raw PostgreSQL at the same concurrency: INSERT+COMMIT per row, COPY (bench/pg_baselines.py);
    and one GROUP BY over the service's journal (the month-close baseline, for later).
+   Bulk enrolment: `flask members import` of a CSV of new card numbers, then of the same file
+   again (bench/enrol_import.py), against the COPY rate.
 5. Prints one table, each rate beside its ratio to a baseline of the same run; writes the
    figures to bench/results/. Exits 1 if any request failed or any count does not add up.
 
@@ -47,9 +49,12 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # .venv/bin: gunicorn and flask beside the interpreter
 PORTS = range(18000, 18100)
 PARTNER = "bench-shop"
-SIZES = {  # rounds of HTTP runs, seconds per run, seconds of raw inserts, COPY rows per client
-    "default": {"rounds": 2, "duration": 30, "warmup": 5, "raw_duration": 10, "copy_rows": 50_000},
-    "big": {"rounds": 3, "duration": 60, "warmup": 10, "raw_duration": 30, "copy_rows": 200_000},
+SIZES = {  # rounds of HTTP runs, seconds per run, seconds of raw inserts, COPY rows per client,
+    # card numbers in the members import's CSV
+    "default": {"rounds": 2, "duration": 30, "warmup": 5, "raw_duration": 10, "copy_rows": 50_000,
+                "import_members": 200_000},
+    "big": {"rounds": 3, "duration": 60, "warmup": 10, "raw_duration": 30, "copy_rows": 200_000,
+            "import_members": 1_000_000},
 }
 
 
@@ -80,6 +85,9 @@ def options(argv: list[str] | None) -> argparse.Namespace:
                    default=env("raw_duration", float(preset["raw_duration"])))
     p.add_argument("--copy-rows", type=int, default=env("copy_rows", preset["copy_rows"]),
                    help="COPY rows per client")
+    p.add_argument("--import-members", type=int,
+                   default=env("import_members", preset["import_members"]),
+                   help="card numbers in the CSV file of the members import")
     p.add_argument("--keep-logs", action="store_true",
                    help="copy the servers' logs to bench/results/ (done anyway when a run fails)")
     args = p.parse_args(argv)
@@ -229,6 +237,30 @@ def count_rows(conninfo: str, table: str) -> int:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
+def members_import(env: dict, members: int) -> tuple[load.Result, load.Result, dict]:
+    """bench/enrol_import.py in a process of its own: a new file, then the same file again.
+    Each a batch Result: its card numbers over the command's seconds."""
+    done = subprocess.run([sys.executable, "-m", "bench.enrol_import", "--members", str(members)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        report = {"problems": [f"bench.enrol_import exited {done.returncode}: "
+                               f"{(done.stdout + done.stderr)[-1500:]}"]}
+    results = []
+    for key, name in (("new", "members import (CSV, new)"), ("rerun", "members import (rerun)")):
+        result = load.Result(name, 1)
+        part = report.get(key)
+        if part is not None and part["exit_code"] == 0:
+            result.ok = result.statuses[200] = members
+            result.seconds = part["seconds"]
+            result.latencies = [part["seconds"]]  # one batch: the whole file
+        else:
+            result.statuses[0] = 1
+        results.append(result)
+    return results[0], results[1], report
+
+
 def code_version() -> str:
     """What the service ran: the commit, and whether the working tree had changes beyond it."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
@@ -345,9 +377,17 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
                                         duration=args.raw_duration)
     copy = pg_baselines.copy_rows(scratch.conninfo, clients=args.clients,
                                   rows_per_client=args.copy_rows)
+    log(f"members import: {args.import_members} card numbers from CSV, then the same file again")
+    imported, reimported, import_report = members_import(env, args.import_members)
+    problems += import_report.get("problems", [])
+    if not import_report.get("problems"):
+        members_now = count_rows(scratch.conninfo, "members")
+        if members_now != enrol.ok + args.import_members:
+            problems.append(f"members import: {members_now} members afterwards, expected "
+                            f"{enrol.ok} enrolled over the API + {args.import_members} imported")
     group_by = pg_baselines.time_group_by(scratch.conninfo)
 
-    results = [earns, floor_earns, insert, copy, enrol]
+    results = [earns, floor_earns, insert, copy, enrol, imported, reimported]
     for result in results:
         if result.failed:
             problems.append(f"{result.name}: {json.dumps(result.summary())}")
@@ -355,7 +395,9 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
             ("floor single earn", floor_earns, insert, ""),
             ("raw INSERT+COMMIT (rows/s)", insert, copy, ""),
             (f"raw COPY (rows/s, {pg_baselines.COPY_BATCH}/batch)", copy, None, "batch"),
-            ("service enrol (setup)", enrol, None, "")]
+            ("service enrol (setup)", enrol, None, ""),
+            ("members import (CSV, new)", imported, copy, "batch"),
+            ("members import (rerun)", reimported, copy, "batch")]
     host = machine()
     settings = (f"gunicorn gthread {args.workers} workers x {args.threads} threads, "
                 f"{args.clients} client processes, {args.members} members, "
@@ -372,6 +414,12 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
         share = result.client_cpu / (result.seconds * host["nproc"]) if result.seconds else 0
         print(f"load generator during {result.name}: {result.client_cpu:.1f} CPU-s in "
               f"{result.seconds:.1f} s ({share:.0%} of the machine)")
+    if "new" in import_report:
+        print(f"members import: {args.import_members:,} card numbers, a "
+              f"{import_report['file_bytes'] / 2**20:.1f} MiB CSV, one transaction each: new "
+              f"{import_report['new']['seconds']:.2f} s, rerun {import_report['rerun']['seconds']:.2f} s "
+              f"(the command in process; a flask process's start, "
+              f"{import_report['startup_s']:.1f} s here, not counted)")
     print(f"month-close baseline: GROUP BY partner, period, kind over {group_by['rows']} "
           f"journal rows ({group_by['groups']} groups): {group_by['ms']} ms")
     for problem in problems:
@@ -385,6 +433,7 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
         {"settings": vars(args), "machine": host, "loadavg_before": load_before,
          "postgres": pg_version, "code": version,
          "results": [r.summary() for r in results], "group_by": group_by,
+         "members_import": import_report,
          "problems": problems}, indent=2))
     if problems or args.keep_logs:
         for server in servers:
