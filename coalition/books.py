@@ -39,7 +39,13 @@ def next_period(period: str) -> str:
 def hold_open(session: Session) -> None:
     """Taken by every claim before it reads which months are closed."""
     if not is_sqlite(session):
-        session.execute(select(func.pg_advisory_xact_lock_shared(BOOKS_LOCK)))
+        session.execute(select(hold_open_clause()))
+
+
+def hold_open_clause():
+    """hold_open as a column of a statement that does more (PostgreSQL): coalition/claim_sql.py
+    takes it in the statement that locks the member."""
+    return func.pg_advisory_xact_lock_shared(BOOKS_LOCK)
 
 
 def lock_for_close(session: Session) -> None:
@@ -53,8 +59,12 @@ def closed_through(session: Session) -> str | None:
 
 def booking_period(session: Session, occurred_at: datetime, tz: str) -> tuple[str, bool]:
     """The month a claim belongs to; if that is closed, the earliest open month, flagged late."""
+    return period_after(occurred_at, tz, closed_through(session))
+
+
+def period_after(occurred_at: datetime, tz: str, last_closed: str | None) -> tuple[str, bool]:
+    """booking_period, given the last closed month (read under hold_open)."""
     own = period_of(occurred_at, tz)
-    last_closed = closed_through(session)
     if last_closed is None or own > last_closed:
         return own, False
     return next_period(last_closed), True

@@ -1,8 +1,11 @@
-"""Booking claims into the journal. Domain functions over a Session; they flush, never commit.
+"""Booking claims into the journal. Domain functions over a Session; they write, never commit.
 
 Every claim takes exactly one lock, its member's row, and holds it until the caller commits.
 That serialises a member's claims (no two burns spend the same points) while claims of
 different members run in parallel: there is no row or table that every claim updates.
+
+Earns and burns run the fewest statements they can (coalition/claim_sql.py: lock, read, write);
+reversals, rarer, go through the ORM.
 """
 from __future__ import annotations
 
@@ -12,9 +15,9 @@ from typing import Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
-from . import books, pins, redemption
+from . import books, claim_sql, pins, redemption
 from .clock import as_utc, iso_utc
 from .hashing import canonical, sha256_hex
 from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
@@ -45,6 +48,9 @@ class Rules:
 class Booked:
     entry: Entry
     replayed: bool
+    # The member's card as the claim named it. None: read it from entry.member (one more
+    # statement unless the session holds the member already).
+    member_id: str | None = None
 
 
 class ClaimIdRace(Exception):
@@ -62,14 +68,19 @@ def fingerprint(kind: str, **content) -> str:
 
 def entry_hash(entry: Entry, postings: dict[str, int]) -> str:
     """SHA-256 over a canonical encoding of the entry and its postings (the sealer chains these)."""
+    return hash_of({name: getattr(entry, name) for name in HASHED}, postings)
+
+
+HASHED = ("kind", "partner_id", "claim_id", "member_id", "points", "occurred_at", "recorded_at",
+          "period", "late", "pending_until", "reverses_id", "fingerprint", "balance_after")
+
+
+def hash_of(entry: dict, postings: dict[str, int]) -> str:
+    """entry_hash of an entry given as its columns."""
     return sha256_hex(canonical({
-        "kind": entry.kind, "partner_id": entry.partner_id, "claim_id": entry.claim_id,
-        "member_id": entry.member_id, "points": entry.points,
-        "occurred_at": iso_utc(entry.occurred_at), "recorded_at": iso_utc(entry.recorded_at),
-        "period": entry.period, "late": entry.late,
-        "pending_until": iso_utc(entry.pending_until) if entry.pending_until else None,
-        "reverses_id": entry.reverses_id, "fingerprint": entry.fingerprint,
-        "balance_after": entry.balance_after,
+        **{name: entry[name] for name in HASHED},
+        "occurred_at": iso_utc(entry["occurred_at"]), "recorded_at": iso_utc(entry["recorded_at"]),
+        "pending_until": iso_utc(entry["pending_until"]) if entry["pending_until"] else None,
         "postings": sorted([a, p] for a, p in postings.items()),
     }))
 
@@ -85,20 +96,6 @@ def lock_member(session: Session, *, external_id: str | None = None,
                              .execution_options(populate_existing=True)).one_or_none()
     books.hold_open(session)
     return member
-
-
-def _claimant(session: Session, member_id: str, partner_id: str, claim_id: str,
-              fp: str) -> tuple[Member | None, Booked | None]:
-    """Lock the member, then look for an earlier booking of this claim id.
-
-    The lock comes first so that concurrent retries of one claim queue behind each other and
-    every one after the first finds the booking and replays it.
-    """
-    member = lock_member(session, external_id=member_id)
-    done = replay(session, partner_id, claim_id, fp)
-    if done is None and member is None:
-        raise Problem("not-found", "No such member.")
-    return member, done
 
 
 def find_claim(session: Session, partner_id: str, claim_id: str) -> Entry | None:
@@ -203,9 +200,15 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
               pending_until: datetime | None = None, description: str | None = None) -> Booked:
     fp = fingerprint(EntryKind.EARN, member_id=member_id, points=points, occurred_at=occurred_at,
                      pending_until=pending_until, description=description)
-    member, done = _claimant(session, member_id, partner_id, claim_id, fp)
-    if done is not None:
+    # The lock first, then the look for an earlier booking: concurrent retries of one claim
+    # queue behind each other and every one after the first replays the booking.
+    holder = claim_sql.lock(session, member_id)
+    known = claim_sql.earn_situation(session, partner_id=partner_id, claim_id=claim_id,
+                                     member_pk=holder and holder.id, now=now)
+    if (done := _replay_of(session, known, partner_id, claim_id, fp)) is not None:
         return done
+    if holder is None:
+        raise Problem("not-found", "No such member.")
     _check_window(occurred_at, now, rules)
     if pending_until is not None and not occurred_at <= pending_until <= now + MAX_PENDING:
         raise Problem("validation-error", "pending_until is out of range.", errors=[
@@ -213,37 +216,30 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
              "detail": "Must lie after occurred_at and at most 366 days from now."}])
     pending = pending_until is not None and pending_until > now
     expires_at, _ = expiry_of(occurred_at, rules.timezone, rules.expire_months)
-    lot = Lot(member_id=member.id, issuer_id=partner_id, points=points, remaining=points,
-              occurred_at=occurred_at, available_at=pending_until if pending else None,
-              expires_at=expires_at)
-    consumptions = []
-    if not pending and member.debt:
+    remaining, consumptions, debts_left = points, [], []
+    if not pending and holder.debt:
         # A pending earn fills no debt: it may still be cancelled, and would reopen the debt.
-        for debt in session.scalars(select(DebtLot).where(
-                DebtLot.member_id == member.id, DebtLot.remaining > 0).order_by(DebtLot.id)):
-            take = min(debt.remaining, lot.remaining)
+        for debt_id, owed in claim_sql.open_debt_lots(session, holder.id):
+            take = min(owed, remaining)
             if take == 0:
                 break
-            debt.remaining -= take
-            lot.remaining -= take
-            consumptions.append(Consumption(kind=ConsumptionKind.DEBT_FILL, lot=lot,
-                                            debt_lot_id=debt.id, points=take))
-    filled = points - lot.remaining
-    member.balance += lot.remaining
-    member.debt -= filled
-    balance_after = available_points(session, member, now) + (0 if pending else lot.remaining)
-    entry = _new_entry(session, EntryKind.EARN, partner_id, claim_id, member, points, occurred_at,
-                       now, rules, fp, pending_until=pending_until, description=description,
-                       status="pending" if pending else "booked", balance_after=balance_after)
-    lot.entry = entry
-    _book(session, entry, {member_account(member.id): lot.remaining,
-                           issued_account(partner_id): -points, Account.DEBT: filled}, member)
-    session.add(lot)
-    for c in consumptions:
-        c.entry_id = entry.id
-        session.add(c)
-    session.flush()
-    return Booked(entry, replayed=False)
+            remaining -= take
+            debts_left.append((debt_id, owed - take))
+            consumptions.append((ConsumptionKind.DEBT_FILL, None, debt_id, take))  # the new lot
+    filled = points - remaining
+    debt = holder.debt - filled
+    balance_after = available(known.spendable, debt) + (0 if pending else remaining)
+    entry = _entry(EntryKind.EARN, partner_id, claim_id, holder, points, occurred_at, now, rules,
+                   known, fp, pending_until=pending_until, description=description,
+                   status="pending" if pending else "booked", balance_after=balance_after)
+    lot = {"issuer_id": partner_id, "points": points, "remaining": remaining,
+           "occurred_at": occurred_at, "available_at": pending_until if pending else None,
+           "expires_at": expires_at}
+    return _write(session, holder, entry, {member_account(holder.id): remaining,
+                                           issued_account(partner_id): -points,
+                                           Account.DEBT: filled},
+                  claim_sql.Writes(balance=holder.balance + remaining, debt=debt, lot=lot,
+                                   consumptions=consumptions, debts_left=debts_left))
 
 
 def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: str, points: int,
@@ -254,36 +250,86 @@ def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     the booked burn with or without it, the PIN was checked when it booked) nor in the entry."""
     fp = fingerprint(EntryKind.BURN, member_id=member_id, points=points, occurred_at=occurred_at,
                      description=description)
-    member, done = _claimant(session, member_id, partner_id, claim_id, fp)
-    if done is not None:
+    holder = claim_sql.lock(session, member_id)
+    known = claim_sql.burn_situation(session, partner_id=partner_id, claim_id=claim_id,
+                                     member_pk=holder and holder.id, now=now)
+    if (done := _replay_of(session, known, partner_id, claim_id, fp)) is not None:
         return done
+    if holder is None:
+        raise Problem("not-found", "No such member.")
     _check_window(occurred_at, now, rules)
+    # A PIN check counts failures on the member's row through the ORM: only then is it loaded
+    # (under the lock taken above, so as it stands).
+    member = (session.get(Member, holder.id, populate_existing=True)
+              if policy.needs_pin(points) else holder)
     grant = redemption.authorise(session, member, partner_id=partner_id, points=points,
                                  policy=policy, member_pin=member_pin, now=now,
                                  tz=rules.timezone, log_n=rules.pin_log_n)
-    lots = spendable_lots(session, member.id, now)
-    available_now = available(sum(lot.remaining for lot in lots), member.debt)
+    available_now = available(sum(left for _, left in known.lots), holder.debt)
     if points > available_now:
         raise Problem("insufficient-points",
                       f"The member has {max(available_now, 0)} points available; {points} requested.")
     grant.done()
-    entry = _new_entry(session, EntryKind.BURN, partner_id, claim_id, member, points, occurred_at,
-                       now, rules, fp, description=description, status="booked",
-                       balance_after=available_now - points)
-    member.balance -= points
-    _book(session, entry, {member_account(member.id): -points,
-                           redeemed_account(partner_id): points}, member)
-    left = points
-    for lot in lots:
-        take = min(left, lot.remaining)
-        lot.remaining -= take
-        session.add(Consumption(entry_id=entry.id, lot_id=lot.id, kind=ConsumptionKind.BURN,
-                                points=take))
+    entry = _entry(EntryKind.BURN, partner_id, claim_id, holder, points, occurred_at, now, rules,
+                   known, fp, description=description, status="booked",
+                   balance_after=available_now - points)
+    consumptions, lots_left, left = [], [], points
+    for lot_id, lot_remaining in known.lots:
+        take = min(left, lot_remaining)
+        lots_left.append((lot_id, lot_remaining - take))
+        consumptions.append((ConsumptionKind.BURN, lot_id, None, take))
         left -= take
         if left == 0:
             break
-    session.flush()
-    return Booked(entry, replayed=False)
+    return _write(session, holder, entry, {member_account(holder.id): -points,
+                                           redeemed_account(partner_id): points},
+                  claim_sql.Writes(balance=holder.balance - points, debt=holder.debt,
+                                   consumptions=consumptions, lots_left=lots_left))
+
+
+def _replay_of(session: Session, known: claim_sql.Situation, partner_id: str, claim_id: str,
+               fp: str) -> Booked | None:
+    if known.booked_id is None:
+        return None
+    return replay(session, partner_id, claim_id, fp)
+
+
+def _entry(kind: str, partner_id: str, claim_id: str, holder: claim_sql.Holder, points: int,
+           occurred_at: datetime, now: datetime, rules: Rules, known: claim_sql.Situation,
+           fp: str, *, status: str, balance_after: int, pending_until: datetime | None = None,
+           description: str | None = None) -> dict:
+    period, late = books.period_after(occurred_at, rules.timezone, known.closed_through)
+    return {"kind": kind, "partner_id": partner_id, "claim_id": claim_id,
+            "member_id": holder.id, "points": points, "occurred_at": occurred_at,
+            "recorded_at": now, "period": period, "late": late, "pending_until": pending_until,
+            "description": description, "reverses_id": None, "fingerprint": fp,
+            "status": status, "balance_after": balance_after}
+
+
+def _write(session: Session, holder: claim_sql.Holder, entry: dict, postings: dict[str, int],
+           writes: claim_sql.Writes) -> Booked:
+    postings = {account: points for account, points in postings.items() if points}
+    assert sum(postings.values()) == 0, "an entry's postings must sum to zero"
+    assert writes.balance >= 0 and writes.debt >= 0
+    entry["entry_hash"] = hash_of(entry, postings)
+    try:
+        entry_id = claim_sql.write(session, entry, postings, writes)
+    except IntegrityError as exc:
+        # The member lock serialises retries for one member, so a clash on the claim key
+        # means a concurrent post of the same claim id for another member.
+        if _is_claim_key(exc):
+            raise ClaimIdRace(entry["partner_id"], entry["claim_id"], entry["fingerprint"]) from exc
+        raise
+    return Booked(_as_loaded(session, Entry(id=entry_id, **entry)), replayed=False,
+                  member_id=holder.external_id)
+
+
+def _as_loaded(session: Session, entry: Entry) -> Entry:
+    """The entry just written, in the session as if read back (no statement): its postings,
+    member and lot load when first used."""
+    make_transient_to_detached(entry)
+    session.add(entry)
+    return entry
 
 
 def reversed_points(session: Session, target: Entry) -> int:

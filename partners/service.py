@@ -187,18 +187,20 @@ def partner_view(partner: Partner) -> dict:
 
 def claim_view(entry: Entry, *, reversals: list[Entry] | None = None,
                now: datetime | None = None, reversed_points: int | None = None,
-               reversals_total: int | None = None) -> dict:
+               reversals_total: int | None = None, member_id: str | None = None) -> dict:
     """A claim as answered when it was booked (reversals None), or as it stands now: with its
     reversals (the first MAX_LISTED_REVERSALS, when `reversals_total` says there are more) and
-    `reversed_points` over all of them."""
+    `reversed_points` over all of them. `member_id`: the member's card when the caller knows it
+    (a claim just booked), else read from entry.member."""
     view = {
         "claim_id": entry.claim_id, "kind": entry.kind,
-        "member_id": entry.member.external_id, "partner_id": entry.partner_id,
+        "member_id": member_id if member_id is not None else entry.member.external_id,
+        "partner_id": entry.partner_id,
         "points": entry.points, "occurred_at": entry.occurred_at,
         "recorded_at": entry.recorded_at, "period": entry.period, "late": entry.late,
         "status": entry.status, "reversed_points": 0, "balance_after": entry.balance_after,
         "pending_until": entry.pending_until, "description": entry.description,
-        "reverses": entry.reverses.claim_id if entry.reverses is not None else None,
+        "reverses": entry.reverses.claim_id if entry.reverses_id is not None else None,
     }
     if reversals is not None:
         done = sum(r.points for r in reversals) if reversed_points is None else reversed_points

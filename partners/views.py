@@ -38,7 +38,7 @@ def _book(book, **claim):
                                rules=current_app.config["LEDGER_RULES"], **claim)
     db.session.commit()
     headers = {"Idempotent-Replayed": "true"} if booked.replayed else {}
-    return claim_view(booked.entry), 201, headers
+    return claim_view(booked.entry, member_id=booked.member_id), 201, headers
 
 
 def _known(identifier: str) -> str:

@@ -1,0 +1,282 @@
+"""The statements of an earn's or a burn's transaction: lock, read, write (coalition/ledger.py
+decides what they book).
+
+On PostgreSQL a claim costs three statements here, besides BEGIN, COMMIT and the token's jti:
+
+1. `lock`: the member's row FOR UPDATE and, once that is held, the books lock (shared);
+2. `earn_situation` / `burn_situation`: under both locks, an earlier booking of the claim id,
+   the member's spendable points (a burn: its spendable lots, in the order it consumes them)
+   and the last closed month;
+3. `write`: the entry, its postings, its lot, consumptions, the lots and debt lots it changes
+   and the member's balance, in one statement of data-modifying CTEs.
+
+Each step reads what the step before it locked, so they cannot be one statement: a statement
+reads from the snapshot it started with, and a wait for a lock inside it does not refresh that
+snapshot. SQLite runs the same steps as plain statements (a round trip there is a function
+call, and every transaction already holds the one write lock from BEGIN IMMEDIATE).
+
+These are Core statements, not ORM flushes: nothing here goes through the session's unit of
+work. Objects of the rows they change that a long-lived session holds (tests, the command
+line) are brought up to date with the values written (`_refresh_loaded`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import bindparam, func, select, text
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
+
+from . import books
+from .database import is_sqlite
+from .models import ClosedPeriod, Consumption, DebtLot, Entry, Lot, Member, Posting, UtcDateTime
+from .vocabulary import spendable
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The member's row as the claim locked it (what redemption.authorise reads of it too)."""
+    id: int
+    external_id: str | None
+    balance: int
+    debt: int
+    locked: bool
+    pin_locked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Situation:
+    booked_id: int | None  # an entry booked under this partner's claim id already
+    closed_through: str | None  # the last closed month
+    spendable: int = 0  # earn: the member's spendable points (before this claim)
+    lots: list[tuple[int, int]] = field(default_factory=list)  # burn: (lot id, remaining)
+
+
+@dataclass
+class Writes:
+    """Everything one claim books besides its entry and postings."""
+    balance: int  # the member's, after the claim
+    debt: int
+    lot: dict | None = None  # a new lot (an earn's): its columns but member_id and entry_id
+    # (kind, lot id or None for the new lot, debt lot id, points), in the order they happened
+    consumptions: list[tuple[str, int | None, int | None, int]] = field(default_factory=list)
+    lots_left: list[tuple[int, int]] = field(default_factory=list)  # (lot id, remaining)
+    debts_left: list[tuple[int, int]] = field(default_factory=list)  # (debt lot id, remaining)
+
+
+# --- 1. lock ------------------------------------------------------------------------------
+
+_HOLDER = (Member.id, Member.external_id, Member.balance, Member.debt, Member.locked,
+           Member.pin_locked_at)
+
+
+def _lock_statement(where, postgresql: bool):
+    if not postgresql:
+        return select(*_HOLDER).where(where)
+    # The row lock inside, the books lock outside: the outer column is computed once the
+    # inner query has returned its locked row, so the order is the one book_reversal and the
+    # documentation use (member, then books; books.py). No member, no row, no books lock:
+    # such a claim books nothing.
+    row = select(*_HOLDER).where(where).with_for_update().subquery("holder")
+    return select(*row.c, books.hold_open_clause())
+
+
+_LOCK_BY_CARD = {pg: _lock_statement(Member.external_id == bindparam("card"), pg)
+                 for pg in (False, True)}
+
+
+def lock(session: Session, external_id: str) -> Holder | None:
+    """Lock the member's row (and hold the books open); None if there is no such member."""
+    statement = _LOCK_BY_CARD[not is_sqlite(session)]
+    row = session.connection().execute(statement, {"card": external_id}).first()
+    return None if row is None else Holder(*row[:6])
+
+
+# --- 2. read under the locks ----------------------------------------------------------------
+
+_NOW = bindparam("now", type_=UtcDateTime)
+_BOOKED = (select(Entry.id).where(Entry.partner_id == bindparam("partner_id"),
+                                  Entry.claim_id == bindparam("claim_id"))
+           .scalar_subquery().label("booked_id"))
+_CLOSED = select(func.max(ClosedPeriod.period)).scalar_subquery().label("closed_through")
+_SPENDABLE = (select(func.coalesce(func.sum(Lot.remaining), 0))
+              .where(Lot.member_id == bindparam("member_pk"), spendable(Lot, _NOW))
+              .scalar_subquery().label("spendable"))
+_EARN_SITUATION = select(_BOOKED, _CLOSED, _SPENDABLE)
+_KNOWN = select(_BOOKED, _CLOSED).subquery("known")
+# One row per spendable lot, in the order a burn consumes them (ledger.spendable_lots), each
+# carrying the two facts above; one row of NULL lots when there is none.
+_BURN_SITUATION = (
+    select(_KNOWN.c.booked_id, _KNOWN.c.closed_through, Lot.id, Lot.remaining)
+    .select_from(_KNOWN.outerjoin(Lot, (Lot.member_id == bindparam("member_pk"))
+                                  & spendable(Lot, _NOW)))
+    .order_by(Lot.expires_at, Lot.occurred_at, Lot.id))
+
+
+def earn_situation(session: Session, *, partner_id: str, claim_id: str, member_pk: int | None,
+                   now: datetime) -> Situation:
+    booked_id, closed_through, points = session.connection().execute(_EARN_SITUATION, {
+        "partner_id": partner_id, "claim_id": claim_id, "member_pk": member_pk,
+        "now": now}).one()
+    return Situation(booked_id, closed_through, spendable=int(points))
+
+
+def burn_situation(session: Session, *, partner_id: str, claim_id: str, member_pk: int | None,
+                   now: datetime) -> Situation:
+    rows = session.connection().execute(_BURN_SITUATION, {
+        "partner_id": partner_id, "claim_id": claim_id, "member_pk": member_pk,
+        "now": now}).all()
+    booked_id, closed_through = rows[0][0], rows[0][1]
+    return Situation(booked_id, closed_through,
+                     lots=[(lot_id, remaining) for _, _, lot_id, remaining in rows
+                           if lot_id is not None])
+
+
+_OPEN_DEBTS = (select(DebtLot.id, DebtLot.remaining)
+               .where(DebtLot.member_id == bindparam("member_pk"), DebtLot.remaining > 0)
+               .order_by(DebtLot.id))
+
+
+def open_debt_lots(session: Session, member_pk: int) -> list[tuple[int, int]]:
+    """The member's unpaid debt lots, oldest first: what a (non-pending) earn fills."""
+    return [tuple(row) for row in
+            session.connection().execute(_OPEN_DEBTS, {"member_pk": member_pk})]
+
+
+# --- 3. write -------------------------------------------------------------------------------
+
+ENTRY_COLUMNS = ("kind", "partner_id", "claim_id", "member_id", "points", "occurred_at",
+                 "recorded_at", "period", "late", "pending_until", "description",
+                 "reverses_id", "fingerprint", "status", "balance_after", "entry_hash")
+
+# PostgreSQL: one statement. Its parts see one snapshot and none sees another's rows, which
+# nothing here needs: each writes rows of its own, and the foreign keys between them are
+# checked at the end of the statement. A part with nothing to do (no lot, no consumption)
+# inserts or updates no row; the text stays the same, so the server prepares it once.
+# The claim key's unique violation aborts the whole statement, as a flush's would.
+_WRITE_POSTGRESQL = text("""
+WITH entry AS (
+    INSERT INTO journal_entries (kind, partner_id, claim_id, member_id, points, occurred_at,
+        recorded_at, period, late, pending_until, description, reverses_id, fingerprint,
+        status, balance_after, entry_hash)
+    VALUES (:kind, :partner_id, :claim_id, :member_id, :points, :occurred_at, :recorded_at,
+        :period, :late, CAST(:pending_until AS timestamptz), CAST(:description AS varchar),
+        CAST(:reverses_id AS bigint), :fingerprint, :status, :balance_after, :entry_hash)
+    RETURNING id),
+new_lot AS (
+    INSERT INTO lots (member_id, entry_id, issuer_id, points, remaining, occurred_at,
+        available_at, expires_at)
+    SELECT :member_id, entry.id, CAST(:lot_issuer_id AS varchar), CAST(:lot_points AS bigint),
+        CAST(:lot_remaining AS bigint), :occurred_at, CAST(:lot_available_at AS timestamptz),
+        CAST(:lot_expires_at AS timestamptz)
+    FROM entry WHERE CAST(:lot_points AS bigint) IS NOT NULL
+    RETURNING id),
+posted AS (
+    INSERT INTO postings (entry_id, account, points)
+    SELECT entry.id, p.account, p.points FROM entry,
+        unnest(CAST(:posting_accounts AS varchar[]), CAST(:posting_points AS bigint[]))
+            WITH ORDINALITY AS p(account, points, n)
+    ORDER BY p.n),
+consumed AS (
+    INSERT INTO consumptions (entry_id, lot_id, debt_lot_id, kind, points)
+    SELECT entry.id, coalesce(c.lot_id, (SELECT id FROM new_lot)), c.debt_lot_id, c.kind,
+        c.points
+    FROM entry,
+        unnest(CAST(:consumed_kinds AS varchar[]), CAST(:consumed_lots AS bigint[]),
+               CAST(:consumed_debt_lots AS bigint[]), CAST(:consumed_points AS bigint[]))
+            WITH ORDINALITY AS c(kind, lot_id, debt_lot_id, points, n)
+    ORDER BY c.n),
+lots_left AS (
+    UPDATE lots SET remaining = u.remaining
+    FROM unnest(CAST(:lots_left_ids AS bigint[]), CAST(:lots_left AS bigint[])) AS u(id, remaining)
+    WHERE lots.id = u.id),
+debts_left AS (
+    UPDATE debt_lots SET remaining = u.remaining
+    FROM unnest(CAST(:debts_left_ids AS bigint[]), CAST(:debts_left AS bigint[])) AS u(id, remaining)
+    WHERE debt_lots.id = u.id),
+holder AS (
+    UPDATE members SET balance = :new_balance, debt = :new_debt WHERE id = :member_id)
+SELECT entry.id, (SELECT id FROM new_lot) FROM entry
+""")
+
+_INSERT_ENTRY = Entry.__table__.insert()
+_INSERT_POSTING = Posting.__table__.insert()
+_INSERT_LOT = Lot.__table__.insert()
+_INSERT_CONSUMPTION = Consumption.__table__.insert()
+_LOTS, _DEBT_LOTS, _MEMBERS = Lot.__table__, DebtLot.__table__, Member.__table__
+_LOT_LEFT = (_LOTS.update().where(_LOTS.c.id == bindparam("lot_pk"))
+             .values(remaining=bindparam("left")))
+_DEBT_LEFT = (_DEBT_LOTS.update().where(_DEBT_LOTS.c.id == bindparam("lot_pk"))
+              .values(remaining=bindparam("left")))
+_HOLDER_AFTER = (_MEMBERS.update().where(_MEMBERS.c.id == bindparam("member_pk"))
+                 .values(balance=bindparam("new_balance"), debt=bindparam("new_debt")))
+
+
+def write(session: Session, entry: dict, postings: dict[str, int], writes: Writes) -> int:
+    """Book the entry (its columns in `entry`) with its postings and `writes`; its id."""
+    connection = session.connection()
+    if is_sqlite(session):
+        entry_id = _write_sqlite(connection, entry, postings, writes)
+    else:
+        lot = writes.lot or {}
+        consumptions = writes.consumptions
+        entry_id, _ = connection.execute(_WRITE_POSTGRESQL, {
+            **entry,
+            "lot_issuer_id": lot.get("issuer_id"), "lot_points": lot.get("points"),
+            "lot_remaining": lot.get("remaining"), "lot_available_at": lot.get("available_at"),
+            "lot_expires_at": lot.get("expires_at"),
+            "posting_accounts": list(postings), "posting_points": list(postings.values()),
+            "consumed_kinds": [str(c[0]) for c in consumptions],
+            "consumed_lots": [c[1] for c in consumptions],
+            "consumed_debt_lots": [c[2] for c in consumptions],
+            "consumed_points": [c[3] for c in consumptions],
+            "lots_left_ids": [lot_id for lot_id, _ in writes.lots_left],
+            "lots_left": [left for _, left in writes.lots_left],
+            "debts_left_ids": [lot_id for lot_id, _ in writes.debts_left],
+            "debts_left": [left for _, left in writes.debts_left],
+            "new_balance": writes.balance, "new_debt": writes.debt}).one()
+    _refresh_loaded(session, Member, entry["member_id"], balance=writes.balance,
+                    debt=writes.debt)
+    for lot_id, left in writes.lots_left:
+        _refresh_loaded(session, Lot, lot_id, remaining=left)
+    for lot_id, left in writes.debts_left:
+        _refresh_loaded(session, DebtLot, lot_id, remaining=left)
+    return entry_id
+
+
+def _write_sqlite(connection, entry: dict, postings: dict[str, int], writes: Writes) -> int:
+    member_pk = entry["member_id"]
+    entry_id = connection.execute(_INSERT_ENTRY, entry).inserted_primary_key[0]
+    connection.execute(_INSERT_POSTING, [{"entry_id": entry_id, "account": account,
+                                          "points": points}
+                                         for account, points in postings.items()])
+    lot_id = None
+    if writes.lot is not None:
+        lot_id = connection.execute(_INSERT_LOT, {**writes.lot, "member_id": member_pk,
+                                                  "entry_id": entry_id}).inserted_primary_key[0]
+    if writes.consumptions:
+        connection.execute(_INSERT_CONSUMPTION, [
+            {"entry_id": entry_id, "kind": kind, "lot_id": lot_id if of_lot is None else of_lot,
+             "debt_lot_id": debt_lot, "points": points}
+            for kind, of_lot, debt_lot, points in writes.consumptions])
+    if writes.lots_left:
+        connection.execute(_LOT_LEFT, [{"lot_pk": lot, "left": left}
+                                       for lot, left in writes.lots_left])
+    if writes.debts_left:
+        connection.execute(_DEBT_LEFT, [{"lot_pk": lot, "left": left}
+                                        for lot, left in writes.debts_left])
+    connection.execute(_HOLDER_AFTER, {"member_pk": member_pk, "new_balance": writes.balance,
+                                       "new_debt": writes.debt})
+    return entry_id
+
+
+def _refresh_loaded(session: Session, model, pk: int, **values) -> None:
+    """Give an object of a row written here, if the session holds one, the values written
+    (as loaded, not as changes to flush): a session that lives on reads what is stored."""
+    loaded = session.identity_map.get(identity_key(model, pk))
+    if loaded is not None:
+        for name, value in values.items():
+            set_committed_value(loaded, name, value)
+
