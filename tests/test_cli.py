@@ -103,7 +103,7 @@ def test_a_key_registered_for_another_partner_says_whose(runner, tmp_path):
     code, error = cli(runner, "partners", "add-key", "cafe", "--public-key", path)
     assert (code, error) == (1, {"error": "validation-error", "detail": "This key is registered "
                                  f"already for partner 'shop', as kid {added['kid']}."})
-    assert cli(runner, "partners", "revoke-key", "shop", added["kid"])[0] == 0
+    assert cli(runner, "partners", "revoke-key", "shop", "--", added["kid"])[0] == 0
     code, error = cli(runner, "partners", "add-key", "cafe", "--public-key", path)
     assert code == 1 and error["detail"].startswith(
         f"This key (kid {added['kid']}) was registered for partner 'shop' and revoked")
