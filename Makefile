@@ -5,6 +5,7 @@
 # make fuzz  - contract fuzzing: schemathesis against /openapi.json, every request signed (SQLite)
 # make crash - the crash suite: gunicorn under load through killed workers, a killed master, a
 #              PostgreSQL restart and SIGTERM (DATABASE_URL=postgresql+psycopg://... an empty database)
+# make bench - throughput against the stack's own floor on a fresh PostgreSQL database (bench/README.md)
 # Everything runs from .venv/bin; nothing needs an activated virtualenv.
 
 PYTHON ?= python3
@@ -19,7 +20,7 @@ DEMO_MEMBER := demo-card-0001
 # The demo always uses the embedded SQLite database under instance/, whatever DATABASE_URL says.
 EMBEDDED := env -u DATABASE_URL
 
-.PHONY: venv migrate demo serve test fuzz crash clean
+.PHONY: venv migrate demo serve test fuzz crash bench clean
 
 venv: $(STAMP)
 
@@ -87,7 +88,6 @@ crash: venv
 # INSERT+COMMIT and COPY, on a fresh bench_* database (on DATABASE_URL's server, else
 # 127.0.0.1:5432) created and dropped by the run. About 3 minutes; BENCH_SIZE=big runs longer.
 # Prints one table of rates and ratios to baselines of the same run; exits 1 on any error.
-.PHONY: bench
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
