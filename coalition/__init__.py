@@ -10,7 +10,7 @@ from flask import Flask, send_from_directory
 
 from . import audit, cli, errors, limits, ops, sealer
 from .api import api
-from .config import from_environment
+from .config import engine_options, from_environment
 from .database import db, migrate
 from .ledger import Rules
 
@@ -41,8 +41,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     if test_config:
         app.config.update(test_config)
-    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
-        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    # From the database finally chosen (test_config may name another than DATABASE_URL).
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS",
+                          engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
     app.config["LEDGER_RULES"] = Rules.from_config(app.config)
 
     db.init_app(app)

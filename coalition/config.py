@@ -72,6 +72,36 @@ RATE_LIMIT_DEFAULTS = {
 RATE_LIMIT_SETTINGS = (*RATE_LIMIT_DEFAULTS, "REDIS_URL")
 
 
+# Serving (deploy/gunicorn.conf.py reads the same two variables with the same defaults; it runs
+# before the app can be imported): gunicorn processes, and threads per process.
+DEFAULT_WORKERS = 2  # WEB_CONCURRENCY
+DEFAULT_THREADS = 4  # GUNICORN_THREADS
+# Connections a process may open beyond one per thread: a request can briefly hold a second
+# one beside its session's (the replay records' pruning in partners/auth.py opens its own).
+DEFAULT_POOL_OVERFLOW = 2  # DATABASE_POOL_OVERFLOW
+
+
+def _at_least(name: str, default: int, minimum: int) -> int:
+    value = _int(name, default)
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}.")
+    return value
+
+
+def engine_options(database_uri: str) -> dict:
+    """SQLAlchemy's engine options for this database. PostgreSQL: each process keeps a pool of
+    one connection per gunicorn thread (GUNICORN_THREADS), so that no thread waits for another's
+    connection, plus DATABASE_POOL_OVERFLOW opened on demand and closed when returned; checked
+    before use (a restarted server's dead connections are replaced, not handed out). Up to
+    WEB_CONCURRENCY x (threads + overflow) connections in all: docs/operations.md. SQLite:
+    SQLAlchemy's defaults."""
+    if not database_uri.startswith("postgresql"):
+        return {}
+    return {"pool_pre_ping": True,
+            "pool_size": _at_least("GUNICORN_THREADS", DEFAULT_THREADS, 1),
+            "max_overflow": _at_least("DATABASE_POOL_OVERFLOW", DEFAULT_POOL_OVERFLOW, 0)}
+
+
 def operator_name() -> str:
     """$COALITION_OPERATOR, stripped ("" if unset): who runs an operator command. Read when the
     command runs, not when the app is made."""

@@ -18,7 +18,10 @@ bind = [os.environ.get("COALITION_BIND", "127.0.0.1:8001")]
 # Threads: a request waiting on the database (or on SQLite's single writer) does not hold the
 # whole process. The app keeps no per-request state outside Flask's context, its shared caches
 # take locks, and SQLAlchemy's pool hands each thread its own connection. WEB_CONCURRENCY is
-# gunicorn's usual variable for the process count.
+# gunicorn's usual variable for the process count. On PostgreSQL each process's pool holds
+# GUNICORN_THREADS connections (+ DATABASE_POOL_OVERFLOW): coalition/config.py reads the same
+# variables, with these defaults (config.DEFAULT_WORKERS, DEFAULT_THREADS; this file cannot
+# import the app's package). What they cost, and the connection arithmetic: docs/operations.md.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
