@@ -13,7 +13,7 @@ import re
 from datetime import datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.orm import Session
 
 from .database import is_sqlite
 from .models import ClosedPeriod, Entry
@@ -37,36 +37,15 @@ def next_period(period: str) -> str:
 
 
 def hold_open(session: Session) -> None:
-    """Taken by every claim before it reads which months are closed (once per transaction:
-    the partner API takes it already in the statement that spends the token's jti)."""
-    if is_sqlite(session) or holds_open(session):
-        return
-    session.execute(select(hold_open_clause()))
-    held_open(session)
+    """Taken by every claim before it reads which months are closed."""
+    if not is_sqlite(session):
+        session.execute(select(hold_open_clause()))
 
 
 def hold_open_clause():
-    """hold_open as a column of a statement that does more (PostgreSQL); whoever runs it calls
-    held_open afterwards."""
+    """hold_open as a column of a statement that does more (PostgreSQL): coalition/claim_sql.py
+    takes it in the statement that locks the member."""
     return func.pg_advisory_xact_lock_shared(BOOKS_LOCK)
-
-
-_HELD = "coalition.books.held_by"  # session.info: the transaction that holds the books open
-
-
-def held_open(session: Session) -> None:
-    """Record that the session's current transaction holds the books open (it took
-    hold_open_clause); the lock, and this record, end with the transaction."""
-    session.info[_HELD] = _transaction(session)
-
-
-def holds_open(session: Session) -> bool:
-    transaction = _transaction(session)
-    return transaction is not None and session.info.get(_HELD) is transaction
-
-
-def _transaction(session: Session | scoped_session):
-    return (session() if isinstance(session, scoped_session) else session).get_transaction()
 
 
 def lock_for_close(session: Session) -> None:

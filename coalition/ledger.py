@@ -202,8 +202,9 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
                      pending_until=pending_until, description=description)
     # The lock first, then the look for an earlier booking: concurrent retries of one claim
     # queue behind each other and every one after the first replays the booking.
-    holder, known = claim_sql.claimant(session, burn=False, card=member_id,
-                                       partner_id=partner_id, claim_id=claim_id, now=now)
+    holder = claim_sql.lock(session, member_id)
+    known = claim_sql.earn_situation(session, partner_id=partner_id, claim_id=claim_id,
+                                     member_pk=holder and holder.id, now=now)
     if (done := _replay_of(session, known, partner_id, claim_id, fp)) is not None:
         return done
     if holder is None:
@@ -249,8 +250,9 @@ def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     the booked burn with or without it, the PIN was checked when it booked) nor in the entry."""
     fp = fingerprint(EntryKind.BURN, member_id=member_id, points=points, occurred_at=occurred_at,
                      description=description)
-    holder, known = claim_sql.claimant(session, burn=True, card=member_id,
-                                       partner_id=partner_id, claim_id=claim_id, now=now)
+    holder = claim_sql.lock(session, member_id)
+    known = claim_sql.burn_situation(session, partner_id=partner_id, claim_id=claim_id,
+                                     member_pk=holder and holder.id, now=now)
     if (done := _replay_of(session, known, partner_id, claim_id, fp)) is not None:
         return done
     if holder is None:

@@ -52,33 +52,17 @@ def authenticate() -> None:
         audience=current_app.config["COALITION_AUDIENCE"])
     # The jti first: a replayed token is refused (401) before it can use up its partner's
     # quota. Spent only in this transaction so far: a 429 rolls it back, the token stays usable.
-    # The same statement finds the key and its partner still active, reads the partner's
-    # redemption policy (g.spent, for a burn) and, for a claim, holds the books open.
-    g.spent = tokens.spend(db.session, caller, keys, hold_books=_books_a_claim())
+    # The same statement finds the key and its partner still active and reads the partner's
+    # redemption policy (g.spent, for a burn).
+    g.spent = tokens.spend(db.session, caller, keys)
     g.partner_id = caller.partner_id
     limits.authenticated(caller.partner_id)  # 429 past RATELIMIT_PARTNER (or the route's own)
     g.caller = caller
 
 
 def spend_again() -> None:
-    """Record the caller's jti once more, after its transaction was rolled back (a claim's:
-    the books are held open again too)."""
-    tokens.spend(db.session, g.caller, current_app.extensions[KEYS], hold_books=_books_a_claim())
-
-
-BOOKS_A_CLAIM = "_partner_api_books_a_claim"
-
-
-def books_a_claim(view):
-    """Mark a view that books a claim (earn, burn, reversal): the statement that spends its
-    token's jti also holds the books open, which the claim needs (coalition.books). Put it
-    right under the route decorator, so that it marks the view as registered."""
-    setattr(view, BOOKS_A_CLAIM, True)
-    return view
-
-
-def _books_a_claim() -> bool:
-    return getattr(current_app.view_functions.get(request.endpoint), BOOKS_A_CLAIM, False)
+    """Record the caller's jti once more, after its transaction was rolled back."""
+    tokens.spend(db.session, g.caller, current_app.extensions[KEYS])
 
 
 def _maybe_prune() -> None:

@@ -45,7 +45,6 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from coalition import books
 from coalition.hashing import b64url_decode, b64url_encode
 from coalition.models import UtcDateTime
 from coalition.prepared import Prepared
@@ -361,38 +360,33 @@ class Spent:
     daily_redeem_limit: int | None
 
 
-def _spend_statement(insert, hold_books: bool = False):
+def _spend_statement(insert):
     usable = select(PartnerKey.partner_id, bindparam("jti"),
                     bindparam("expires_at", type_=UtcDateTime)) \
         .join(Partner, Partner.id == PartnerKey.partner_id) \
         .where(PartnerKey.kid == bindparam("kid"), PartnerKey.partner_id == bindparam("partner_id"),
                PartnerKey.status == "active", Partner.status == "active")
     of_partner = Partner.id == bindparam("partner_id")
-    policy = [select(column).where(of_partner).scalar_subquery()
-              for column in (Partner.redeem_auth, Partner.pin_above, Partner.daily_redeem_limit)]
     return (insert(UsedToken).from_select(["partner_id", "jti", "expires_at"], usable)
             .on_conflict_do_nothing()
-            .returning(*policy, *([books.hold_open_clause()] if hold_books else [])))
+            .returning(*(select(column).where(of_partner).scalar_subquery()
+                         for column in (Partner.redeem_auth, Partner.pin_above,
+                                        Partner.daily_redeem_limit))))
 
 
 # Records the jti only while the key and its partner are active, in one statement; a jti used
 # before inserts nothing (a concurrent first use is waited for, as a unique key makes it).
-# For a claim, the PostgreSQL statement also holds the books open (coalition.books), once the
-# jti is recorded: the claim's own statements then need not.
-_SPEND = {("sqlite", False): Prepared(_spend_statement(sqlite_insert)),
-          ("postgresql", False): Prepared(_spend_statement(postgresql_insert)),
-          ("postgresql", True): Prepared(_spend_statement(postgresql_insert, hold_books=True))}
+_SPEND = {"sqlite": Prepared(_spend_statement(sqlite_insert)),
+          "postgresql": Prepared(_spend_statement(postgresql_insert))}
 
 
-def spend(session: Session, caller: Caller, keys: KeyCache | None = None, *,
-          hold_books: bool = False) -> Spent:
+def spend(session: Session, caller: Caller, keys: KeyCache | None = None) -> Spent:
     """Record the jti in the current transaction; a second use anywhere is a replay (401). The
     same statement checks that the key and its partner are still active (they may have changed
-    since the caller's key was cached, from another process), reads the partner's redemption
-    policy and, with `hold_books` (a claim's request), holds the books open."""
-    connection = session.connection()
-    dialect = connection.dialect.name
-    row = _SPEND[dialect, hold_books and dialect == "postgresql"].run(connection, {
+    since the caller's key was cached, from another process), and reads the partner's
+    redemption policy."""
+    statement = _SPEND[session.get_bind().dialect.name]
+    row = statement.run(session.connection(), {
         "partner_id": caller.partner_id, "jti": caller.jti, "expires_at": caller.expires_at,
         "kid": caller.kid}).first()
     if row is None:
@@ -400,9 +394,7 @@ def spend(session: Session, caller: Caller, keys: KeyCache | None = None, *,
         log.info("token replayed", extra={"partner_id": caller.partner_id})
         raise refused("token-replayed", "This token was used already: every request, retries "
                                         "included, needs a fresh token with a new jti.")
-    if hold_books and dialect == "postgresql":
-        books.held_open(session)
-    return Spent(*row[:3])
+    return Spent(*row)
 
 
 def prune(session: Session, now: datetime) -> int:
