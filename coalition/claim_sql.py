@@ -32,7 +32,6 @@ from sqlalchemy.orm.util import identity_key
 from . import books
 from .database import is_sqlite
 from .models import ClosedPeriod, Consumption, DebtLot, Entry, Lot, Member, Posting, UtcDateTime
-from .prepared import Prepared
 from .vocabulary import spendable
 
 
@@ -84,14 +83,14 @@ def _lock_statement(where, postgresql: bool):
     return select(*row.c, books.hold_open_clause())
 
 
-_LOCK_BY_CARD = {pg: Prepared(_lock_statement(Member.external_id == bindparam("card"), pg))
+_LOCK_BY_CARD = {pg: _lock_statement(Member.external_id == bindparam("card"), pg)
                  for pg in (False, True)}
 
 
 def lock(session: Session, external_id: str) -> Holder | None:
     """Lock the member's row (and hold the books open); None if there is no such member."""
     statement = _LOCK_BY_CARD[not is_sqlite(session)]
-    row = statement.run(session.connection(), {"card": external_id}).first()
+    row = session.connection().execute(statement, {"card": external_id}).first()
     return None if row is None else Holder(*row[:6])
 
 
@@ -105,11 +104,11 @@ _CLOSED = select(func.max(ClosedPeriod.period)).scalar_subquery().label("closed_
 _SPENDABLE = (select(func.coalesce(func.sum(Lot.remaining), 0))
               .where(Lot.member_id == bindparam("member_pk"), spendable(Lot, _NOW))
               .scalar_subquery().label("spendable"))
-_EARN_SITUATION = Prepared(select(_BOOKED, _CLOSED, _SPENDABLE))
+_EARN_SITUATION = select(_BOOKED, _CLOSED, _SPENDABLE)
 _KNOWN = select(_BOOKED, _CLOSED).subquery("known")
 # One row per spendable lot, in the order a burn consumes them (ledger.spendable_lots), each
 # carrying the two facts above; one row of NULL lots when there is none.
-_BURN_SITUATION = Prepared(
+_BURN_SITUATION = (
     select(_KNOWN.c.booked_id, _KNOWN.c.closed_through, Lot.id, Lot.remaining)
     .select_from(_KNOWN.outerjoin(Lot, (Lot.member_id == bindparam("member_pk"))
                                   & spendable(Lot, _NOW)))
@@ -118,7 +117,7 @@ _BURN_SITUATION = Prepared(
 
 def earn_situation(session: Session, *, partner_id: str, claim_id: str, member_pk: int | None,
                    now: datetime) -> Situation:
-    booked_id, closed_through, points = _EARN_SITUATION.run(session.connection(), {
+    booked_id, closed_through, points = session.connection().execute(_EARN_SITUATION, {
         "partner_id": partner_id, "claim_id": claim_id, "member_pk": member_pk,
         "now": now}).one()
     return Situation(booked_id, closed_through, spendable=int(points))
@@ -126,7 +125,7 @@ def earn_situation(session: Session, *, partner_id: str, claim_id: str, member_p
 
 def burn_situation(session: Session, *, partner_id: str, claim_id: str, member_pk: int | None,
                    now: datetime) -> Situation:
-    rows = _BURN_SITUATION.run(session.connection(), {
+    rows = session.connection().execute(_BURN_SITUATION, {
         "partner_id": partner_id, "claim_id": claim_id, "member_pk": member_pk,
         "now": now}).all()
     booked_id, closed_through = rows[0][0], rows[0][1]
@@ -135,15 +134,15 @@ def burn_situation(session: Session, *, partner_id: str, claim_id: str, member_p
                            if lot_id is not None])
 
 
-_OPEN_DEBTS = Prepared(select(DebtLot.id, DebtLot.remaining)
-                        .where(DebtLot.member_id == bindparam("member_pk"), DebtLot.remaining > 0)
-                        .order_by(DebtLot.id))
+_OPEN_DEBTS = (select(DebtLot.id, DebtLot.remaining)
+               .where(DebtLot.member_id == bindparam("member_pk"), DebtLot.remaining > 0)
+               .order_by(DebtLot.id))
 
 
 def open_debt_lots(session: Session, member_pk: int) -> list[tuple[int, int]]:
     """The member's unpaid debt lots, oldest first: what a (non-pending) earn fills."""
     return [tuple(row) for row in
-            _OPEN_DEBTS.run(session.connection(), {"member_pk": member_pk})]
+            session.connection().execute(_OPEN_DEBTS, {"member_pk": member_pk})]
 
 
 # --- 3. write -------------------------------------------------------------------------------
@@ -157,7 +156,7 @@ ENTRY_COLUMNS = ("kind", "partner_id", "claim_id", "member_id", "points", "occur
 # checked at the end of the statement. A part with nothing to do (no lot, no consumption)
 # inserts or updates no row; the text stays the same, so the server prepares it once.
 # The claim key's unique violation aborts the whole statement, as a flush's would.
-_WRITE_POSTGRESQL = Prepared(text("""
+_WRITE_POSTGRESQL = text("""
 WITH entry AS (
     INSERT INTO journal_entries (kind, partner_id, claim_id, member_id, points, occurred_at,
         recorded_at, period, late, pending_until, description, reverses_id, fingerprint,
@@ -200,7 +199,7 @@ debts_left AS (
 holder AS (
     UPDATE members SET balance = :new_balance, debt = :new_debt WHERE id = :member_id)
 SELECT entry.id, (SELECT id FROM new_lot) FROM entry
-"""))
+""")
 
 _INSERT_ENTRY = Entry.__table__.insert()
 _INSERT_POSTING = Posting.__table__.insert()
@@ -223,7 +222,7 @@ def write(session: Session, entry: dict, postings: dict[str, int], writes: Write
     else:
         lot = writes.lot or {}
         consumptions = writes.consumptions
-        entry_id, _ = _WRITE_POSTGRESQL.run(connection, {
+        entry_id, _ = connection.execute(_WRITE_POSTGRESQL, {
             **entry,
             "lot_issuer_id": lot.get("issuer_id"), "lot_points": lot.get("points"),
             "lot_remaining": lot.get("remaining"), "lot_available_at": lot.get("available_at"),

@@ -47,7 +47,6 @@ from sqlalchemy.orm import Session
 
 from coalition.hashing import b64url_decode, b64url_encode
 from coalition.models import UtcDateTime
-from coalition.prepared import Prepared
 from coalition.problems import Problem
 
 from .keys import PublicKey, load_public_key
@@ -376,8 +375,8 @@ def _spend_statement(insert):
 
 # Records the jti only while the key and its partner are active, in one statement; a jti used
 # before inserts nothing (a concurrent first use is waited for, as a unique key makes it).
-_SPEND = {"sqlite": Prepared(_spend_statement(sqlite_insert)),
-          "postgresql": Prepared(_spend_statement(postgresql_insert))}
+_SPEND = {"sqlite": _spend_statement(sqlite_insert),
+          "postgresql": _spend_statement(postgresql_insert)}
 
 
 def spend(session: Session, caller: Caller, keys: KeyCache | None = None) -> Spent:
@@ -386,7 +385,7 @@ def spend(session: Session, caller: Caller, keys: KeyCache | None = None) -> Spe
     since the caller's key was cached, from another process), and reads the partner's
     redemption policy."""
     statement = _SPEND[session.get_bind().dialect.name]
-    row = statement.run(session.connection(), {
+    row = session.connection().execute(statement, {
         "partner_id": caller.partner_id, "jti": caller.jti, "expires_at": caller.expires_at,
         "kid": caller.kid}).first()
     if row is None:

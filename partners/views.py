@@ -49,7 +49,7 @@ def _known(identifier: str) -> str:
 
 @blp.route("/members", methods=["POST"])
 @blp.doc(security=AUTH, summary="Enrol a member (201 the first time, 200 after)")
-@blp.arguments(schemas.EnrolSchema())
+@blp.arguments(schemas.EnrolSchema)
 @blp.response(201, schemas.MemberSchema, description="Enrolled now")
 @blp.alt_response(200, schema=schemas.MemberSchema, description="Enrolled already")
 @problems(blp, *COMMON, *BODY)
@@ -76,7 +76,7 @@ def balance(member_id: str):
 
 @blp.route("/earn", methods=["POST"])
 @blp.doc(security=AUTH, summary="Credit points issued by the calling partner")
-@blp.arguments(schemas.EarnSchema())
+@blp.arguments(schemas.EarnSchema)
 @blp.response(201, schemas.ClaimSchema, description="Booked (or, with Idempotent-Replayed, booked "
               "before: the same claim sent again)")
 @problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict")
@@ -87,7 +87,7 @@ def earn(body: dict):
 
 @blp.route("/burn", methods=["POST"])
 @blp.doc(security=AUTH, summary="Redeem points at the calling partner")
-@blp.arguments(schemas.BurnSchema())
+@blp.arguments(schemas.BurnSchema)
 @blp.response(201, schemas.ClaimSchema, description="Booked (or, with Idempotent-Replayed, booked "
               "before: the same claim sent again)")
 @problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict", "insufficient-points",
@@ -102,7 +102,7 @@ def burn(body: dict):
 @blp.route("/members/<member_id>/pin", methods=["PUT"])
 @blp.doc(security=AUTH, summary="Set a member's PIN (first time: pin alone; to change it: "
          "current_pin too), as entered on the till's PIN pad")
-@blp.arguments(schemas.PinSchema())
+@blp.arguments(schemas.PinSchema)
 @blp.response(204, description="The PIN is set")
 @problems(blp, *COMMON, *BODY, "not-found", "member-locked", "member-auth-required",
           "member-auth-invalid")
@@ -118,7 +118,7 @@ def set_pin(body: dict, member_id: str):
 
 @blp.route("/claims/<claim_id>/reversals", methods=["POST"])
 @blp.doc(security=AUTH, summary="Reverse all or part of one of the caller's claims")
-@blp.arguments(schemas.ReversalSchema())
+@blp.arguments(schemas.ReversalSchema)
 @blp.response(201, schemas.ClaimSchema, description="The reversal, booked (or, with "
               "Idempotent-Replayed, booked before: the same reversal sent again)")
 @problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict", "reversal-exceeds-claim")
