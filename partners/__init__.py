@@ -9,11 +9,8 @@ def init_app(app: Flask, api) -> None:
     from .cli import partners_cli
     from .demo import demo_cli
     from . import listings  # noqa: F401  (adds GET /v1/claims to the partner blueprint)
-    from .auth import KEYS
-    from .tokens import KeyCache
     from .views import blp
 
-    app.extensions[KEYS] = KeyCache()  # one per app: its database says which kids exist
     api.register_blueprint(blp)
     app.cli.add_command(partners_cli)
     app.cli.add_command(demo_cli)

@@ -28,7 +28,7 @@ from . import harvest, tokens
 
 log = logging.getLogger("partners.auth")
 
-KEYS = "partner_keys"  # app.extensions: this app's tokens.KeyCache (partners.init_app)
+KEYS = tokens.KeyCache()
 HARVEST_CHECKS = harvest.Throttle()
 AUTH = [{"partnerToken": []}]
 # The problems every authenticated route can answer (documented on each operation).
@@ -44,17 +44,14 @@ def _now() -> datetime:  # a module-level name: tests pin the clock here
 @limits.authenticates  # a 401 counts against the address: 429 past RATELIMIT_ANONYMOUS
 def authenticate() -> None:
     _maybe_prune()  # before this request's transaction: SQLite has one writer at a time
-    keys = current_app.extensions[KEYS]
     caller = tokens.authenticate(
-        db.session, keys, authorization=request.headers.get("Authorization"),
+        db.session, KEYS, authorization=request.headers.get("Authorization"),
         method=request.method, path=request.path,
         query=request.query_string.decode("latin-1"), body=request.get_data(cache=True),
         audience=current_app.config["COALITION_AUDIENCE"])
     # The jti first: a replayed token is refused (401) before it can use up its partner's
     # quota. Spent only in this transaction so far: a 429 rolls it back, the token stays usable.
-    # The same statement finds the key and its partner still active and reads the partner's
-    # redemption policy (g.spent, for a burn).
-    g.spent = tokens.spend(db.session, caller, keys)
+    tokens.spend(db.session, caller)
     g.partner_id = caller.partner_id
     limits.authenticated(caller.partner_id)  # 429 past RATELIMIT_PARTNER (or the route's own)
     g.caller = caller
@@ -62,7 +59,7 @@ def authenticate() -> None:
 
 def spend_again() -> None:
     """Record the caller's jti once more, after its transaction was rolled back."""
-    tokens.spend(db.session, g.caller, current_app.extensions[KEYS])
+    tokens.spend(db.session, g.caller)
 
 
 def _maybe_prune() -> None:
@@ -82,7 +79,7 @@ def _spend_alone(problem: Problem | None = None) -> None:
     caller = g.pop("caller", None)
     if caller is not None:
         try:
-            tokens.spend(db.session, caller, current_app.extensions[KEYS])
+            tokens.spend(db.session, caller)
             card = g.get("card")
             if card is not None and problem is not None and problem.slug == "not-found":
                 harvest.record(db.session, caller.partner_id, card, None, _now())

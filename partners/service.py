@@ -298,13 +298,15 @@ def policy_view(partner: Partner) -> dict:
             "daily_redeem_limit": partner.daily_redeem_limit}
 
 
-def policy_of(redeem_auth: str | None, pin_above: int | None,
-              daily_redeem_limit: int | None) -> RedeemPolicy:
-    """The policy a burn at a partner runs under, from the partner row's three columns (the
-    partner API reads them in the statement that spends the token's jti: partners/tokens.py,
-    Spent)."""
-    return RedeemPolicy(pin_above=pin_above if redeem_auth == "pin" else None,
-                        daily_limit=daily_redeem_limit)
+def redeem_policy(session: Session, partner_id: str) -> RedeemPolicy:
+    """The policy a burn at this partner runs under (a partner without a row: none)."""
+    row = session.execute(select(Partner.redeem_auth, Partner.pin_above,
+                                 Partner.daily_redeem_limit)
+                          .where(Partner.id == partner_id)).one_or_none()
+    if row is None:
+        return RedeemPolicy()
+    auth, pin_above, limit = row
+    return RedeemPolicy(pin_above=pin_above if auth == "pin" else None, daily_limit=limit)
 
 
 def _points(value: str, option: str, maximum: int) -> int:

@@ -14,12 +14,6 @@ detail says what is wrong, with the same text as the RFC 6750 error_description:
 * Once the signature verifies, the caller holds that private key: the answer names what is
   wrong (key-revoked, partner-suspended, token-claims-invalid, token-expired, ...).
 
-A signature is checked without a statement when this process has seen the kid before (the kid
-names its key for good: KeyCache); whether the key and its partner are still active is read in
-the statement that spends the jti (`spend`), or before answering about the claims when they are
-wrong, so the order of the answers is the one above. A refused signature costs one lookup of the
-kid, cached or not.
-
 Header and payload are JSON objects without duplicate names (as request bodies are): with
 duplicates, which value counts would depend on the parser. The claims are checked here, not by
 PyJWT, whose checks neither name the claim nor hold iat/exp to integers; PyJWT only supplies
@@ -40,13 +34,11 @@ from urllib.parse import unquote
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import get_default_algorithms
-from sqlalchemy import bindparam, delete, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coalition.hashing import b64url_decode, b64url_encode
-from coalition.models import UtcDateTime
 from coalition.problems import Problem
 
 from .keys import PublicKey, load_public_key
@@ -111,52 +103,21 @@ def refused(slug: str, detail: str) -> Problem:
         "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'})
 
 
-@dataclass(frozen=True)
-class KnownKey:
-    alg: str
-    key: PublicKey
-    partner_id: str
-
-
 class KeyCache:
-    """Registered public keys by kid, parsed, with their algorithm and partner: what verifying a
-    signature needs, without a statement.
-
-    A kid is the key's own thumbprint, registered once for one partner and never again, not
-    even once revoked (partners.service.add_key): what is cached here cannot go stale. What can
-    change at any time, from the operator's command line in another process, is whether the
-    key may still be used (its state, its partner's): that is read from the database on every
-    request, in the statement that spends the token's jti (`spend`). Only kids found in the
-    database are cached, so callers cannot fill the cache with made-up ones; a kid whose row
-    has gone (deleted by hand) is dropped when `spend` finds no row for it.
-    """
+    """Parsed public keys by kid. A kid is the key's own thumbprint, so an entry never goes
+    stale; whether the key may still be used is read from the database on every request."""
 
     def __init__(self) -> None:
-        self._keys: dict[str, KnownKey] = {}
+        self._keys: dict[str, PublicKey] = {}
         self._lock = threading.Lock()
 
-    def get(self, kid: str) -> KnownKey | None:
-        return self._keys.get(kid)
-
-    def load(self, session: Session, kid: str) -> KnownKey | None:
-        """The kid's key from the database (and into the cache), None if it has none."""
-        row = session.execute(select(PartnerKey.alg, PartnerKey.public_key_pem,
-                                     PartnerKey.partner_id)
-                              .where(PartnerKey.kid == kid)).one_or_none()
-        if row is None:
-            self.forget(kid)
-            return None
-        alg, pem, partner_id = row
-        known = self._keys.get(kid)
-        if known is None or known.partner_id != partner_id or known.alg != alg:
-            known = KnownKey(alg, load_public_key(pem.encode())[0], partner_id)
+    def get(self, kid: str, pem: str) -> PublicKey:
+        key = self._keys.get(kid)
+        if key is None:
+            key, _ = load_public_key(pem.encode())
             with self._lock:
-                self._keys[kid] = known
-        return known
-
-    def forget(self, kid: str) -> None:
-        with self._lock:
-            self._keys.pop(kid, None)
+                self._keys[kid] = key
+        return key
 
 
 def body_hash(body: bytes) -> str:
@@ -241,48 +202,27 @@ def _structure(authorization: str | None) -> tuple[dict, dict, bytes, bytes]:
 def _verify(session, keys, authorization, method, path, query, body, audience, now) -> Caller:
     header, claims, signing_input, signature = _structure(authorization)
     alg, kid = header["alg"], header["kid"]
-    known = keys.get(kid)
-    looked_up = known is None
-    if looked_up:
-        known = keys.load(session, kid)
-    # One verification whatever the kid: against its key if its alg is the token's, else
+    row = session.execute(
+        select(PartnerKey.alg, PartnerKey.public_key_pem, PartnerKey.status,
+               PartnerKey.partner_id, Partner.status)
+        .join(Partner, Partner.id == PartnerKey.partner_id).where(PartnerKey.kid == kid)).one_or_none()
+    # One verification whatever the row: against the kid's key if its alg is the token's, else
     # against a dummy key, whose outcome does not matter.
-    usable = known is not None and known.alg == alg
-    if not _VERIFIERS[alg].verify(signing_input, known.key if usable else DUMMY_KEYS[alg],
-                                  signature) or not usable:
-        if not looked_up:
-            # A refused token costs one lookup whether its kid was cached or not: the time of
-            # the answer does not tell which kids this process has seen.
-            keys.load(session, kid)
+    usable = row is not None and row[0] == alg
+    key = keys.get(kid, row[1]) if usable else DUMMY_KEYS[alg]
+    if not _VERIFIERS[alg].verify(signing_input, key, signature) or not usable:
         raise refused("invalid-token", BAD_SIGNATURE)
     # --- signature verified from here on: the caller holds this key ---
-    try:
-        exp = _check_claims(claims, partner_id=known.partner_id, audience=audience, now=now)
-        _check_binding(claims, method=method, path=path, query=query, body=body)
-    except Problem:
-        # A revoked key or a suspended partner is the answer before anything in the claims.
-        _refuse_unusable(session, keys, kid, known.partner_id)
-        raise
-    return Caller(known.partner_id, kid, claims["jti"],
-                  datetime.fromtimestamp(exp + LEEWAY, timezone.utc))
-
-
-def _refuse_unusable(session: Session, keys: KeyCache, kid: str, partner_id: str) -> None:
-    """Raise the 401 that refuses a key no longer usable: revoked (before the partner's state:
-    a revoked key learns no more), its partner suspended, or its row gone."""
-    row = session.execute(select(PartnerKey.status, PartnerKey.partner_id, Partner.status)
-                          .join(Partner, Partner.id == PartnerKey.partner_id)
-                          .where(PartnerKey.kid == kid)).one_or_none()
-    if row is None or row[1] != partner_id:
-        keys.forget(kid)
-        raise refused("invalid-token", BAD_SIGNATURE)
-    key_status, _, partner_status = row
-    if key_status != "active":
+    _, _, key_status, partner_id, partner_status = row
+    if key_status != "active":  # before the partner's status: a revoked key learns no more
         raise refused("key-revoked", "The key named by kid is revoked; sign with an active key "
                                      "of the partner.")
     if partner_status != "active":
         raise refused("partner-suspended", "The partner owning this key is suspended; its "
                                            "requests are refused until the operator activates it.")
+    exp = _check_claims(claims, partner_id=partner_id, audience=audience, now=now)
+    _check_binding(claims, method=method, path=path, query=query, body=body)
+    return Caller(partner_id, kid, claims["jti"], datetime.fromtimestamp(exp + LEEWAY, timezone.utc))
 
 
 _TYPES = {"iss": (str, "a string"), "aud": (str, "a single string"),
@@ -351,49 +291,17 @@ def _printable(text: str) -> str:
     return _NOT_IN_DESCRIPTION.sub("?", text)[:16]
 
 
-@dataclass(frozen=True)
-class Spent:
-    """What the statement that spent a jti read of the partner: its redemption policy."""
-    redeem_auth: str | None
-    pin_above: int | None
-    daily_redeem_limit: int | None
-
-
-def _spend_statement(insert):
-    usable = select(PartnerKey.partner_id, bindparam("jti"),
-                    bindparam("expires_at", type_=UtcDateTime)) \
-        .join(Partner, Partner.id == PartnerKey.partner_id) \
-        .where(PartnerKey.kid == bindparam("kid"), PartnerKey.partner_id == bindparam("partner_id"),
-               PartnerKey.status == "active", Partner.status == "active")
-    of_partner = Partner.id == bindparam("partner_id")
-    return (insert(UsedToken).from_select(["partner_id", "jti", "expires_at"], usable)
-            .on_conflict_do_nothing()
-            .returning(*(select(column).where(of_partner).scalar_subquery()
-                         for column in (Partner.redeem_auth, Partner.pin_above,
-                                        Partner.daily_redeem_limit))))
-
-
-# Records the jti only while the key and its partner are active, in one statement; a jti used
-# before inserts nothing (a concurrent first use is waited for, as a unique key makes it).
-_SPEND = {"sqlite": _spend_statement(sqlite_insert),
-          "postgresql": _spend_statement(postgresql_insert)}
-
-
-def spend(session: Session, caller: Caller, keys: KeyCache | None = None) -> Spent:
-    """Record the jti in the current transaction; a second use anywhere is a replay (401). The
-    same statement checks that the key and its partner are still active (they may have changed
-    since the caller's key was cached, from another process), and reads the partner's
-    redemption policy."""
-    statement = _SPEND[session.get_bind().dialect.name]
-    row = session.connection().execute(statement, {
-        "partner_id": caller.partner_id, "jti": caller.jti, "expires_at": caller.expires_at,
-        "kid": caller.kid}).first()
-    if row is None:
-        _refuse_unusable(session, keys or KeyCache(), caller.kid, caller.partner_id)
+def spend(session: Session, caller: Caller) -> None:
+    """Record the jti in the current transaction; a second use anywhere is a replay (401)."""
+    session.add(UsedToken(partner_id=caller.partner_id, jti=caller.jti,
+                          expires_at=caller.expires_at))
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
         log.info("token replayed", extra={"partner_id": caller.partner_id})
         raise refused("token-replayed", "This token was used already: every request, retries "
-                                        "included, needs a fresh token with a new jti.")
-    return Spent(*row)
+                                        "included, needs a fresh token with a new jti.") from None
 
 
 def prune(session: Session, now: datetime) -> int:

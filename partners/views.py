@@ -17,7 +17,7 @@ from coalition.fields import ID_PATTERN
 
 from . import harvest, schemas
 from .auth import AUTH, COMMON, authenticate, crashed, failed, spend_again, watch_for_harvesting
-from .service import claim_view, current_claim, policy_of
+from .service import claim_view, current_claim, redeem_policy
 
 blp = Blueprint("partner_api", __name__, url_prefix="/v1",
                 description="Signed partner requests: members, earn, burn, reversals, claims.")
@@ -94,9 +94,7 @@ def earn(body: dict):
           "limit-exceeded", "member-locked", "member-auth-required", "member-auth-invalid")
 def burn(body: dict):
     g.card = body["member_id"]
-    spent = g.spent  # the partner's policy, read when the token's jti was spent
-    return _book(ledger.book_burn, policy=policy_of(spent.redeem_auth, spent.pin_above,
-                                                    spent.daily_redeem_limit), **body)
+    return _book(ledger.book_burn, policy=redeem_policy(db.session, g.caller.partner_id), **body)
 
 
 @blp.route("/members/<member_id>/pin", methods=["PUT"])
