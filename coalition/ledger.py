@@ -195,11 +195,23 @@ def _new_entry(session: Session, kind: str, partner_id: str, claim_id: str, memb
                  period=period, late=late, fingerprint=fp, **extra)
 
 
+def earn_fingerprint(*, member_id: str, points: int, occurred_at: datetime,
+                     pending_until: datetime | None = None, description: str | None = None) -> str:
+    return fingerprint(EntryKind.EARN, member_id=member_id, points=points, occurred_at=occurred_at,
+                       pending_until=pending_until, description=description)
+
+
+def burn_fingerprint(*, member_id: str, points: int, occurred_at: datetime,
+                     description: str | None = None) -> str:
+    return fingerprint(EntryKind.BURN, member_id=member_id, points=points, occurred_at=occurred_at,
+                       description=description)
+
+
 def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: str, points: int,
               occurred_at: datetime, now: datetime, rules: Rules,
               pending_until: datetime | None = None, description: str | None = None) -> Booked:
-    fp = fingerprint(EntryKind.EARN, member_id=member_id, points=points, occurred_at=occurred_at,
-                     pending_until=pending_until, description=description)
+    fp = earn_fingerprint(member_id=member_id, points=points, occurred_at=occurred_at,
+                          pending_until=pending_until, description=description)
     # The lock first, then the look for an earlier booking: concurrent retries of one claim
     # queue behind each other and every one after the first replays the booking.
     holder = claim_sql.lock(session, member_id)
@@ -209,6 +221,21 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
         return done
     if holder is None:
         raise Problem("not-found", "No such member.")
+    entry, postings, writes = plan_earn(
+        holder, known, lambda: claim_sql.open_debt_lots(session, holder.id), fp=fp,
+        partner_id=partner_id, claim_id=claim_id, points=points, occurred_at=occurred_at, now=now,
+        rules=rules, pending_until=pending_until, description=description)
+    return _write(session, holder, entry, postings, writes)
+
+
+def plan_earn(holder: claim_sql.Holder, known: claim_sql.Situation,
+              open_debts: Callable[[], list[tuple[int, int]]], *, fp: str, partner_id: str,
+              claim_id: str, points: int, occurred_at: datetime, now: datetime, rules: Rules,
+              pending_until: datetime | None = None, description: str | None = None):
+    """What an earn books for a member as it stands (`holder`, `known`), or the Problem that
+    refuses it: (entry columns, postings, writes). `open_debts()`: the member's unpaid debt
+    lots, oldest first, asked for only when the earn fills debt. Writes nothing: book_earn and
+    a batch (coalition/batch.py) write it."""
     _check_window(occurred_at, now, rules)
     if pending_until is not None and not occurred_at <= pending_until <= now + MAX_PENDING:
         raise Problem("validation-error", "pending_until is out of range.", errors=[
@@ -219,7 +246,7 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     remaining, consumptions, debts_left = points, [], []
     if not pending and holder.debt:
         # A pending earn fills no debt: it may still be cancelled, and would reopen the debt.
-        for debt_id, owed in claim_sql.open_debt_lots(session, holder.id):
+        for debt_id, owed in open_debts():
             take = min(owed, remaining)
             if take == 0:
                 break
@@ -235,11 +262,10 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     lot = {"issuer_id": partner_id, "points": points, "remaining": remaining,
            "occurred_at": occurred_at, "available_at": pending_until if pending else None,
            "expires_at": expires_at}
-    return _write(session, holder, entry, {member_account(holder.id): remaining,
-                                           issued_account(partner_id): -points,
-                                           Account.DEBT: filled},
-                  claim_sql.Writes(balance=holder.balance + remaining, debt=debt, lot=lot,
-                                   consumptions=consumptions, debts_left=debts_left))
+    return entry, {member_account(holder.id): remaining, issued_account(partner_id): -points,
+                   Account.DEBT: filled}, \
+        claim_sql.Writes(balance=holder.balance + remaining, debt=debt, lot=lot,
+                         consumptions=consumptions, debts_left=debts_left)
 
 
 def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: str, points: int,
@@ -248,8 +274,8 @@ def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: st
               policy: redemption.RedeemPolicy = redemption.NO_POLICY) -> Booked:
     """The PIN is no part of the claim's content: it is not in the fingerprint (a retry replays
     the booked burn with or without it, the PIN was checked when it booked) nor in the entry."""
-    fp = fingerprint(EntryKind.BURN, member_id=member_id, points=points, occurred_at=occurred_at,
-                     description=description)
+    fp = burn_fingerprint(member_id=member_id, points=points, occurred_at=occurred_at,
+                          description=description)
     holder = claim_sql.lock(session, member_id)
     known = claim_sql.burn_situation(session, partner_id=partner_id, claim_id=claim_id,
                                      member_pk=holder and holder.id, now=now)
@@ -258,18 +284,40 @@ def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     if holder is None:
         raise Problem("not-found", "No such member.")
     _check_window(occurred_at, now, rules)
-    # A PIN check counts failures on the member's row through the ORM: only then is it loaded
-    # (under the lock taken above, so as it stands).
+    grant = authorise_burn(session, holder, partner_id=partner_id, points=points, policy=policy,
+                           member_pin=member_pin, now=now, rules=rules)
+    entry, postings, writes = plan_burn(holder, known, fp=fp, partner_id=partner_id,
+                                        claim_id=claim_id, points=points,
+                                        occurred_at=occurred_at, now=now, rules=rules,
+                                        description=description)
+    grant.done()
+    return _write(session, holder, entry, postings, writes)
+
+
+def authorise_burn(session: Session, holder: claim_sql.Holder, *, partner_id: str, points: int,
+                   policy: redemption.RedeemPolicy, member_pin: str | None, now: datetime,
+                   rules: Rules, redeemed_unwritten: int = 0) -> redemption.Grant:
+    """redemption.authorise for a burn of the locked member. A PIN check counts failures on the
+    member's row through the ORM: only then is it loaded (under the lock taken, so as it
+    stands). `redeemed_unwritten`: the partner's burns booked in this transaction but not yet
+    written (a batch's), which count towards its daily limit."""
     member = (session.get(Member, holder.id, populate_existing=True)
               if policy.needs_pin(points) else holder)
-    grant = redemption.authorise(session, member, partner_id=partner_id, points=points,
-                                 policy=policy, member_pin=member_pin, now=now,
-                                 tz=rules.timezone, log_n=rules.pin_log_n)
+    return redemption.authorise(session, member, partner_id=partner_id, points=points,
+                                policy=policy, member_pin=member_pin, now=now,
+                                tz=rules.timezone, log_n=rules.pin_log_n,
+                                redeemed_unwritten=redeemed_unwritten)
+
+
+def plan_burn(holder: claim_sql.Holder, known: claim_sql.Situation, *, fp: str, partner_id: str,
+              claim_id: str, points: int, occurred_at: datetime, now: datetime, rules: Rules,
+              description: str | None = None):
+    """What an authorised burn books (as plan_earn), or insufficient-points: it consumes the
+    spendable lots in `known.lots` in their order."""
     available_now = available(sum(left for _, left in known.lots), holder.debt)
     if points > available_now:
         raise Problem("insufficient-points",
                       f"The member has {max(available_now, 0)} points available; {points} requested.")
-    grant.done()
     entry = _entry(EntryKind.BURN, partner_id, claim_id, holder, points, occurred_at, now, rules,
                    known, fp, description=description, status="booked",
                    balance_after=available_now - points)
@@ -281,10 +329,9 @@ def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: st
         left -= take
         if left == 0:
             break
-    return _write(session, holder, entry, {member_account(holder.id): -points,
-                                           redeemed_account(partner_id): points},
-                  claim_sql.Writes(balance=holder.balance - points, debt=holder.debt,
-                                   consumptions=consumptions, lots_left=lots_left))
+    return entry, {member_account(holder.id): -points, redeemed_account(partner_id): points}, \
+        claim_sql.Writes(balance=holder.balance - points, debt=holder.debt,
+                         consumptions=consumptions, lots_left=lots_left)
 
 
 def _replay_of(session: Session, known: claim_sql.Situation, partner_id: str, claim_id: str,

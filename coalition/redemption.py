@@ -58,10 +58,11 @@ class Grant:
 
 def authorise(session: Session, member: Member, *, partner_id: str, points: int,
               policy: RedeemPolicy, member_pin: str | None, now: datetime, tz: str,
-              log_n: int = pins.DEFAULT_LOG_N) -> Grant:
+              log_n: int = pins.DEFAULT_LOG_N, redeemed_unwritten: int = 0) -> Grant:
     """Raise the Problem that refuses this redemption, or return its Grant. The member's row
     must be locked (ledger.lock_member). Order: the operator's lock, the PIN lock, the PIN
-    (when the policy asks for one at this many points), the daily limit."""
+    (when the policy asks for one at this many points), the daily limit. `redeemed_unwritten`:
+    the partner's points redeemed in this transaction and not yet written (a batch's burns)."""
     if member.locked:
         raise Problem("member-locked", "This member is locked: no points can be redeemed.")
     if member.pin_locked_at is not None:
@@ -71,7 +72,8 @@ def authorise(session: Session, member: Member, *, partner_id: str, points: int,
         pins.check_pin(session, member, member_pin, partner_id=partner_id, now=now)
         checked = member_pin
     if policy.daily_limit is not None:
-        check_daily_limit(session, partner_id, points, policy.daily_limit, now=now, tz=tz)
+        check_daily_limit(session, partner_id, points, policy.daily_limit, now=now, tz=tz,
+                          redeemed_unwritten=redeemed_unwritten)
     return Grant(member, checked, log_n)
 
 
@@ -87,8 +89,8 @@ def redeemed_on_day(session: Session, partner_id: str, *, now: datetime, tz: str
 
 
 def check_daily_limit(session: Session, partner_id: str, points: int, limit: int, *,
-                      now: datetime, tz: str) -> None:
-    redeemed = redeemed_on_day(session, partner_id, now=now, tz=tz)
+                      now: datetime, tz: str, redeemed_unwritten: int = 0) -> None:
+    redeemed = redeemed_on_day(session, partner_id, now=now, tz=tz) + redeemed_unwritten
     if redeemed + points <= limit:
         return
     day, start, _ = day_of(now, tz)
