@@ -17,7 +17,7 @@ call, and every transaction already holds the one write lock from BEGIN IMMEDIAT
 
 These are Core statements, not ORM flushes: nothing here goes through the session's unit of
 work. Objects of the rows they change that a long-lived session holds (tests, the command
-line) are brought up to date with the values written (`_refresh_loaded`).
+line) are brought up to date with the values written (`refresh_loaded`).
 """
 from __future__ import annotations
 
@@ -68,18 +68,18 @@ class Writes:
 
 # --- 1. lock ------------------------------------------------------------------------------
 
-_HOLDER = (Member.id, Member.external_id, Member.balance, Member.debt, Member.locked,
+HOLDER = (Member.id, Member.external_id, Member.balance, Member.debt, Member.locked,
            Member.pin_locked_at)
 
 
 def _lock_statement(where, postgresql: bool):
     if not postgresql:
-        return select(*_HOLDER).where(where)
+        return select(*HOLDER).where(where)
     # The row lock inside, the books lock outside: the outer column is computed once the
     # inner query has returned its locked row, so the order is the one book_reversal and the
     # documentation use (member, then books; books.py). No member, no row, no books lock:
     # such a claim books nothing.
-    row = select(*_HOLDER).where(where).with_for_update().subquery("holder")
+    row = select(*HOLDER).where(where).with_for_update().subquery("holder")
     return select(*row.c, books.hold_open_clause())
 
 
@@ -237,12 +237,12 @@ def write(session: Session, entry: dict, postings: dict[str, int], writes: Write
             "debts_left_ids": [lot_id for lot_id, _ in writes.debts_left],
             "debts_left": [left for _, left in writes.debts_left],
             "new_balance": writes.balance, "new_debt": writes.debt}).one()
-    _refresh_loaded(session, Member, entry["member_id"], balance=writes.balance,
+    refresh_loaded(session, Member, entry["member_id"], balance=writes.balance,
                     debt=writes.debt)
     for lot_id, left in writes.lots_left:
-        _refresh_loaded(session, Lot, lot_id, remaining=left)
+        refresh_loaded(session, Lot, lot_id, remaining=left)
     for lot_id, left in writes.debts_left:
-        _refresh_loaded(session, DebtLot, lot_id, remaining=left)
+        refresh_loaded(session, DebtLot, lot_id, remaining=left)
     return entry_id
 
 
@@ -272,7 +272,7 @@ def _write_sqlite(connection, entry: dict, postings: dict[str, int], writes: Wri
     return entry_id
 
 
-def _refresh_loaded(session: Session, model, pk: int, **values) -> None:
+def refresh_loaded(session: Session, model, pk: int, **values) -> None:
     """Give an object of a row written here, if the session holds one, the values written
     (as loaded, not as changes to flush): a session that lives on reads what is stored."""
     loaded = session.identity_map.get(identity_key(model, pk))

@@ -153,7 +153,7 @@ def book_raced(session: Session, book: Callable[..., Booked], *,
     raise Problem("claim-id-conflict", "The claim id is being booked concurrently; retry.")
 
 
-def _check_window(occurred_at: datetime, now: datetime, rules: Rules) -> None:
+def check_window(occurred_at: datetime, now: datetime, rules: Rules) -> None:
     if occurred_at > now + MAX_FUTURE:
         raise Problem("validation-error", "occurred_at lies too far in the future.", errors=[
             {"pointer": "/occurred_at", "detail": "May lie at most 5 minutes in the future."}])
@@ -175,12 +175,12 @@ def _book(session: Session, entry: Entry, postings: dict[str, int], member: Memb
     except IntegrityError as exc:
         # The member lock serialises retries for one member, so a clash on the claim key
         # means a concurrent post of the same claim id for another member.
-        if _is_claim_key(exc):
+        if is_claim_key(exc):
             raise ClaimIdRace(entry.partner_id, entry.claim_id, entry.fingerprint) from exc
         raise
 
 
-def _is_claim_key(exc: IntegrityError) -> bool:
+def is_claim_key(exc: IntegrityError) -> bool:
     message = str(exc.orig)
     return ("uq_journal_entries_partner_id_claim_id" in message  # PostgreSQL names the constraint
             or "journal_entries.partner_id, journal_entries.claim_id" in message)  # SQLite
@@ -236,7 +236,7 @@ def plan_earn(holder: claim_sql.Holder, known: claim_sql.Situation,
     refuses it: (entry columns, postings, writes). `open_debts()`: the member's unpaid debt
     lots, oldest first, asked for only when the earn fills debt. Writes nothing: book_earn and
     a batch (coalition/batch.py) write it."""
-    _check_window(occurred_at, now, rules)
+    check_window(occurred_at, now, rules)
     if pending_until is not None and not occurred_at <= pending_until <= now + MAX_PENDING:
         raise Problem("validation-error", "pending_until is out of range.", errors=[
             {"pointer": "/pending_until",
@@ -283,7 +283,7 @@ def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: st
         return done
     if holder is None:
         raise Problem("not-found", "No such member.")
-    _check_window(occurred_at, now, rules)
+    check_window(occurred_at, now, rules)
     grant = authorise_burn(session, holder, partner_id=partner_id, points=points, policy=policy,
                            member_pin=member_pin, now=now, rules=rules)
     entry, postings, writes = plan_burn(holder, known, fp=fp, partner_id=partner_id,
@@ -355,20 +355,27 @@ def _entry(kind: str, partner_id: str, claim_id: str, holder: claim_sql.Holder, 
 
 def _write(session: Session, holder: claim_sql.Holder, entry: dict, postings: dict[str, int],
            writes: claim_sql.Writes) -> Booked:
-    postings = {account: points for account, points in postings.items() if points}
-    assert sum(postings.values()) == 0, "an entry's postings must sum to zero"
-    assert writes.balance >= 0 and writes.debt >= 0
-    entry["entry_hash"] = hash_of(entry, postings)
+    postings = sealed(entry, postings, writes)
     try:
         entry_id = claim_sql.write(session, entry, postings, writes)
     except IntegrityError as exc:
         # The member lock serialises retries for one member, so a clash on the claim key
         # means a concurrent post of the same claim id for another member.
-        if _is_claim_key(exc):
+        if is_claim_key(exc):
             raise ClaimIdRace(entry["partner_id"], entry["claim_id"], entry["fingerprint"]) from exc
         raise
     return Booked(_as_loaded(session, Entry(id=entry_id, **entry)), replayed=False,
                   member_id=holder.external_id)
+
+
+def sealed(entry: dict, postings: dict[str, int], writes: claim_sql.Writes) -> dict[str, int]:
+    """The entry's postings as written (none of zero points), its hash set in `entry`; the
+    invariants of every booking checked."""
+    postings = {account: points for account, points in postings.items() if points}
+    assert sum(postings.values()) == 0, "an entry's postings must sum to zero"
+    assert writes.balance >= 0 and writes.debt >= 0
+    entry["entry_hash"] = hash_of(entry, postings)
+    return postings
 
 
 def _as_loaded(session: Session, entry: Entry) -> Entry:
@@ -396,7 +403,7 @@ def book_reversal(session: Session, *, partner_id: str, claim_id: str, reversal_
     if target.kind not in REVERSIBLE:
         raise Problem("validation-error", "Only earns and burns can be reversed.", errors=[
             {"pointer": "/claim_id", "detail": "This claim is a reversal."}])
-    _check_window(occurred_at, now, rules)
+    check_window(occurred_at, now, rules)
     if occurred_at < as_utc(target.occurred_at):
         raise Problem("validation-error", "A reversal cannot occur before its claim.", errors=[
             {"pointer": "/occurred_at", "detail": "Must not lie before the claim's occurred_at."}])

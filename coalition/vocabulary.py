@@ -23,6 +23,9 @@ class EntryKind(StrEnum):
 CLAIM_KINDS = (EntryKind.EARN, EntryKind.BURN, EntryKind.REVERSAL)
 # What a reversal may undo: a reversal is never reversed.
 REVERSIBLE = (EntryKind.EARN, EntryKind.BURN)
+# A batch (POST /v1/batches) carries claims and enrolments: an item's `kind` is one of these.
+ENROLMENT = "enrolment"
+BATCH_KINDS = (*CLAIM_KINDS, ENROLMENT)
 
 
 class ConsumptionKind(StrEnum):

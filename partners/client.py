@@ -265,6 +265,13 @@ class PartnerClient:
     def claim(self, claim_id: str) -> Response:
         return self.request("GET", f"/v1/claims/{_seg(claim_id)}")
 
+    def batch(self, items: list) -> Response:
+        """Up to 1000 items, each {"kind": "earn"|"burn"|"reversal"|"enrolment", ...} with the
+        fields of that endpoint's body (a reversal also names its claim_id). 200 with one
+        result per item, in order: {"status", "replayed", "body"}. Resending a batch is safe:
+        every claim keeps its own claim_id idempotency."""
+        return self.request("POST", "/v1/batches", {"claims": items})
+
     # Closed monthly statements and the coalition's public keys.
 
     def statements(self) -> Response:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from coalition.batch import MAX_ITEMS, Item
 from coalition.fields import Identifier, Points, Rfc3339, StrictInteger, Text
 from coalition.pins import PIN_PATTERN, valid_pin
+from coalition.problems import Problem, validation_problem
 from coalition.schemas import (MAX_CURSOR, PERIOD_PATTERN, Cursor, Period,  # noqa: F401
                                QueryInteger, StrictSchema, cursor_of)
-from coalition.vocabulary import CLAIM_KINDS
+from coalition.vocabulary import BATCH_KINDS, CLAIM_KINDS, ENROLMENT, EntryKind
 
 
 class Pin(fields.String):
@@ -124,6 +126,74 @@ class ClaimSchema(Schema):
                        "at most 1000 (reversals_total counts them all)."})
     reversals_total = fields.Integer(metadata={
         "description": "Present when reading a claim: how many reversals it has."})
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+class BatchReversalSchema(ReversalSchema):
+    """A reversal in a batch: the claim it reverses is named in the body, not the path."""
+    claim_id = Identifier(required=True)
+
+
+# Each item is validated on its own, by the schema of the endpoint it stands for: an item's
+# errors are the ones that endpoint would answer, with pointers into the item.
+_ITEM_SCHEMAS = {EntryKind.EARN: EarnSchema(), EntryKind.BURN: BurnSchema(),
+                 EntryKind.REVERSAL: BatchReversalSchema(), ENROLMENT: EnrolSchema()}
+_KINDS = ", ".join(str(kind) for kind in BATCH_KINDS)
+
+
+def batch_item(raw) -> Item | Problem:
+    """One item of a batch, validated: an Item, or the validation problem that answers it."""
+    if not isinstance(raw, dict):
+        return Problem("validation-error", "A batch item must be a JSON object.",
+                       errors=[{"pointer": "/", "detail": "Must be an object."}])
+    kind = raw.get("kind")
+    schema = _ITEM_SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        return Problem("validation-error", "The item's kind is missing or unknown.",
+                       errors=[{"pointer": "/kind", "detail": f"Must be one of: {_KINDS}."}])
+    try:
+        return Item(kind, schema.load({name: value for name, value in raw.items()
+                                       if name != "kind"}))
+    except ValidationError as error:
+        return validation_problem(error.messages)
+
+
+class BatchSchema(StrictSchema):
+    EXAMPLE = {"claims": [
+        {"kind": ENROLMENT, "member_id": "M-1002"},
+        {"kind": str(EntryKind.EARN), "claim_id": "order-44", "member_id": "M-1002", "points": 120,
+         "occurred_at": "2026-05-04T10:02:00+02:00"},
+        {"kind": str(EntryKind.BURN), "claim_id": "till-7-0816", "member_id": "M-1001", "points": 30,
+         "occurred_at": "2026-05-04T10:03:00Z"},
+        {"kind": str(EntryKind.REVERSAL), "claim_id": "order-43", "reversal_id": "order-43-return-1",
+         "points": 20, "occurred_at": "2026-05-04T10:04:00Z"}]}
+    claims = fields.List(
+        fields.Raw(metadata={"type": "object", "description":
+                   f"An item: `kind` ({_KINDS}) and the fields of its endpoint's body: "
+                   "earn as POST /v1/earn, burn as POST /v1/burn, reversal as "
+                   "POST /v1/claims/{claim_id}/reversals with the claim_id of the claim it "
+                   "reverses in the item, enrolment as POST /v1/members."}),
+        required=True,
+        validate=validate.Length(1, MAX_ITEMS, error=f"Must hold 1 to {MAX_ITEMS} items."),
+        metadata={"description": f"1 to {MAX_ITEMS} items, answered in this order."})
+
+
+class BatchResultSchema(Schema):
+    status = fields.Integer(required=True, metadata={
+        "description": "The status this item would be answered alone: 201 booked (or "
+                       "enrolled), 200 enrolled before, or the problem's status."})
+    replayed = fields.Boolean(required=True, metadata={
+        "description": "A claim booked before with the same content: its booking, as "
+                       "Idempotent-Replayed: true answers it alone."})
+    body = fields.Dict(required=True, metadata={
+        "description": "What the item would be answered alone: the claim, the member, or "
+                       "the problem (type, title, status, detail, errors)."})
+
+
+class BatchAnswerSchema(Schema):
+    results = fields.List(fields.Nested(BatchResultSchema), required=True, metadata={
+        "description": "One result per item, in the order of the items."})
 
 
 # --- listings: query parameters and pages ---------------------------------------------------

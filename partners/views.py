@@ -9,6 +9,7 @@ from datetime import datetime
 
 from flask import current_app, g
 
+from coalition import batch as batches
 from coalition import clock, ledger, members, pins
 from coalition.api import Blueprint, problems
 from coalition.database import db
@@ -95,6 +96,42 @@ def earn(body: dict):
 def burn(body: dict):
     g.card = body["member_id"]
     return _book(ledger.book_burn, policy=redeem_policy(db.session, g.caller.partner_id), **body)
+
+
+_CLAIM, _MEMBER = schemas.ClaimSchema(), schemas.MemberSchema()
+
+
+@blp.route("/batches", methods=["POST"])
+@blp.doc(security=AUTH, summary=f"Up to {batches.MAX_ITEMS} earns, burns, reversals and "
+         "enrolments in one request, each answered as alone")
+@blp.arguments(schemas.BatchSchema)
+@blp.response(200, schemas.BatchAnswerSchema, description="One result per item, in order. "
+              "Per item, not all or nothing: refused items book nothing, the others are booked")
+@problems(blp, *COMMON, *BODY)
+def batch(body: dict):
+    partner_id, now = g.caller.partner_id, _now()
+    outcomes = batches.book_batch(
+        db.session, [schemas.batch_item(raw) for raw in body["claims"]], partner_id=partner_id,
+        now=now, rules=current_app.config["LEDGER_RULES"],
+        policy=redeem_policy(db.session, partner_id), restore=spend_again)
+    unknown = [o.card for o in outcomes if o.card and o.problem and o.problem.slug == "not-found"]
+    for card in unknown:  # each an unknown card asked about, as a single claim records it
+        harvest.record(db.session, partner_id, card, None, now)
+    db.session.commit()
+    if unknown:
+        watch_for_harvesting(partner_id)
+    return {"results": [_result(o) for o in outcomes]}
+
+
+def _result(outcome: batches.Outcome) -> dict:
+    if outcome.problem is not None:
+        body = outcome.problem.body()
+    elif outcome.member is not None:
+        body = _MEMBER.dump({"member_id": outcome.member[0], "created_at": outcome.member[1]})
+    else:
+        booked = outcome.booked
+        body = _CLAIM.dump(claim_view(booked.entry, member_id=booked.member_id))
+    return {"status": outcome.status, "replayed": outcome.replayed, "body": body}
 
 
 @blp.route("/members/<member_id>/pin", methods=["PUT"])

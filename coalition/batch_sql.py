@@ -1,0 +1,218 @@
+"""The statements of a batch's transaction (coalition/batch.py decides what they book).
+
+A batch reads what its claims need in a few statements for all of them (the members' rows,
+locked in one sorted order; earlier bookings of its claim ids; the members' spendable points
+or lots) and writes what they book as multi-row statements: one INSERT per table for the
+whole batch (in chunks under the drivers' limit on bound values), one executemany per kind of
+row it changes. Rows written here get their ids from the tables' own sequences (PostgreSQL),
+or after the highest id (SQLite, whose transaction holds the one write lock from BEGIN
+IMMEDIATE), so a burn can consume the lot of an earn booked earlier in the same batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import bindparam, func, or_, select, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from .claim_sql import HOLDER, Holder, refresh_loaded
+from .clock import as_utc
+from .database import is_sqlite
+from .models import ClosedPeriod, Consumption, DebtLot, Entry, Lot, Member, Posting
+from .vocabulary import spendable
+
+MAX_BOUND_VALUES = 30_000  # per statement; PostgreSQL allows 65,535, SQLite 32,766
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+def enrol(session: Session, cards: list[str], *, now: datetime,
+          partner_id: str) -> dict[str, tuple[bool, datetime]]:
+    """Enrol the cards not enrolled yet, with the values members.enrol gives a member:
+    {card: (enrolled now, created_at)}."""
+    if not cards:
+        return {}
+    insert = sqlite_insert if is_sqlite(session) else postgresql_insert
+    created = set(session.connection().scalars(
+        insert(Member).values([{Member.external_id: card, Member.created_at: now,
+                                Member.enrolled_by: partner_id, Member.balance: 0,
+                                Member.debt: 0, Member.locked: False, Member.pin_failures: 0}
+                               for card in cards])
+        .on_conflict_do_nothing(index_elements=[Member.external_id])
+        .returning(Member.external_id)))
+    rows = session.connection().execute(select(Member.external_id, Member.created_at)
+                                        .where(Member.external_id.in_(cards)))
+    return {card: (card in created, created_at) for card, created_at in rows}
+
+
+def reversal_targets(session: Session, partner_id: str, claim_ids: list[str]) -> list[int]:
+    """The member ids of the partner's claims named: the members their reversals lock."""
+    if not claim_ids:
+        return []
+    return list(session.connection().scalars(
+        select(Entry.member_id).where(Entry.partner_id == partner_id,
+                                      Entry.claim_id.in_(claim_ids))))
+
+
+def lock(session: Session, cards: list[str], pks: list[int]) -> list[Holder]:
+    """Lock the members' rows in one order, by id: two batches that share members take their
+    locks in the same order and never wait for each other in a cycle. (A single claim holds
+    one member: it cannot close a cycle either.)"""
+    if not cards and not pks:
+        return []
+    statement = (select(*HOLDER).where(or_(Member.external_id.in_(cards), Member.id.in_(pks)))
+                 .order_by(Member.id))
+    if not is_sqlite(session):
+        statement = statement.with_for_update()
+    return [Holder(*row) for row in session.connection().execute(statement)]
+
+
+def holder(session: Session, pk: int) -> Holder:
+    """A member's row once more (locked by the batch already)."""
+    return Holder(*session.connection().execute(select(*HOLDER).where(Member.id == pk)).one())
+
+
+def booked(session: Session, partner_id: str, claim_ids: list[str]) -> dict[str, tuple[int, str]]:
+    """Earlier bookings of these claim ids by the partner: {claim id: (entry id, fingerprint)}."""
+    if not claim_ids:
+        return {}
+    rows = session.connection().execute(
+        select(Entry.claim_id, Entry.id, Entry.fingerprint)
+        .where(Entry.partner_id == partner_id, Entry.claim_id.in_(claim_ids)))
+    return {claim_id: (entry_id, fp) for claim_id, entry_id, fp in rows}
+
+
+def closed_through(session: Session) -> str | None:
+    return session.connection().scalar(select(func.max(ClosedPeriod.period)))
+
+
+def spendable_points(session: Session, pks: list[int], now: datetime) -> dict[int, int]:
+    """The members' spendable points (what an earn's balance_after starts from)."""
+    if not pks:
+        return {}
+    rows = session.connection().execute(
+        select(Lot.member_id, func.sum(Lot.remaining))
+        .where(Lot.member_id.in_(pks), spendable(Lot, now)).group_by(Lot.member_id))
+    return {pk: int(points) for pk, points in rows}
+
+
+@dataclass
+class OpenLot:
+    """A spendable lot as a batch's burns consume it. id < 0: a lot of this batch, unwritten."""
+    id: int
+    remaining: int
+    expires_at: datetime
+    occurred_at: datetime
+    order: int = 0  # after expiry and occurrence: the lot's id; a new lot after every older one
+
+    def key(self) -> tuple:
+        return (as_utc(self.expires_at), as_utc(self.occurred_at), self.order)
+
+
+def spendable_lots(session: Session, pks: list[int], now: datetime) -> dict[int, list[OpenLot]]:
+    """The members' spendable lots in the order a burn consumes them (ledger.spendable_lots)."""
+    lots: dict[int, list[OpenLot]] = {pk: [] for pk in pks}
+    if not pks:
+        return lots
+    rows = session.connection().execute(
+        select(Lot.member_id, Lot.id, Lot.remaining, Lot.expires_at, Lot.occurred_at)
+        .where(Lot.member_id.in_(pks), spendable(Lot, now))
+        .order_by(Lot.member_id, Lot.expires_at, Lot.occurred_at, Lot.id))
+    for pk, lot_id, remaining, expires_at, occurred_at in rows:
+        lots[pk].append(OpenLot(lot_id, remaining, expires_at, occurred_at, lot_id))
+    return lots
+
+
+def entries_with_cards(session: Session, ids: list[int]) -> dict[int, tuple[Entry, str]]:
+    """Booked entries (what a replay answers) with their members' cards."""
+    if not ids:
+        return {}
+    rows = session.execute(select(Entry, Member.external_id)
+                           .join(Member, Member.id == Entry.member_id).where(Entry.id.in_(ids)))
+    return {entry.id: (entry, card) for entry, card in rows}
+
+
+# --- writes ----------------------------------------------------------------------------------
+
+@dataclass
+class Rows:
+    """What a batch books and has not written yet. Entries and lots carry ids < 0 until
+    written; postings, lots and consumptions refer to them by those."""
+    entries: list[dict] = field(default_factory=list)
+    postings: list[dict] = field(default_factory=list)
+    lots: list[dict] = field(default_factory=list)
+    consumptions: list[dict] = field(default_factory=list)
+    lots_left: dict[int, int] = field(default_factory=dict)  # lot id: remaining
+    debts_left: dict[int, int] = field(default_factory=dict)  # debt lot id: remaining
+    members: dict[int, tuple[int, int]] = field(default_factory=dict)  # id: (balance, debt)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries or self.members)
+
+
+_LOT_LEFT = (Lot.__table__.update().where(Lot.__table__.c.id == bindparam("lot_pk"))
+             .values(remaining=bindparam("left")))
+_DEBT_LEFT = (DebtLot.__table__.update().where(DebtLot.__table__.c.id == bindparam("lot_pk"))
+              .values(remaining=bindparam("left")))
+_MEMBER_AFTER = (Member.__table__.update().where(Member.__table__.c.id == bindparam("member_pk"))
+                 .values(balance=bindparam("new_balance"), debt=bindparam("new_debt")))
+
+
+def write(session: Session, rows: Rows) -> tuple[dict[int, int], dict[int, int]]:
+    """Write `rows`; the ids the entries and the lots got: {id < 0: id} each."""
+    connection = session.connection()
+    entry_ids = dict(zip((e["id"] for e in rows.entries), _new_ids(session, Entry, len(rows.entries))))
+    lot_ids = dict(zip((lot["id"] for lot in rows.lots), _new_ids(session, Lot, len(rows.lots))))
+
+    def lot(ref: int | None) -> int | None:
+        return lot_ids.get(ref, ref) if ref is not None and ref < 0 else ref
+
+    _insert(connection, Entry, [{**e, "id": entry_ids[e["id"]]} for e in rows.entries])
+    _insert(connection, Posting, [{**p, "entry_id": entry_ids[p["entry_id"]]} for p in rows.postings])
+    _insert(connection, Lot, [{**x, "id": lot_ids[x["id"]], "entry_id": entry_ids[x["entry_id"]],
+                               "remaining": rows.lots_left.get(x["id"], x["remaining"])}
+                              for x in rows.lots])
+    _insert(connection, Consumption, [{**c, "entry_id": entry_ids[c["entry_id"]],
+                                       "lot_id": lot(c["lot_id"])} for c in rows.consumptions])
+    changed = [(lot_id, left) for lot_id, left in rows.lots_left.items() if lot_id > 0]
+    if changed:
+        connection.execute(_LOT_LEFT, [{"lot_pk": i, "left": left} for i, left in changed])
+    if rows.debts_left:
+        connection.execute(_DEBT_LEFT, [{"lot_pk": i, "left": left}
+                                        for i, left in rows.debts_left.items()])
+    if rows.members:
+        connection.execute(_MEMBER_AFTER, [{"member_pk": pk, "new_balance": b, "new_debt": d}
+                                           for pk, (b, d) in rows.members.items()])
+    # Objects of these rows that the session holds (a PIN check loads the member) learn the
+    # values written, as claim_sql.write does for a single claim.
+    for pk, (balance, debt) in rows.members.items():
+        refresh_loaded(session, Member, pk, balance=balance, debt=debt)
+    for lot_id, left in changed:
+        refresh_loaded(session, Lot, lot_id, remaining=left)
+    for lot_id, left in rows.debts_left.items():
+        refresh_loaded(session, DebtLot, lot_id, remaining=left)
+    return entry_ids, lot_ids
+
+
+def _new_ids(session: Session, model, count: int) -> list[int]:
+    if count == 0:
+        return []
+    table = model.__tablename__
+    connection = session.connection()
+    if is_sqlite(session):
+        highest = connection.scalar(select(func.coalesce(func.max(model.id), 0)))
+        return list(range(highest + 1, highest + 1 + count))
+    return sorted(connection.scalars(text(
+        "SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :count)"),
+        {"table": table, "count": count}))
+
+
+def _insert(connection, model, rows: list[dict]) -> None:
+    if not rows:
+        return
+    per_statement = max(1, MAX_BOUND_VALUES // len(rows[0]))
+    for start in range(0, len(rows), per_statement):
+        connection.execute(model.__table__.insert().values(rows[start:start + per_statement]))
