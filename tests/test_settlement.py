@@ -10,12 +10,14 @@ from decimal import Decimal
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flask import current_app
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from coalition import ledger
 from coalition.database import db
 from coalition.errors import Problem
+from coalition.hashing import entries_digest
 from coalition.members import enrol
+from coalition.models import Entry
 from partners import service as partner_service
 from settlement import service as settlement
 from settlement.signing import signing_key
@@ -87,6 +89,19 @@ def close(s, period, now):
 
 def doc(s, partner, period="2026-05"):
     return json.loads(settlement.statement(s, partner, period).document)
+
+
+def test_the_anchor_streams_every_entry_of_the_month_in_booking_order(may, monkeypatch):
+    """Read in batches smaller than the month, the anchor still covers each of its entries
+    once, in id order, and none of the next month's."""
+    Book(may, now=day(5, month=6)).earn("bakery", "j1", "M2", 10, day(3, month=6))
+    monkeypatch.setattr(settlement, "ANCHOR_BATCH", 3)
+    for period, count in (("2026-05", 8), ("2026-06", 1)):
+        hashes = may.scalars(select(Entry.entry_hash).where(Entry.period == period)
+                             .order_by(Entry.id)).all()
+        assert len(hashes) == count
+        assert settlement.month_anchor(may, period) == entries_digest(hashes)
+    assert settlement.month_anchor(may, "2026-07") == entries_digest([])
 
 
 def test_may_statements_match_the_hand_computation(may):
