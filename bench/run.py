@@ -11,15 +11,22 @@
    each: a warm-up, then measured runs, the service and the floor taking turns round by round.
    Every earn answered 2xx must be a row in the database afterwards.
 4. Raw PostgreSQL at the same concurrency: INSERT+COMMIT per row, COPY (bench/pg_baselines.py);
-   and one GROUP BY over the service's journal (the month-close baseline, for later).
+   and one GROUP BY over the service's journal.
    Bulk enrolment: `flask members import` of a CSV of new card numbers, then of the same file
    again (bench/enrol_import.py), against the COPY rate.
-5. Prints one table, each rate beside its ratio to a baseline of the same run; writes the
+5. The month close (bench/month_close.py): last month's claims (10^6) loaded by COPY over every
+   member, sealed, then closed (settlement.service.close in a process of its own) against one
+   plain GROUP BY partner, kind of the same rows; its peak RSS; single earns booked by 4
+   threads before and during the close (their wait for the books lock).
+6. History (bench/history.py): BENCH_HISTORY=1 tops the journal up to 10^7 entries by COPY;
+   then the service and the floor again, one warm-up and one run each: the single-earn rate
+   over that journal against the near-empty one of step 3.
+7. Prints one table, each rate beside its ratio to a baseline of the same run; writes the
    figures to bench/results/. Exits 1 if any request failed or any count does not add up.
 
 Servers run in sessions of their own and are always stopped, the database always dropped, the
 temporary directory always removed (Ctrl-C and SIGTERM included). Sizes: BENCH_SIZE=default
-(about 3 minutes) or big; the options below (or BENCH_* variables) override single settings.
+(about 7 minutes) or big; the options below (or BENCH_* variables) override single settings.
 """
 from __future__ import annotations
 
@@ -42,7 +49,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.engine import make_url
 
-from bench import floor_app, load, pg_baselines
+from bench import floor_app, history, load, pg_baselines
 from partners.client import jwk_thumbprint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,9 +59,9 @@ PARTNER = "bench-shop"
 SIZES = {  # rounds of HTTP runs, seconds per run, seconds of raw inserts, COPY rows per client,
     # card numbers in the members import's CSV
     "default": {"rounds": 2, "duration": 30, "warmup": 5, "raw_duration": 10, "copy_rows": 50_000,
-                "import_members": 200_000},
+                "import_members": 200_000, "close_claims": 1_000_000},
     "big": {"rounds": 3, "duration": 60, "warmup": 10, "raw_duration": 30, "copy_rows": 200_000,
-            "import_members": 1_000_000},
+            "import_members": 1_000_000, "close_claims": 1_000_000},
 }
 
 
@@ -88,6 +95,13 @@ def options(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--import-members", type=int,
                    default=env("import_members", preset["import_members"]),
                    help="card numbers in the CSV file of the members import")
+    p.add_argument("--close-claims", type=int,
+                   default=env("close_claims", preset["close_claims"]),
+                   help="claims of the month the month close closes (loaded by COPY)")
+    p.add_argument("--history", type=history.target,
+                   default=history.target(os.environ.get("BENCH_HISTORY", "0")),
+                   help="journal entries to top the journal up to before the single earns "
+                        "are measured again (1: 10^7; 0: the closed month's only)")
     p.add_argument("--keep-logs", action="store_true",
                    help="copy the servers' logs to bench/results/ (done anyway when a run fails)")
     args = p.parse_args(argv)
@@ -261,6 +275,48 @@ def members_import(env: dict, members: int) -> tuple[load.Result, load.Result, d
     return results[0], results[1], report
 
 
+def month_close(env: dict, claims: int) -> tuple[dict, list[load.Result]]:
+    """bench/month_close.py in a process of its own (the close in one more); the figures as
+    batch Results (rows over seconds) and the claim threads' latencies as Results."""
+    done = subprocess.run([sys.executable, "-m", "bench.month_close", "--claims", str(claims)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        report = {"problems": [f"bench.month_close exited {done.returncode}: "
+                               f"{(done.stdout + done.stderr)[-1500:]}"]}
+    close, base = load.Result("month close (claims/s)", 1), load.Result("GROUP BY partner, kind", 1)
+    results = [close, base]
+    if "seconds" in report.get("close", {}):
+        for result, seconds in ((close, report["close"]["seconds"]),
+                                (base, report["group_by"]["s"])):
+            result.ok = result.statuses[200] = claims
+            result.seconds = seconds
+            result.latencies = [seconds]
+    else:
+        close.statuses[0] = base.statuses[0] = 1
+    for key, name in (("claims_during_close", "earn during the close"),
+                      ("claims_without_close", "earn, no close (threads)")):
+        part = report.get(key, {})
+        result = load.Result(name, 4)
+        result.latencies = part.pop("latencies_s", [])
+        result.ok = result.statuses[200] = len(result.latencies)
+        result.statuses[0] = part.get("errors", 0)
+        result.seconds = part.get("window_s", 0.0)
+        results.append(result)
+    return report, results
+
+
+def load_history(env: dict, total: int) -> dict:
+    done = subprocess.run([sys.executable, "-m", "bench.history", "--total", str(total)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    try:
+        return json.loads(done.stdout)
+    except ValueError:
+        return {"problems": [f"bench.history exited {done.returncode}: "
+                             f"{(done.stdout + done.stderr)[-1500:]}"]}
+
+
 def code_version() -> str:
     """What the service ran: the commit, and whether the working tree had changes beyond it."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
@@ -387,7 +443,50 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
                             f"{enrol.ok} enrolled over the API + {args.import_members} imported")
     group_by = pg_baselines.time_group_by(scratch.conninfo)
 
-    results = [earns, floor_earns, insert, copy, enrol, imported, reimported]
+    log(f"month close: {args.close_claims:,} claims of last month loaded by COPY, sealed, "
+        f"then closed while {4} threads book earns")
+    close_report, close_results = month_close(env, args.close_claims)
+    problems += close_report.get("problems", [])
+    history_report = {}
+    if args.history:
+        log(f"history: topping the journal up to {args.history:,} entries by COPY")
+        history_report = load_history(env, args.history)
+        problems += history_report.get("problems", [])
+    journal = count_rows(scratch.conninfo, "journal_entries")
+    history_name = f"service earn, {journal / 1e6:.2g}M entries"
+    log(f"single earns again over {journal:,} journal entries: warm-up, then "
+        f"{args.duration:.0f} s service, {args.duration:.0f} s floor")
+    again = {}
+    for name, (server_name, app, server_env, ready) in {
+            history_name: ("service-history", "wsgi:app", env, "/readyz"),
+            "floor single earn (again)": ("floor-history", "bench.floor_app:app", floor_env,
+                                          "/healthz")}.items():
+        again[name] = Server(server_name, app, server_env, workdir, args)
+        servers.append(again[name])
+        again[name].wait_ready(ready)  # bound before the next one looks for a free port
+    answered_again = 0
+    later: dict[str, load.Result] = {}
+    for name, server in again.items():
+        warm = single_earns(f"{name} warm-up", server, signer, args, args.warmup, 3000)
+        answered_again += warm.ok if name == history_name else 0
+        if warm.failed:
+            problems.append(f"{warm.name}: {json.dumps(warm.summary())}")
+        max_rate[name] = max(3 * warm.rate, 300)
+    for name, server in again.items():
+        later[name] = single_earns(name, server, signer, args, args.duration, max_rate[name])
+        answered_again += later[name].ok if name == history_name else 0
+    for server in again.values():
+        server.stop()
+        if server.log_problems():
+            problems.append(f"{server.name} log: {server.log_problems()} error lines")
+    booked_again = count_rows(scratch.conninfo, "journal_entries") - journal
+    if booked_again != answered_again:
+        problems.append(f"{history_name}: {answered_again} earns answered 2xx, "
+                        f"{booked_again} new journal rows")
+    history_earns, floor_again = later[history_name], later["floor single earn (again)"]
+
+    results = [earns, floor_earns, insert, copy, enrol, imported, reimported, *close_results,
+               history_earns, floor_again]
     for result in results:
         if result.failed:
             problems.append(f"{result.name}: {json.dumps(result.summary())}")
@@ -397,7 +496,13 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
             (f"raw COPY (rows/s, {pg_baselines.COPY_BATCH}/batch)", copy, None, "batch"),
             ("service enrol (setup)", enrol, None, ""),
             ("members import (CSV, new)", imported, copy, "batch"),
-            ("members import (rerun)", reimported, copy, "batch")]
+            ("members import (rerun)", reimported, copy, "batch"),
+            ("month close (claims/s)", close_results[0], close_results[1], "batch"),
+            ("GROUP BY partner, kind", close_results[1], None, "batch"),
+            ("earn during the close", close_results[2], close_results[3], ""),
+            ("earn, no close (4 threads)", close_results[3], None, ""),
+            (history_name, history_earns, earns, ""),
+            ("floor single earn (again)", floor_again, floor_earns, "")]
     host = machine()
     settings = (f"gunicorn gthread {args.workers} workers x {args.threads} threads, "
                 f"{args.clients} client processes, {args.members} members, "
@@ -422,6 +527,23 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
               f"{import_report['startup_s']:.1f} s here, not counted)")
     print(f"month-close baseline: GROUP BY partner, period, kind over {group_by['rows']} "
           f"journal rows ({group_by['groups']} groups): {group_by['ms']} ms")
+    if "seconds" in close_report.get("close", {}):
+        c, g, ld = close_report["close"], close_report["group_by"], close_report["load"]
+        during = close_report["claims_during_close"]
+        print(f"month close {ld['period']}: {ld['claims']:,} claims ({ld['kinds']['earn']:,} earns, "
+              f"{ld['kinds']['burn']:,} burns, {ld['kinds']['reversal']:,} reversals; 5 partners, "
+              f"{ld['members_touched']:,} members) loaded in {ld['load_s']:.0f} s "
+              f"({ld['rows_per_s']:,} rows/s), sealed in {close_report['seal']['s']:.0f} s; "
+              f"close {c['seconds']:.2f} s (sealing {c.get('seal_s', 0):.2f} s, the month's flows "
+              f"{c.get('flows_s', 0):.2f} s) = {close_report['ratio_close_to_group_by']}x the "
+              f"GROUP BY's {g['s']:.3f} s (target 5x); peak RSS {c['rss_peak_kb'] / 1024:.0f} MB "
+              f"({c['rss_ready_kb'] / 1024:.0f} MB with the app loaded); earns waited at most "
+              f"{during['max_ms']:.0f} ms during it")
+    journal_ratio = ratio(history_earns, earns) / ratio(floor_again, floor_earns) \
+        if floor_again.rate and floor_earns.rate and earns.rate else float("nan")
+    print(f"history: {journal:,} journal entries; single earns {ratio(history_earns, earns):.2f}x "
+          f"the rate of the near-empty journal, {journal_ratio:.2f}x after the floor's own "
+          f"drift between the two runs (target: at least 0.67, i.e. within 1.5x)")
     for problem in problems:
         print(f"PROBLEM: {problem}")
     print("FAILED" if problems else "OK")
@@ -434,6 +556,7 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
          "postgres": pg_version, "code": version,
          "results": [r.summary() for r in results], "group_by": group_by,
          "members_import": import_report,
+         "month_close": close_report, "history": {**history_report, "journal": journal},
          "problems": problems}, indent=2))
     if problems or args.keep_logs:
         for server in servers:
