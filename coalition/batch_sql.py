@@ -2,9 +2,9 @@
 
 A batch reads what its claims need in a few statements for all of them (the members' rows,
 locked in one sorted order; earlier bookings of its claim ids; the members' spendable points
-or lots) and writes what they book as multi-row statements: one INSERT per table for the
-whole batch (in chunks under the drivers' limit on bound values), one executemany per kind of
-row it changes. Rows written here get their ids from the tables' own sequences (PostgreSQL),
+or lots) and writes what they book as multi-row statements: on PostgreSQL one INSERT per table for the
+whole batch and one UPDATE per kind of row it changes, each with its columns bound as arrays
+(SQLite, in process: executemany). Rows written here get their ids from the tables' own sequences (PostgreSQL),
 or after the highest id (SQLite, whose transaction holds the one write lock from BEGIN
 IMMEDIATE), so a burn can consume the lot of an earn booked earlier in the same batch.
 """
@@ -23,9 +23,6 @@ from .clock import as_utc
 from .database import is_sqlite
 from .models import ClosedPeriod, Consumption, DebtLot, Entry, Lot, Member, Posting
 from .vocabulary import spendable
-
-MAX_BOUND_VALUES = 30_000  # per statement; PostgreSQL allows 65,535, SQLite 32,766
-
 
 # --- reads -----------------------------------------------------------------------------------
 
@@ -178,14 +175,16 @@ def write(session: Session, rows: Rows) -> tuple[dict[int, int], dict[int, int]]
     _insert(connection, Consumption, [{**c, "entry_id": entry_ids[c["entry_id"]],
                                        "lot_id": lot(c["lot_id"])} for c in rows.consumptions])
     changed = [(lot_id, left) for lot_id, left in rows.lots_left.items() if lot_id > 0]
-    if changed:
-        connection.execute(_LOT_LEFT, [{"lot_pk": i, "left": left} for i, left in changed])
-    if rows.debts_left:
-        connection.execute(_DEBT_LEFT, [{"lot_pk": i, "left": left}
-                                        for i, left in rows.debts_left.items()])
+    _update(connection, _LOT_LEFT, "lots", "remaining", changed)
+    _update(connection, _DEBT_LEFT, "debt_lots", "remaining", list(rows.debts_left.items()))
     if rows.members:
-        connection.execute(_MEMBER_AFTER, [{"member_pk": pk, "new_balance": b, "new_debt": d}
-                                           for pk, (b, d) in rows.members.items()])
+        if connection.dialect.name == "sqlite":
+            connection.execute(_MEMBER_AFTER, [{"member_pk": pk, "new_balance": b, "new_debt": d}
+                                               for pk, (b, d) in rows.members.items()])
+        else:
+            connection.execute(_MEMBERS_AFTER, {"ids": list(rows.members),
+                                                "balances": [b for b, _ in rows.members.values()],
+                                                "debts": [d for _, d in rows.members.values()]})
     # Objects of these rows that the session holds (a PIN check loads the member) learn the
     # values written, as claim_sql.write does for a single claim.
     for pk, (balance, debt) in rows.members.items():
@@ -210,9 +209,46 @@ def _new_ids(session: Session, model, count: int) -> list[int]:
         {"table": table, "count": count}))
 
 
+# PostgreSQL: one INSERT ... SELECT FROM unnest(arrays) per table, each column bound as one
+# array: a statement of the same short text whatever the number of rows, which the server
+# parses once per connection (a multi-row VALUES list would be compiled and parsed anew for
+# each size). Rows of one call have the same columns.
+_MEMBERS_AFTER = text("""
+UPDATE members SET balance = u.balance, debt = u.debt
+FROM unnest(CAST(:ids AS bigint[]), CAST(:balances AS bigint[]), CAST(:debts AS bigint[]))
+    AS u(id, balance, debt)
+WHERE members.id = u.id""")
+_STATEMENTS: dict[tuple, text] = {}
+
+
 def _insert(connection, model, rows: list[dict]) -> None:
     if not rows:
         return
-    per_statement = max(1, MAX_BOUND_VALUES // len(rows[0]))
-    for start in range(0, len(rows), per_statement):
-        connection.execute(model.__table__.insert().values(rows[start:start + per_statement]))
+    if connection.dialect.name == "sqlite":
+        connection.execute(model.__table__.insert(), rows)  # executemany: no round trips there
+        return
+    names = tuple(rows[0])
+    key = (model.__tablename__, names)
+    if key not in _STATEMENTS:
+        columns = model.__table__.columns
+        arrays = ", ".join(f"CAST(:{name} AS {columns[name].type.compile(connection.dialect)}[])"
+                           for name in names)
+        _STATEMENTS[key] = text(f"INSERT INTO {model.__tablename__} ({', '.join(names)}) "
+                                f"SELECT * FROM unnest({arrays})")
+    connection.execute(_STATEMENTS[key], {name: [row[name] for row in rows] for name in names})
+
+
+def _update(connection, statement, table: str, column: str, values: list[tuple[int, int]]) -> None:
+    """Set `column` of the rows of `table` by id: {id: value}."""
+    if not values:
+        return
+    if connection.dialect.name == "sqlite":
+        connection.execute(statement, [{"lot_pk": i, "left": v} for i, v in values])
+        return
+    key = (table, column)
+    if key not in _STATEMENTS:
+        _STATEMENTS[key] = text(
+            f"UPDATE {table} SET {column} = u.value FROM unnest(CAST(:ids AS bigint[]), "
+            f"CAST(:values AS bigint[])) AS u(id, value) WHERE {table}.id = u.id")
+    connection.execute(_STATEMENTS[key], {"ids": [i for i, _ in values],
+                                          "values": [v for _, v in values]})

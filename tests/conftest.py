@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from datetime import datetime, timedelta, timezone
@@ -129,6 +130,23 @@ def acme(make_partner):
 @pytest.fixture
 def bolt(make_partner):
     return make_partner("bolt", alg="ES256")
+
+
+def await_lock_wait(engine, *, still_running=lambda: True, timeout: float = 20.0) -> None:
+    """Return once a session of the test database waits on a lock (PostgreSQL). Each look is a
+    transaction of its own: pg_stat_activity is read once per transaction and then kept, so a
+    look repeated inside one transaction would never see a wait that began after the first.
+    Fails if `still_running()` turns false first (what should wait finished instead) or after
+    `timeout` seconds, so that the caller can release what it holds rather than hang."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with engine.connect() as watcher:
+            if watcher.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type "
+                                   "= 'Lock' AND datname = current_database()")):
+                return
+        assert still_running(), "it finished without waiting on a lock"
+        assert time.monotonic() < deadline, f"nothing waited on a lock within {timeout} s"
+        time.sleep(0.05)
 
 
 def ago(**delta) -> str:

@@ -15,7 +15,7 @@ from coalition.database import db
 from coalition.models import Entry, Member
 from partners.models import MemberLookup
 from partners import service as partner_service
-from tests.conftest import ago, postgres_only
+from tests.conftest import ago, await_lock_wait, postgres_only
 
 T = ago(minutes=10)  # one instant: items sent twice carry identical content
 
@@ -348,7 +348,6 @@ def test_concurrent_batches_and_single_burns_never_overspend(app, acme, bolt, ve
 def test_a_claim_id_raced_by_a_single_request_is_answered_as_a_retry_would(app, acme):
     """A single earn books claim id `raced` for M1 while a batch books it for M2: the batch
     waits on the claim key, loses, runs again and answers that item 409; the rest is booked."""
-    from sqlalchemy import text
     from sqlalchemy.orm import Session
 
     from coalition import ledger
@@ -365,16 +364,10 @@ def test_a_claim_id_raced_by_a_single_request_is_answered_as_a_retry_would(app, 
             thread = threading.Thread(target=lambda: outcome.update(answer=acme.client.batch(
                 [earn("other", "M2", 5), earn("raced", "M2", 10)])), daemon=True)
             thread.start()
-            with db.engine.connect() as watcher:
-                for _ in range(400):
-                    if watcher.scalar(text(
-                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
-                            "'Lock' AND datname = current_database()")):
-                        break
-                    threading.Event().wait(0.05)
-                else:
-                    raise AssertionError("the batch never waited on the claim key")
-            winner.commit()
+            try:
+                await_lock_wait(db.engine, still_running=thread.is_alive)
+            finally:
+                winner.commit()
         finally:
             winner.close()
         thread.join(30)

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coalition import ledger
@@ -14,7 +13,7 @@ from coalition.problems import Problem
 from partners import tokens
 from partners.models import UsedToken
 from partners.tokens import Caller
-from tests.conftest import ago, postgres_only
+from tests.conftest import ago, await_lock_wait, postgres_only
 
 CONTRACT_FIELDS = {"claim_id", "kind", "member_id", "partner_id", "points", "occurred_at",
                    "recorded_at", "period", "status", "reversed_points", "balance_after"}
@@ -191,18 +190,17 @@ def test_a_claim_id_race_is_retried_in_the_domain_keeping_what_must_survive(app,
 
     with app.app_context():
         winner = Session(db.engine)
-        ledger.book_earn(winner, member_id="M1", **claim)  # flushed: holds the claim key
-        thread = threading.Thread(target=loser)
-        thread.start()
-        deadline = time.monotonic() + 20
-        with db.engine.connect() as watcher:
-            while watcher.scalar(text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND datname = current_database()")) == 0:
-                assert time.monotonic() < deadline, "the loser never waited on the claim key"
-                time.sleep(0.05)
-        winner.commit()
-        winner.close()
+        try:
+            ledger.book_earn(winner, member_id="M1", **claim)  # flushed: holds the claim key
+            thread = threading.Thread(target=loser, daemon=True)
+            thread.start()
+            try:
+                await_lock_wait(db.engine, still_running=thread.is_alive)
+            finally:  # whatever happens, the loser must not wait on the key for ever
+                winner.commit()
+        finally:
+            winner.close()
         thread.join(30)
+    assert not thread.is_alive()
     assert outcome == {"slug": "claim-id-conflict", "restored": 1, "jti in the transaction": 1}
     assert acme.client.claim("raced").json()["member_id"] == "M1"

@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import text
 
 from coalition.database import db
 from coalition.errors import Problem
 from partners import service as partner_service
 from partners.client import jwk_thumbprint
-from tests.conftest import new_key, postgres_only, public_pem
+from tests.conftest import await_lock_wait, new_key, postgres_only, public_pem
 
 
 def cli(runner, *args):
@@ -132,17 +130,12 @@ def test_a_key_registered_twice_at_once_is_a_problem_not_an_integrity_error(app,
                     partner_service.add_key(second, "cafe", key, now=now)
                 except Exception as exc:  # noqa: BLE001 - the test names what it expects below
                     outcome["error"] = exc
-            racer = threading.Thread(target=register)
+            racer = threading.Thread(target=register, daemon=True)
             racer.start()
-            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            for _ in range(100):
-                if db.session.scalar(text(waiting)):
-                    break
-                time.sleep(0.05)
-            else:
-                pytest.fail("the second registration never waited on the first")
-            db.session.rollback()
-            first.commit()
+            try:
+                await_lock_wait(db.engine, still_running=racer.is_alive, timeout=5)
+            finally:
+                first.commit()
             racer.join(10)
             error = outcome.get("error")
             assert isinstance(error, Problem) and error.slug == "validation-error", error
