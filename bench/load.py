@@ -65,6 +65,7 @@ class Result:
     exhausted: int = 0  # clients that ran out of tokens before the duration was up
     client_cpu: float = 0.0  # CPU seconds the clients spent sending: is the generator the limit?
     crashed: list[str] = field(default_factory=list)
+    per_request: int = 1  # claims per request (a batch's items)
 
     @property
     def failures(self) -> int:
@@ -78,6 +79,10 @@ class Result:
     def rate(self) -> float:
         return self.ok / self.seconds if self.seconds else 0.0
 
+    @property
+    def claims_rate(self) -> float:
+        return self.rate * self.per_request
+
     def percentile(self, q: float) -> float:
         """Nearest rank, in milliseconds."""
         if not self.latencies:
@@ -88,6 +93,7 @@ class Result:
     def summary(self) -> dict:
         return {"name": self.name, "clients": self.clients, "ok": self.ok,
                 "seconds": round(self.seconds, 3), "rate": round(self.rate, 1),
+                "per_request": self.per_request, "claims_rate": round(self.claims_rate, 1),
                 "p50_ms": round(self.percentile(0.50), 1),
                 "p99_ms": round(self.percentile(0.99), 1),
                 "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
@@ -98,7 +104,7 @@ class Result:
 
 def merge(name: str, results: list[Result]) -> Result:
     """Runs of one scenario taken together: their answers over their summed time."""
-    merged = Result(name, results[0].clients)
+    merged = Result(name, results[0].clients, per_request=results[0].per_request)
     for r in results:
         merged.ok += r.ok
         merged.statuses.update(r.statuses)
@@ -135,6 +141,21 @@ def earn_bodies(members: list[str], per_client: int) -> BodyMaker:
         return [compact({"claim_id": f"{tag}-{index}-{i}", "member_id": rng.choice(members),
                          "points": rng.randint(1, 100), "occurred_at": occurred_at})
                 for i in range(per_client)]
+    return make
+
+
+def batch_bodies(members: list[str], per_client: int, size: int) -> BodyMaker:
+    """Batches of `size` earns (POST /v1/batches), members picked at random as earn_bodies
+    does: concurrent batches share members, so they queue on each other's member locks."""
+    tag = uuid.uuid4().hex[:8]
+
+    def make(index: int) -> list[bytes]:
+        rng = random.Random(10_000 + index)
+        occurred_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return [compact({"claims": [
+            {"kind": "earn", "claim_id": f"{tag}-b{index}-{n}-{i}", "member_id": rng.choice(members),
+             "points": rng.randint(1, 100), "occurred_at": occurred_at} for i in range(size)]})
+            for n in range(per_client)]
     return make
 
 
@@ -200,7 +221,7 @@ def _client(index: int, base_url: str, path: str, signer: Signer, make_bodies: B
 
 
 def run(name: str, base_url: str, path: str, signer: Signer, make_bodies: BodyMaker, *,
-        clients: int = 8, duration: float | None = None) -> Result:
+        clients: int = 8, duration: float | None = None, per_request: int = 1) -> Result:
     """Send the bodies from `clients` processes; until they run out, or for `duration` s."""
     if duration and duration > MAX_RUN_S:
         raise ValueError(f"duration above {MAX_RUN_S} s: pre-signed tokens would expire")
@@ -211,7 +232,7 @@ def run(name: str, base_url: str, path: str, signer: Signer, make_bodies: BodyMa
              for i in range(clients)]
     for p in procs:
         p.start()
-    result = Result(name, clients)
+    result = Result(name, clients, per_request=per_request)
     starts, ends = [], []
     try:
         for _ in procs:
@@ -255,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     earn.add_argument("--duration", type=float, default=20.0)
     earn.add_argument("--max-rate", type=float, default=3000.0,
                       help="tokens pre-signed for at most this many earns per second")
+    batch = sub.add_parser("batch", help="batches of earns, POST /v1/batches")
+    batch.add_argument("--duration", type=float, default=20.0)
+    batch.add_argument("--size", type=int, default=1000, help="earns per batch")
+    batch.add_argument("--max-rate", type=float, default=20000.0,
+                       help="batches pre-signed for at most this many earns per second")
     args = parser.parse_args(argv)
     with open(args.key, "rb") as fh:
         signer = Signer(args.partner, fh.read(), args.audience)
@@ -262,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario == "enrol":
         result = run("enrol", args.base_url, "/v1/members", signer,
                      enrol_bodies(members, args.clients), clients=args.clients)
+    elif args.scenario == "batch":
+        per_client = math.ceil(args.max_rate * args.duration / args.size / args.clients)
+        result = run("batch", args.base_url, "/v1/batches", signer,
+                     batch_bodies(members, per_client, args.size), clients=args.clients,
+                     duration=args.duration, per_request=args.size)
     else:
         per_client = math.ceil(args.max_rate * args.duration / args.clients)
         result = run("earn", args.base_url, "/v1/earn", signer, earn_bodies(members, per_client),

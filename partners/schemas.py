@@ -191,9 +191,22 @@ class BatchResultSchema(Schema):
                        "the problem (type, title, status, detail, errors)."})
 
 
+class BatchSummarySchema(Schema):
+    booked = fields.Integer(required=True, metadata={"description": "Claims booked now."})
+    replayed = fields.Integer(required=True, metadata={
+        "description": "Claims booked before with the same content (replayed)."})
+    enrolled = fields.Integer(required=True, metadata={"description": "Cards enrolled now."})
+    existing = fields.Integer(required=True, metadata={
+        "description": "Enrolments of cards enrolled before."})
+    refused = fields.Integer(required=True, metadata={
+        "description": "Items answered with a problem: nothing of them was booked."})
+
+
 class BatchAnswerSchema(Schema):
     results = fields.List(fields.Nested(BatchResultSchema), required=True, metadata={
         "description": "One result per item, in the order of the items."})
+    summary = fields.Nested(BatchSummarySchema, required=True, metadata={
+        "description": "The results counted: every item is one of these."})
 
 
 # --- listings: query parameters and pages ---------------------------------------------------

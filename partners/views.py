@@ -120,7 +120,18 @@ def batch(body: dict):
     db.session.commit()
     if unknown:
         watch_for_harvesting(partner_id)
-    return {"results": [_result(o) for o in outcomes]}
+    return {"results": [_result(o) for o in outcomes], "summary": _summary(outcomes)}
+
+
+def _summary(outcomes: list[batches.Outcome]) -> dict:
+    """How many items were booked, replayed, enrolled, known already and refused."""
+    counts = dict.fromkeys(("booked", "replayed", "enrolled", "existing", "refused"), 0)
+    for o in outcomes:
+        kind = ("refused" if o.problem is not None else
+                ("enrolled" if o.status == 201 else "existing") if o.member is not None else
+                "replayed" if o.replayed else "booked")
+        counts[kind] += 1
+    return counts
 
 
 def _result(outcome: batches.Outcome) -> dict:

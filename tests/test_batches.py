@@ -120,10 +120,15 @@ def test_a_resent_batch_books_nothing_twice(app, acme, verify_clean):
     acme.client.earn("before", "M1", 10, occurred_at=T)
     batch = [enrolment("M2"), earn("e1", "M1", 100), burn("b1", "M1", 40), earn("e2", "M2", 7),
              reversal("e1", "e1-r", 10), earn("before", "M1", 10), burn("b9", "M2", 1000)]
-    first = results(acme.client.batch(batch))
+    first_answer = acme.client.batch(batch)
+    first = results(first_answer)
     assert slugs(first) == [201, 201, 201, 201, 201, 201, "insufficient-points"]
+    assert first_answer.json()["summary"] == {
+        "booked": 4, "replayed": 1, "enrolled": 1, "existing": 0, "refused": 1}
     assert [r["replayed"] for r in first] == [False] * 5 + [True, False]
     entries, balance = count(app), acme.client.balance("M1").json()
+    assert acme.client.batch(batch).json()["summary"] == {
+        "booked": 0, "replayed": 5, "enrolled": 0, "existing": 1, "refused": 1}
     second = results(acme.client.batch(batch))  # after a timeout, say
     assert slugs(second) == [200, 201, 201, 201, 201, 201, "insufficient-points"]
     assert [r["replayed"] for r in second] == [False, True, True, True, True, True, False]
