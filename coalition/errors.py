@@ -9,6 +9,7 @@ import logging
 
 from flask import Flask, Response, g, has_request_context, json
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from .problems import (MAX_LISTED_ERRORS, MAX_TEXT, PROBLEM_JSON, SLUGS, Problem,  # noqa: F401
@@ -52,8 +53,9 @@ UNAVAILABLE_RETRY_AFTER_S = 1
 
 def database_unavailable(exc: BaseException) -> bool:
     """The database went away or refused the work for now (a restart, a dropped connection, a
-    lock or serialisation timeout): nothing was booked, and the same request may be retried."""
-    return isinstance(exc, (OperationalError, InterfaceError)) or (
+    lock or serialisation timeout), or every connection of this process's pool stayed busy
+    for pool_timeout: nothing was booked, and the same request may be retried."""
+    return isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
@@ -77,6 +79,9 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
+        if database_unavailable(exc):  # the pool's timeout: no DBAPIError
+            log.warning("database unavailable: %s", type(exc).__name__)
+            return unavailable_response()
         log.exception("unhandled error")
         return problem_response(Problem("internal-error", "The request could not be processed."))
 

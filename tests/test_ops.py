@@ -323,3 +323,25 @@ def test_access_logs_carry_the_route_not_the_card_number(app, logs):
     lines = logs.access()
     assert [line["path"] for line in lines[-2:]] == ["/v1/members/<member_id>/balance", "(no route)"]
     assert "CARD-4242" not in json.dumps(lines)
+
+
+def test_a_request_that_finds_every_pooled_connection_busy_is_503_not_500(app, shop, logs):
+    """The pool's own timeout (every connection of this process in use for pool_timeout) is
+    no fault of the request: 503 with Retry-After, like a database that is away."""
+    busy = create_app({"SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
+                       "TESTING": True, "COALITION_SIGNING_KEY_FILE":
+                       app.config["COALITION_SIGNING_KEY_FILE"],
+                       "SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": 1, "max_overflow": 0,
+                                                     "pool_timeout": 0.2}})
+    body = earn_bytes(claim_id="pooled-1")
+    with busy.app_context():
+        held = db.engine.connect()  # the pool's one connection
+        try:
+            r = busy.test_client().post("/v1/earn", data=body,
+                                        headers=shop.client.sign("POST", "/v1/earn", body))
+        finally:
+            held.close()
+        db.engine.dispose()
+    assert r.status_code == 503 and slug_of(r) == "unavailable" and r.headers["Retry-After"] == "1"
+    assert not [x for x in logs.records() if x["level"] == "ERROR"]
+    assert shop.client.claim("pooled-1").status == 404
