@@ -97,6 +97,15 @@ class _Retry(Exception):
     """A reversal lost the race for its reversal id: the batch runs again."""
 
 
+def _fingerprint(item: Item) -> str:
+    f = item.fields
+    content = {name: f.get(name) for name in ("member_id", "points", "occurred_at",
+                                              "description")}
+    if item.kind == EntryKind.EARN:
+        return ledger.earn_fingerprint(pending_until=f.get("pending_until"), **content)
+    return ledger.burn_fingerprint(**content)
+
+
 @dataclass
 class _Member:
     """A locked member as the batch's claims so far left it."""
@@ -133,6 +142,9 @@ class _Batch:
         outcomes: list[Outcome | None] = [
             None if isinstance(item, Item) else Outcome(item.status, problem=item)
             for item in items]
+        # Before the members are locked: what needs no lock is not done while holding them.
+        self.fingerprints = {i: _fingerprint(item) for i, item in claims
+                             if item.kind in (EntryKind.EARN, EntryKind.BURN)}
         self._prepare(claims)
         self.replays: dict[int, int] = {}  # item index: entry id booked before the batch
         for i, item in claims:
@@ -212,12 +224,7 @@ class _Batch:
             return Outcome(201 if first else 200, member=(f["member_id"], created_at))
         if item.kind == EntryKind.REVERSAL:
             return self._reversal(f)
-        content = {name: f.get(name) for name in ("member_id", "points", "occurred_at",
-                                                  "description")}
-        if item.kind == EntryKind.EARN:
-            fp = ledger.earn_fingerprint(pending_until=f.get("pending_until"), **content)
-        else:
-            fp = ledger.burn_fingerprint(**content)
+        fp = self.fingerprints[index]
         if (replayed := self._replay(index, f["claim_id"], fp)) is not None:
             return replayed
         if item.kind == EntryKind.EARN:
