@@ -77,10 +77,10 @@ def book_batch(session: Session, items: list[Item | Problem], *, partner_id: str
                restore: Callable[[], None]) -> list[Outcome]:
     """Book the batch's items; one Outcome per item, in order. A Problem given as an item (it
     failed validation) is its answer. Writes, never commits."""
-    for attempt in range(ATTEMPTS):
+    for _ in range(ATTEMPTS):
         try:
             return _Batch(session, partner_id, now, rules, policy).run(items)
-        except (ledger.ClaimIdRace, _Retry, DBAPIError) as exc:
+        except (_Retry, DBAPIError) as exc:
             if isinstance(exc, DBAPIError) and _sqlstate(exc) not in RETRYABLE:
                 raise
             session.rollback()
@@ -94,7 +94,8 @@ def _sqlstate(exc: DBAPIError) -> str | None:
 
 
 class _Retry(Exception):
-    """A reversal lost the race for its reversal id: the batch runs again."""
+    """Another transaction booked one of the batch's claim ids meanwhile, for another member
+    (the write, or a reversal, hit the claim key): the batch runs again and replays it."""
 
 
 def _fingerprint(item: Item) -> str:

@@ -380,3 +380,36 @@ def test_a_claim_id_raced_by_a_single_request_is_answered_as_a_retry_would(app, 
     assert slugs(results(outcome["answer"])) == [201, "claim-id-conflict"]
     assert acme.client.claim("raced").json()["member_id"] == "M1"
     assert acme.client.balance("M2").json()["available"] == 5
+
+
+def test_a_deadlock_reruns_the_batch_and_keeps_the_token_spent(app, acme, monkeypatch,
+                                                                verify_clean):
+    """The backstop: a deadlock or serialization failure (which the sorted member locks should
+    prevent) rolls the batch back and runs it again; the answer is as if it had not happened."""
+    from sqlalchemy.exc import OperationalError
+
+    from coalition import batch_sql
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+    real, calls = batch_sql.write, []
+
+    def deadlocked_once(session, rows):
+        calls.append(len(rows.entries))
+        if len(calls) == 1:
+            real(session, rows)  # written, then the server picks this transaction as victim
+            raise OperationalError("INSERT", {}, Deadlock())
+        return real(session, rows)
+    monkeypatch.setattr(batch_sql, "write", deadlocked_once)
+    acme.client.enrol("M1")
+    body = json.dumps({"claims": [earn("e1", "M1", 10), earn("e2", "M1", 5)]}).encode()
+    headers = acme.client.sign("POST", "/v1/batches", body)
+    with app.test_client() as client:
+        answer = client.post("/v1/batches", data=body, headers=headers)
+        replayed = client.post("/v1/batches", data=body, headers=headers)
+    assert answer.status_code == 200 and calls == [2, 2]
+    assert [r["status"] for r in answer.json["results"]] == [201, 201]
+    assert answer.json["results"][1]["body"]["balance_after"] == 15
+    assert replayed.status_code == 401  # the jti was recorded again after the rollback
+    assert count(app) == 2 and acme.client.balance("M1").json()["available"] == 15
+    verify_clean()
