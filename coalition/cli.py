@@ -1,4 +1,4 @@
-"""Operator commands of the core: `members add|import|show|unlock-pin|reset-pin`,
+"""Operator commands of the core: `members add|import|show|lock|unlock|unlock-pin|reset-pin`,
 `ledger verify|seal|anchor`, `audit list`.
 Every command prints JSON (`ledger seal --every`: one line per event), its errors too: every
 group is a JsonGroup. Commands that change state record who asked (`operator()`) in the audit
@@ -24,7 +24,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import audit, clock, config, enrolment, pins, sealer
+from . import audit, clock, config, enrolment, member_locks, pins, sealer
 from . import members as member_service
 from .clock import iso_utc
 from .database import db
@@ -190,8 +190,34 @@ def members_show(member_id: str, limit: int | None):
                                      tz=current_app.config["COALITION_TIMEZONE"])
     member = member_service.find(db.session, member_id)
     return {**balance, "member": member.id, "enrolled_at": iso_utc(member.created_at),
-            "enrolled_by": member.enrolled_by, "locked": member.locked, **pins.pin_state(member),
+            "enrolled_by": member.enrolled_by, "locked": member.locked,
+            "lock_change": member_locks.last_change(db.session, member), **pins.pin_state(member),
             "history": member_history(db.session, member_id, limit=limit)}
+
+
+def _lock_command(change, member_id: str, reason: str) -> dict:
+    member, changed = change(db.session, member_id, reason, now=clock.now(), actor=operator())
+    return {"member_id": member.external_id, "member": member.id, "locked": member.locked,
+            "changed": changed}
+
+
+@members_cli.command("lock")
+@click.argument("member_id")
+@click.option("--reason", required=True, help="why (a case number, what was seen); audited")
+@json_command
+def members_lock(member_id: str, reason: str):
+    """Lock a member against redemption: burns answer 403 member-locked, earns still book.
+    Audited as member.lock with the reason (subject member-id:<member>)."""
+    return _lock_command(member_locks.lock, member_id, reason)
+
+
+@members_cli.command("unlock")
+@click.argument("member_id")
+@click.option("--reason", required=True, help="why the lock is lifted; audited")
+@json_command
+def members_unlock(member_id: str, reason: str):
+    """Lift the operator's lock (not a PIN lock: unlock-pin). Audited as member.unlock."""
+    return _lock_command(member_locks.unlock, member_id, reason)
 
 
 def _pin_command(change, member_id: str) -> dict:

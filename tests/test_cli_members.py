@@ -46,3 +46,42 @@ def test_members_show_an_unknown_or_new_member(runner):
     code, shown = cli(runner, "members", "show", "M1")
     assert code == 0 and shown["history"] == [] and shown["available"] == 0
     assert shown["enrolled_by"] is None  # enrolled by the operator
+
+
+def test_the_operator_locks_and_unlocks_a_member_with_a_reason(app, runner, acme, monkeypatch):
+    monkeypatch.setenv("COALITION_OPERATOR", "ops-anna")
+    acme.client.enrol("M1")
+    assert acme.client.earn("e1", "M1", 100, occurred_at=ago(minutes=5)).status == 201
+    code, locked = cli(runner, "members", "lock", "M1", "--reason", "case 4711: card skimmed")
+    assert code == 0 and (locked["locked"], locked["changed"]) == (True, True)
+    burn = acme.client.burn("b1", "M1", 10, occurred_at=ago(minutes=1))
+    assert burn.status == 403 and burn.json()["type"].endswith("/member-locked")
+    assert acme.client.earn("e2", "M1", 5, occurred_at=ago(minutes=1)).status == 201  # earns book
+    batch = acme.client.batch([{"kind": "burn", "claim_id": "b2", "member_id": "M1",
+                                "points": 1, "occurred_at": ago(minutes=1)}]).json()
+    assert batch["results"][0]["status"] == 403
+    assert cli(runner, "members", "lock", "M1", "--reason", "again")[1]["changed"] is False
+    code, shown = cli(runner, "members", "show", "M1")
+    assert shown["locked"] is True and shown["lock_change"]["reason"] == "case 4711: card skimmed"
+    assert shown["lock_change"]["by"] == "ops-anna" and shown["lock_change"]["action"] == "member.lock"
+
+    code, unlocked = cli(runner, "members", "unlock", "M1", "--reason", "case 4711 closed")
+    assert code == 0 and (unlocked["locked"], unlocked["changed"]) == (False, True)
+    assert acme.client.burn("b1", "M1", 10, occurred_at=ago(minutes=1)).status == 201
+    code, events = cli(runner, "audit", "list", "--action", "member")
+    assert [(e["action"], e["actor"], e["after"]) for e in events
+            if e["action"] in ("member.lock", "member.unlock")] == [
+        ("member.lock", "ops-anna", {"locked": True, "reason": "case 4711: card skimmed"}),
+        ("member.unlock", "ops-anna", {"locked": False, "reason": "case 4711 closed"})]
+    assert all("M1" not in json.dumps(e) for e in events
+               if e["action"] in ("member.lock", "member.unlock"))  # no card number in the log
+
+
+def test_locking_needs_a_member_and_a_reason(runner):
+    assert cli(runner, "members", "lock", "NOBODY", "--reason", "x")[1]["error"] == "not-found"
+    assert cli(runner, "members", "add", "M1")[0] == 0
+    code, answer = cli(runner, "members", "lock", "M1", "--reason", "   ")
+    assert code == 1 and answer["error"] == "validation-error"
+    code, answer = cli(runner, "members", "lock", "M1")
+    assert code == 2 and answer["error"] == "usage-error"
+    assert cli(runner, "members", "show", "M1")[1]["locked"] is False
