@@ -24,7 +24,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import audit, clock, config, enrolment, member_locks, pins, sealer
+from . import audit, clock, config, consents, enrolment, member_locks, pins, sealer
 from . import members as member_service
 from .clock import iso_utc
 from .database import db
@@ -192,6 +192,7 @@ def members_show(member_id: str, limit: int | None):
     return {**balance, "member": member.id, "enrolled_at": iso_utc(member.created_at),
             "enrolled_by": member.enrolled_by, "locked": member.locked,
             "lock_change": member_locks.last_change(db.session, member), **pins.pin_state(member),
+            "consents": consents.in_force(db.session, member),
             "history": member_history(db.session, member_id, limit=limit)}
 
 

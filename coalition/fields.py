@@ -28,6 +28,15 @@ class StrictInteger(fields.Integer):
         return value
 
 
+class StrictBoolean(fields.Boolean):
+    """JSON true or false and nothing else: not "true", 1 or "yes"."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if type(value) is not bool:
+            raise ValidationError("Must be true or false.")
+        return value
+
+
 def Points(**kwargs) -> StrictInteger:
     return StrictInteger(validate=validate.Range(1, MAX_POINTS), **kwargs)
 

@@ -218,3 +218,20 @@ class AuditEvent(db.Model):
     # Unique: two events can never follow the same one, so the chain cannot fork.
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class MemberConsent(db.Model):
+    """A member's marketing consent as given at a partner (PUT /v1/members/{id}/consents): one
+    row per time it was given or withdrawn, never changed, so the history says who recorded
+    what and when. The consent in force for a channel is its latest row (coalition/consents.py)."""
+    __tablename__ = "member_consents"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
+    # The marketing channel the consent is about (email, sms, post, ...); "" : every channel.
+    channel: Mapped[str] = mapped_column(String(64))
+    marketing: Mapped[bool] = mapped_column(Boolean)
+    partner_id: Mapped[str] = mapped_column(String(64))  # the partner that recorded it
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_member_consents_member_channel", "member_id", "channel", "id"),)

@@ -257,6 +257,14 @@ class PartnerClient:
         body = {"pin": pin} if current_pin is None else {"pin": pin, "current_pin": current_pin}
         return self.request("PUT", f"/v1/members/{_seg(member_id)}/pin", body)
 
+    def set_consent(self, member_id: str, marketing: bool, channel: Optional[str] = None) -> Response:
+        """Record the member's marketing consent (or its withdrawal), for one channel or, without
+        one, marketing in general. 200 with the consent as recorded."""
+        body: dict[str, Any] = {"marketing": marketing}
+        if channel is not None:
+            body["channel"] = channel
+        return self.request("PUT", f"/v1/members/{_seg(member_id)}/consents", body)
+
     def reverse(self, claim_id: str, reversal_id: str, points: int,
                 occurred_at: Union[str, datetime, None] = None) -> Response:
         body = {"reversal_id": reversal_id, "points": points, "occurred_at": rfc3339(occurred_at)}

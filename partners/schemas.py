@@ -4,7 +4,7 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate
 
 from coalition.batch import MAX_ITEMS, Item
-from coalition.fields import Identifier, Points, Rfc3339, StrictInteger, Text
+from coalition.fields import Identifier, Points, Rfc3339, StrictBoolean, StrictInteger, Text
 from coalition.pins import PIN_PATTERN, valid_pin
 from coalition.problems import Problem, validation_problem
 from coalition.schemas import (MAX_CURSOR, PERIOD_PATTERN, Cursor, Period,  # noqa: F401
@@ -71,6 +71,23 @@ class ReversalSchema(StrictSchema):
     reversal_id = Identifier(required=True)
     points = Points(required=True)
     occurred_at = Rfc3339(required=True)
+
+
+class ConsentSchema(StrictSchema):
+    EXAMPLE = {"marketing": True, "channel": "email"}
+    marketing = StrictBoolean(required=True, metadata={
+        "description": "true: the member agrees to marketing; false: withdrawn."})
+    channel = Identifier(allow_none=True, metadata={
+        "description": "The channel the consent is about (email, sms, post, ...); absent or "
+                       "null: marketing in general."})
+
+
+class ConsentRecordSchema(Schema):
+    member_id = fields.String(required=True)
+    marketing = fields.Boolean(required=True)
+    channel = fields.String(required=True, allow_none=True)
+    partner_id = fields.String(required=True, metadata={"description": "Who recorded it."})
+    recorded_at = Rfc3339(required=True)
 
 
 class MemberSchema(Schema):

@@ -10,7 +10,7 @@ from datetime import datetime
 from flask import current_app, g
 
 from coalition import batch as batches
-from coalition import clock, ledger, members, pins
+from coalition import clock, consents, ledger, members, pins
 from coalition.api import Blueprint, problems
 from coalition.database import db
 from coalition.errors import Problem
@@ -160,6 +160,21 @@ def set_pin(body: dict, member_id: str):
                  partner_id=g.caller.partner_id)
     db.session.commit()
     return None
+
+
+@blp.route("/members/<member_id>/consents", methods=["PUT"])
+@blp.doc(security=AUTH, summary="Record the member's marketing consent (or its withdrawal) as "
+         "given at the calling partner; kept with its history")
+@blp.arguments(schemas.ConsentSchema)
+@blp.response(200, schemas.ConsentRecordSchema, description="The consent as recorded")
+@problems(blp, *COMMON, *BODY, "not-found")
+def set_consent(body: dict, member_id: str):
+    g.card = member_id  # "no such member" counts as asking about an unknown card
+    recorded = consents.record(db.session, _known(member_id), marketing=body["marketing"],
+                               channel=body.get("channel"), partner_id=g.caller.partner_id,
+                               now=_now())
+    db.session.commit()
+    return recorded
 
 
 @blp.route("/claims/<claim_id>/reversals", methods=["POST"])

@@ -475,7 +475,7 @@ def test_every_request_body_has_an_example_valid_against_its_schema(spec):
             if isinstance(media["example"], dict):  # the validator does refuse: an unknown field
                 assert not validator.is_valid({**media["example"], "partner_id": "x"})
             checked += 1
-    assert checked == 8  # 6 JSON bodies, and the reconciliation upload as JSON and as CSV
+    assert checked == 9  # 7 JSON bodies, and the reconciliation upload as JSON and as CSV
 
 
 def test_request_examples_are_those_of_the_partner_guide_and_load(spec):
@@ -490,7 +490,7 @@ def test_request_examples_are_those_of_the_partner_guide_and_load(spec):
         assert text in guide, text
     # A schema with an example of its own (a batch's reversal item inherits the reversal's).
     with_examples = [cls for cls in all_subclasses(StrictSchema) if "EXAMPLE" in vars(cls)]
-    assert len(with_examples) == 7
+    assert len(with_examples) == 8
     for cls in with_examples:
         cls().load(cls.EXAMPLE)
         assert cls.EXAMPLE in examples, cls
