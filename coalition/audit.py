@@ -40,6 +40,11 @@ AUDIT_LOCK = 0x41756469  # PostgreSQL advisory lock key of the chain head (BOOKS
 SYSTEM = "system"  # actor of changes made by code rather than by an operator's command
 
 
+def enrolment_subject(card: str | None) -> str:
+    """The subject of `member.add`, the one event that names a member by card number."""
+    return f"member:{card}"
+
+
 def _json(value) -> str | None:
     return None if value is None else canonical(value).decode()
 

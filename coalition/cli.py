@@ -1,4 +1,4 @@
-"""Operator commands of the core: `members add|import|show|lock|unlock|unlock-pin|reset-pin`,
+"""Operator commands of the core: `members add|import|show|export|lock|unlock|unlock-pin|reset-pin`,
 `ledger verify|seal|anchor`, `audit list`.
 Every command prints JSON (`ledger seal --every`: one line per event), its errors too: every
 group is a JsonGroup. Commands that change state record who asked (`operator()`) in the audit
@@ -24,7 +24,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import audit, clock, config, consents, enrolment, member_locks, pins, sealer
+from . import audit, clock, config, consents, enrolment, member_export, member_locks, pins, sealer
 from . import members as member_service
 from .clock import iso_utc
 from .database import db
@@ -147,7 +147,7 @@ def members_add(member_id: str):
     if created:  # enrolment is recorded here, not in enrol(): partners enrol members over the API
         # Personal data: the external id appears in this event only (erasure: see audit.py).
         audit.record(db.session, actor=operator(), action="member.add",
-                     subject=f"member:{member.external_id}", before=None,
+                     subject=audit.enrolment_subject(member.external_id), before=None,
                      after={"member": member.id}, now=now)
     return {"member_id": member.external_id, "created": created}
 
@@ -194,6 +194,26 @@ def members_show(member_id: str, limit: int | None):
             "lock_change": member_locks.last_change(db.session, member), **pins.pin_state(member),
             "consents": consents.in_force(db.session, member),
             "history": member_history(db.session, member_id, limit=limit)}
+
+
+@members_cli.command("export")
+@click.argument("member_id")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+              metavar="PATH", help="write the document here (mode 600) instead of stdout")
+@json_command
+def members_export(member_id: str, out: str | None):
+    """Everything held about the member, as JSON (a request for access): the member row, the
+    balance, every claim, lots, debt lots, consents with their history, partners' lookups and
+    the audit events about the member. Audited as member.export."""
+    document = member_export.export(
+        db.session, member_id, now=clock.now(), tz=current_app.config["COALITION_TIMEZONE"],
+        actor=operator(), more=current_app.extensions.get("member_data"))
+    if out is None:
+        return document
+    descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as fh:
+        json.dump(document, fh, ensure_ascii=False, indent=1, default=_json_default)
+    return {"member_id": member_id, "written": out, "claims": len(document["claims"])}
 
 
 def _lock_command(change, member_id: str, reason: str) -> dict:

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from coalition import audit
 from coalition.models import Entry, Member
-from coalition.clock import as_utc
+from coalition.clock import as_utc, iso_utc
 
 from .models import MemberLookup
 
@@ -59,6 +59,18 @@ def record(session: Session, partner_id: str, card: str, member_id: int | None,
     """One lookup of `card` by the partner, in the caller's transaction; member_id None: unknown."""
     session.add(MemberLookup(partner_id=partner_id, card_hash=card_hash(card), member_id=member_id,
                              at=now))
+
+
+def lookups_of(session: Session, member: Member) -> list[dict]:
+    """The partners' lookups of the member still kept (a member export's `lookups`): its
+    balance reads, and asks about its card before it was enrolled."""
+    rows = session.execute(
+        select(MemberLookup.partner_id, MemberLookup.at, MemberLookup.member_id)
+        .where((MemberLookup.member_id == member.id)
+               | (MemberLookup.card_hash == card_hash(member.external_id or "")))
+        .order_by(MemberLookup.id))
+    return [{"partner_id": partner_id, "at": iso_utc(at), "known": member_id is not None}
+            for partner_id, at, member_id in rows]
 
 
 def record_read(session: Session, partner_id: str, card: str, now: datetime) -> None:

@@ -85,3 +85,39 @@ def test_locking_needs_a_member_and_a_reason(runner):
     code, answer = cli(runner, "members", "lock", "M1")
     assert code == 2 and answer["error"] == "usage-error"
     assert cli(runner, "members", "show", "M1")[1]["locked"] is False
+
+
+def test_a_member_export_holds_everything_about_the_member_and_is_audited(
+        app, runner, acme, bolt, tmp_path):
+    acme.client.enrol("M1")
+    acme.client.enrol("M2")
+    assert acme.client.earn("e1", "M1", 100, occurred_at=ago(minutes=5), description="Shoes").status == 201
+    assert bolt.client.burn("b1", "M1", 30, occurred_at=ago(minutes=4)).status == 201
+    assert acme.client.reverse("e1", "e1-r", 90, occurred_at=ago(minutes=3)).status == 201  # debt 20
+    assert acme.client.earn("other", "M2", 7, occurred_at=ago(minutes=3)).status == 201
+    acme.client.set_consent("M1", True, channel="email")
+    bolt.client.balance("M1")
+    cli(runner, "members", "lock", "M1", "--reason", "case 12")
+    code, doc = cli(runner, "members", "export", "M1")
+    assert code == 0 and doc["format"] == "coalition.member-export/1"
+    assert doc["member"]["member_id"] == "M1" and doc["member"]["locked"] is True
+    assert "pin_hash" not in json.dumps(doc)
+    assert [(c["claim_id"], c["partner_id"]) for c in doc["claims"]] == [
+        ("e1", "acme"), ("b1", "bolt"), ("e1-r", "acme")]  # M2's claim is not in it
+    assert doc["balance"]["debt"] == 20 and doc["debt_lots"] == [
+        {"creditor": "acme", "points": 20, "remaining": 20}]
+    assert [(lot["issuer"], lot["points"], lot["remaining"]) for lot in doc["lots"]] == [
+        ("acme", 100, 0)]
+    assert [(c["channel"], c["marketing"], c["partner_id"]) for c in doc["consents"]] == [
+        ("email", True, "acme")]
+    assert [(x["partner_id"], x["known"]) for x in doc["lookups"]] == [("bolt", True)]
+    assert [e["action"] for e in doc["audit_events"]] == ["member.lock"]
+    code, events = cli(runner, "audit", "list", "--action", "member.export")
+    assert [e["after"] for e in events] == [{"claims": 3}]
+
+    out = tmp_path / "m1.json"
+    code, written = cli(runner, "members", "export", "M1", "--out", str(out))
+    assert code == 0 and written["claims"] == 3
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+    assert json.loads(out.read_text())["claims"] == doc["claims"]
+    assert cli(runner, "members", "export", "NOBODY")[1]["error"] == "not-found"

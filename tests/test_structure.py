@@ -171,7 +171,7 @@ QUOTED_KIND = re.compile("'(" + "|".join(sorted(
 # Words of the vocabulary that also name something else, where they do (file, word): why.
 OTHER_MEANINGS = {
     ("coalition/members.py", "debt"): "the balance answer's field debt (partner contract)",
-    ("coalition/cli.py", "member:"): "the audit subject member:<card> of `members add`",
+    ("coalition/audit.py", "member:"): "the audit subject member:<card> of `members add`",
 }
 
 
