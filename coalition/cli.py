@@ -1,4 +1,5 @@
-"""Operator commands of the core: `members add|import|show|export|lock|unlock|unlock-pin|reset-pin`,
+"""Operator commands of the core:
+`members add|import|show|export|suspicious|lock|unlock|unlock-pin|reset-pin`,
 `ledger verify|seal|anchor`, `audit list`.
 Every command prints JSON (`ledger seal --every`: one line per event), its errors too: every
 group is a JsonGroup. Commands that change state record who asked (`operator()`) in the audit
@@ -16,7 +17,7 @@ import re
 import signal
 import sys
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import NoReturn
 
@@ -24,7 +25,8 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import audit, clock, config, consents, enrolment, member_export, member_locks, pins, sealer
+from . import (audit, clock, config, consents, enrolment, member_export, member_locks, pins,
+               sealer, velocity)
 from . import members as member_service
 from .clock import iso_utc
 from .database import db
@@ -194,6 +196,26 @@ def members_show(member_id: str, limit: int | None):
             "lock_change": member_locks.last_change(db.session, member), **pins.pin_state(member),
             "consents": consents.in_force(db.session, member),
             "history": member_history(db.session, member_id, limit=limit)}
+
+
+@members_cli.command("suspicious")
+@click.option("--since", required=True, help="ISO date or date-time (UTC unless it says "
+              "otherwise): claims recorded from then on")
+@click.option("--partners", type=click.IntRange(2, 1000), default=velocity.Rules.partners,
+              show_default=True, help="many-partners: claims at this many partners ...")
+@click.option("--within", type=click.IntRange(1, 10_080), default=60, show_default=True,
+              metavar="MINUTES", help="... within this many minutes")
+@click.option("--burn-within", type=click.IntRange(1, 10_080), default=10, show_default=True,
+              metavar="MINUTES", help="burn-after-earn: a burn this soon after an earn at "
+                                      "another partner")
+@json_command
+def members_suspicious(since, partners, within, burn_within):
+    """Members whose claims since --since cross a velocity rule (many partners in a short
+    time, burns right after earns), each with the rules it crossed."""
+    rules = velocity.Rules(partners=partners, within=timedelta(minutes=within),
+                           burn_within=timedelta(minutes=burn_within))
+    found = velocity.suspicious(db.session, since=parse_since(since), rules=rules)
+    return {"since": since, "members": found, "count": len(found)}
 
 
 @members_cli.command("export")
