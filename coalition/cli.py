@@ -1,6 +1,6 @@
 """Operator commands of the core:
 `members add|import|show|export|suspicious|lock|unlock|unlock-pin|reset-pin`,
-`ledger verify|seal|anchor`, `audit list`.
+`ledger verify|seal|anchor`, `audit list`, `points expire`.
 Every command prints JSON (`ledger seal --every`: one line per event), its errors too: every
 group is a JsonGroup. Commands that change state record who asked (`operator()`) in the audit
 log."""
@@ -17,7 +17,7 @@ import re
 import signal
 import sys
 import threading
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import NoReturn
 
@@ -25,8 +25,8 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import (audit, clock, config, consents, enrolment, member_export, member_locks, pins,
-               sealer, velocity)
+from . import (audit, clock, config, consents, enrolment, expiry, member_export, member_locks,
+               pins, sealer, velocity)
 from . import members as member_service
 from .clock import iso_utc
 from .database import db
@@ -138,6 +138,7 @@ def check_id(value: str, what: str) -> str:
 members_cli = JsonGroup("members", help="Enrol and inspect members.")
 ledger_cli = JsonGroup("ledger", help="The ledger of record.")
 audit_cli = JsonGroup("audit", help="The audit log of operator actions (append-only).")
+points_cli = JsonGroup("points", help="The points' lifecycle: expiry.")
 
 
 @members_cli.command("add")
@@ -196,6 +197,28 @@ def members_show(member_id: str, limit: int | None):
             "lock_change": member_locks.last_change(db.session, member), **pins.pin_state(member),
             "consents": consents.in_force(db.session, member),
             "history": member_history(db.session, member_id, limit=limit)}
+
+
+def _day(_ctx, _param, value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise click.BadParameter("a calendar day, YYYY-MM-DD") from None
+
+
+@points_cli.command("expire")
+@click.option("--as-of", "as_of", required=True, callback=_day, metavar="YYYY-MM-DD",
+              help="book the expiries due by the start of this day (coalition time zone); "
+                   "today at the latest")
+@click.option("--chunk", type=click.IntRange(1, 100_000), default=expiry.CHUNK,
+              show_default=True, help="lots per transaction")
+@json_command
+def points_expire(as_of, chunk):
+    """Book the expiries due: each lot still holding points at its expiry gives them to the
+    expired account (breakage), one journal entry per lot, chunk by chunk (a killed run keeps
+    what it committed; run it again). Running it twice books nothing the second time."""
+    return expiry.expire(db.session, as_of=as_of, now=clock.now, chunk=chunk,
+                         tz=current_app.config["COALITION_TIMEZONE"])
 
 
 @members_cli.command("suspicious")
@@ -420,3 +443,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(members_cli)
     app.cli.add_command(ledger_cli)
     app.cli.add_command(audit_cli)
+    app.cli.add_command(points_cli)

@@ -127,6 +127,9 @@ class Lot(db.Model):
         # Burns and balances only ever look at a member's lots that still hold points.
         Index("ix_lots_open", "member_id", "expires_at",
               postgresql_where=text("remaining > 0"), sqlite_where=text("remaining > 0")),
+        # The expiry run: every member's lots that still hold points, soonest expiry first.
+        Index("ix_lots_expiring", "expires_at", "id",
+              postgresql_where=text("remaining > 0"), sqlite_where=text("remaining > 0")),
     )
 
 

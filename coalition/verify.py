@@ -87,6 +87,9 @@ def _verify_entries(session: Session, report: Report) -> int:
                              and member == entry.points - filled),
             EntryKind.BURN: (postings.get(redeemed) == entry.points and member == -entry.points
                              and consumed[e, ConsumptionKind.BURN] == entry.points),
+            EntryKind.EXPIRY: (postings.get(Account.EXPIRED) == entry.points
+                               and member == -entry.points and len(postings) == 2
+                               and consumed[e, ConsumptionKind.EXPIRY] == entry.points),
         }.get(entry.kind)
         if entry.kind == EntryKind.REVERSAL and target_kind == EntryKind.EARN:
             taken, owed = consumed[e, ConsumptionKind.EARN_REVERSAL], debts.get(e, 0)

@@ -13,10 +13,11 @@ from enum import StrEnum
 
 
 class EntryKind(StrEnum):
-    """journal_entries.kind: what a partner's claim did."""
+    """journal_entries.kind: what a partner's claim did, or what the coalition booked."""
     EARN = "earn"
     BURN = "burn"
     REVERSAL = "reversal"
+    EXPIRY = "expiry"  # a lot's points that expired unspent (coalition/expiry.py; no partner)
 
 
 # The kinds a partner claims and reconciles, in the order answers list them.
@@ -34,7 +35,7 @@ class ConsumptionKind(StrEnum):
     BURN_REVERSAL = "burn_reversal"  # a burn's reversal gave them back
     EARN_REVERSAL = "earn_reversal"  # an earn's reversal took back what was left of its lot
     DEBT_FILL = "debt_fill"  # a new earn's points paid off a debt lot
-    EXPIRY = "expiry"  # points that expired unspent (read by settlement; nothing books it yet)
+    EXPIRY = "expiry"  # points that expired unspent (an expiry entry took them: coalition/expiry.py)
 
 
 # What funds a redemption: the uses of an issuer's points that its statement charges it for.
