@@ -7,8 +7,9 @@ scenarios, servers stopped):
    terms), beside bench-shop: five partners claim.
 2. `load_claims`: a month of claims (the month before the current one) loaded by COPY into
    journal_entries, postings, lots and consumptions, spread over every member in the database,
-   with the members' balances brought up to date: earns (80%), burns (15%: from the member's
-   loaded lots, oldest first, one lot each) and full reversals of untouched earns (5%), each
+   with the members' balances brought up to date: earns, burns (from the member's loaded
+   lots, the oldest first, one lot each) and full reversals of untouched earns, drawn 80/15/5
+   (a burn for a member with nothing loaded becomes an earn: about 84/11/5 in the end), each
    entry with the postings, lot, consumptions, fingerprint, balance_after and entry_hash the
    ledger would have written (`entry_hash` below is coalition.ledger.hash_of spelled as string
    formatting, checked against it on the first entry of every kind). A burn takes only lots
@@ -25,8 +26,8 @@ scenarios, servers stopped):
    (`--close PERIOD`, what `flask settlement close` runs, without click), while the same
    threads keep booking: their latency while the close holds the books lock. The child's
    peak RSS (VmHWM) beside its peak once the app was loaded and connected.
-6. The close's statements must add up to what was loaded (points issued, redeemed, claims),
-   or the run fails.
+6. The close's statements must add up to what was loaded (points issued and redeemed, one
+   statement per partner), or the run fails.
 
 Prints one JSON document. Alone:
 
@@ -52,7 +53,7 @@ from pathlib import Path
 import psycopg
 
 from coalition.clock import iso_utc
-from coalition.hashing import canonical, sha256_hex
+from coalition.hashing import sha256_hex
 from coalition.periods import add_months, expiry_of, month_start_utc
 
 ROOT = Path(__file__).resolve().parent.parent
