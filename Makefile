@@ -86,7 +86,7 @@ crash: venv
 # The throughput benchmark (bench/run.py, bench/README.md): the service and the floor app under
 # gunicorn (2 workers x 8 threads), 8 client processes of signed single earns, raw PostgreSQL
 # INSERT+COMMIT and COPY, on a fresh bench_* database (on DATABASE_URL's server, else
-# 127.0.0.1:5432) created and dropped by the run. About 3 minutes; BENCH_SIZE=big runs longer.
+# 127.0.0.1:5432) created and dropped by the run. About 6 minutes; BENCH_SIZE=big and BENCH_HISTORY=1 run longer.
 # Prints one table of rates and ratios to baselines of the same run; exits 1 on any error.
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
