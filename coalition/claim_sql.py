@@ -1,19 +1,22 @@
 """The statements of an earn's or a burn's transaction: lock, read, write (coalition/ledger.py
 decides what they book).
 
-On PostgreSQL a claim costs three statements here, besides BEGIN, COMMIT and the token's jti:
+On PostgreSQL a claim costs two statements here, besides BEGIN, COMMIT and the token's jti:
 
-1. `lock`: the member's row FOR UPDATE and, once that is held, the books lock (shared);
-2. `earn_situation` / `burn_situation`: under both locks, an earlier booking of the claim id,
-   the member's spendable points (a burn: its spendable lots, in the order it consumes them)
-   and the last closed month;
-3. `write`: the entry, its postings, its lot, consumptions, the lots and debt lots it changes
-   and the member's balance, in one statement of data-modifying CTEs.
+1. `lock_with_situation`: the member's row FOR UPDATE, then the books lock (shared), and the
+   situation: an earlier booking of the claim id, the member's spendable points (a burn: its
+   spendable lots, in the order it consumes them) and the last closed month. The situation is
+   read in the statement's snapshot, taken before the locks; when the member's row changed
+   while the claim waited for it, the situation is read again by a second statement
+   (`earn_situation` / `burn_situation`), now under the lock.
+2. `write`: the entry, its postings, its lot, consumptions, the lots and debt lots it changes
+   and the member's balance, in one statement of data-modifying CTEs, which books nothing if
+   the entry's month was closed after the situation was read (the claim then reads it again
+   and plans anew).
 
-Each step reads what the step before it locked, so they cannot be one statement: a statement
-reads from the snapshot it started with, and a wait for a lock inside it does not refresh that
-snapshot. SQLite runs the same steps as plain statements (a round trip there is a function
-call, and every transaction already holds the one write lock from BEGIN IMMEDIATE).
+SQLite runs the same steps as plain statements (a round trip there is a function call, and
+every transaction already holds the one write lock from BEGIN IMMEDIATE, so nothing it reads
+goes stale).
 
 These are Core statements, not ORM flushes: nothing here goes through the session's unit of
 work. Objects of the rows they change that a long-lived session holds (tests, the command
@@ -24,7 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import bindparam, func, literal_column, select, text, true
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -145,6 +149,72 @@ def open_debt_lots(session: Session, member_pk: int) -> list[tuple[int, int]]:
             session.connection().execute(_OPEN_DEBTS, {"member_pk": member_pk})]
 
 
+# --- 1 and 2 in one round trip (PostgreSQL) ---------------------------------------------------
+
+# The lock statement reads the situation too, in its own snapshot: taken before the locks, so
+# it is current only if no claim of the member committed while this one waited for the row.
+# Every write to a member's lots or debt lots updates the member's row in the same
+# transaction (a new row version, a new xmin), so the version the lock returns (the newest)
+# equals the version the snapshot sees exactly when the snapshot's lots are the newest too;
+# otherwise the situation is read again, now under the lock. A month closed meanwhile (the
+# close held the books while this claim waited for them) is caught by the write (see
+# _WRITE_POSTGRESQL), and the claim reads its situation again.
+_SEEN = Member.__table__.alias("seen")
+
+
+def _lock_and_read(situation_columns, lots=None):
+    held = (select(*HOLDER, literal_column("xmin").label("version"))
+            .where(Member.external_id == bindparam("card")).with_for_update().subquery("holder"))
+    current = (held.c.version == select(literal_column("seen.xmin"))
+               .where(_SEEN.c.id == held.c.id).scalar_subquery()).label("current")
+    columns = [*held.c[:6], books.hold_open_clause(), current, _BOOKED, _CLOSED]
+    statement = select(*columns, *situation_columns(held))
+    return statement if lots is None else statement.select_from(held.join(lots(held), true()))
+
+
+def _spendable_of(held):
+    return [select(func.coalesce(func.sum(Lot.remaining), 0))
+            .where(Lot.member_id == held.c.id, spendable(Lot, _NOW))
+            .scalar_subquery().label("spendable")]
+
+
+_BURN_ORDER = (Lot.expires_at, Lot.occurred_at, Lot.id)
+
+
+def _lots_of(held):
+    return (select(func.array_agg(aggregate_order_by(Lot.id, *_BURN_ORDER)).label("lot_ids"),
+                   func.array_agg(aggregate_order_by(Lot.remaining, *_BURN_ORDER)).label("lefts"))
+            .where(Lot.member_id == held.c.id, spendable(Lot, _NOW)).lateral("spendable_lots"))
+
+
+_LOCK_AND_READ_EARN = _lock_and_read(_spendable_of)
+_LOCK_AND_READ_BURN = _lock_and_read(lambda held: [], _lots_of)
+_LOCK_AND_READ_BURN = _LOCK_AND_READ_BURN.add_columns(
+    literal_column("spendable_lots.lot_ids"), literal_column("spendable_lots.lefts"))
+
+
+def lock_with_situation(session: Session, external_id: str, *, burn: bool, partner_id: str,
+                        claim_id: str, now: datetime) -> tuple[Holder | None, Situation]:
+    """lock, then earn_situation (or burn_situation): on PostgreSQL in one round trip, or two
+    when the member's row changed while this claim waited for it."""
+    params = {"card": external_id, "partner_id": partner_id, "claim_id": claim_id, "now": now}
+    situation = burn_situation if burn else earn_situation
+    if is_sqlite(session):
+        holder = lock(session, external_id)
+        return holder, situation(session, partner_id=partner_id, claim_id=claim_id,
+                                 member_pk=holder and holder.id, now=now)
+    statement = _LOCK_AND_READ_BURN if burn else _LOCK_AND_READ_EARN
+    row = session.connection().execute(statement, params).first()
+    holder = None if row is None else Holder(*row[:6])
+    if row is None or not row.current:
+        return holder, situation(session, partner_id=partner_id, claim_id=claim_id,
+                                 member_pk=holder and holder.id, now=now)
+    if burn:
+        ids, lefts = row[-2] or [], row[-1] or []
+        return holder, Situation(row.booked_id, row.closed_through, lots=list(zip(ids, lefts)))
+    return holder, Situation(row.booked_id, row.closed_through, spendable=int(row.spendable))
+
+
 # --- 3. write -------------------------------------------------------------------------------
 
 ENTRY_COLUMNS = ("kind", "partner_id", "claim_id", "member_id", "points", "occurred_at",
@@ -153,7 +223,9 @@ ENTRY_COLUMNS = ("kind", "partner_id", "claim_id", "member_id", "points", "occur
 
 # PostgreSQL: one statement. Its parts see one snapshot and none sees another's rows, which
 # nothing here needs: each writes rows of its own, and the foreign keys between them are
-# checked at the end of the statement. A part with nothing to do (no lot, no consumption)
+# checked at the end of the statement. It books nothing, and returns no row, if the entry's
+# month is closed by now: its snapshot, taken with the books held, is the first this claim
+# is sure to see every close in (see lock_with_situation). A part with nothing to do (no lot, no consumption)
 # inserts or updates no row; the text stays the same, so the server prepares it once.
 # The claim key's unique violation aborts the whole statement, as a flush's would.
 _WRITE_POSTGRESQL = text("""
@@ -161,9 +233,13 @@ WITH entry AS (
     INSERT INTO journal_entries (kind, partner_id, claim_id, member_id, points, occurred_at,
         recorded_at, period, late, pending_until, description, reverses_id, fingerprint,
         status, balance_after, entry_hash)
-    VALUES (:kind, :partner_id, :claim_id, :member_id, :points, :occurred_at, :recorded_at,
-        :period, :late, CAST(:pending_until AS timestamptz), CAST(:description AS varchar),
-        CAST(:reverses_id AS bigint), :fingerprint, :status, :balance_after, :entry_hash)
+    SELECT CAST(:kind AS varchar), CAST(:partner_id AS varchar), CAST(:claim_id AS varchar),
+        CAST(:member_id AS bigint), CAST(:points AS bigint), CAST(:occurred_at AS timestamptz),
+        CAST(:recorded_at AS timestamptz), CAST(:period AS varchar), CAST(:late AS boolean),
+        CAST(:pending_until AS timestamptz), CAST(:description AS varchar),
+        CAST(:reverses_id AS bigint), CAST(:fingerprint AS varchar), CAST(:status AS varchar),
+        CAST(:balance_after AS bigint), CAST(:entry_hash AS varchar)
+    WHERE NOT EXISTS (SELECT 1 FROM closed_periods WHERE period >= CAST(:period AS varchar))
     RETURNING id),
 new_lot AS (
     INSERT INTO lots (member_id, entry_id, issuer_id, points, remaining, occurred_at,
@@ -191,13 +267,14 @@ consumed AS (
 lots_left AS (
     UPDATE lots SET remaining = u.remaining
     FROM unnest(CAST(:lots_left_ids AS bigint[]), CAST(:lots_left AS bigint[])) AS u(id, remaining)
-    WHERE lots.id = u.id),
+    WHERE lots.id = u.id AND EXISTS (SELECT 1 FROM entry)),
 debts_left AS (
     UPDATE debt_lots SET remaining = u.remaining
     FROM unnest(CAST(:debts_left_ids AS bigint[]), CAST(:debts_left AS bigint[])) AS u(id, remaining)
-    WHERE debt_lots.id = u.id),
+    WHERE debt_lots.id = u.id AND EXISTS (SELECT 1 FROM entry)),
 holder AS (
-    UPDATE members SET balance = :new_balance, debt = :new_debt WHERE id = :member_id)
+    UPDATE members SET balance = :new_balance, debt = :new_debt
+    WHERE id = :member_id AND EXISTS (SELECT 1 FROM entry))
 SELECT entry.id, (SELECT id FROM new_lot) FROM entry
 """)
 
@@ -214,15 +291,16 @@ _HOLDER_AFTER = (_MEMBERS.update().where(_MEMBERS.c.id == bindparam("member_pk")
                  .values(balance=bindparam("new_balance"), debt=bindparam("new_debt")))
 
 
-def write(session: Session, entry: dict, postings: dict[str, int], writes: Writes) -> int:
-    """Book the entry (its columns in `entry`) with its postings and `writes`; its id."""
+def write(session: Session, entry: dict, postings: dict[str, int], writes: Writes) -> int | None:
+    """Book the entry (its columns in `entry`) with its postings and `writes`; its id. None,
+    booking nothing, if the entry's month was closed after the situation was read."""
     connection = session.connection()
     if is_sqlite(session):
         entry_id = _write_sqlite(connection, entry, postings, writes)
     else:
         lot = writes.lot or {}
         consumptions = writes.consumptions
-        entry_id, _ = connection.execute(_WRITE_POSTGRESQL, {
+        row = connection.execute(_WRITE_POSTGRESQL, {
             **entry,
             "lot_issuer_id": lot.get("issuer_id"), "lot_points": lot.get("points"),
             "lot_remaining": lot.get("remaining"), "lot_available_at": lot.get("available_at"),
@@ -236,7 +314,10 @@ def write(session: Session, entry: dict, postings: dict[str, int], writes: Write
             "lots_left": [left for _, left in writes.lots_left],
             "debts_left_ids": [lot_id for lot_id, _ in writes.debts_left],
             "debts_left": [left for _, left in writes.debts_left],
-            "new_balance": writes.balance, "new_debt": writes.debt}).one()
+            "new_balance": writes.balance, "new_debt": writes.debt}).first()
+        if row is None:
+            return None
+        entry_id = row[0]
     refresh_loaded(session, Member, entry["member_id"], balance=writes.balance,
                     debt=writes.debt)
     for lot_id, left in writes.lots_left:

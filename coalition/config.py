@@ -92,13 +92,13 @@ def engine_options(database_uri: str) -> dict:
     """SQLAlchemy's engine options for this database. PostgreSQL: each process keeps a pool of
     one connection per gunicorn thread (GUNICORN_THREADS), so that no thread waits for another's
     connection, plus DATABASE_POOL_OVERFLOW opened on demand and closed when returned; checked
-    before use (a restarted server's dead connections are replaced, not handed out). Up to
+    before use when idle for a while (coalition/database.py: a restarted server's dead
+    connections are replaced, not handed out). Up to
     WEB_CONCURRENCY x (threads + overflow) connections in all: docs/operations.md. SQLite:
     SQLAlchemy's defaults."""
     if not database_uri.startswith("postgresql"):
         return {}
-    return {"pool_pre_ping": True,
-            "pool_size": _at_least("GUNICORN_THREADS", DEFAULT_THREADS, 1),
+    return {"pool_size": _at_least("GUNICORN_THREADS", DEFAULT_THREADS, 1),
             "max_overflow": _at_least("DATABASE_POOL_OVERFLOW", DEFAULT_POOL_OVERFLOW, 0)}
 
 

@@ -1,11 +1,15 @@
 """The one database handle. SQLite is the embedded default, PostgreSQL the production database."""
 from __future__ import annotations
 
+import time
+
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.pool import Pool
 
 # Stable constraint names so Alembic migrations are identical on SQLite and PostgreSQL.
 NAMING = {
@@ -51,3 +55,32 @@ def _sqlite_connect(dbapi_connection, _record) -> None:
 def _sqlite_begin(connection) -> None:
     if connection.dialect.name == "sqlite":
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# A pooled PostgreSQL connection is pinged before use only when it sat idle for longer than
+# this: a ping is a round trip, and under load connections go back out within milliseconds.
+# One that dies while busy (a server restart) fails its request with a disconnect, answered
+# 503 with Retry-After (coalition/errors.py), and SQLAlchemy then replaces every connection
+# of the pool that is older than the failure.
+PING_IDLE_AFTER_S = 1.0
+
+
+@event.listens_for(Pool, "checkin")
+def _returned(dbapi_connection, record) -> None:
+    if record is not None:
+        record.info["returned_at"] = time.monotonic()
+
+
+@event.listens_for(Pool, "checkout")
+def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
+    if type(dbapi_connection).__module__ == "sqlite3":
+        return
+    returned = record.info.get("returned_at")
+    if returned is not None and time.monotonic() - returned <= PING_IDLE_AFTER_S:
+        return
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        dbapi_connection.rollback()
+    except Exception as exc:  # any failure: the pool discards it and connects afresh
+        raise DisconnectionError(str(exc)) from exc

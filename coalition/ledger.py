@@ -214,18 +214,20 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
                           pending_until=pending_until, description=description)
     # The lock first, then the look for an earlier booking: concurrent retries of one claim
     # queue behind each other and every one after the first replays the booking.
-    holder = claim_sql.lock(session, member_id)
-    known = claim_sql.earn_situation(session, partner_id=partner_id, claim_id=claim_id,
-                                     member_pk=holder and holder.id, now=now)
+    holder, known = claim_sql.lock_with_situation(session, member_id, burn=False,
+                                                  partner_id=partner_id, claim_id=claim_id, now=now)
     if (done := _replay_of(session, known, partner_id, claim_id, fp)) is not None:
         return done
     if holder is None:
         raise Problem("not-found", "No such member.")
-    entry, postings, writes = plan_earn(
-        holder, known, lambda: claim_sql.open_debt_lots(session, holder.id), fp=fp,
-        partner_id=partner_id, claim_id=claim_id, points=points, occurred_at=occurred_at, now=now,
-        rules=rules, pending_until=pending_until, description=description)
-    return _write(session, holder, entry, postings, writes)
+
+    def plan(known: claim_sql.Situation):
+        return plan_earn(
+            holder, known, lambda: claim_sql.open_debt_lots(session, holder.id), fp=fp,
+            partner_id=partner_id, claim_id=claim_id, points=points, occurred_at=occurred_at,
+            now=now, rules=rules, pending_until=pending_until, description=description)
+    return _write(session, holder, plan(known), plan, lambda: claim_sql.earn_situation(
+        session, partner_id=partner_id, claim_id=claim_id, member_pk=holder.id, now=now))
 
 
 def plan_earn(holder: claim_sql.Holder, known: claim_sql.Situation,
@@ -276,9 +278,8 @@ def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     the booked burn with or without it, the PIN was checked when it booked) nor in the entry."""
     fp = burn_fingerprint(member_id=member_id, points=points, occurred_at=occurred_at,
                           description=description)
-    holder = claim_sql.lock(session, member_id)
-    known = claim_sql.burn_situation(session, partner_id=partner_id, claim_id=claim_id,
-                                     member_pk=holder and holder.id, now=now)
+    holder, known = claim_sql.lock_with_situation(session, member_id, burn=True,
+                                                  partner_id=partner_id, claim_id=claim_id, now=now)
     if (done := _replay_of(session, known, partner_id, claim_id, fp)) is not None:
         return done
     if holder is None:
@@ -286,12 +287,15 @@ def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     check_window(occurred_at, now, rules)
     grant = authorise_burn(session, holder, partner_id=partner_id, points=points, policy=policy,
                            member_pin=member_pin, now=now, rules=rules)
-    entry, postings, writes = plan_burn(holder, known, fp=fp, partner_id=partner_id,
-                                        claim_id=claim_id, points=points,
-                                        occurred_at=occurred_at, now=now, rules=rules,
-                                        description=description)
+
+    def plan(known: claim_sql.Situation):
+        return plan_burn(holder, known, fp=fp, partner_id=partner_id, claim_id=claim_id,
+                         points=points, occurred_at=occurred_at, now=now, rules=rules,
+                         description=description)
+    planned = plan(known)
     grant.done()
-    return _write(session, holder, entry, postings, writes)
+    return _write(session, holder, planned, plan, lambda: claim_sql.burn_situation(
+        session, partner_id=partner_id, claim_id=claim_id, member_pk=holder.id, now=now))
 
 
 def authorise_burn(session: Session, holder: claim_sql.Holder, *, partner_id: str, points: int,
@@ -353,19 +357,31 @@ def _entry(kind: str, partner_id: str, claim_id: str, holder: claim_sql.Holder, 
             "status": status, "balance_after": balance_after}
 
 
-def _write(session: Session, holder: claim_sql.Holder, entry: dict, postings: dict[str, int],
-           writes: claim_sql.Writes) -> Booked:
+def _write(session: Session, holder: claim_sql.Holder, planned, plan, reread) -> Booked:
+    """Write what was `planned` (entry, postings, writes). If its month closed after the
+    situation was read (claim_sql.lock_with_situation), `plan` it again on the situation as
+    `reread()` finds it: the books are held by then, so no second close can intervene."""
+    entry_id = _write_planned(session, *planned)
+    if entry_id is None:
+        planned = plan(reread())
+        entry_id = _write_planned(session, *planned)
+        assert entry_id is not None, "a month closed while this claim held the books"
+    entry = planned[0]
+    return Booked(_as_loaded(session, Entry(id=entry_id, **entry)), replayed=False,
+                  member_id=holder.external_id)
+
+
+def _write_planned(session: Session, entry: dict, postings: dict[str, int],
+                   writes: claim_sql.Writes) -> int | None:
     postings = sealed(entry, postings, writes)
     try:
-        entry_id = claim_sql.write(session, entry, postings, writes)
+        return claim_sql.write(session, entry, postings, writes)
     except IntegrityError as exc:
         # The member lock serialises retries for one member, so a clash on the claim key
         # means a concurrent post of the same claim id for another member.
         if is_claim_key(exc):
             raise ClaimIdRace(entry["partner_id"], entry["claim_id"], entry["fingerprint"]) from exc
         raise
-    return Booked(_as_loaded(session, Entry(id=entry_id, **entry)), replayed=False,
-                  member_id=holder.external_id)
 
 
 def sealed(entry: dict, postings: dict[str, int], writes: claim_sql.Writes) -> dict[str, int]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from sqlalchemy import literal_column
+
 
 class EntryKind(StrEnum):
     """journal_entries.kind: what a partner's claim did, or what the coalition booked."""
@@ -70,7 +72,9 @@ def unspent(lot, now):
     """The SQL condition on `lot` (the Lot model, or an alias of it) for a lot that still
     holds points at `now`: not used up and not expired. Unspent points are spendable or
     pending."""
-    return (lot.remaining > 0) & (lot.expires_at > now)
+    # 0 written into the statement, not bound: a prepared statement's generic plan can then
+    # use the partial index on lots that still hold points (migration 0012).
+    return (lot.remaining > literal_column("0")) & (lot.expires_at > now)
 
 
 def spendable(lot, now):

@@ -49,9 +49,9 @@ def authenticate() -> None:
         method=request.method, path=request.path,
         query=request.query_string.decode("latin-1"), body=request.get_data(cache=True),
         audience=current_app.config["COALITION_AUDIENCE"])
-    # The jti first: a replayed token is refused (401) before it can use up its partner's
-    # quota. Spent only in this transaction so far: a 429 rolls it back, the token stays usable.
-    tokens.spend(db.session, caller)
+    # The jti is spent by then (tokens.py): a replayed token is refused (401) before it can use
+    # up its partner's quota. Spent only in this transaction so far: a 429 rolls it back, and
+    # the token stays usable.
     g.partner_id = caller.partner_id
     limits.authenticated(caller.partner_id)  # 429 past RATELIMIT_PARTNER (or the route's own)
     g.caller = caller

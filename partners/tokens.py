@@ -14,6 +14,12 @@ detail says what is wrong, with the same text as the RFC 6750 error_description:
 * Once the signature verifies, the caller holds that private key: the answer names what is
   wrong (key-revoked, partner-suspended, token-claims-invalid, token-expired, ...).
 
+What this costs the database: a kid's key is parsed once per process and kept (KeyCache: a kid
+is its key's thumbprint, so nothing kept can go stale). Every request then reads the key's and
+its partner's status and spends the jti in one statement (on PostgreSQL; two on SQLite), in the
+request's own transaction; a refused signature reads the key's standing instead, so that every
+refusal costs one read and one verification.
+
 Header and payload are JSON objects without duplicate names (as request bodies are): with
 duplicates, which value counts would depend on the parser. The claims are checked here, not by
 PyJWT, whose checks neither name the claim nor hold iat/exp to integers; PyJWT only supplies
@@ -34,11 +40,14 @@ from urllib.parse import unquote
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import get_default_algorithms
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, delete, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from coalition.hashing import b64url_decode, b64url_encode
+from coalition.database import is_sqlite
+from coalition.models import UtcDateTime
 from coalition.problems import Problem
 
 from .keys import PublicKey, load_public_key
@@ -103,21 +112,50 @@ def refused(slug: str, detail: str) -> Problem:
         "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'})
 
 
+@dataclass(frozen=True)
+class KeyFacts:
+    """What never changes about a registered key: a kid is the key's own thumbprint."""
+    alg: str
+    key: PublicKey
+    partner_id: str
+
+
 class KeyCache:
-    """Parsed public keys by kid. A kid is the key's own thumbprint, so an entry never goes
-    stale; whether the key may still be used is read from the database on every request."""
+    """Registered keys by kid, parsed once. Only what cannot change is kept (a kid is the key's
+    own thumbprint, so its material, alg and partner are fixed); whether the key and its partner
+    may still be used is read from the database on every request, in the statement that spends
+    the token's jti. Unknown kids are not kept: each costs a read, as every refusal does."""
 
     def __init__(self) -> None:
-        self._keys: dict[str, PublicKey] = {}
+        self._keys: dict[str, KeyFacts] = {}
         self._lock = threading.Lock()
 
-    def get(self, kid: str, pem: str) -> PublicKey:
-        key = self._keys.get(kid)
-        if key is None:
-            key, _ = load_public_key(pem.encode())
-            with self._lock:
-                self._keys[kid] = key
-        return key
+    def cached(self, kid: str) -> KeyFacts | None:
+        return self._keys.get(kid)
+
+    def lookup(self, session: Session, kid: str) -> KeyFacts | None:
+        """The key's facts, read (one statement) when not cached yet; None if unknown."""
+        facts = self._keys.get(kid)
+        if facts is not None:
+            return facts
+        row = session.execute(_KEY_FACTS, {"kid": kid}).one_or_none()
+        if row is None:
+            return None
+        facts = KeyFacts(row.alg, load_public_key(row.public_key_pem.encode())[0], row.partner_id)
+        with self._lock:
+            self._keys[kid] = facts
+        return facts
+
+    def forget(self, kid: str) -> None:
+        with self._lock:
+            self._keys.pop(kid, None)
+
+
+_KEY_FACTS = select(PartnerKey.alg, PartnerKey.public_key_pem, PartnerKey.partner_id) \
+    .where(PartnerKey.kid == bindparam("kid"))
+_STANDING = (select(PartnerKey.status, Partner.status)
+             .join(Partner, Partner.id == PartnerKey.partner_id)
+             .where(PartnerKey.kid == bindparam("kid")))
 
 
 def body_hash(body: bytes) -> str:
@@ -202,18 +240,26 @@ def _structure(authorization: str | None) -> tuple[dict, dict, bytes, bytes]:
 def _verify(session, keys, authorization, method, path, query, body, audience, now) -> Caller:
     header, claims, signing_input, signature = _structure(authorization)
     alg, kid = header["alg"], header["kid"]
-    row = session.execute(
-        select(PartnerKey.alg, PartnerKey.public_key_pem, PartnerKey.status,
-               PartnerKey.partner_id, Partner.status)
-        .join(Partner, Partner.id == PartnerKey.partner_id).where(PartnerKey.kid == kid)).one_or_none()
-    # One verification whatever the row: against the kid's key if its alg is the token's, else
+    facts = keys.cached(kid)
+    read = facts is None  # a refusal costs one read, whichever it is (see _refuse_equally)
+    if read:
+        facts = keys.lookup(session, kid)
+    # One verification whatever the kid: against its key if its alg is the token's, else
     # against a dummy key, whose outcome does not matter.
-    usable = row is not None and row[0] == alg
-    key = keys.get(kid, row[1]) if usable else DUMMY_KEYS[alg]
-    if not _VERIFIERS[alg].verify(signing_input, key, signature) or not usable:
+    usable = facts is not None and facts.alg == alg
+    if not _VERIFIERS[alg].verify(signing_input, facts.key if usable else DUMMY_KEYS[alg],
+                                  signature) or not usable:
+        if not read:
+            _refuse_equally(session, kid)
         raise refused("invalid-token", BAD_SIGNATURE)
     # --- signature verified from here on: the caller holds this key ---
-    _, _, key_status, partner_id, partner_status = row
+    partner_id = facts.partner_id
+    expires_at = _expiry(claims)
+    standing = _spend_if_standing(session, kid, partner_id, claims.get("jti"), expires_at)
+    if standing is None:  # the key was deleted since it was cached
+        keys.forget(kid)
+        raise refused("invalid-token", BAD_SIGNATURE)
+    key_status, partner_status, spent = standing
     if key_status != "active":  # before the partner's status: a revoked key learns no more
         raise refused("key-revoked", "The key named by kid is revoked; sign with an active key "
                                      "of the partner.")
@@ -222,7 +268,24 @@ def _verify(session, keys, authorization, method, path, query, body, audience, n
                                            "requests are refused until the operator activates it.")
     exp = _check_claims(claims, partner_id=partner_id, audience=audience, now=now)
     _check_binding(claims, method=method, path=path, query=query, body=body)
+    if not spent:
+        raise _replayed(partner_id)
     return Caller(partner_id, kid, claims["jti"], datetime.fromtimestamp(exp + LEEWAY, timezone.utc))
+
+
+def _refuse_equally(session: Session, kid: str) -> None:
+    """A bad signature under a cached kid reads the key's standing, as an unknown kid reads
+    the keys: neither the answer nor its time tells whether a kid is registered."""
+    session.execute(_STANDING, {"kid": kid}).first()
+
+
+def _expiry(claims: dict) -> datetime | None:
+    """When the token's jti row may be pruned (None while exp is malformed: the claims check
+    refuses such a token before its jti counts)."""
+    exp = claims.get("exp")
+    if type(exp) is not int or not 0 <= exp < 2 ** 40:
+        return None
+    return datetime.fromtimestamp(exp + LEEWAY, timezone.utc)
 
 
 _TYPES = {"iss": (str, "a string"), "aud": (str, "a single string"),
@@ -291,17 +354,71 @@ def _printable(text: str) -> str:
     return _NOT_IN_DESCRIPTION.sub("?", text)[:16]
 
 
+def _replayed(partner_id: str) -> Problem:
+    log.info("token replayed", extra={"partner_id": partner_id})
+    return refused("token-replayed", "This token was used already: every request, retries "
+                                     "included, needs a fresh token with a new jti.")
+
+
+# PostgreSQL: the key's and partner's standing and the jti spent in one round trip. The jti
+# is inserted only under an active key of an active partner, and only while its claims are
+# well-formed enough to name it; ON CONFLICT leaves the transaction usable, and a row
+# inserted concurrently by a transaction still open is waited for, as a plain insert would.
+_SPEND_IF_STANDING = text("""
+WITH standing AS (
+    SELECT k.status AS key_status, p.status AS partner_status
+    FROM partner_keys k JOIN partners p ON p.id = k.partner_id WHERE k.kid = :kid),
+spent AS (
+    INSERT INTO used_tokens (partner_id, jti, expires_at)
+    SELECT :partner_id, :jti, :expires_at FROM standing
+    WHERE key_status = 'active' AND partner_status = 'active'
+      AND CAST(:jti AS varchar) IS NOT NULL AND CAST(:expires_at AS timestamptz) IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING 1)
+SELECT key_status, partner_status, EXISTS (SELECT 1 FROM spent) FROM standing
+""").bindparams(bindparam("expires_at", type_=UtcDateTime))
+_SPEND = (sqlite_insert(UsedToken).values(partner_id=bindparam("partner_id"),
+                                          jti=bindparam("jti"),
+                                          expires_at=bindparam("expires_at"))
+          .on_conflict_do_nothing().returning(UsedToken.jti))
+
+
+def _spend_if_standing(session: Session, kid: str, partner_id: str, jti, expires_at):
+    """(key status, partner status, whether the jti was spent now), or None for no such key.
+    The jti is spent (in the current transaction) only under an active key and partner, and
+    only if it is a string of at most MAX_JTI characters with a usable exp."""
+    jti = jti if isinstance(jti, str) and 1 <= len(jti) <= MAX_JTI else None
+    params = {"kid": kid, "partner_id": partner_id, "jti": jti, "expires_at": expires_at}
+    if not is_sqlite(session):
+        row = session.connection().execute(_SPEND_IF_STANDING, params).first()
+        return None if row is None else tuple(row)
+    row = session.execute(_STANDING, params).first()
+    if row is None:
+        return None
+    key_status, partner_status = row
+    spent = False
+    if key_status == partner_status == "active" and jti is not None and expires_at is not None:
+        spent = session.connection().execute(_SPEND, params).first() is not None
+    return key_status, partner_status, spent
+
+
 def spend(session: Session, caller: Caller) -> None:
-    """Record the jti in the current transaction; a second use anywhere is a replay (401)."""
-    session.add(UsedToken(partner_id=caller.partner_id, jti=caller.jti,
-                          expires_at=caller.expires_at))
-    try:
-        session.flush()
-    except IntegrityError:
-        session.rollback()
-        log.info("token replayed", extra={"partner_id": caller.partner_id})
-        raise refused("token-replayed", "This token was used already: every request, retries "
-                                        "included, needs a fresh token with a new jti.") from None
+    """Record the jti in the current transaction once more (after its transaction was rolled
+    back); a second use anywhere is a replay (401)."""
+    params = {"partner_id": caller.partner_id, "jti": caller.jti,
+              "expires_at": caller.expires_at}
+    if not is_sqlite(session):
+        spent = session.connection().execute(_SPEND_PG, params).first() is not None
+    else:
+        spent = session.connection().execute(_SPEND, params).first() is not None
+    if not spent:
+        raise _replayed(caller.partner_id)
+
+
+_SPEND_PG = (pg_insert(UsedToken).values(partner_id=bindparam("partner_id"),
+                                         jti=bindparam("jti"),
+                                         expires_at=bindparam("expires_at"))
+             .on_conflict_do_nothing().returning(UsedToken.jti))
 
 
 def prune(session: Session, now: datetime) -> int:

@@ -12,7 +12,7 @@ from coalition import create_app
 from coalition.database import db
 from coalition.errors import PROBLEM_JSON
 from coalition.ops import configure_logging
-from tests.conftest import ago
+from tests.conftest import ago, postgres_only
 
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 UNREACHABLE_DB = "postgresql+psycopg://postgres@127.0.0.1:1/x"
@@ -151,6 +151,26 @@ def test_a_connection_lost_mid_claim_is_503_books_nothing_and_a_retry_books_once
     retried = app.test_client().post("/v1/earn", data=body, headers=shop.client.sign("POST", "/v1/earn", body))
     assert retried.status_code == 201
     assert shop.client.balance("M1").json()["available"] == 100
+
+@postgres_only
+def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_before_use(app, shop, monkeypatch):
+    """Connections idle past PING_IDLE_AFTER_S are pinged at checkout; a dead one is replaced."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from coalition import database
+    with app.app_context():
+        with db.engine.connect() as connection:
+            backend = connection.execute(text("SELECT pg_backend_pid()")).scalar()
+        outside = create_engine(db.engine.url, poolclass=NullPool)
+        with outside.connect() as other:  # the server drops the idle pooled connection
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        outside.dispose()
+        monkeypatch.setattr(database, "PING_IDLE_AFTER_S", 0.0)
+        assert shop.client.earn("idle-1", "M1", 10).status == 201
+        with db.engine.connect() as connection:
+            assert connection.execute(text("SELECT pg_backend_pid()")).scalar() != backend
+
 
 # --- request ids --------------------------------------------------------------------------
 

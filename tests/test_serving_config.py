@@ -37,7 +37,7 @@ def gunicorn_settings() -> dict:
 def test_the_pool_holds_a_connection_per_thread_plus_a_small_overflow(environment):
     app = environment(GUNICORN_THREADS="12")
     assert app.config["SQLALCHEMY_ENGINE_OPTIONS"] == {
-        "pool_pre_ping": True, "pool_size": 12, "max_overflow": config.DEFAULT_POOL_OVERFLOW}
+        "pool_size": 12, "max_overflow": config.DEFAULT_POOL_OVERFLOW}
     with app.app_context():
         assert db.engine.pool.size() == 12
         assert db.engine.pool._max_overflow == config.DEFAULT_POOL_OVERFLOW
