@@ -17,14 +17,26 @@ Limits, stated plainly: the chain detects edits and deletions inside it, not the
 newest events (a tail cut leaves a shorter valid chain) nor a chain rewritten wholesale by
 someone who can also drop the triggers; anchoring the head hash (`audit list --limit 1`)
 somewhere outside the database catches both. Personal data: `member.add` names the member's
-external id in `subject`; erasing a member would need a redaction scheme that keeps the chain
-verifiable (future work, not done here). Later member events (`member.pin.*`) name the member
-by the internal id only (`member-id:<id>`), as the journal does: once the member row is
-erased they no longer point to a person.
+external id in `subject`; later member events (`member.pin.*`, `member.lock`, ...) name the
+member by the internal id only (`member-id:<id>`), as the journal does, though an operator's
+free-text reason may quote a card number.
+
+Redaction (member erasure, coalition/member_erasure.py): `redact` rewrites the subject, before
+or after of the events about an erased member that hold the card number, and returns for each
+rewritten event a voucher, the SHA-256 of the row as it now stands (its unchanged hash and
+prev_hash included). The `member.erase` event records the vouchers in its `after`, so they are
+chained like any other event. `verify_chain` checks a vouched event against its voucher instead
+of its hash (which covered the text now gone): its place in the chain, its hash and every field
+are still checked, and any later change to it fails. A rewrite no voucher covers fails as an
+edit always did. Events written before redaction existed verify unchanged (there is one hash
+version). What stays: a redacted event's hash is a SHA-256 over the card and fields still
+visible, so whoever already holds a card number can test it against that hash, as against the
+journal's claim fingerprints; it cannot be read back from them.
 """
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 
 from sqlalchemy import func, or_, select
@@ -118,14 +130,78 @@ def event_view(event: AuditEvent) -> dict:
             "prev_hash": event.prev_hash, "hash": event.hash}
 
 
+# --- redaction (member erasure) --------------------------------------------------------------
+
+ERASE = "member.erase"  # the event whose `after` lists the vouchers of the events it redacted
+REDACTED = "[erased]"  # what a redacted before or after holds (as JSON)
+
+
+def redaction_digest(event: AuditEvent) -> str:
+    """SHA-256 of the whole row as it stands, hash and prev_hash included: a voucher."""
+    return sha256_hex(canonical({
+        "id": event.id, "at": as_utc(event.at).isoformat(timespec="microseconds"),
+        "actor": event.actor, "action": event.action, "subject": event.subject,
+        "before": event.before, "after": event.after, "prev_hash": event.prev_hash,
+        "hash": event.hash}))
+
+
+def redact(session: Session, events: list[AuditEvent], card: str, *, subject: str) -> list[dict]:
+    """Remove `card` from these events, in the caller's transaction: a subject naming it becomes
+    `subject`, a before or after quoting it becomes REDACTED (the whole value: a free-text reason
+    around a card number may say more about its holder). The card is matched as a word (not
+    inside a longer run of letters and digits); a short card number can take more with it, which
+    errs on the side of erasing. Returns the vouchers of the events it changed, for the
+    `member.erase` event's `after`."""
+    word = re.compile(rf"(?<![A-Za-z0-9]){re.escape(card)}(?![A-Za-z0-9])")
+    vouchers = []
+    for event in events:
+        fields = []
+        if word.search(event.subject):
+            event.subject = subject
+            fields.append("subject")
+        for name in ("before", "after"):
+            value = getattr(event, name)
+            if value is not None and word.search(value):
+                setattr(event, name, _json(REDACTED))
+                fields.append(name)
+        if fields:
+            # Only these columns are written: the triggers refuse an UPDATE of any other
+            # (migration 0013).
+            session.flush()
+            vouchers.append({"event": event.id, "fields": fields,
+                             "digest": redaction_digest(event)})
+    return vouchers
+
+
+def _vouchers(session: Session) -> dict[int, tuple[int, str]]:
+    """Event id -> (the erasure event that vouches for its redaction, the digest it vouches).
+    An erasure event that does not parse is left to its own hash check to report."""
+    vouched: dict[int, tuple[int, str]] = {}
+    for erase_id, after in session.execute(select(AuditEvent.id, AuditEvent.after)
+                                           .where(AuditEvent.action == ERASE)):
+        try:
+            for voucher in json.loads(after)["redacted"]:
+                vouched[int(voucher["event"])] = (erase_id, str(voucher["digest"]))
+        except (TypeError, ValueError, KeyError):
+            continue
+    return vouched
+
+
 def verify_chain(session: Session, fail) -> int:
-    """For `ledger verify`: every event follows the one before it and hashes to its hash."""
+    """For `ledger verify`: every event follows the one before it and hashes to its hash, or,
+    if it was redacted, is the row a later erasure event vouched for."""
+    vouched = _vouchers(session)
     expected, count = GENESIS, 0
     for event in session.scalars(select(AuditEvent).order_by(AuditEvent.id)).yield_per(1000):
         count += 1
         if event.prev_hash != expected:
             fail("audit-chain", "event does not follow the event before it (an event was "
                  "removed, inserted or reordered)", audit_event=event.id)
+        elif event.id in vouched:
+            by, digest = vouched[event.id]
+            if by <= event.id or redaction_digest(event) != digest:
+                fail("audit-chain", "redacted event differs from what its erasure vouched for",
+                     audit_event=event.id)
         elif event_hash(event) != event.hash:
             fail("audit-chain", "event differs from what was hashed", audit_event=event.id)
         expected = event.hash

@@ -1,5 +1,5 @@
 """Operator commands of the core:
-`members add|import|show|export|suspicious|lock|unlock|unlock-pin|reset-pin`,
+`members add|import|show|export|erase|suspicious|lock|unlock|unlock-pin|reset-pin`,
 `ledger verify|seal|anchor`, `audit list`, `points expire`.
 Every command prints JSON (`ledger seal --every`: one line per event), its errors too: every
 group is a JsonGroup. Commands that change state record who asked (`operator()`) in the audit
@@ -25,8 +25,8 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import (audit, clock, config, consents, enrolment, expiry, member_export, member_locks,
-               pins, sealer, velocity)
+from . import (audit, clock, config, consents, enrolment, expiry, member_erasure, member_export,
+               member_locks, pins, sealer, velocity)
 from . import members as member_service
 from .clock import iso_utc
 from .database import db
@@ -259,6 +259,18 @@ def members_export(member_id: str, out: str | None):
     with os.fdopen(descriptor, "w", encoding="utf-8") as fh:
         json.dump(document, fh, ensure_ascii=False, indent=1, default=_json_default)
     return {"member_id": member_id, "written": out, "claims": len(document["claims"])}
+
+
+@members_cli.command("erase")
+@click.argument("member_id")
+@json_command
+def members_erase(member_id: str):
+    """Erase the member (a request for erasure): the card number, PIN, consents, partners'
+    lookups and the card in the audit log go; the journal, balances and closed statements stay,
+    naming the member by internal id. The card can be enrolled again as a new member. Audited
+    as member.erase (subject member-id:<member>, no card number)."""
+    return member_erasure.erase(db.session, member_id, now=clock.now(), actor=operator(),
+                                more=current_app.extensions.get("member_erasure"))
 
 
 def _lock_command(change, member_id: str, reason: str) -> dict:

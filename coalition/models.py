@@ -42,6 +42,9 @@ class Member(db.Model):
     # unlocks it (apart from `locked`, the operator's own lock).
     pin_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     pin_locked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # When the member was erased (coalition/member_erasure.py): external_id is NULL from then
+    # on, and the row is only the account the journal books to.
+    erased_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     __table_args__ = (CheckConstraint("balance >= 0", name="balance_nonnegative"),
                       CheckConstraint("debt >= 0", name="debt_nonnegative"),

@@ -9,11 +9,13 @@ def init_app(app: Flask, api) -> None:
     from .cli import partners_cli
     from .demo import demo_cli
     from . import listings  # noqa: F401  (adds GET /v1/claims to the partner blueprint)
-    from .harvest import lookups_of
+    from .harvest import erase_lookups, lookups_of
     from .views import blp
 
     # What a member export adds from here: the partners' lookups of the member's card.
     app.extensions.setdefault("member_data", {})["lookups"] = lookups_of
+    # ... and what a member's erasure deletes here: those lookups.
+    app.extensions.setdefault("member_erasure", {})["lookups"] = erase_lookups
     api.register_blueprint(blp)
     app.cli.add_command(partners_cli)
     app.cli.add_command(demo_cli)

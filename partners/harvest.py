@@ -73,6 +73,16 @@ def lookups_of(session: Session, member: Member) -> list[dict]:
             for partner_id, at, member_id in rows]
 
 
+def erase_lookups(session: Session, member: Member, card: str) -> int:
+    """A member's erasure (coalition/member_erasure.py): delete the lookups of the member and of
+    its card, which would link the card's hash to the member. The harvesting watch counts a
+    little less for the two windows they would still have been kept."""
+    return session.execute(
+        delete(MemberLookup).where((MemberLookup.member_id == member.id)
+                                   | (MemberLookup.card_hash == card_hash(card)))
+        .execution_options(synchronize_session=False)).rowcount
+
+
 def record_read(session: Session, partner_id: str, card: str, now: datetime) -> None:
     """A balance read of a known card: its member is what the unbooked-reads rule counts."""
     member_id = session.scalar(select(Member.id).where(Member.external_id == card))
