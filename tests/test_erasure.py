@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from datetime import datetime, timezone
 
 import flask_migrate
 import pytest
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import DatabaseError
+from sqlalchemy.orm import Session
 
-from coalition import audit, ledger
+from coalition import audit, ledger, member_erasure
 from coalition.database import db
 from coalition.hashing import canonical, sha256_hex
 from coalition.members import enrol, find
@@ -23,6 +25,7 @@ from partners.models import MemberLookup
 from settlement import service
 from settlement.lines import MonthLines
 from settlement.models import CoalitionReport, Statement
+from tests.conftest import await_lock_wait, postgres_only
 
 UTC = timezone.utc
 CARD = "CARD-77"
@@ -240,3 +243,34 @@ def test_upgrading_from_0012_keeps_old_events_verifying_and_erasable(app, runner
     assert code == 0 and done["redacted_events"] == 1, done
     code, report = cli(runner, "ledger", "verify")
     assert code == 0 and report["ok"], report
+
+
+@postgres_only
+def test_a_burn_waiting_on_the_erasure_finds_no_card(app, acme, verify_clean):
+    """The erasure holds the member's row lock as a claim does: a burn sent meanwhile waits for
+    it and, once it commits, finds no member with that card (404), and books nothing."""
+    assert acme.client.enrol(CARD).status == 201
+    assert acme.client.earn("e1", CARD, 100).status == 201
+    answer = {}
+
+    def burn():
+        answer["r"] = acme.client.burn("b1", CARD, 10)
+
+    with app.app_context():
+        eraser = Session(db.engine)
+        try:
+            member_erasure.erase(eraser, CARD, now=datetime.now(UTC), actor="alice")
+            thread = threading.Thread(target=burn, daemon=True)
+            thread.start()
+            try:
+                await_lock_wait(db.engine, still_running=thread.is_alive)
+            finally:  # the burn must not wait for ever
+                eraser.commit()
+        finally:
+            eraser.close()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert answer["r"].status == 404 and answer["r"].json()["type"].endswith("/not-found")
+    with app.app_context():
+        assert db.session.scalar(select(func.sum(Lot.remaining))) == 100
+    verify_clean()
