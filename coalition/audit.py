@@ -156,7 +156,7 @@ def redact(session: Session, events: list[AuditEvent], card: str, *, subject: st
     vouchers = []
     for event in events:
         fields = []
-        if word.search(event.subject):
+        if event.subject != subject and word.search(event.subject):
             event.subject = subject
             fields.append("subject")
         for name in ("before", "after"):

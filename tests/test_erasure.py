@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import re
 import threading
-from datetime import datetime, timezone
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import flask_migrate
 import pytest
@@ -13,12 +15,13 @@ from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
-from coalition import audit, ledger, member_erasure
+from coalition import audit, expiry, ledger, member_erasure
 from coalition.database import db
 from coalition.hashing import canonical, sha256_hex
 from coalition.members import enrol, find
-from coalition.models import AuditEvent, ClosedPeriod, Lot, Member, MemberConsent
+from coalition.models import AuditEvent, ClosedPeriod, Entry, Lot, Member, MemberConsent
 from coalition.periods import add_months, month_of
+from coalition.vocabulary import EntryKind
 from partners import service as partner_service
 from partners.harvest import card_hash
 from partners.models import MemberLookup
@@ -26,6 +29,7 @@ from settlement import service
 from settlement.lines import MonthLines
 from settlement.models import CoalitionReport, Statement
 from tests.conftest import await_lock_wait, postgres_only
+from tests.test_expiry import TZ, next_month_start
 
 UTC = timezone.utc
 CARD = "CARD-77"
@@ -243,6 +247,28 @@ def test_upgrading_from_0012_keeps_old_events_verifying_and_erasable(app, runner
     assert code == 0 and done["redacted_events"] == 1, done
     code, report = cli(runner, "ledger", "verify")
     assert code == 0 and report["ok"], report
+
+
+def test_an_erased_members_points_stay_until_they_expire(app, runner, alice, acme, verify_clean):
+    """Nothing can spend them any more, and they are not forfeited at erasure: they stay a
+    liability of the issuer until `points expire` books them as breakage, lot by lot."""
+    app.config["LEDGER_RULES"] = replace(app.config["LEDGER_RULES"], expire_months=0)
+    assert acme.client.enrol(CARD).status == 201
+    assert acme.client.earn("e1", CARD, 80).status == 201
+    assert cli(runner, "members", "erase", CARD)[0] == 0
+    later = next_month_start() + timedelta(days=1)
+    with app.app_context():
+        s = db.session
+        pk = s.scalar(select(Member.id))
+        assert s.get(Member, pk).balance == 80
+        as_of = (later - timedelta(hours=1)).astimezone(ZoneInfo(TZ)).date()
+        done = expiry.expire(s, as_of=as_of, now=lambda: later, tz=TZ)
+        assert (done["lots_expired"], done["points_expired"]) == (1, 80)
+        member = s.get(Member, pk)
+        assert (member.balance, member.external_id) == (0, None)
+        assert s.scalar(select(Entry.points).where(Entry.kind == EntryKind.EXPIRY,
+                                                   Entry.member_id == pk)) == 80
+    verify_clean()
 
 
 @postgres_only
