@@ -10,7 +10,7 @@ reversals, rarer, go through the ORM.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Callable
 
 from sqlalchemy import func, select
@@ -21,7 +21,7 @@ from . import books, claim_sql, pins, redemption
 from .clock import as_utc, iso_utc
 from .hashing import canonical, sha256_hex
 from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
-from .periods import expiry_of
+from .periods import MONTHLY, expiry_of, parse_cutoff
 from .problems import Problem
 from .vocabulary import (REVERSIBLE, Account, ConsumptionKind, EntryKind, available,
                          issued_account, member_account, redeemed_account, spendable)
@@ -36,12 +36,22 @@ class Rules:
     max_claim_age_days: int = 30
     expire_months: int = 36
     pin_log_n: int = pins.DEFAULT_LOG_N  # scrypt cost of member PINs: n = 2**pin_log_n
+    expiry_policy: str = MONTHLY  # or YEARLY: periods.expiry_of
+    expiry_cutoff: tuple[int, int] = (9, 30)  # the yearly policy's day, (month, day)
 
     @classmethod
     def from_config(cls, config) -> Rules:
         return cls(config["COALITION_TIMEZONE"], config["MAX_CLAIM_AGE_DAYS"],
                    config["POINTS_EXPIRE_MONTHS"],
-                   config.get("PIN_SCRYPT_LOG_N", pins.DEFAULT_LOG_N))
+                   config.get("PIN_SCRYPT_LOG_N", pins.DEFAULT_LOG_N),
+                   config.get("POINTS_EXPIRY_POLICY", MONTHLY),
+                   parse_cutoff(config.get("POINTS_EXPIRY_CUTOFF", "09-30")))
+
+    def expiry_of(self, occurred_at: datetime) -> tuple[datetime, date]:
+        """When a lot earned at `occurred_at` expires under these rules: fixed at the earn, so
+        a later change of policy leaves the lots already earned as they are."""
+        return expiry_of(occurred_at, self.timezone, self.expire_months, self.expiry_policy,
+                         self.expiry_cutoff)
 
 
 @dataclass(frozen=True)
@@ -244,7 +254,7 @@ def plan_earn(holder: claim_sql.Holder, known: claim_sql.Situation,
             {"pointer": "/pending_until",
              "detail": "Must lie after occurred_at and at most 366 days from now."}])
     pending = pending_until is not None and pending_until > now
-    expires_at, _ = expiry_of(occurred_at, rules.timezone, rules.expire_months)
+    expires_at, _ = rules.expiry_of(occurred_at)
     remaining, consumptions, debts_left = points, [], []
     if not pending and holder.debt:
         # A pending earn fills no debt: it may still be cancelled, and would reopen the debt.
@@ -464,11 +474,15 @@ def _reverse_earn(session: Session, target: Entry, member: Member, points: int):
 
 
 def _reverse_burn(session: Session, target: Entry, member: Member, points: int):
-    """Give the points back to the lots they came from, the lot consumed last first."""
+    """Give the points back to the lots they came from, the lot consumed last first. Points
+    that return to a lot whose earn has since been reversed into debt pay that debt first
+    (debt first): they are the creditor's own points, which the member had spent before the
+    creditor took its earn back, and only what is left of them becomes spendable again."""
     rows = session.execute(
         select(Consumption.lot_id, Consumption.points, Consumption.kind)
         .join(Entry, Entry.id == Consumption.entry_id)
-        .where((Entry.id == target.id) | (Entry.reverses_id == target.id))
+        .where((Entry.id == target.id) | (Entry.reverses_id == target.id),
+               Consumption.kind.in_((ConsumptionKind.BURN, ConsumptionKind.BURN_REVERSAL)))
         .order_by(Consumption.id)).all()
     net: dict[int, int] = {}
     order: list[int] = []
@@ -476,19 +490,40 @@ def _reverse_burn(session: Session, target: Entry, member: Member, points: int):
         if kind == ConsumptionKind.BURN:
             order.append(lot_id)
         net[lot_id] = net.get(lot_id, 0) + taken
-    consumptions, left = [], points
+    consumptions, left, filled = [], points, 0
     for lot_id in reversed(order):
         give = min(left, net[lot_id])
         if give <= 0:
             continue
         net[lot_id] -= give
-        session.get(Lot, lot_id).remaining += give
+        lot = session.get(Lot, lot_id)
+        lot.remaining += give
         consumptions.append(Consumption(lot_id=lot_id, kind=ConsumptionKind.BURN_REVERSAL,
                                         points=-give))
         left -= give
+        for debt in _debts_of_reversed_earn(session, lot):
+            pay = min(debt.remaining, give)
+            if pay == 0:
+                break
+            debt.remaining -= pay
+            lot.remaining -= pay
+            give -= pay
+            filled += pay
+            consumptions.append(Consumption(lot_id=lot_id, debt_lot_id=debt.id,
+                                            kind=ConsumptionKind.DEBT_FILL, points=pay))
         if left == 0:
             break
     assert left == 0, "a burn's consumptions cover its points"
-    member.balance += points
-    return consumptions, None, {member_account(member.id): points,
+    member.balance += points - filled
+    member.debt -= filled
+    return consumptions, None, {member_account(member.id): points - filled, Account.DEBT: filled,
                                 redeemed_account(target.partner_id): -points}
+
+
+def _debts_of_reversed_earn(session: Session, lot: Lot) -> list[DebtLot]:
+    """The unpaid debt lots that reversals of `lot`'s earn left, oldest first."""
+    reversals = select(Entry.id).where(Entry.reverses_id == lot.entry_id)
+    return list(session.scalars(select(DebtLot).where(DebtLot.member_id == lot.member_id,
+                                                      DebtLot.remaining > 0,
+                                                      DebtLot.entry_id.in_(reversals))
+                                .order_by(DebtLot.id)))

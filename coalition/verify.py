@@ -96,8 +96,10 @@ def _verify_entries(session: Session, report: Report) -> int:
             expected = (postings.get(issued) == entry.points and taken + owed == entry.points
                         and member == -taken and postings.get(Account.DEBT, 0) == -owed)
         elif entry.kind == EntryKind.REVERSAL and target_kind == EntryKind.BURN:
+            # Points back to a lot whose earn was reversed into debt pay that debt first.
             expected = (postings.get(redeemed) == -entry.points
-                        and member == entry.points
+                        and member == entry.points - filled
+                        and postings.get(Account.DEBT, 0) == filled
                         and consumed[e, ConsumptionKind.BURN_REVERSAL] == -entry.points)
         if not expected:
             report.fail("entry-shape", f"{entry.kind} postings or consumptions do not match its points", **ref)

@@ -171,6 +171,33 @@ def test_earn_reversal_after_spending_makes_debt_that_later_earns_fill(s, verify
     verify_clean()
 
 
+def test_a_burn_reversal_pays_the_debt_of_its_lots_reversed_earn_first(s, verify_clean):
+    """Debt first: points given back to a lot whose earn was reversed into debt pay that debt
+    before they are spendable again; another lot's points given back stay spendable."""
+    earn(s, "e1", 100, at(10), partner="acme")
+    earn(s, "c1", 15, at(11), partner="cafe")
+    earn(s, "d1", 5, at(9), partner="dell")
+    burn(s, "b0", 5, partner="bolt")  # d1 -5 (occurred first)
+    reverse(s, "d1", "rd", 5, partner="dell")  # a debt of 5 to dell: no lot of b1's
+    burn(s, "b1", 110, partner="bolt")  # e1 -100, c1 -10
+    reverse(s, "e1", "r1", 50, partner="acme")  # nothing left in e1: a debt of 50 to acme
+    dell_debt, acme_debt = s.scalars(select(DebtLot).order_by(DebtLot.id)).all()
+    assert available(s) == 5 - 55
+
+    back = reverse(s, "b1", "rb", 110, partner="bolt")  # c1's 10 back first, then e1's 100
+    assert {p.account: p.points for p in back.postings} == {
+        f"member:{back.member_id}": 60, "debt": 50, "redeemed:bolt": -110}
+    assert taken(s, back) == [("c1", -10, None), ("e1", -100, None), ("e1", 50, acme_debt.id)]
+    s.refresh(acme_debt)
+    s.refresh(dell_debt)
+    assert (acme_debt.remaining, dell_debt.remaining) == (0, 5)
+    e1 = s.scalars(select(Entry).where(Entry.claim_id == "e1")).one()
+    assert lot_of(s, e1).remaining == 50
+    assert available(s) == 65 - 5 and back.balance_after == 60
+    assert s.get(Member, back.member_id).debt == 5
+    verify_clean()
+
+
 def test_debt_lots_fill_oldest_first_and_pending_earns_fill_nothing(s, verify_clean):
     earn(s, "a1", 10, at(1), partner="acme")
     earn(s, "c1", 10, at(1), partner="cafe")

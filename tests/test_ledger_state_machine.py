@@ -120,6 +120,7 @@ class Debt:
     member: str
     creditor: str  # the partner whose reversed earn the member had spent
     remaining: int
+    earn: str  # the claim id of that earn: points given back to its lot pay this debt first
 
 
 def nonzero_sums(pairs) -> dict:
@@ -202,14 +203,20 @@ class Model:
             take = min(claim.points, lot.remaining)
             lot.remaining -= take
             if claim.points > take:  # spent already: the member owes the rest
-                self.debts.append(Debt(target.member, target.partner, claim.points - take))
+                self.debts.append(Debt(target.member, target.partner, claim.points - take,
+                                       target.cid))
             return
         left = claim.points
         for cid in reversed(list(target.taken)):  # the lot consumed last gets its points first
             give = min(left, target.taken[cid])
             target.taken[cid] -= give
-            self.lots[cid].remaining += give
             left -= give
+            for debt in self.debts:  # debt first: the lot's own reversed earn's debts
+                if debt.member == target.member and debt.earn == cid:
+                    pay = min(debt.remaining, give)
+                    debt.remaining -= pay
+                    give -= pay
+            self.lots[cid].remaining += give
 
 
 # --- driving the service -------------------------------------------------------------------

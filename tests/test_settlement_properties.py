@@ -120,6 +120,7 @@ class MDebt:
     creditor: str
     points: int
     remaining: int
+    earn: str = ""  # the reversed earn's claim id: points back to its lot pay this first
 
 
 @dataclass
@@ -273,7 +274,8 @@ class Model:
             take = min(points, lot.remaining)
             lot.remaining -= take
             if points - take:
-                self.debts.append(MDebt(member, partner, points - take, points - take))
+                self.debts.append(MDebt(member, partner, points - take, points - take,
+                                        target_cid))
             flows.issued[partner] -= points
             self._pay(claim.period, partner, "issuance_charge_cents", -points, "issued")
         else:
@@ -291,6 +293,19 @@ class Model:
                 flows.matrix[lot.issuer, partner] -= give
                 self._fund(claim.period, lot.issuer, -give)
                 left -= give
+                for debt in self.debts:  # debt first: the debts of the lot's reversed earn
+                    if debt.member != member or debt.earn != lot.claim:
+                        continue
+                    pay = min(debt.remaining, give)
+                    debt.remaining -= pay
+                    lot.remaining -= pay
+                    give -= pay
+                    flows.funded[lot.issuer] += pay
+                    flows.recovered[debt.creditor] += pay
+                    flows.debt_fills += pay
+                    self._fund(claim.period, lot.issuer, pay)
+                    self._pay(claim.period, debt.creditor, "debt_recovery_credit_cents", pay,
+                              "funded")
                 if left == 0:
                     break
             assert left == 0
@@ -673,8 +688,9 @@ def test_random_claims_settle_exactly(app, migrated, scenario):
 
 def test_fixed_history_with_two_debts_settles_and_the_cli_verifies_it(app):
     """A deterministic run through the same checks, with what random runs reach rarely: two
-    debt lots of one member filled oldest first, part of one left, a late burn reversal, a
-    pending earn that fills no debt, new terms in month two; then `flask ledger verify`."""
+    debt lots of one member filled oldest first, the rest of one paid by a late burn reversal
+    (debt first), a pending earn that fills no debt, new terms in month two; then
+    `flask ledger verify`."""
     scenario = {"months": MONTH_PAIRS[0], "members": 2, "first_earn": 500, "split": 5,
                 "terms": [{"issue_price": "0.012345", "redemption_rate": "0.009",
                            "issuance_share": "0.73", "claim_fee": "0.013"},
@@ -699,9 +715,14 @@ def test_fixed_history_with_two_debts_settles_and_the_cli_verifies_it(app):
         s = db.session
         debts = s.execute(select(DebtLot.creditor_id, DebtLot.points, DebtLot.remaining)
                           .order_by(DebtLot.id)).all()
-        assert [tuple(d) for d in debts] == [("p0", 500, 0), ("p1", 150, 50)]
+        # p1's debt: 100 filled by the earn, the last 50 by the late burn reversal, whose 300
+        # points back to c0's lot (reversed into that debt) pay it first (debt first).
+        assert [tuple(d) for d in debts] == [("p0", 500, 0), ("p1", 150, 0)]
         march = json.loads(s.get(Statement, ("2026-03", "p1")).document)
         assert (march["points_debt_recovered"], march["points_funded"]) == (100, 300)
+        recovered = [json.loads(doc)["points_debt_recovered"] for doc in
+                     s.scalars(select(Statement.document).where(Statement.partner_id == "p1"))]
+        assert sum(recovered) == 150
         s.commit()
     result = app.test_cli_runner().invoke(args=["ledger", "verify"])
     assert result.exit_code == 0, result.output

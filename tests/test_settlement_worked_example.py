@@ -29,7 +29,7 @@ def test_the_worked_example(app, runner, tmp_path):
         cli(runner, "partners", "add-key", partner, "--public-key", str(tmp_path / f"{partner}.pub"))
         clients[partner] = PartnerClient("", partner, key, transport=transport_for(app))
     bakery, fuel, books = clients["bakery"], clients["fuel"], clients["books"]
-    for member in ("M1", "M2"):
+    for member in ("M1", "M2", "M3"):
         assert bakery.enrol(member).status == 201
 
     def ok(response, balance_after=None):
@@ -82,9 +82,21 @@ def test_the_worked_example(app, runner, tmp_path):
     boundary = ok(bakery.earn("e5", "M2", 77, occurred_at="2026-05-31T22:30:00Z"))
     assert (late["period"], late["late"]) == ("2026-06", True)
     assert (boundary["period"], boundary["late"]) == ("2026-06", False)
+    # Debt first: points given back to a lot whose earn was reversed into debt pay that debt.
+    ok(fuel.earn("f3", "M3", 400, occurred_at="2026-06-02T12:00:00Z"), 400)
+    ok(books.burn("k2", "M3", 300, occurred_at="2026-06-03T12:00:00Z"), 100)
+    ok(fuel.reverse("f3", "rf3", 400, occurred_at="2026-06-04T12:00:00Z"), -300)
+    ok(books.reverse("k2", "rk2", 300, occurred_at="2026-06-05T12:00:00Z"), 0)
+    assert bakery.balance("M3").json()["available"] == 0
     cli(runner, "settlement", "close", "2026-06")
-    june = cli(runner, "settlement", "show", "2026-06", "--partner", "bakery")["document"]
-    assert (june["claims"], june["late_claims"], june["points_issued"],
-            june["issuance_charge_cents"], june["net_cents"]) == (2, 1, 127, 254, -254)
-    assert june["terms"]["issue_price"] == "0.02"
+    june = {s["document"]["partner_id"]: s["document"]
+            for s in cli(runner, "settlement", "show", "2026-06")["partners"]}
+    assert (june["bakery"]["claims"], june["bakery"]["late_claims"],
+            june["bakery"]["points_issued"], june["bakery"]["issuance_charge_cents"],
+            june["bakery"]["net_cents"]) == (2, 1, 127, 254, -254)
+    assert june["bakery"]["terms"]["issue_price"] == "0.02"
+    expected = {"fuel": (2, 0, 0, 300, 300, 0, 180, 0, 1, 180, -1),
+                "books": (2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)}
+    for partner, numbers in expected.items():
+        assert tuple(june[partner][line] for line in lines) == numbers, partner
     assert cli(runner, "ledger", "verify")["ok"]
