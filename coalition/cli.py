@@ -1,6 +1,6 @@
 """Operator commands of the core:
 `members add|import|show|export|erase|suspicious|lock|unlock|unlock-pin|reset-pin`,
-`ledger verify|seal|anchor`, `audit list`, `points expire`.
+`ledger verify|seal|anchor`, `audit list`, `points expire|notices`.
 Every command prints JSON (`ledger seal --every`: one line per event), its errors too: every
 group is a JsonGroup. Commands that change state record who asked (`operator()`) in the audit
 log."""
@@ -25,14 +25,15 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import (audit, clock, config, consents, enrolment, expiry, member_erasure, member_export,
-               member_locks, pins, sealer, velocity)
+from . import (audit, clock, config, consents, enrolment, expiry, expiry_notices, member_erasure,
+               member_export, member_locks, pins, sealer, velocity)
 from . import members as member_service
 from .clock import iso_utc
 from .database import db
 from .decimals import plain
 from .errors import Problem, database_unavailable
 from .history import member_history
+from .periods import day_of
 from .verify import verify
 from .vocabulary import ID_PATTERN
 
@@ -219,6 +220,31 @@ def points_expire(as_of, chunk):
     what it committed; run it again). Running it twice books nothing the second time."""
     return expiry.expire(db.session, as_of=as_of, now=clock.now, chunk=chunk,
                          tz=current_app.config["COALITION_TIMEZONE"])
+
+
+def _day_or_today(ctx, param, value: str | None) -> date | None:
+    return None if value is None else _day(ctx, param, value)
+
+
+@points_cli.command("notices")
+@click.option("--within-days", "within_days", type=click.IntRange(0, expiry_notices.MAX_WINDOW_DAYS),
+              default=expiry_notices.NOTICE_DAYS, show_default=True,
+              help="list expiries whose last day lies from --as-of through this many days on")
+@click.option("--as-of", "as_of", callback=_day_or_today, metavar="YYYY-MM-DD",
+              help="the window's first day (coalition time zone); default today")
+def points_notices(within_days, as_of):
+    """For a mailing job: one JSON line per member whose points expire in the window (erased
+    members left out), {"member_id", "notices": [{"points", "expires_on", "notify_from"}]},
+    in order of enrolment; nothing when none. Reads only."""
+    tz = current_app.config["COALITION_TIMEZONE"]
+    now = clock.now()
+    try:
+        for line in expiry_notices.members_expiring(
+                db.session, first_day=as_of or day_of(now, tz)[0], within_days=within_days,
+                now=now, tz=tz):
+            click.echo(json.dumps(line, separators=(",", ":"), default=_json_default))
+    finally:
+        db.session.rollback()
 
 
 @members_cli.command("suspicious")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .periods import EXPIRY_POLICIES, MONTHLY, parse_cutoff
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -26,6 +28,25 @@ def _pin_log_n() -> int:
     return value
 
 
+def _expiry_policy() -> dict:
+    """POINTS_EXPIRY_POLICY, POINTS_EXPIRE_MONTHS and POINTS_EXPIRY_CUTOFF, checked: a bad
+    value stops the start with the setting named, rather than dating every new lot wrongly."""
+    policy = os.environ.get("POINTS_EXPIRY_POLICY", "").strip().lower() or MONTHLY
+    if policy not in EXPIRY_POLICIES:
+        raise ValueError(f"POINTS_EXPIRY_POLICY must be one of {', '.join(EXPIRY_POLICIES)}, "
+                         f"not {policy!r}.")
+    try:
+        months = _int("POINTS_EXPIRE_MONTHS", 36)
+    except ValueError:
+        months = -1
+    if not 0 <= months <= 1200:
+        raise ValueError("POINTS_EXPIRE_MONTHS must be a whole number of months from 0 to 1200.")
+    cutoff = os.environ.get("POINTS_EXPIRY_CUTOFF", "").strip() or "09-30"
+    parse_cutoff(cutoff)
+    return {"POINTS_EXPIRY_POLICY": policy, "POINTS_EXPIRE_MONTHS": months,
+            "POINTS_EXPIRY_CUTOFF": cutoff}
+
+
 def from_environment(instance_path: str) -> dict:
     default_db = "sqlite:///" + str(Path(instance_path) / "coalition.db")
     database_url = os.environ.get("DATABASE_URL") or default_db
@@ -37,7 +58,11 @@ def from_environment(instance_path: str) -> dict:
         "COALITION_AUDIENCE": os.environ.get("COALITION_AUDIENCE", "coalition"),
         "COALITION_TIMEZONE": os.environ.get("COALITION_TIMEZONE", "Europe/Berlin"),
         "MAX_CLAIM_AGE_DAYS": _int("MAX_CLAIM_AGE_DAYS", 30),
-        "POINTS_EXPIRE_MONTHS": _int("POINTS_EXPIRE_MONTHS", 36),
+        # Point expiry (coalition/periods.py, expiry_of): monthly (the end of the month
+        # POINTS_EXPIRE_MONTHS after the earn's month) or yearly (the end of the first
+        # POINTS_EXPIRY_CUTOFF day, MM-DD, at least that many months after the earn's month).
+        # A lot's expiry is fixed when it is earned: a change applies to earns booked after it.
+        **_expiry_policy(),
         "MAX_CONTENT_LENGTH": _int("MAX_BODY_BYTES", 1024 * 1024),
         "MAX_JSON_DEPTH": _int("MAX_JSON_DEPTH", 16),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),

@@ -230,6 +230,11 @@ class PartnerClient:
     def balance(self, member_id: str) -> Response:
         return self.request("GET", f"/v1/members/{_seg(member_id)}/balance")
 
+    def expiry_notices(self, member_id: str, within_days: Optional[int] = None) -> Response:
+        """The member's coming expiries within `within_days` days (the service's default: 30)."""
+        query = "" if within_days is None else f"?within_days={int(within_days)}"
+        return self.request("GET", f"/v1/members/{_seg(member_id)}/expiry-notices{query}")
+
     def earn(self, claim_id: str, member_id: str, points: int, occurred_at: Union[str, datetime, None] = None,
              pending_until: Union[str, datetime, None] = None, description: Optional[str] = None) -> Response:
         body: dict[str, Any] = {"claim_id": claim_id, "member_id": member_id, "points": points,
@@ -318,6 +323,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("enrol").add_argument("member")
     sub.add_parser("balance").add_argument("member")
+    n = sub.add_parser("expiry-notices")
+    n.add_argument("member")
+    n.add_argument("--within-days", type=int, default=None, help="default: 30")
     for name in ("earn", "burn"):
         c = sub.add_parser(name)
         c.add_argument("--claim-id", default=None, help="default: a fresh uuid4")
@@ -395,6 +403,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             resp = client.enrol(args.member)
         elif args.command == "balance":
             resp = client.balance(args.member)
+        elif args.command == "expiry-notices":
+            resp = client.expiry_notices(args.member, args.within_days)
         elif args.command in ("earn", "burn"):
             claim_id = args.claim_id or uuid.uuid4().hex
             if not args.claim_id:  # shown so a failed call can be retried idempotently with --claim-id

@@ -4,6 +4,7 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate
 
 from coalition.batch import MAX_ITEMS, Item
+from coalition.expiry_notices import MAX_WINDOW_DAYS, NOTICE_DAYS
 from coalition.fields import Identifier, Points, Rfc3339, StrictBoolean, StrictInteger, Text
 from coalition.pins import PIN_PATTERN, valid_pin
 from coalition.problems import Problem, validation_problem
@@ -109,6 +110,33 @@ class BalanceSchema(Schema):
     debt = fields.Integer(required=True, metadata={
         "description": "Points owed after an earn was reversed after they were spent."})
     expiring = fields.List(fields.Nested(ExpiringSchema), required=True)
+
+
+class ExpiryNoticesQuerySchema(StrictSchema):
+    within_days = QueryInteger(load_default=NOTICE_DAYS, validate=validate.Range(0, MAX_WINDOW_DAYS),
+                               metadata={"description": "The window: expiries whose last day lies "
+                                         f"from today through this many days on (0 to "
+                                         f"{MAX_WINDOW_DAYS}; default {NOTICE_DAYS})."})
+
+
+class ExpiryNoticeSchema(Schema):
+    points = fields.Integer(required=True, metadata={
+        "description": "Points that expire then unless spent before (pending ones included)."})
+    expires_on = fields.Date(required=True, metadata={
+        "description": "Last day (coalition time zone) on which these points can be spent."})
+    notify_from = fields.Date(required=True, metadata={
+        "description": f"From this day on ({NOTICE_DAYS} days before expires_on) the member "
+                       "should be told: show it on the receipt, in the app, by mail."})
+
+
+class ExpiryNoticesSchema(Schema):
+    EXAMPLE = {"member_id": "M-1001", "within_days": 30, "notices": [
+        {"points": 150, "expires_on": "2029-05-31", "notify_from": "2029-05-01"}]}
+    member_id = fields.String(required=True)
+    within_days = fields.Integer(required=True, metadata={
+        "description": "The window asked for, in days from today."})
+    notices = fields.List(fields.Nested(ExpiryNoticeSchema), required=True, metadata={
+        "description": "Each expiry in the window, earliest first; empty when none."})
 
 
 class ReversalRefSchema(Schema):

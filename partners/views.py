@@ -8,12 +8,14 @@ import re
 from datetime import datetime
 
 from flask import current_app, g
+from marshmallow import RAISE
 
 from coalition import batch as batches
 from coalition import clock, consents, ledger, members, pins
 from coalition.api import Blueprint, problems
 from coalition.database import db
 from coalition.errors import Problem
+from coalition.expiry_notices import for_member as expiry_notices_of
 from coalition.fields import ID_PATTERN
 
 from . import harvest, schemas
@@ -69,6 +71,27 @@ def balance(member_id: str):
     g.card = member_id
     view = members.balance(db.session, _known(member_id), now=_now(),
                            tz=current_app.config["COALITION_TIMEZONE"])
+    harvest.record_read(db.session, g.caller.partner_id, member_id, _now())
+    db.session.commit()
+    watch_for_harvesting(g.caller.partner_id)
+    return view
+
+
+@blp.route("/members/<member_id>/expiry-notices", methods=["GET"])
+@blp.doc(security=AUTH, summary="The member's coming expiries: how many points, when, and "
+         "from when to tell the member",
+         description="Every expiry of the member's points whose last day lies from today "
+                     "through `within_days` days on (coalition time zone), earliest first, as "
+                     "the member's lots stand now. `notify_from` is 30 days before "
+                     "`expires_on`: tell the member from then on.")
+@blp.arguments(schemas.ExpiryNoticesQuerySchema, location="query", unknown=RAISE)
+@blp.response(200, schemas.ExpiryNoticesSchema, example=schemas.ExpiryNoticesSchema.EXAMPLE,
+              description="The member's expiries in the window (none: an empty list)")
+@problems(blp, *COMMON, "validation-error", "not-found")
+def expiry_notices(query: dict, member_id: str):
+    g.card = member_id
+    view = expiry_notices_of(db.session, _known(member_id), now=_now(),
+                             tz=current_app.config["COALITION_TIMEZONE"], **query)
     harvest.record_read(db.session, g.caller.partner_id, member_id, _now())
     db.session.commit()
     watch_for_harvesting(g.caller.partner_id)

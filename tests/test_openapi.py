@@ -23,6 +23,8 @@ OPERATIONS = {
     ("/v1/members", "post"): {"malformed-request", "invalid-token", "validation-error",
                               "payload-too-large", "unsupported-media-type"},
     ("/v1/members/{member_id}/balance", "get"): {"invalid-token", "not-found"},
+    ("/v1/members/{member_id}/expiry-notices", "get"): {"invalid-token", "not-found",
+                                                        "validation-error"},
     ("/v1/earn", "post"): {"malformed-request", "invalid-token", "validation-error", "not-found",
                            "claim-id-conflict", "payload-too-large", "unsupported-media-type"},
     ("/v1/burn", "post"): {"malformed-request", "invalid-token", "validation-error", "not-found",
@@ -55,6 +57,8 @@ SUCCESS = {  # (path, method) -> {status: fields the contract promises}
     ("/v1/members", "post"): {"201": {"member_id"}, "200": {"member_id"}},
     ("/v1/members/{member_id}/balance", "get"): {
         "200": {"member_id", "available", "pending", "expiring"}},
+    ("/v1/members/{member_id}/expiry-notices", "get"): {
+        "200": {"member_id", "within_days", "notices"}},
     ("/v1/earn", "post"): {"201": CLAIM_FIELDS},
     ("/v1/burn", "post"): {"201": CLAIM_FIELDS},
     ("/v1/claims/{claim_id}/reversals", "post"): {"201": CLAIM_FIELDS},
