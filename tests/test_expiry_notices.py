@@ -95,6 +95,22 @@ def test_an_unknown_member_is_404_and_counts_as_a_card_asked_about(pinned, acme)
     assert acme.client.expiry_notices("not a card").status == 404
 
 
+def test_reads_and_unknown_cards_are_recorded_for_the_harvesting_watch(app, acme):
+    """As balance reads are: a read of a known member, and a question about an unknown card."""
+    from sqlalchemy import select
+
+    from coalition.models import Member
+    from partners.models import MemberLookup
+    assert acme.client.enrol("M1").status == 201
+    assert acme.client.expiry_notices("M1").status == 200
+    assert acme.client.expiry_notices("NOBODY-1").status == 404
+    with app.app_context():
+        pk = db.session.scalar(select(Member.id).where(Member.external_id == "M1"))
+        rows = db.session.execute(select(MemberLookup.partner_id, MemberLookup.member_id)
+                                  .order_by(MemberLookup.id)).all()
+    assert [tuple(r) for r in rows] == [("acme", pk), ("acme", None)]
+
+
 def test_the_window_is_checked(pinned, acme):
     assert acme.client.enrol("M1").status == 201
     for bad in ("367", "-1", "x", "1.5"):

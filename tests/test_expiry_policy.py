@@ -67,6 +67,14 @@ def test_monthly_across_daylight_saving_changes():
     assert monthly(berlin(2026, 10, 31, 1, 30), 0) == monthly(berlin(2026, 10, 31, 2, 30), 0)
     # Five months on, March 2027 ends after the change to summer time (28 March): 22:00 UTC.
     assert monthly(berlin(2026, 10, 31, 2, 30), 5) == (z(2027, 3, 31, 22), date(2027, 3, 31))
+    # A month ending on the last Sunday of October (31 Oct 2027, 25 hours long in Berlin) and
+    # one ending on the last Sunday of March (31 Mar 2030, 23 hours): spendable all day long.
+    ends, last = monthly(berlin(2026, 10, 25, 2, 30, fold=1), 12)
+    assert (ends, last) == (z(2027, 10, 31, 23), date(2027, 10, 31))
+    assert ends - berlin(2027, 10, 31) == timedelta(hours=25)
+    ends, last = monthly(berlin(2027, 3, 28, 3, 30), 36)
+    assert (ends, last) == (z(2030, 3, 31, 22), date(2030, 3, 31))
+    assert ends - berlin(2030, 3, 31) == timedelta(hours=23)
     # 31 Oct 23:30 local is October, 1 Nov 00:30 local is November (both 31 Oct in UTC).
     assert monthly(berlin(2026, 10, 31, 23, 30), 0)[1] == date(2026, 10, 31)
     assert monthly(berlin(2026, 11, 1, 0, 30), 0)[1] == date(2026, 11, 30)
@@ -268,4 +276,22 @@ def test_expiring_in_the_balance_is_what_will_expire(app, acme, monkeypatch, pol
     assert view["debt"] == 0
     assert view["expiring"] == [{"points": 10, "expires_on": expires_on[0].isoformat()},
                                 {"points": 50, "expires_on": expires_on[1].isoformat()}]
+    verify_clean()
+
+
+@pytest.mark.parametrize("policy, expected", [
+    (MONTHLY, [z(2026, 10, 31, 23)] * 3 + [z(2026, 11, 30, 23)]),
+    (YEARLY, [z(2026, 10, 31, 23)] * 3 + [z(2027, 10, 31, 23)]),
+])
+def test_earns_either_side_of_local_midnight_and_in_the_repeated_hour(app, acme, policy,
+                                                                      expected, verify_clean):
+    """The lots as booked: the repeated hour of 25 Oct 2026 (either fold) and 31 Oct 23:30 are
+    October; 1 Nov 00:30 (31 Oct in UTC) is November. Yearly with the cut-off 31 October."""
+    rules = use(app, policy, 0, (10, 31))
+    book(app, rules, "M1", "enrol", 0, berlin(2026, 10, 1))
+    for n, at in enumerate([berlin(2026, 10, 25, 2, 30), berlin(2026, 10, 25, 2, 30, fold=1),
+                            berlin(2026, 10, 31, 23, 30)]):
+        book(app, rules, "M1", f"e{n}", 1, at)
+    book(app, rules, "M1", "e9", 1, berlin(2026, 11, 1, 0, 30))
+    assert [at for _, at in lots(app)] == expected
     verify_clean()
