@@ -227,7 +227,8 @@ def _day_or_today(ctx, param, value: str | None) -> date | None:
 
 
 @points_cli.command("notices")
-@click.option("--within-days", "within_days", type=click.IntRange(0, expiry_notices.MAX_WINDOW_DAYS),
+@click.option("--within-days", "within_days",
+              type=click.IntRange(0, expiry_notices.MAX_WINDOW_DAYS),
               default=expiry_notices.NOTICE_DAYS, show_default=True,
               help="list expiries whose last day lies from --as-of through this many days on")
 @click.option("--as-of", "as_of", callback=_day_or_today, metavar="YYYY-MM-DD",

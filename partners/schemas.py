@@ -113,10 +113,11 @@ class BalanceSchema(Schema):
 
 
 class ExpiryNoticesQuerySchema(StrictSchema):
-    within_days = QueryInteger(load_default=NOTICE_DAYS, validate=validate.Range(0, MAX_WINDOW_DAYS),
-                               metadata={"description": "The window: expiries whose last day lies "
-                                         f"from today through this many days on (0 to "
-                                         f"{MAX_WINDOW_DAYS}; default {NOTICE_DAYS})."})
+    within_days = QueryInteger(
+        load_default=NOTICE_DAYS, validate=validate.Range(0, MAX_WINDOW_DAYS),
+        metadata={"description": "The window: expiries whose last day lies from today through "
+                                 f"this many days on (0 to {MAX_WINDOW_DAYS}; default "
+                                 f"{NOTICE_DAYS})."})
 
 
 class ExpiryNoticeSchema(Schema):

@@ -102,7 +102,8 @@ def test_yearly_cutoff_boundaries():
 def test_yearly_across_a_year_end():
     cutoff = (12, 31)
     # 31 Dec 23:30 local: December, N=0: the end of that very day, midnight CET.
-    assert yearly(berlin(2026, 12, 31, 23, 30), 0, cutoff) == (z(2026, 12, 31, 23), date(2026, 12, 31))
+    assert yearly(berlin(2026, 12, 31, 23, 30), 0, cutoff) == \
+        (z(2026, 12, 31, 23), date(2026, 12, 31))
     # An hour later (still 31 December in UTC) it is January: a year later.
     assert yearly(berlin(2027, 1, 1, 0, 30), 0, cutoff) == (z(2027, 12, 31, 23), date(2027, 12, 31))
     assert yearly(berlin(2026, 12, 31, 23, 30), 12, (9, 30))[1] == date(2028, 9, 30)
@@ -241,7 +242,8 @@ def test_points_expire_books_yearly_lots_at_the_cutoff(app, acme, runner, verify
         assert sorted((p, as_utc(occurred), period) for p, occurred, period in booked) == \
             [(40, z(2026, 9, 30, 22), "2026-10"), (100, z(2026, 9, 30, 22), "2026-10")]
         view = balance(db.session, "M1", now=z(2026, 10, 2), tz=TZ)
-        assert (view["available"], view["expiring"]) == (7, [{"points": 7, "expires_on": date(2027, 9, 30)}])
+        assert view["available"] == 7
+        assert view["expiring"] == [{"points": 7, "expires_on": date(2027, 9, 30)}]
     verify_clean()
 
 
