@@ -74,24 +74,23 @@ def _grouped(rows, tz: str) -> list[dict]:
 def members_expiring(session: Session, *, first_day: date, within_days: int, now: datetime,
                      tz: str, batch: int = 1000) -> Iterator[dict]:
     """Every member (with a card) whose points expire in the window, in order of member, each
-    with its notices; read a batch of members at a time."""
+    with its notices. One query over the lots due in the window, streamed `batch` rows at a
+    time (a server-side cursor on PostgreSQL): the lots are read once, and only one member's
+    are held here at a time, however many members the window holds."""
     after, until = window(first_day, within_days, tz, now)
-    due = (Lot.remaining > literal_column("0"), Lot.expires_at > after, Lot.expires_at <= until)
-    last = 0
-    while True:
-        members = session.execute(
-            select(Member.id, Member.external_id).where(
-                Member.id > last, Member.external_id.is_not(None),
-                Member.id.in_(select(Lot.member_id).where(*due)))
-            .order_by(Member.id).limit(batch)).all()
-        if not members:
-            return
-        cards = dict(members)
-        lots: dict[int, list] = {pk: [] for pk in cards}
-        for pk, at, points in session.execute(
-                select(Lot.member_id, Lot.expires_at, Lot.remaining)
-                .where(Lot.member_id.in_(cards), *due).order_by(Lot.member_id, Lot.expires_at)):
-            lots[pk].append((at, points))
-        for pk, card in cards.items():
-            yield {"member_id": card, "notices": _grouped(lots[pk], tz)}
-        last = members[-1][0]
+    rows = session.execute(
+        select(Lot.member_id, Member.external_id, Lot.expires_at, Lot.remaining)
+        .join(Member, Member.id == Lot.member_id)
+        .where(Lot.remaining > literal_column("0"), Lot.expires_at > after,
+               Lot.expires_at <= until, Member.external_id.is_not(None))
+        .order_by(Lot.member_id, Lot.expires_at)
+        .execution_options(yield_per=batch))
+    member, card, lots = None, None, []
+    for pk, external_id, at, points in rows:
+        if pk != member:
+            if lots:
+                yield {"member_id": card, "notices": _grouped(lots, tz)}
+            member, card, lots = pk, external_id, []
+        lots.append((at, points))
+    if lots:
+        yield {"member_id": card, "notices": _grouped(lots, tz)}
