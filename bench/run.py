@@ -9,7 +9,9 @@
 3. The floor app (bench/floor_app.py) under the same gunicorn settings, on the same database.
    Single earns (bench/load.py: pre-signed tokens, 8 client processes, keep-alive) against
    each: a warm-up, then measured runs, the service and the floor taking turns round by round.
-   Every earn answered 2xx must be a row in the database afterwards.
+   Every earn answered 2xx must be a row in the database afterwards. Then batches of 1,000
+   earns (POST /v1/batches) against the same service: claims per second, against the single
+   earns and against raw COPY.
 4. Raw PostgreSQL at the same concurrency: INSERT+COMMIT per row, COPY (bench/pg_baselines.py);
    and one GROUP BY over the service's journal.
    Bulk enrolment: `flask members import` of a CSV of new card numbers, then of the same file
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -56,6 +59,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # .venv/bin: gunicorn and flask beside the interpreter
 PORTS = range(18000, 18100)
 PARTNER = "bench-shop"
+BATCH_SIZE = 1000  # earns per batch (the most POST /v1/batches takes)
+BATCH_MAX_RATE = 8000  # claims per second the pre-made batches last for
 SIZES = {  # rounds of HTTP runs, seconds per run, seconds of raw inserts, COPY rows per client,
     # card numbers in the members import's CSV
     "default": {"rounds": 2, "duration": 30, "warmup": 5, "raw_duration": 10, "copy_rows": 50_000,
@@ -335,7 +340,8 @@ def machine() -> dict:
 
 
 def ratio(a: load.Result, b: load.Result) -> float:
-    return a.rate / b.rate if b.rate else float("nan")
+    """Claims (or rows) per second against claims per second: a batch counts its items."""
+    return a.claims_rate / b.claims_rate if b.claims_rate else float("nan")
 
 
 def table(rows: list[tuple]) -> str:
@@ -346,7 +352,7 @@ def table(rows: list[tuple]) -> str:
         p50 = f"{result.percentile(0.5):.1f}" if note != "batch" else "-"
         p99 = f"{result.percentile(0.99):.1f}" if note != "batch" else "-"
         mark = "  FAILED" if result.failed else ""
-        lines.append(f"{name:<30} {result.rate:>10,.0f} {p50:>8} {p99:>8} {r:>7}  "
+        lines.append(f"{name:<30} {result.claims_rate:>10,.0f} {p50:>8} {p99:>8} {r:>7}  "
                      f"{base.name if base is not None else '-'}{mark}")
     return "\n".join(lines)
 
@@ -414,6 +420,18 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
         service_run, floor_run = (runs[name][-1] for name in targets)
         log(f"round {round_no}: service {service_run.rate:.0f}/s, floor {floor_run.rate:.0f}/s, "
             f"ratio {ratio(service_run, floor_run):.2f}")
+    # Batches of earns, against the same service after its single earns: claims per second,
+    # tokens and bodies made before the clock starts, for up to BATCH_MAX_RATE claims/s.
+    per_client = math.ceil(BATCH_MAX_RATE * args.duration / BATCH_SIZE / args.clients)
+    log(f"batches of {BATCH_SIZE} earns: {args.duration:.0f} s "
+        f"({per_client} batches per client made beforehand)")
+    batches = load.run(f"service batch earn ({BATCH_SIZE}/batch)", service.url, "/v1/batches",
+                       signer, load.batch_bodies(load.member_ids(args.members), per_client,
+                                                 BATCH_SIZE),
+                       clients=args.clients, duration=args.duration, per_request=BATCH_SIZE)
+    answered["service single earn"] += batches.ok * BATCH_SIZE  # every item must be a row
+    log(f"batches: {batches.claims_rate:,.0f} claims/s, p50 {batches.percentile(0.5):.0f} ms "
+        "per batch")
     for server in (service, floor):
         server.stop()
     earns, floor_earns = (load.merge(name, runs[name]) for name in targets)
@@ -485,13 +503,15 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
                         f"{booked_again} new journal rows")
     history_earns, floor_again = later[history_name], later["floor single earn (again)"]
 
-    results = [earns, floor_earns, insert, copy, enrol, imported, reimported, *close_results,
+    results = [earns, floor_earns, batches, insert, copy, enrol, imported, reimported, *close_results,
                history_earns, floor_again]
     for result in results:
         if result.failed:
             problems.append(f"{result.name}: {json.dumps(result.summary())}")
     rows = [("service single earn", earns, floor_earns, ""),
             ("floor single earn", floor_earns, insert, ""),
+            (f"service batch earn ({BATCH_SIZE}/b)", batches, earns, ""),
+            ("  the same, against COPY", batches, copy, ""),
             ("raw INSERT+COMMIT (rows/s)", insert, copy, ""),
             (f"raw COPY (rows/s, {pg_baselines.COPY_BATCH}/batch)", copy, None, "batch"),
             ("service enrol (setup)", enrol, None, ""),
