@@ -458,18 +458,30 @@ def book_reversal(session: Session, *, partner_id: str, claim_id: str, reversal_
 
 
 def _reverse_earn(session: Session, target: Entry, member: Member, points: int):
-    """Take the points out of the earn's lot; what was spent already becomes a debt lot."""
+    """Take the points out of the earn's lot: what is left of it, then what of it expired
+    (taken from breakage: the points left the member when they expired, so the member owes
+    nothing for them), and only what was spent becomes a debt lot."""
     lot = session.scalars(select(Lot).where(Lot.entry_id == target.id)).one()
     take = min(points, lot.remaining)
-    shortfall = points - take
+    expired = int(session.scalar(select(func.coalesce(func.sum(Consumption.points), 0))
+                                 .where(Consumption.lot_id == lot.id,
+                                        Consumption.kind == ConsumptionKind.EXPIRY)))
+    unexpire = min(points - take, expired)
+    shortfall = points - take - unexpire
     lot.remaining -= take
     member.balance -= take
     member.debt += shortfall
-    consumptions = ([Consumption(lot_id=lot.id, kind=ConsumptionKind.EARN_REVERSAL, points=take)]
-                    if take else [])
+    consumptions = []
+    if unexpire:  # the expired points given back to the lot, and taken out with the rest
+        consumptions.append(Consumption(lot_id=lot.id, kind=ConsumptionKind.EXPIRY,
+                                        points=-unexpire))
+    if take + unexpire:
+        consumptions.append(Consumption(lot_id=lot.id, kind=ConsumptionKind.EARN_REVERSAL,
+                                        points=take + unexpire))
     debt = DebtLot(member_id=member.id, creditor_id=target.partner_id, points=shortfall,
                    remaining=shortfall) if shortfall else None
     return consumptions, debt, {member_account(member.id): -take, Account.DEBT: -shortfall,
+                                Account.EXPIRED: -unexpire,
                                 issued_account(target.partner_id): points}
 
 

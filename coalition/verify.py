@@ -92,9 +92,13 @@ def _verify_entries(session: Session, report: Report) -> int:
                                and consumed[e, ConsumptionKind.EXPIRY] == entry.points),
         }.get(entry.kind)
         if entry.kind == EntryKind.REVERSAL and target_kind == EntryKind.EARN:
+            # Expired points of the lot come back from breakage (expiry consumption < 0).
             taken, owed = consumed[e, ConsumptionKind.EARN_REVERSAL], debts.get(e, 0)
+            unexpired = -consumed[e, ConsumptionKind.EXPIRY]
             expected = (postings.get(issued) == entry.points and taken + owed == entry.points
-                        and member == -taken and postings.get(Account.DEBT, 0) == -owed)
+                        and unexpired >= 0 and member == -(taken - unexpired)
+                        and postings.get(Account.DEBT, 0) == -owed
+                        and postings.get(Account.EXPIRED, 0) == -unexpired)
         elif entry.kind == EntryKind.REVERSAL and target_kind == EntryKind.BURN:
             # Points back to a lot whose earn was reversed into debt pay that debt first.
             expected = (postings.get(redeemed) == -entry.points

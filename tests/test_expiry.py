@@ -175,3 +175,34 @@ with app.app_context():
     assert rest["lots_expired"] == 40 - partial
     assert len(entries(app)) == 40
     verify_clean()
+
+
+def test_reversing_an_earn_whose_points_expired_takes_them_from_breakage_not_the_member(
+        short_lived, acme, bolt, verify_clean):
+    """The expired part of the earn's lot comes back from the expired account; only the part
+    the member spent becomes a debt."""
+    from coalition import ledger
+    app = short_lived
+    acme.client.enrol("M1")
+    acme.client.earn("a1", "M1", 100, occurred_at=ago(minutes=10))
+    assert bolt.client.burn("b1", "M1", 30, occurred_at=ago(minutes=9)).status == 201
+    assert run(app)["points_expired"] == 70
+    later = next_month_start() + timedelta(days=1)
+    with app.app_context():
+        s = db.session
+
+        def reverse(rid, points):
+            booked = ledger.book_reversal(s, partner_id="acme", claim_id="a1", reversal_id=rid,
+                                          points=points, occurred_at=later - timedelta(minutes=1),
+                                          now=later, rules=app.config["LEDGER_RULES"])
+            s.commit()
+            return {p.account: p.points for p in booked.entry.postings}
+
+        assert reverse("r1", 80) == {"expired": -70, "debt": -10, "issued:acme": 80}
+        assert reverse("r2", 20) == {"debt": -20, "issued:acme": 20}  # nothing expired is left
+        member = find(s, "M1")
+        assert (member.balance, member.debt) == (0, 30)
+        assert s.scalar(select(func.sum(Lot.remaining))) == 0
+        flows = month_flows(s, period_of(later, TZ))
+        assert dict(flows.expired) == {"acme": 0}  # expired 70, given back 70: no breakage
+    verify_clean()
