@@ -39,7 +39,7 @@ from typing import Callable
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from . import batch_sql, books, claim_sql, ledger, redemption
+from . import batch_sql, books, claim_limits, claim_sql, ledger, redemption
 from .claim_sql import Holder, Situation
 from .models import Member
 from .problems import Problem
@@ -136,6 +136,7 @@ class _Batch:
     booked_here: dict[str, _Booking] = field(default_factory=dict)  # by claim id
     unwritten: list[_Booking] = field(default_factory=list)
     redeemed_unwritten: int = 0
+    limited: claim_limits.Unwritten = field(default_factory=claim_limits.Unwritten)
     next_ref: int = -1
 
     def run(self, items: list[Item | Problem]) -> list[Outcome]:
@@ -258,7 +259,15 @@ class _Batch:
             claim_id=f["claim_id"], points=f["points"], occurred_at=f["occurred_at"],
             now=self.now, rules=self.rules, pending_until=f.get("pending_until"),
             description=f.get("description"))
+        self._within_limits(holder.id, EntryKind.EARN, f["points"])
         return self._book(member, f["member_id"], entry, postings, writes)
+
+    def _within_limits(self, member_pk: int, kind: str, points: int) -> None:
+        """claim_limits.check, counting the batch's claims planned before this one."""
+        claim_limits.check(self.session, self.rules.limits, kind=kind, member_pk=member_pk,
+                           partner_id=self.partner_id, points=points, now=self.now,
+                           tz=self.rules.timezone, unwritten=self.limited)
+        self.limited.add(member_pk, kind, points)
 
     def _burn(self, index: int, f: dict, fp: str) -> Outcome:
         member = self._member(index, f["member_id"], with_lots=True)
@@ -279,6 +288,7 @@ class _Batch:
             fp=fp, partner_id=self.partner_id, claim_id=f["claim_id"], points=f["points"],
             occurred_at=f["occurred_at"], now=self.now, rules=self.rules,
             description=f.get("description"))
+        self._within_limits(member.holder.id, EntryKind.BURN, f["points"])
         grant.done()
         self.redeemed_unwritten += f["points"]
         return self._book(member, f["member_id"], entry, postings, writes)
@@ -369,3 +379,4 @@ class _Batch:
         self.unwritten = []
         self.rows = batch_sql.Rows()
         self.redeemed_unwritten = 0
+        self.limited = claim_limits.Unwritten()

@@ -14,6 +14,16 @@ def _int(name: str, default: int) -> int:
     return default if raw in (None, "") else int(raw)
 
 
+def _limit(name: str) -> int | None:
+    """An optional limit: unset or empty is no limit; otherwise a whole number of at least 1."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1 (or unset: no limit).")
+    return int(raw)
+
+
 def _given(names) -> dict[str, str]:
     """The settings among `names` that the environment sets (to something not empty)."""
     return {name: os.environ[name] for name in names if os.environ.get(name) not in (None, "")}
@@ -63,6 +73,10 @@ def from_environment(instance_path: str) -> dict:
         # POINTS_EXPIRY_CUTOFF day, MM-DD, at least that many months after the earn's month).
         # A lot's expiry is fixed when it is earned: a change applies to earns booked after it.
         **_expiry_policy(),
+        # Fraud limits on claims (coalition/claim_limits.py), each off unless set.
+        "MEMBER_DAILY_REDEEM_LIMIT": _limit("MEMBER_DAILY_REDEEM_LIMIT"),
+        "MEMBER_CLAIMS_PER_MINUTE": _limit("MEMBER_CLAIMS_PER_MINUTE"),
+        "PARTNER_DAILY_ISSUE_LIMIT": _limit("PARTNER_DAILY_ISSUE_LIMIT"),
         "MAX_CONTENT_LENGTH": _int("MAX_BODY_BYTES", 1024 * 1024),
         "MAX_JSON_DEPTH": _int("MAX_JSON_DEPTH", 16),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),

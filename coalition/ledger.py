@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from . import books, claim_sql, pins, redemption
+from . import books, claim_limits, claim_sql, pins, redemption
 from .clock import as_utc, iso_utc
 from .hashing import canonical, sha256_hex
 from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
@@ -38,6 +38,7 @@ class Rules:
     pin_log_n: int = pins.DEFAULT_LOG_N  # scrypt cost of member PINs: n = 2**pin_log_n
     expiry_policy: str = MONTHLY  # or YEARLY: periods.expiry_of
     expiry_cutoff: tuple[int, int] = (9, 30)  # the yearly policy's day, (month, day)
+    limits: claim_limits.ClaimLimits = claim_limits.NO_LIMITS  # fraud limits on claims
 
     @classmethod
     def from_config(cls, config) -> Rules:
@@ -45,7 +46,8 @@ class Rules:
                    config["POINTS_EXPIRE_MONTHS"],
                    config.get("PIN_SCRYPT_LOG_N", pins.DEFAULT_LOG_N),
                    config.get("POINTS_EXPIRY_POLICY", MONTHLY),
-                   parse_cutoff(config.get("POINTS_EXPIRY_CUTOFF", "09-30")))
+                   parse_cutoff(config.get("POINTS_EXPIRY_CUTOFF", "09-30")),
+                   claim_limits.ClaimLimits.from_config(config))
 
     def expiry_of(self, occurred_at: datetime) -> tuple[datetime, date]:
         """When a lot earned at `occurred_at` expires under these rules: fixed at the earn, so
@@ -236,7 +238,10 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
             holder, known, lambda: claim_sql.open_debt_lots(session, holder.id), fp=fp,
             partner_id=partner_id, claim_id=claim_id, points=points, occurred_at=occurred_at,
             now=now, rules=rules, pending_until=pending_until, description=description)
-    return _write(session, holder, plan(known), plan, lambda: claim_sql.earn_situation(
+    planned = plan(known)
+    claim_limits.check(session, rules.limits, kind=EntryKind.EARN, member_pk=holder.id,
+                       partner_id=partner_id, points=points, now=now, tz=rules.timezone)
+    return _write(session, holder, planned, plan, lambda: claim_sql.earn_situation(
         session, partner_id=partner_id, claim_id=claim_id, member_pk=holder.id, now=now))
 
 
@@ -297,6 +302,8 @@ def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     check_window(occurred_at, now, rules)
     grant = authorise_burn(session, holder, partner_id=partner_id, points=points, policy=policy,
                            member_pin=member_pin, now=now, rules=rules)
+    claim_limits.check(session, rules.limits, kind=EntryKind.BURN, member_pk=holder.id,
+                       partner_id=partner_id, points=points, now=now, tz=rules.timezone)
 
     def plan(known: claim_sql.Situation):
         return plan_burn(holder, known, fp=fp, partner_id=partner_id, claim_id=claim_id,

@@ -103,7 +103,7 @@ def expiry_notices(query: dict, member_id: str):
 @blp.arguments(schemas.EarnSchema)
 @blp.response(201, schemas.ClaimSchema, description="Booked (or, with Idempotent-Replayed, booked "
               "before: the same claim sent again)")
-@problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict")
+@problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict", "limit-exceeded")
 def earn(body: dict):
     g.card = body["member_id"]  # "no such member" counts as asking about an unknown card
     return _book(ledger.book_earn, **body)
