@@ -26,6 +26,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule, run_state_machine_as_test)
 from sqlalchemy import func, select
 
+from coalition import member_locks
 from coalition.database import db
 from coalition.models import DebtLot, Lot, Member
 from coalition.verify import verify
@@ -133,6 +134,7 @@ def nonzero_sums(pairs) -> dict:
 class Model:
     def __init__(self) -> None:
         self.lots: dict[str, ModelLot] = {}  # by the claim id of the earn that made the lot
+        self.locked: set[str] = set()  # members the operator locked: no burns, earns book
         self.debts: list[Debt] = []  # oldest first: the order earns pay them off
 
     def debt(self, member: str) -> int:
@@ -160,6 +162,8 @@ class Model:
         after it, or raises Rejected leaving the model as it was."""
         if not now - MAX_AGE <= claim.occurred <= now + MAX_FUTURE:
             raise Rejected(422, "validation-error")
+        if claim.kind == "burn" and claim.member in self.locked:
+            raise Rejected(403, "member-locked")
         if claim.kind == "earn":
             self._earn(claim, now)
         elif claim.kind == "burn":
@@ -457,6 +461,16 @@ class LedgerMachine(RuleBasedStateMachine):
         self.suspended.add(partner)
         # Reads too: a suspended partner is refused whatever it asks.
         expect_problem(self.clients[partner].balance(self.members[0]), 401, "partner-suspended")
+
+    @rule(m=INDEX)
+    def lock_or_unlock(self, m) -> None:
+        """The operator locks a member against redemption, or lifts the lock (one rule)."""
+        member = pick(self.members, m)
+        with self.app.app_context():
+            change = member_locks.unlock if member in self.model.locked else member_locks.lock
+            change(db.session, member, "state machine", now=self.now, actor=OPERATOR)
+            db.session.commit()
+        self.model.locked ^= {member}
 
     @rule(seconds=st.one_of(CLOCK, st.none()))
     def advance_clock(self, seconds) -> None:
