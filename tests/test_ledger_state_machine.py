@@ -18,6 +18,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -26,7 +27,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule, run_state_machine_as_test)
 from sqlalchemy import func, select
 
-from coalition import member_locks
+from coalition import expiry, member_locks
 from coalition.database import db
 from coalition.models import DebtLot, Lot, Member
 from coalition.verify import verify
@@ -39,6 +40,7 @@ UTC = timezone.utc
 # Four days before Berlin's DST starts and a week before April: runs that move the clock on
 # book into two months and hold lots of two expiry dates.
 START = datetime(2026, 3, 25, 9, 0, tzinfo=UTC)
+TIMEZONE = "Europe/Berlin"  # COALITION_TIMEZONE's default
 DAY = 86400
 MAX_AGE = timedelta(days=30)  # MAX_CLAIM_AGE_DAYS' default
 MAX_FUTURE = timedelta(minutes=5)
@@ -105,9 +107,12 @@ class ModelLot:
     occurred: datetime
     available_at: datetime | None  # None: spendable from the start
     seq: int
+    expired: bool = False  # past its expiry (the clock jumped beyond it)
+    expired_points: int = 0  # booked to the expired account, net of what reversals took back
 
     def spendable(self, now: datetime) -> bool:
-        return self.remaining > 0 and (self.available_at is None or self.available_at <= now)
+        return (self.remaining > 0 and not self.expired
+                and (self.available_at is None or self.available_at <= now))
 
     def burn_order(self) -> tuple:
         # First-expiring first: a lot's expiry grows with its occurred_at (the end of a month
@@ -146,10 +151,19 @@ class Model:
 
     def pending(self, member: str, now: datetime) -> int:
         return sum(lot.remaining for lot in self.lots.values() if lot.member == member
-                   and lot.available_at is not None and lot.available_at > now)
+                   and not lot.expired and lot.available_at is not None and lot.available_at > now)
 
     def held(self, member: str) -> int:
-        return sum(lot.remaining for lot in self.lots.values() if lot.member == member)
+        """What the balance lists as expiring: the points of lots not yet expired."""
+        return sum(lot.remaining for lot in self.lots.values()
+                   if lot.member == member and not lot.expired)
+
+    def expire_all(self) -> None:
+        """Every lot is past its expiry, and the expiry run books what it holds."""
+        for lot in self.lots.values():
+            lot.expired = True
+            lot.expired_points += lot.remaining
+            lot.remaining = 0
 
     def by_issuer(self) -> dict[tuple[str, str], int]:
         return nonzero_sums(((lot.member, lot.issuer), lot.remaining) for lot in self.lots.values())
@@ -206,6 +220,9 @@ class Model:
             lot = self.lots[target.cid]
             take = min(claim.points, lot.remaining)
             lot.remaining -= take
+            unexpire = min(claim.points - take, lot.expired_points)  # from breakage, not debt
+            lot.expired_points -= unexpire
+            take += unexpire
             if claim.points > take:  # spent already: the member owes the rest
                 self.debts.append(Debt(target.member, target.partner, claim.points - take,
                                        target.cid))
@@ -273,6 +290,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.partners: list[str] = []
         self.members: list[str] = []
         self.suspended: set[str] = set()
+        self.expiry_runs = 0
 
     @property
     def now(self) -> datetime:
@@ -471,6 +489,18 @@ class LedgerMachine(RuleBasedStateMachine):
             change(db.session, member, "state machine", now=self.now, actor=OPERATOR)
             db.session.commit()
         self.model.locked ^= {member}
+
+    @precondition(lambda self: self.expiry_runs < 2)
+    @rule()
+    def expire_everything(self) -> None:
+        """The clock jumps past every lot's expiry (38 months: a lot expires at most 37 months
+        after its earn) and the operator's expiry run books them; claims go on from there."""
+        self.clock.now += timedelta(days=38 * 31)
+        as_of = (self.now - timedelta(hours=1)).astimezone(ZoneInfo(TIMEZONE)).date()
+        with self.app.app_context():
+            expiry.expire(db.session, as_of=as_of, now=lambda: self.now, tz=TIMEZONE)
+        self.model.expire_all()
+        self.expiry_runs += 1
 
     @rule(seconds=st.one_of(CLOCK, st.none()))
     def advance_clock(self, seconds) -> None:
