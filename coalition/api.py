@@ -112,9 +112,9 @@ HEADERS = {  # component id -> (header name, header object)
         "schema": {"type": "integer", "minimum": 1},
         "example": 30}),
     "IdempotentReplayed": ("Idempotent-Replayed", {
-        "description": "`true` when this claim id was booked before with the same content: the "
-                       "answer is that booking, replayed, and nothing new was booked. Absent on "
-                       "the first booking.",
+        "description": "`true` when this claim id (or hold id) was booked before with the same "
+                       "content: the answer is that booking, replayed, and nothing new was "
+                       "booked. Absent on the first booking.",
         "schema": {"type": "string", "enum": ["true"]}}),
     "ContentDisposition": ("Content-Disposition", {
         "description": "CSV and PDF answers: an attachment, with a file name.",
@@ -177,6 +177,7 @@ def path_parameter(name: str, pattern: str, description: str, **schema) -> None:
 path_parameter("member_id", ID_PATTERN, "The member's id (card number), as enrolled.")
 path_parameter("claim_id", ID_PATTERN, "One of the caller's claims: the claim_id of an earn or "
                "burn, or the reversal_id of a reversal.")
+path_parameter("hold_id", ID_PATTERN, "One of the caller's holds: the hold_id it was placed with.")
 path_parameter("slug", r"^[a-z]+(-[a-z]+)*$", "A problem type's slug.", enum=sorted(SLUGS))
 
 

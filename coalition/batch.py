@@ -198,6 +198,8 @@ class _Batch:
                    if f["member_id"] in self.pk_of}
         earning = [h.id for h in holders if h.id not in burning]
         points = batch_sql.spendable_points(session, earning, self.now)
+        # A batch holds no holds: what they reserve stays as read here for all its claims.
+        self.held = batch_sql.held_points(session, [h.id for h in holders], self.now)
         lots = batch_sql.spendable_lots(session, sorted(burning), self.now)
         self.members = {h.id: _Member(h, points.get(h.id, 0), None) for h in holders
                         if h.id not in burning}
@@ -254,7 +256,8 @@ class _Batch:
         member = self._member(index, f["member_id"])
         holder = member.holder
         entry, postings, writes = ledger.plan_earn(
-            holder, Situation(None, self.closed_through, spendable=member.spendable),
+            holder, Situation(None, self.closed_through, spendable=member.spendable,
+                              held=self.held.get(holder.id, 0)),
             lambda: self._debts(member), fp=fp, partner_id=self.partner_id,
             claim_id=f["claim_id"], points=f["points"], occurred_at=f["occurred_at"],
             now=self.now, rules=self.rules, pending_until=f.get("pending_until"),
@@ -284,7 +287,8 @@ class _Batch:
                 member.holder = replace(member.holder, pin_locked_at=loaded.pin_locked_at)
         entry, postings, writes = ledger.plan_burn(
             member.holder, Situation(None, self.closed_through,
-                                     lots=[(x.id, x.remaining) for x in member.lots]),
+                                     lots=[(x.id, x.remaining) for x in member.lots],
+                                     held=self.held.get(member.holder.id, 0)),
             fp=fp, partner_id=self.partner_id, claim_id=f["claim_id"], points=f["points"],
             occurred_at=f["occurred_at"], now=self.now, rules=self.rules,
             description=f.get("description"))

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 from .claim_sql import HOLDER, Holder, refresh_loaded
 from .clock import as_utc
 from .database import is_sqlite
-from .models import ClosedPeriod, Consumption, DebtLot, Entry, Lot, Member, Posting
-from .vocabulary import spendable
+from .models import ClosedPeriod, Consumption, DebtLot, Entry, Hold, Lot, Member, Posting
+from .vocabulary import held_now, spendable
 
 # --- reads -----------------------------------------------------------------------------------
 
@@ -93,6 +93,16 @@ def spendable_points(session: Session, pks: list[int], now: datetime) -> dict[in
     rows = session.connection().execute(
         select(Lot.member_id, func.sum(Lot.remaining))
         .where(Lot.member_id.in_(pks), spendable(Lot, now)).group_by(Lot.member_id))
+    return {pk: int(points) for pk, points in rows}
+
+
+def held_points(session: Session, pks: list[int], now: datetime) -> dict[int, int]:
+    """The points the members' open holds reserve (what is not available to their burns)."""
+    if not pks:
+        return {}
+    rows = session.connection().execute(
+        select(Hold.member_id, func.sum(Hold.points))
+        .where(Hold.member_id.in_(pks), held_now(Hold, now)).group_by(Hold.member_id))
     return {pk: int(points) for pk, points in rows}
 
 

@@ -25,10 +25,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from . import audit
-from .models import Entry
+from .models import Entry, Hold
 from .periods import day_of
 from .problems import Refusal
-from .vocabulary import EntryKind
+from .vocabulary import EntryKind, held_now
 
 WINDOW = timedelta(minutes=1)
 MEMBER_DAILY_REDEEM = "member-daily-redeem"
@@ -68,47 +68,61 @@ class Unwritten:
 
 def check(session: Session, limits: ClaimLimits, *, kind: str, member_pk: int, partner_id: str,
           points: int, now: datetime, tz: str, unwritten: Unwritten | None = None) -> None:
-    """Raise the Refusal of an earn or burn that would cross a limit (audited)."""
+    """Raise the Refusal of an earn or burn that would cross a limit (audited). A hold
+    (coalition/holds.py) is checked as a burn: the member's holds placed in the window count as
+    claims, and those still open, placed today, as redeemed."""
     if limits == NO_LIMITS:
         return
     unwritten = unwritten or Unwritten()
     day, start, end = day_of(now, tz)
     if limits.member_claims_per_minute is not None:
-        recent = _count(session, Entry.member_id == member_pk, Entry.recorded_at > now - WINDOW,
+        since = now - WINDOW
+        recent = _count(Entry, Entry.member_id == member_pk, Entry.recorded_at > since,
                         Entry.kind.in_((EntryKind.EARN, EntryKind.BURN)))
-        used = recent + unwritten.claims[member_pk]
-        if used + 1 > limits.member_claims_per_minute:
-            _hit(session, MEMBER_CLAIMS_PER_MINUTE, limits.member_claims_per_minute, used, 1,
-                 subject=f"member-id:{member_pk}", now=now, window="60 s",
-                 detail=f"The member's limit of {limits.member_claims_per_minute} claims per "
-                        f"minute would be exceeded: {used} in the last 60 seconds.")
+        held = _count(Hold, Hold.member_id == member_pk, Hold.created_at > since)
+        used = int(session.scalar(select(recent + held))) + unwritten.claims[member_pk]
+        _within(session, MEMBER_CLAIMS_PER_MINUTE, limits.member_claims_per_minute, used, 1,
+                subject=f"member-id:{member_pk}", now=now, window="60 s",
+                detail=f"The member's limit of {limits.member_claims_per_minute} claims per "
+                       f"minute would be exceeded: {used} in the last 60 seconds.")
     if kind == EntryKind.BURN and limits.member_daily_redeem is not None:
-        used = _sum(session, Entry.member_id == member_pk, Entry.kind == EntryKind.BURN,
-                    Entry.recorded_at >= start, Entry.recorded_at < end)
-        used += unwritten.redeemed[member_pk]
-        if used + points > limits.member_daily_redeem:
-            _hit(session, MEMBER_DAILY_REDEEM, limits.member_daily_redeem, used, points,
-                 subject=f"member-id:{member_pk}", now=now, window=day.isoformat(),
-                 detail=f"The member's daily redemption limit of {limits.member_daily_redeem} "
-                        f"points would be exceeded: {used} redeemed today ({day.isoformat()}, "
-                        f"{tz}), {points} requested.")
+        burned = _sum(Entry, Entry.member_id == member_pk, Entry.kind == EntryKind.BURN,
+                      Entry.recorded_at >= start, Entry.recorded_at < end)
+        held = _sum(Hold, Hold.member_id == member_pk, held_now(Hold, now),
+                    Hold.created_at >= start, Hold.created_at < end)
+        used = int(session.scalar(select(burned + held))) + unwritten.redeemed[member_pk]
+        _daily(session, MEMBER_DAILY_REDEEM, limits.member_daily_redeem, used, points,
+               subject=f"member-id:{member_pk}", now=now, day=day.isoformat(), tz=tz,
+               what="member's daily redemption", done="redeemed")
     if kind == EntryKind.EARN and limits.partner_daily_issue is not None:
-        used = _sum(session, Entry.partner_id == partner_id, Entry.kind == EntryKind.EARN,
-                    Entry.recorded_at >= start, Entry.recorded_at < end) + unwritten.issued
-        if used + points > limits.partner_daily_issue:
-            _hit(session, PARTNER_DAILY_ISSUE, limits.partner_daily_issue, used, points,
-                 subject=f"partner:{partner_id}", now=now, window=day.isoformat(),
-                 detail=f"The partner's daily issuing limit of {limits.partner_daily_issue} "
-                        f"points would be exceeded: {used} issued today ({day.isoformat()}, "
-                        f"{tz}), {points} requested.")
+        used = int(session.scalar(select(_sum(
+            Entry, Entry.partner_id == partner_id, Entry.kind == EntryKind.EARN,
+            Entry.recorded_at >= start, Entry.recorded_at < end)))) + unwritten.issued
+        _daily(session, PARTNER_DAILY_ISSUE, limits.partner_daily_issue, used, points,
+               subject=f"partner:{partner_id}", now=now, day=day.isoformat(), tz=tz,
+               what="partner's daily issuing", done="issued")
 
 
-def _count(session: Session, *where) -> int:
-    return int(session.scalar(select(func.count()).select_from(Entry).where(*where)))
+def _daily(session: Session, limit: str, allowed: int, used: int, points: int, *,
+           subject: str, now: datetime, day: str, tz: str, what: str, done: str) -> None:
+    _within(session, limit, allowed, used, points, subject=subject, now=now, window=day,
+            detail=f"The {what} limit of {allowed} points would be exceeded: {used} {done} "
+                   f"today ({day}, {tz}), {points} requested.")
 
 
-def _sum(session: Session, *where) -> int:
-    return int(session.scalar(select(func.coalesce(func.sum(Entry.points), 0)).where(*where)))
+def _within(session: Session, limit: str, allowed: int, used: int, requested: int, *,
+            subject: str, now: datetime, window: str, detail: str) -> None:
+    if used + requested > allowed:
+        _hit(session, limit, allowed, used, requested, subject=subject, now=now, window=window,
+             detail=detail)
+
+
+def _count(model, *where):
+    return select(func.count()).select_from(model).where(*where).scalar_subquery()
+
+
+def _sum(model, *where):
+    return select(func.coalesce(func.sum(model.points), 0)).where(*where).scalar_subquery()
 
 
 def _hit(session: Session, limit: str, allowed: int, used: int, requested: int, *, subject: str,

@@ -35,8 +35,9 @@ from sqlalchemy.orm.util import identity_key
 
 from . import books
 from .database import is_sqlite
-from .models import ClosedPeriod, Consumption, DebtLot, Entry, Lot, Member, Posting, UtcDateTime
-from .vocabulary import spendable
+from .models import (ClosedPeriod, Consumption, DebtLot, Entry, Hold, Lot, Member, Posting,
+                     UtcDateTime)
+from .vocabulary import held_now, spendable
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Situation:
     closed_through: str | None  # the last closed month
     spendable: int = 0  # earn: the member's spendable points (before this claim)
     lots: list[tuple[int, int]] = field(default_factory=list)  # burn: (lot id, remaining)
+    held: int = 0  # the member's points that open holds reserve (coalition/holds.py)
 
 
 @dataclass
@@ -108,12 +110,23 @@ _CLOSED = select(func.max(ClosedPeriod.period)).scalar_subquery().label("closed_
 _SPENDABLE = (select(func.coalesce(func.sum(Lot.remaining), 0))
               .where(Lot.member_id == bindparam("member_pk"), spendable(Lot, _NOW))
               .scalar_subquery().label("spendable"))
-_EARN_SITUATION = select(_BOOKED, _CLOSED, _SPENDABLE)
-_KNOWN = select(_BOOKED, _CLOSED).subquery("known")
+
+
+def held_points(member_pk):
+    """The points the open holds of member `member_pk` (a column or a bind parameter) reserve
+    at :now, as a scalar subquery labelled `held`."""
+    return (select(func.coalesce(func.sum(Hold.points), 0))
+            .where(Hold.member_id == member_pk, held_now(Hold, _NOW))
+            .scalar_subquery().label("held"))
+
+
+_HELD = held_points(bindparam("member_pk"))
+_EARN_SITUATION = select(_BOOKED, _CLOSED, _SPENDABLE, _HELD)
+_KNOWN = select(_BOOKED, _CLOSED, _HELD).subquery("known")
 # One row per spendable lot, in the order a burn consumes them (ledger.spendable_lots), each
 # carrying the two facts above; one row of NULL lots when there is none.
 _BURN_SITUATION = (
-    select(_KNOWN.c.booked_id, _KNOWN.c.closed_through, Lot.id, Lot.remaining)
+    select(_KNOWN.c.booked_id, _KNOWN.c.closed_through, _KNOWN.c.held, Lot.id, Lot.remaining)
     .select_from(_KNOWN.outerjoin(Lot, (Lot.member_id == bindparam("member_pk"))
                                   & spendable(Lot, _NOW)))
     .order_by(Lot.expires_at, Lot.occurred_at, Lot.id))
@@ -121,10 +134,10 @@ _BURN_SITUATION = (
 
 def earn_situation(session: Session, *, partner_id: str, claim_id: str, member_pk: int | None,
                    now: datetime) -> Situation:
-    booked_id, closed_through, points = session.connection().execute(_EARN_SITUATION, {
+    booked_id, closed_through, points, held = session.connection().execute(_EARN_SITUATION, {
         "partner_id": partner_id, "claim_id": claim_id, "member_pk": member_pk,
         "now": now}).one()
-    return Situation(booked_id, closed_through, spendable=int(points))
+    return Situation(booked_id, closed_through, spendable=int(points), held=int(held))
 
 
 def burn_situation(session: Session, *, partner_id: str, claim_id: str, member_pk: int | None,
@@ -132,9 +145,9 @@ def burn_situation(session: Session, *, partner_id: str, claim_id: str, member_p
     rows = session.connection().execute(_BURN_SITUATION, {
         "partner_id": partner_id, "claim_id": claim_id, "member_pk": member_pk,
         "now": now}).all()
-    booked_id, closed_through = rows[0][0], rows[0][1]
-    return Situation(booked_id, closed_through,
-                     lots=[(lot_id, remaining) for _, _, lot_id, remaining in rows
+    booked_id, closed_through, held = rows[0][0], rows[0][1], rows[0][2]
+    return Situation(booked_id, closed_through, held=int(held),
+                     lots=[(lot_id, remaining) for _, _, _, lot_id, remaining in rows
                            if lot_id is not None])
 
 
@@ -153,7 +166,7 @@ def open_debt_lots(session: Session, member_pk: int) -> list[tuple[int, int]]:
 
 # The lock statement reads the situation too, in its own snapshot: taken before the locks, so
 # it is current only if no claim of the member committed while this one waited for the row.
-# Every write to a member's lots or debt lots updates the member's row in the same
+# Every write to a member's lots, debt lots or holds updates the member's row in the same
 # transaction (a new row version, a new xmin), so the version the lock returns (the newest)
 # equals the version the snapshot sees exactly when the snapshot's lots are the newest too;
 # otherwise the situation is read again, now under the lock. A month closed meanwhile (the
@@ -163,13 +176,15 @@ _SEEN = Member.__table__.alias("seen")
 
 
 def _lock_and_read(situation_columns, lots=None):
-    held = (select(*HOLDER, literal_column("xmin").label("version"))
-            .where(Member.external_id == bindparam("card")).with_for_update().subquery("holder"))
-    current = (held.c.version == select(literal_column("seen.xmin"))
-               .where(_SEEN.c.id == held.c.id).scalar_subquery()).label("current")
-    columns = [*held.c[:6], books.hold_open_clause(), current, _BOOKED, _CLOSED]
-    statement = select(*columns, *situation_columns(held))
-    return statement if lots is None else statement.select_from(held.join(lots(held), true()))
+    locked = (select(*HOLDER, literal_column("xmin").label("version"))
+              .where(Member.external_id == bindparam("card")).with_for_update()
+              .subquery("holder"))
+    current = (locked.c.version == select(literal_column("seen.xmin"))
+               .where(_SEEN.c.id == locked.c.id).scalar_subquery()).label("current")
+    columns = [*locked.c[:6], books.hold_open_clause(), current, _BOOKED, _CLOSED,
+               held_points(locked.c.id)]
+    statement = select(*columns, *situation_columns(locked))
+    return statement if lots is None else statement.select_from(locked.join(lots(locked), true()))
 
 
 def _spendable_of(held):
@@ -211,8 +226,10 @@ def lock_with_situation(session: Session, external_id: str, *, burn: bool, partn
                                  member_pk=holder and holder.id, now=now)
     if burn:
         ids, lefts = row[-2] or [], row[-1] or []
-        return holder, Situation(row.booked_id, row.closed_through, lots=list(zip(ids, lefts)))
-    return holder, Situation(row.booked_id, row.closed_through, spendable=int(row.spendable))
+        return holder, Situation(row.booked_id, row.closed_through, held=int(row.held),
+                                 lots=list(zip(ids, lefts)))
+    return holder, Situation(row.booked_id, row.closed_through, spendable=int(row.spendable),
+                             held=int(row.held))
 
 
 # --- 3. write -------------------------------------------------------------------------------

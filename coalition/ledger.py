@@ -134,9 +134,10 @@ def spendable_lots(session: Session, member_id: int, now: datetime) -> list[Lot]
 
 
 def available_points(session: Session, member: Member, now: datetime) -> int:
-    points = session.scalar(select(func.coalesce(func.sum(Lot.remaining), 0))
-                            .where(Lot.member_id == member.id, spendable(Lot, now)))
-    return available(int(points), member.debt)
+    points, held = session.execute(
+        select(func.coalesce(func.sum(Lot.remaining), 0), claim_sql.held_points(member.id))
+        .where(Lot.member_id == member.id, spendable(Lot, now)), {"now": now}).one()
+    return available(int(points), member.debt, int(held))
 
 
 # --- booking ------------------------------------------------------------------------------
@@ -272,7 +273,7 @@ def plan_earn(holder: claim_sql.Holder, known: claim_sql.Situation,
             consumptions.append((ConsumptionKind.DEBT_FILL, None, debt_id, take))  # the new lot
     filled = points - remaining
     debt = holder.debt - filled
-    balance_after = available(known.spendable, debt) + (0 if pending else remaining)
+    balance_after = available(known.spendable, debt, known.held) + (0 if pending else remaining)
     entry = _entry(EntryKind.EARN, partner_id, claim_id, holder, points, occurred_at, now, rules,
                    known, fp, pending_until=pending_until, description=description,
                    status="pending" if pending else "booked", balance_after=balance_after)
@@ -315,6 +316,25 @@ def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: st
         session, partner_id=partner_id, claim_id=claim_id, member_pk=holder.id, now=now))
 
 
+def book_captured_burn(session: Session, *, partner_id: str, claim_id: str, member_id: str,
+                       points: int, occurred_at: datetime, now: datetime, rules: Rules) -> Booked:
+    """The burn that captures a hold (coalition/holds.py): authorised, windowed and counted
+    against the limits when the hold was placed, so none of that is asked again. The caller
+    holds the member's lock and has closed the hold already: the situation read here no longer
+    subtracts its points."""
+    fp = burn_fingerprint(member_id=member_id, points=points, occurred_at=occurred_at)
+    holder, known = claim_sql.lock_with_situation(session, member_id, burn=True,
+                                                  partner_id=partner_id, claim_id=claim_id, now=now)
+    if holder is None:
+        raise Problem("not-found", "No such member.")
+
+    def plan(known: claim_sql.Situation):
+        return plan_burn(holder, known, fp=fp, partner_id=partner_id, claim_id=claim_id,
+                         points=points, occurred_at=occurred_at, now=now, rules=rules)
+    return _write(session, holder, plan(known), plan, lambda: claim_sql.burn_situation(
+        session, partner_id=partner_id, claim_id=claim_id, member_pk=holder.id, now=now))
+
+
 def authorise_burn(session: Session, holder: claim_sql.Holder, *, partner_id: str, points: int,
                    policy: redemption.RedeemPolicy, member_pin: str | None, now: datetime,
                    rules: Rules, redeemed_unwritten: int = 0) -> redemption.Grant:
@@ -335,7 +355,7 @@ def plan_burn(holder: claim_sql.Holder, known: claim_sql.Situation, *, fp: str, 
               description: str | None = None):
     """What an authorised burn books (as plan_earn), or insufficient-points: it consumes the
     spendable lots in `known.lots` in their order."""
-    available_now = available(sum(left for _, left in known.lots), holder.debt)
+    available_now = available(sum(left for _, left in known.lots), holder.debt, known.held)
     if points > available_now:
         raise Problem("insufficient-points",
                       f"The member has {max(available_now, 0)} points available; {points} requested.")

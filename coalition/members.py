@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .clock import as_utc
-from .models import Lot, Member
+from .models import Hold, Lot, Member
 from .periods import last_day_before
 from .problems import Problem
-from .vocabulary import available, spendable, unspent
+from .vocabulary import available, held_now, spendable, unspent
 
 
 def find(session: Session, external_id: str) -> Member | None:
@@ -48,10 +48,13 @@ def balance(session: Session, external_id: str, *, now: datetime, tz: str) -> di
         else:
             pending += remaining
         expiring[as_utc(expires_at)] = expiring.get(as_utc(expires_at), 0) + remaining
+    held = session.scalar(select(func.coalesce(func.sum(Hold.points), 0))
+                          .where(Hold.member_id == member.id, held_now(Hold, now)))
     return {
         "member_id": external_id,
-        "available": available(spendable_points, member.debt),
+        "available": available(spendable_points, member.debt, int(held)),
         "pending": pending,
+        "held": int(held),
         "debt": member.debt,
         "expiring": [{"points": points, "expires_on": last_day_before(at, tz)}
                      for at, points in sorted(expiring.items())],

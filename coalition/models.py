@@ -14,7 +14,7 @@ from sqlalchemy import (BigInteger, Boolean, CheckConstraint, DateTime, ForeignK
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .database import db
-from .vocabulary import EntryKind
+from .vocabulary import HOLD_OPEN, EntryKind
 
 # BIGINT ids on PostgreSQL; on SQLite only INTEGER PRIMARY KEY is the autoincrementing rowid.
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -241,3 +241,43 @@ class MemberConsent(db.Model):
     recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
     __table_args__ = (Index("ix_member_consents_member_channel", "member_id", "channel", "id"),)
+
+
+OPEN_HOLDS = f"status = '{HOLD_OPEN}'"  # the partial index of holds that may still reserve points
+
+
+class Hold(db.Model):
+    """Points a partner reserved for a redemption it captures later (coalition/holds.py), like
+    a card authorisation. Not in the journal: a hold moves no points, it only keeps them from
+    being available while it is open. Open means status 'open' and `expires_at` not reached: a
+    hold lapses by time alone, so no sweeper has to run for its points to come free."""
+    __tablename__ = "holds"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    partner_id: Mapped[str] = mapped_column(String(64))
+    hold_id: Mapped[str] = mapped_column(String(64))
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
+    points: Mapped[int] = mapped_column(BigInteger)
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    status: Mapped[str] = mapped_column(String(16))  # open | captured | voided
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # The capture: the burn it booked under the partner's claim id, and how many points.
+    claim_id: Mapped[str | None] = mapped_column(String(64))
+    captured_points: Mapped[int | None] = mapped_column(BigInteger)
+    entry_id: Mapped[int | None] = mapped_column(ForeignKey("journal_entries.id"))
+    # SHA-256 of the normalised request: equal content replays, different content conflicts.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+
+    member: Mapped[Member] = relationship()
+
+    __table_args__ = (
+        UniqueConstraint("partner_id", "hold_id"),
+        CheckConstraint("points > 0", name="points_positive"),
+        # What a member has held now: every claim's situation sums it.
+        Index("ix_holds_open", "member_id", "expires_at",
+              postgresql_where=text(OPEN_HOLDS), sqlite_where=text(OPEN_HOLDS)),
+        # A partner's holds placed on one day (its daily redemption limit counts them).
+        Index("ix_holds_partner_created", "partner_id", "created_at"),
+    )

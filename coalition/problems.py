@@ -74,9 +74,10 @@ class Problem(Exception):
     """A domain or request error that maps to one problem+json response."""
 
     def __init__(self, slug: str, detail: str, *, errors: list[dict] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, extensions: dict | None = None) -> None:
         super().__init__(detail)
         self.slug = slug
+        self.extensions = extensions or {}  # RFC 9457 extension members (hold_status, ...)
         self.status, self.title = SLUGS[slug]
         self.detail = detail
         self.errors = errors
@@ -84,7 +85,8 @@ class Problem(Exception):
 
     def body(self) -> dict:
         doc = {"type": problem_type(self.slug), "title": self.title,
-               "status": self.status, "detail": clip(self.detail, 4 * MAX_TEXT)}
+               "status": self.status, "detail": clip(self.detail, 4 * MAX_TEXT),
+               **self.extensions}
         if self.errors is not None:
             doc["errors"] = [{name: clip(str(value)) for name, value in error.items()}
                              for error in self.errors[:MAX_LISTED_ERRORS]]

@@ -3,12 +3,12 @@ where the partner's policy asks for it, and the partner's daily redemption limit
 
 `authorise` is the one check. `ledger.book_burn` calls it with the member's row locked, after
 the claim's idempotent replay and its time window and before it looks at the member's points;
-a hold (to come: reserve points now, capture them later) must call it the same way before it
-reserves anything, and count its held points towards the daily limit.
+placing a hold (coalition/holds.py) calls it the same way before it reserves anything.
 
 The daily limit sums the points of the partner's burns booked (recorded_at) on the current
-calendar day in the coalition's time zone, across all members; a burn that would cross it is
-refused (422 limit-exceeded). Reversals do not give the allowance back. There is no lock per
+calendar day in the coalition's time zone, across all members, and of its open holds placed
+that day (a hold's points count as redeemed until it is voided or lapses; once captured, its
+burn counts); a burn or hold that would cross it is refused (422 limit-exceeded). Reversals do not give the allowance back. There is no lock per
 partner (partner-side accounts keep no hot row, README "The ledger in ten lines", rule 9), so
 burns of different members at one partner that are in flight at the same instant each see the
 sum without the others: the limit can be overshot by what is in flight at once, at most the
@@ -25,9 +25,10 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from . import audit, pins
-from .models import BURNS, Entry, Member
+from .models import BURNS, Entry, Hold, Member
 from .periods import day_of
 from .problems import Problem, Refusal
+from .vocabulary import held_now
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,18 @@ def authorise(session: Session, member: Member, *, partner_id: str, points: int,
 
 
 def redeemed_on_day(session: Session, partner_id: str, *, now: datetime, tz: str) -> int:
-    """Points of the partner's burns booked on the calendar day (in `tz`) of `now`."""
+    """Points of the partner's burns booked, and of its holds placed and still open, on the
+    calendar day (in `tz`) of `now`."""
     _, start, end = day_of(now, tz)
-    return int(session.scalar(
-        select(func.coalesce(func.sum(Entry.points), 0))
-        # A literal, not a bind parameter: a prepared statement's generic plan can then still
-        # use the partial index ix_journal_entries_burns (WHERE kind = 'burn').
-        .where(Entry.partner_id == partner_id, text(f"journal_entries.{BURNS}"),
-               Entry.recorded_at >= start, Entry.recorded_at < end)))
+    burned = (select(func.coalesce(func.sum(Entry.points), 0))
+              # A literal, not a bind parameter: a prepared statement's generic plan can then
+              # still use the partial index ix_journal_entries_burns (WHERE kind = 'burn').
+              .where(Entry.partner_id == partner_id, text(f"journal_entries.{BURNS}"),
+                     Entry.recorded_at >= start, Entry.recorded_at < end).scalar_subquery())
+    held = (select(func.coalesce(func.sum(Hold.points), 0))
+            .where(Hold.partner_id == partner_id, held_now(Hold, now),
+                   Hold.created_at >= start, Hold.created_at < end).scalar_subquery())
+    return int(session.scalar(select(burned + held)))
 
 
 def check_daily_limit(session: Session, partner_id: str, points: int, limit: int, *,

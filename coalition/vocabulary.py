@@ -83,10 +83,21 @@ def spendable(lot, now):
     return unspent(lot, now) & (lot.available_at.is_(None) | (lot.available_at <= now))
 
 
-def available(spendable_points: int, debt: int) -> int:
-    """What a member has available: spendable points net of debt (negative while a debt is
-    unpaid). A burn may take at most this; balances answer it as `available`."""
-    return spendable_points - debt
+def held_now(hold, now):
+    """The SQL condition on `hold` (the Hold model) for a hold whose points are reserved at
+    `now`: neither captured nor voided, and not lapsed (a hold lapses by time alone)."""
+    # A literal, not a bind parameter: the partial index ix_holds_open stays usable.
+    return (hold.status == literal_column(f"'{HOLD_OPEN}'")) & (hold.expires_at > now)
+
+
+HOLD_OPEN = "open"  # holds.status of a hold not yet captured or voided
+
+
+def available(spendable_points: int, debt: int, held: int = 0) -> int:
+    """What a member has available: spendable points net of debt and of the points open holds
+    reserve (negative while a debt is unpaid). A burn may take at most this; balances answer
+    it as `available`."""
+    return spendable_points - debt - held
 
 
 # --- bounds of the partner contract ---------------------------------------------------------

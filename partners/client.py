@@ -257,6 +257,34 @@ class PartnerClient:
             body["member_pin"] = member_pin
         return self.request("POST", "/v1/burn", body)
 
+    def hold(self, hold_id: str, member_id: str, points: int,
+             occurred_at: Union[str, datetime, None] = None, expires_in: Optional[int] = None,
+             member_pin: Optional[str] = None) -> Response:
+        """Reserve points for a redemption captured later (201). They are not available until
+        the hold is captured, voided, or lapses after `expires_in` seconds (default 900)."""
+        body: dict[str, Any] = {"hold_id": hold_id, "member_id": member_id, "points": points,
+                                "occurred_at": rfc3339(occurred_at)}
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        if member_pin is not None:
+            body["member_pin"] = member_pin
+        return self.request("POST", "/v1/holds", body)
+
+    def capture(self, hold_id: str, claim_id: str, points: Optional[int] = None) -> Response:
+        """Redeem all (or `points`) of an open hold as a burn under `claim_id` (201); the rest
+        is released. A retry with the same claim id replays; a closed hold is 409 hold-closed."""
+        body: dict[str, Any] = {"claim_id": claim_id}
+        if points is not None:
+            body["points"] = points
+        return self.request("POST", f"/v1/holds/{_seg(hold_id)}/capture", body)
+
+    def void(self, hold_id: str) -> Response:
+        """Release an open hold's points (200); a closed hold is 409 hold-closed."""
+        return self.request("POST", f"/v1/holds/{_seg(hold_id)}/void")
+
+    def get_hold(self, hold_id: str) -> Response:
+        return self.request("GET", f"/v1/holds/{_seg(hold_id)}")
+
     def set_pin(self, member_id: str, pin: str, current_pin: Optional[str] = None) -> Response:
         """Set the member's first PIN, or change it (current_pin). 204 on success."""
         body = {"pin": pin} if current_pin is None else {"pin": pin, "current_pin": current_pin}

@@ -5,6 +5,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from coalition.batch import MAX_ITEMS, Item
 from coalition.expiry_notices import MAX_WINDOW_DAYS, NOTICE_DAYS
+from coalition.holds import DEFAULT_LIFETIME_S, MAX_LIFETIME_S
 from coalition.fields import Identifier, Points, Rfc3339, StrictBoolean, StrictInteger, Text
 from coalition.pins import PIN_PATTERN, valid_pin
 from coalition.problems import Problem, validation_problem
@@ -105,8 +106,13 @@ class ExpiringSchema(Schema):
 class BalanceSchema(Schema):
     member_id = fields.String(required=True)
     available = fields.Integer(required=True, metadata={
-        "description": "Spendable now, net of any debt (negative while a debt is unpaid)."})
+        "description": "Spendable now, net of any debt and of the points open holds reserve "
+                       "(negative while a debt is unpaid)."})
     pending = fields.Integer(required=True)
+    held = fields.Integer(required=True, metadata={
+        "description": "Points reserved by open holds (POST /v1/holds), at any partner: not "
+                       "available until captured (then redeemed) or voided or lapsed (then "
+                       "available again)."})
     debt = fields.Integer(required=True, metadata={
         "description": "Points owed after an earn was reversed after they were spent."})
     expiring = fields.List(fields.Nested(ExpiringSchema), required=True)
@@ -172,6 +178,58 @@ class ClaimSchema(Schema):
                        "at most 1000 (reversals_total counts them all)."})
     reversals_total = fields.Integer(metadata={
         "description": "Present when reading a claim: how many reversals it has."})
+
+
+# --- holds -----------------------------------------------------------------------------------
+
+class HoldSchema(StrictSchema):
+    EXAMPLE = {"hold_id": "till-7-auth-0816", "member_id": "M-1001", "points": 500,
+               "occurred_at": "2026-05-04T10:01:00Z", "expires_in": 900}
+    hold_id = Identifier(required=True, metadata={
+        "description": "The partner's id of the hold: sending the same hold again replays it."})
+    member_id = Identifier(required=True)
+    points = Points(required=True)
+    occurred_at = Rfc3339(required=True)
+    expires_in = StrictInteger(
+        validate=validate.Range(1, MAX_LIFETIME_S), load_default=DEFAULT_LIFETIME_S,
+        metadata={"description": f"Seconds until an uncaptured hold lapses and its points are "
+                                 f"available again (default {DEFAULT_LIFETIME_S}, at most "
+                                 f"{MAX_LIFETIME_S}: 7 days)."})
+    member_pin = Pin(metadata={
+        "format": "password",
+        "description": "The member's PIN, where the partner's redemption policy asks for one "
+                       "at this many points: a hold is the redemption's authorisation."})
+
+
+class CaptureSchema(StrictSchema):
+    EXAMPLE = {"claim_id": "till-7-0816", "points": 450}
+    claim_id = Identifier(required=True, metadata={
+        "description": "The burn's claim id: the capture books a burn under it."})
+    points = Points(metadata={
+        "description": "How many of the held points to redeem (default: all); the rest is "
+                       "released."})
+
+
+class HoldViewSchema(Schema):
+    hold_id = fields.String(required=True)
+    member_id = fields.String(required=True, allow_none=True)
+    partner_id = fields.String(required=True)
+    points = StrictInteger(required=True, metadata={"description": "The points held."})
+    occurred_at = Rfc3339(required=True)
+    created_at = Rfc3339(required=True)
+    expires_at = Rfc3339(required=True, metadata={
+        "description": "When the hold lapses unless captured or voided before."})
+    status = fields.String(required=True, validate=validate.OneOf(
+        ["open", "captured", "voided", "lapsed"]), metadata={
+        "description": "open: the points are held. captured: redeemed (see claim). voided or "
+                       "lapsed: released."})
+    closed_at = Rfc3339(allow_none=True, metadata={
+        "description": "When it was captured or voided (null while open or once lapsed)."})
+    captured_points = fields.Integer(allow_none=True)
+    claim_id = fields.String(allow_none=True, metadata={
+        "description": "The burn that captured the hold."})
+    claim = fields.Nested(ClaimSchema, allow_none=True, metadata={
+        "description": "In the answer to a capture: the burn it booked."})
 
 
 # --- batches ---------------------------------------------------------------------------------

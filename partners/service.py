@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from coalition import audit, books
+from coalition import audit, books, holds
 from coalition.clock import as_utc, iso_utc
 from coalition.decimals import plain
 from coalition.jwk import canonical_pem, thumbprint
@@ -211,6 +211,20 @@ def claim_view(entry: Entry, *, reversals: list[Entry] | None = None,
         view["reversals_total"] = len(reversals) if reversals_total is None else reversals_total
         view["status"] = _status(entry, done, now)
     return view
+
+
+def hold_view(answer, *, now: datetime) -> dict:
+    """A hold as the partner sees it (coalition/holds.py Answer), with the burn a capture booked."""
+    hold = answer.hold
+    booked = answer.booked
+    return {
+        "hold_id": hold.hold_id, "member_id": answer.card, "partner_id": hold.partner_id,
+        "points": hold.points, "occurred_at": hold.occurred_at, "created_at": hold.created_at,
+        "expires_at": hold.expires_at, "status": holds.status_of(hold, now),
+        "closed_at": hold.closed_at, "captured_points": hold.captured_points,
+        "claim_id": hold.claim_id,
+        "claim": None if booked is None else claim_view(booked.entry, member_id=booked.member_id),
+    }
 
 
 def _status(entry: Entry, reversed_points: int, now: datetime) -> str:

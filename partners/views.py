@@ -11,7 +11,7 @@ from flask import current_app, g
 from marshmallow import RAISE
 
 from coalition import batch as batches
-from coalition import clock, consents, ledger, members, pins
+from coalition import clock, consents, holds, ledger, members, pins
 from coalition.api import Blueprint, problems
 from coalition.database import db
 from coalition.errors import Problem
@@ -20,7 +20,7 @@ from coalition.fields import ID_PATTERN
 
 from . import harvest, schemas
 from .auth import AUTH, COMMON, authenticate, crashed, failed, spend_again, watch_for_harvesting
-from .service import claim_view, current_claim, redeem_policy
+from .service import claim_view, current_claim, hold_view, redeem_policy
 
 blp = Blueprint("partner_api", __name__, url_prefix="/v1",
                 description="Signed partner requests: members, earn, burn, reversals, claims.")
@@ -198,6 +198,69 @@ def set_consent(body: dict, member_id: str):
                                now=_now())
     db.session.commit()
     return recorded
+
+
+@blp.route("/holds", methods=["POST"])
+@blp.doc(security=AUTH, summary="Hold points for a redemption captured later (two-phase, like "
+         "a card authorisation)",
+         description="The held points are not available until the hold is captured (redeemed), "
+                     "voided or lapses after `expires_in` seconds. Placing a hold is the "
+                     "redemption's authorisation: member lock, PIN and limits are checked now.")
+@blp.arguments(schemas.HoldSchema)
+@blp.response(201, schemas.HoldViewSchema, description="Held (or, with Idempotent-Replayed, "
+              "held before: the same hold sent again, answered as it stands now)")
+@problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict", "insufficient-points",
+          "limit-exceeded", "member-locked", "member-auth-required", "member-auth-invalid")
+def place_hold(body: dict):
+    g.card = body["member_id"]
+    answer = holds.place(db.session, partner_id=g.caller.partner_id, now=_now(),
+                         rules=current_app.config["LEDGER_RULES"],
+                         policy=redeem_policy(db.session, g.caller.partner_id), **body)
+    db.session.commit()
+    return _hold_answer(answer, 201)
+
+
+@blp.route("/holds/<hold_id>", methods=["GET"])
+@blp.doc(security=AUTH, summary="One of the caller's holds, as it stands now")
+@blp.response(200, schemas.HoldViewSchema, description="The hold")
+@problems(blp, *COMMON, "not-found")
+def hold(hold_id: str):
+    answer = holds.find(db.session, g.caller.partner_id, _known(hold_id))
+    db.session.commit()
+    return _hold_answer(answer, 200)
+
+
+@blp.route("/holds/<hold_id>/capture", methods=["POST"])
+@blp.doc(security=AUTH, summary="Redeem all or part of an open hold (a burn); the rest is "
+         "released")
+@blp.arguments(schemas.CaptureSchema)
+@blp.response(201, schemas.HoldViewSchema, description="Captured: the hold, with the burn it "
+              "booked in `claim` (or, with Idempotent-Replayed, captured before under the same "
+              "claim id)")
+@problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict", "hold-closed",
+          "insufficient-points")
+def capture_hold(body: dict, hold_id: str):
+    answer = holds.capture(db.session, partner_id=g.caller.partner_id, hold_id=_known(hold_id),
+                           now=_now(), clock=_now, rules=current_app.config["LEDGER_RULES"],
+                           **body)
+    db.session.commit()
+    return _hold_answer(answer, 201)
+
+
+@blp.route("/holds/<hold_id>/void", methods=["POST"])
+@blp.doc(security=AUTH, summary="Release an open hold's points (no body)")
+@blp.response(200, schemas.HoldViewSchema, description="Voided")
+@problems(blp, *COMMON, "payload-too-large", "not-found", "hold-closed")
+def void_hold(hold_id: str):
+    answer = holds.void(db.session, partner_id=g.caller.partner_id, hold_id=_known(hold_id),
+                        now=_now(), clock=_now)
+    db.session.commit()
+    return _hold_answer(answer, 200)
+
+
+def _hold_answer(answer: holds.Answer, status: int):
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    return hold_view(answer, now=_now()), status, headers
 
 
 @blp.route("/claims/<claim_id>/reversals", methods=["POST"])

@@ -285,7 +285,8 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 NOT_IN_THE_DOCUMENT = {"api-docs.openapi_json", "api-docs.openapi_swagger_ui", "swagger_static",
                        "static"}
 IDEMPOTENT_CLAIMS = {("/v1/earn", "post"), ("/v1/burn", "post"),
-                     ("/v1/claims/{claim_id}/reversals", "post")}
+                     ("/v1/claims/{claim_id}/reversals", "post"), ("/v1/holds", "post"),
+                     ("/v1/holds/{hold_id}/capture", "post")}
 
 
 def operations(spec: dict):
@@ -397,6 +398,8 @@ def test_the_claims_answers_send_idempotent_replayed_on_a_replay(app, acme):
         ("/v1/burn", "post"): lambda: client.burn("till-1", "M-1001", 30, then),
         ("/v1/claims/{claim_id}/reversals", "post"):
             lambda: client.reverse("order-1", "ret-1", 10, then),
+        ("/v1/holds", "post"): lambda: client.hold("auth-1", "M-1001", 20, then),
+        ("/v1/holds/{hold_id}/capture", "post"): lambda: client.capture("auth-1", "till-2"),
     }
     assert set(calls) == IDEMPOTENT_CLAIMS
     for call in calls.values():
@@ -439,7 +442,8 @@ def test_answers_carry_the_headers_documented_for_them(app, spec):
 
 def test_every_path_parameter_has_the_pattern_the_app_enforces(spec):
     from partners.schemas import PERIOD_PATTERN
-    expected = {"member_id": ID_PATTERN, "claim_id": ID_PATTERN, "period": PERIOD_PATTERN}
+    expected = {"member_id": ID_PATTERN, "claim_id": ID_PATTERN, "hold_id": ID_PATTERN,
+                "period": PERIOD_PATTERN}
     seen = set()
     for path, item in spec["paths"].items():
         declared = item.get("parameters", []) + [p for m, op in item.items() if m in HTTP_METHODS
@@ -479,7 +483,7 @@ def test_every_request_body_has_an_example_valid_against_its_schema(spec):
             if isinstance(media["example"], dict):  # the validator does refuse: an unknown field
                 assert not validator.is_valid({**media["example"], "partner_id": "x"})
             checked += 1
-    assert checked == 9  # 7 JSON bodies, and the reconciliation upload as JSON and as CSV
+    assert checked == 11  # 9 JSON bodies, and the reconciliation upload as JSON and as CSV
 
 
 def test_request_examples_are_those_of_the_partner_guide_and_load(spec):
@@ -494,7 +498,7 @@ def test_request_examples_are_those_of_the_partner_guide_and_load(spec):
         assert text in guide, text
     # A schema with an example of its own (a batch's reversal item inherits the reversal's).
     with_examples = [cls for cls in all_subclasses(StrictSchema) if "EXAMPLE" in vars(cls)]
-    assert len(with_examples) == 8
+    assert len(with_examples) == 10
     for cls in with_examples:
         cls().load(cls.EXAMPLE)
         assert cls.EXAMPLE in examples, cls
