@@ -32,7 +32,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from . import claim_limits, ledger, redemption
-from .clock import as_utc
+from .clock import as_utc, iso_utc
 from .models import Hold, Lot, Member
 from .problems import Problem
 from .vocabulary import HOLD_OPEN, EntryKind, available, held_now, spendable
@@ -156,6 +156,17 @@ def find(session: Session, partner_id: str, hold_id: str) -> Answer:
     if hold is None:
         raise Problem("not-found", "No such hold.")
     return Answer(hold, hold.member.external_id)
+
+
+def of_member(session: Session, member_pk: int, now: datetime) -> list[dict]:
+    """Every hold placed on the member's points, oldest first (the member's data export)."""
+    return [{"partner": h.partner_id, "hold_id": h.hold_id, "points": h.points,
+             "occurred_at": iso_utc(h.occurred_at), "expires_at": iso_utc(h.expires_at),
+             "status": status_of(h, now),
+             "closed_at": iso_utc(h.closed_at) if h.closed_at else None,
+             "captured_points": h.captured_points, "claim_id": h.claim_id}
+            for h in session.scalars(select(Hold).where(Hold.member_id == member_pk)
+                                     .order_by(Hold.id))]
 
 
 def held_by(session: Session, member_pk: int, now: datetime) -> int:

@@ -3,7 +3,8 @@ subject's request for access (GDPR Art. 15), `flask members export ID`.
 
 What is in it: the member row (card number, when and by whom enrolled, the operator's lock,
 the PIN's state but never the PIN or its hash), the balance as partners read it, every claim
-of every partner, the lots and debt lots the claims left, the marketing consents with their
+of every partner, the lots and debt lots the claims left, the holds partners placed on the
+member's points, the marketing consents with their
 history, the balance reads and card lookups partners made (kept briefly for the harvesting
 watch), and the audit events about the member. Exporting is itself audited (`member.export`).
 """
@@ -15,7 +16,7 @@ from typing import Callable
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from . import audit, consents, members, pins
+from . import audit, consents, holds, members, pins
 from .clock import iso_utc
 from .history import member_history
 from .models import AuditEvent, DebtLot, Lot, Member
@@ -44,6 +45,7 @@ def export(session: Session, external_id: str, *, now: datetime, tz: str, actor:
         "debt_lots": [{"creditor": d.creditor_id, "points": d.points, "remaining": d.remaining}
                       for d in session.scalars(select(DebtLot).where(DebtLot.member_id == member.id)
                                                .order_by(DebtLot.id))],
+        "holds": holds.of_member(session, member.id, now),
         "consents": consents.history(session, member),
         "audit_events": [_event(e) for e in _events(session, member)],
         **{name: rows(session, member) for name, rows in sorted((more or {}).items())},
