@@ -4,7 +4,9 @@ was, and keeps the books it must keep.
 What goes, in one transaction: the card number (members.external_id becomes NULL: no card can
 ever match the member again, and NULL is no card number a partner could send, unlike any text
 tombstone the id pattern allows), the PIN hash with its counters, the marketing consents with
-their history, what other packages keep about the card (the partners' lookups, registered in
+their history, the member's open holds (voided: no partner could capture them once the card is
+gone; the holds stay, they hold no personal data), what other packages keep about the card
+(the partners' lookups, registered in
 app.extensions["member_erasure"]), and the card in the audit log: the events about the member
 that name or quote it are redacted (coalition/audit.py, `redact`), vouched for by the
 `member.erase` event, so the chain still verifies.
@@ -30,13 +32,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Callable
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import audit, ledger, pins
 from .clock import iso_utc
-from .models import AuditEvent, Member, MemberConsent
+from .holds import VOIDED
+from .models import AuditEvent, Hold, Member, MemberConsent
 from .problems import Problem
+from .vocabulary import held_now
 
 # What another package erases about a member: (session, member, card) -> rows deleted.
 Eraser = Callable[[Session, Member, str], int]
@@ -61,13 +65,17 @@ def erase(session: Session, external_id: str, *, now: datetime, actor: str,
     vouchers = audit.redact(session, events, card, subject=subject)
     consents = session.execute(delete(MemberConsent).where(MemberConsent.member_id == member.id)
                                .execution_options(synchronize_session=False)).rowcount
+    # Open holds are released: no partner can capture them once the card is gone.
+    holds_voided = session.execute(
+        update(Hold).where(Hold.member_id == member.id, held_now(Hold, now))
+        .values(status=VOIDED, closed_at=now).execution_options(synchronize_session=False)).rowcount
     removed = {name: eraser(session, member, card) for name, eraser in sorted((more or {}).items())}
     member.external_id = None
     member.pin_hash, member.pin_failures, member.pin_locked_at = None, 0, None
     member.erased_at = now
     session.flush()
     done = {"member": member.id, "erased_at": iso_utc(now), "redacted_events": len(vouchers),
-            "consents_deleted": consents, **{f"{name}_deleted": n for name, n in removed.items()},
+            "consents_deleted": consents, "holds_voided": holds_voided, **{f"{name}_deleted": n for name, n in removed.items()},
             "points": member.balance, "points_owed": member.debt}
     audit.record(session, actor=actor, action=audit.ERASE, subject=subject,
                  before={"erased": False},

@@ -11,8 +11,9 @@ from itertools import groupby
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from .holds import CAPTURED
 from .ledger import entry_hash
-from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
+from .models import Consumption, DebtLot, Entry, Hold, Lot, Member, Posting
 from .vocabulary import (Account, ConsumptionKind, EntryKind, issued_account, member_account,
                          redeemed_account)
 
@@ -42,7 +43,7 @@ def verify(session: Session, extra_checks: dict | None = None) -> dict:
     entries = _verify_entries(session, report)
     _verify_members(session, report)
     lots = _verify_lots(session, report)
-    checked = {"entries": entries, "lots": lots,
+    checked = {"entries": entries, "lots": lots, "holds": _verify_holds(session, report),
                "members": session.scalar(select(func.count(Member.id)))}
     for name, check in (extra_checks or {}).items():
         checked[name] = check(session, report.fail)
@@ -163,4 +164,24 @@ def _verify_lots(session: Session, report: Report) -> int:
         if not 0 <= debt.remaining == debt.points - filled.get(debt.id, 0):
             report.fail("debt-lot-remaining", f"remaining {debt.remaining}, points {debt.points} "
                         f"less filled {filled.get(debt.id, 0)}", debt_lot=debt.id)
+    return count
+
+
+def _verify_holds(session: Session, report: Report) -> int:
+    """A hold moves no points: only its capture does, as a burn of the hold's partner and member,
+    of no more than the hold's points, under the claim id the hold names."""
+    count = 0
+    for hold, entry in session.execute(select(Hold, Entry).outerjoin(Entry, Entry.id == Hold.entry_id)
+                                       .order_by(Hold.id)):
+        count += 1
+        ref = {"hold_id": hold.hold_id, "partner_id": hold.partner_id}
+        if hold.status != CAPTURED:
+            if hold.entry_id is not None or hold.captured_points is not None:
+                report.fail("hold-capture", f"a {hold.status} hold names a capture", **ref)
+            continue
+        if entry is None or (entry.kind, entry.partner_id, entry.member_id, entry.claim_id,
+                             entry.points) != (EntryKind.BURN, hold.partner_id, hold.member_id,
+                                               hold.claim_id, hold.captured_points) \
+                or not 0 < hold.captured_points <= hold.points:
+            report.fail("hold-capture", "the captured hold's burn does not match it", **ref)
     return count

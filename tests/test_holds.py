@@ -333,3 +333,34 @@ def test_a_capture_racing_the_lapse_resolves_one_way_only(app, acme, bolt, verif
         outcomes[(capture.status, burn.status)] += 1
     verify_clean()
     print("capture, burn outcomes at the lapse:", dict(outcomes))
+
+
+def test_ledger_verify_checks_each_capture_against_its_hold(app, member, verify_clean):
+    from coalition.verify import verify
+    acme, _ = member
+    assert acme.client.hold("h1", "M1", 100, occurred_at=ago(minutes=1)).status == 201
+    assert acme.client.capture("h1", "c1", points=60).status == 201
+    assert acme.client.hold("h2", "M1", 10, occurred_at=ago(minutes=1)).status == 201
+    report = verify_clean()
+    assert report["checked"]["holds"] == 2
+    with app.app_context():
+        db.session.query(Hold).filter(Hold.hold_id == "h1").update({"captured_points": 70})
+        db.session.query(Hold).filter(Hold.hold_id == "h2").update({"captured_points": 10})
+        db.session.commit()
+        report = verify(db.session)
+    assert [(v["check"], v["hold_id"]) for v in report["violations"]] == [
+        ("hold-capture", "h1"), ("hold-capture", "h2")]
+
+
+def test_erasing_a_member_voids_its_open_holds(app, member, runner):
+    import json
+    acme, _ = member
+    assert acme.client.hold("h1", "M1", 100, occurred_at=ago(minutes=1)).status == 201
+    assert acme.client.hold("h2", "M1", 50, occurred_at=ago(minutes=1)).status == 201
+    assert acme.client.capture("h2", "c2").status == 201
+    done = json.loads(runner.invoke(args=["members", "erase", "M1"]).output)
+    assert done["holds_voided"] == 1
+    voided = acme.client.get_hold("h1").json()
+    assert voided["status"] == "voided" and voided["member_id"] is None
+    assert acme.client.get_hold("h2").json()["status"] == "captured"
+    assert problem_slug(acme.client.capture("h1", "c1")) == "hold-closed"
