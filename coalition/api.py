@@ -68,6 +68,9 @@ class ProblemSchema(ma.Schema):
     errors_total = ma.fields.Integer(metadata={
         "description": "Present with `errors`: how many errors were found. When it exceeds the "
                        "length of `errors`, the list is truncated and `detail` says so."})
+    hold_status = ma.fields.String(validate=ma.validate.OneOf(["captured", "voided", "lapsed"]),
+                                   metadata={"description": "With `hold-closed`: what closed "
+                                                            "the hold."})
     request_id = ma.fields.String(metadata={
         "description": "The request's id, as in the `X-Request-Id` response header: quote it "
                        "when asking the operator about this answer.",

@@ -40,7 +40,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from coalition import create_app, ledger
+from coalition import create_app, holds, ledger
 from coalition.database import db
 from coalition.members import enrol, find
 from partners import service as partner_service
@@ -91,6 +91,8 @@ KNOWN = {
     "claim_id": ["fz-earn-1", "fz-burn-1", "fz-earn-pending", "fz-rev-1", "fz-old-earn",
                  "other-earn-1", "no-such-claim"],
     "reversal_id": ["fz-rev-1"],
+    # open (its capture books a burn: captured, then 409 hold-closed), voided, another partner's
+    "hold_id": ["fz-hold-open", "fz-hold-voided", "other-hold", "no-such-hold"],
     "period": [CLOSED_PERIOD, CLOSED_PERIOD, OPEN_PERIOD, "2026-13", "1999-01"],
 }
 CSV_UPLOADS = [
@@ -144,6 +146,12 @@ def _seed() -> PartnerClient:
              reversal_id="fz-rev-1", points=50, occurred_at=now - timedelta(minutes=30))
         book(ledger.book_earn, now, partner_id=OTHER, claim_id="other-earn-1", member_id="M2",
              points=900, occurred_at=now - timedelta(hours=3))
+        for partner, hold_id in ((PARTNER, "fz-hold-open"), (PARTNER, "fz-hold-voided"),
+                                 (OTHER, "other-hold")):
+            holds.place(s, partner_id=partner, hold_id=hold_id, member_id="M1", points=100,
+                        occurred_at=now - timedelta(minutes=5), now=now, rules=rules,
+                        expires_in=holds.MAX_LIFETIME_S)
+        holds.void(s, partner_id=PARTNER, hold_id="fz-hold-voided", now=now)
         find(s, "M-locked").locked = True
         s.commit()
     return PartnerClient("", PARTNER, key, audience=APP.config["COALITION_AUDIENCE"])
@@ -166,6 +174,8 @@ STEER = {
     "member_id": st.sampled_from(KNOWN["member_id"]),
     "claim_id": st.one_of(_fresh("fz"), st.sampled_from(KNOWN["claim_id"])),
     "reversal_id": st.one_of(_fresh("fz-rev"), st.sampled_from(KNOWN["reversal_id"])),
+    "hold_id": st.one_of(_fresh("fz-hold"), st.sampled_from(KNOWN["hold_id"])),
+    "expires_in": st.integers(1, 7 * 86400),
     "occurred_at": st.integers(0, 20 * 86400).map(_recent),
     "pending_until": st.integers(-7 * 86400, -60).map(_recent),  # in the future
     "points": st.integers(1, 2000),
