@@ -209,7 +209,7 @@ def test_no_operation_documents_an_error_body_the_service_never_sends(spec):
 def test_problem_schema(spec):
     schema = spec["components"]["schemas"]["Problem"]
     assert set(schema["properties"]) == {"type", "title", "status", "detail", "errors", "errors_total",
-                                         "request_id"}
+                                         "request_id", "hold_status"}
     assert schema["properties"]["errors"]["type"] == "array"
     assert schema["properties"]["errors_total"]["type"] == "integer"
 
