@@ -1,7 +1,7 @@
 """`flask demo load`: a small demo coalition, booked through the real partner API.
 
 Three partners with keys under instance/demo-keys/, ~40 members and a few hundred earns, burns
-and reversals spread over the last 20 days. Every claim is a signed request sent by the
+and reversals spread over the last 20 days, and two holds at the fuel partner (one captured). Every claim is a signed request sent by the
 reference client (partners/client.py) to the app's test client, so it takes exactly the path a
 partner's request takes. Deterministic (random.Random(42)) apart from keys and timestamps.
 Idempotent: does nothing when partner demo-bakery exists already.
@@ -134,6 +134,17 @@ def load():
         if ok:
             available[member] = r.json()["balance_after"]
             booked.append({"partner": partner, "id": r.json()["claim_id"], "left": points})
+
+    # Two-phase redemptions at the pump: one captured for less than held, one still open (the
+    # member's balance shows it as held for the next 7 days).
+    fuel = clients["demo-fuel"][0]
+    richest = sorted(MEMBERS, key=lambda m: (-available[m], m))[:2]
+    for n, member in enumerate(richest, 1):
+        points = max(1, available[member] // 2)
+        r = fuel.hold(f"demo-pump-{n}", member, points, now, expires_in=7 * 86400)
+        if record("hold", r) and n == 1:
+            record("capture", fuel.capture(f"demo-pump-{n}", f"demo-pump-{n}-sale",
+                                           points=max(1, points // 2)))
 
     report = verify(db.session)
     db.session.rollback()
