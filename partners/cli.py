@@ -11,6 +11,7 @@ from coalition.cli import JsonGroup, check_id, json_command, operator, parse_sin
 from coalition.database import db
 
 from . import harvest, service, tokens
+from .models import OPERATOR, PARTNER
 
 partners_cli = JsonGroup("partners", help="Partners, their keys and their terms.")
 
@@ -30,12 +31,16 @@ FORCE_HELP = ("accept a redemption rate above the issue price (the coalition los
 @click.option("--redemption-rate", default=None, help="EUR per point redeemed here (default 0.009)")
 @click.option("--issuance-share", default=None, help="0..1, charged at issue (default 1)")
 @click.option("--claim-fee", default=None, help="EUR per accepted claim (default 0)")
+@click.option("--kind", type=click.Choice([PARTNER, OPERATOR]), default=PARTNER, show_default=True,
+              help=f"{OPERATOR}: the coalition itself, the issuer of the points it funds (one; "
+                   "no keys)")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @json_command
-def add(partner_id, name, issue_price, redemption_rate, issuance_share, claim_fee, force):
+def add(partner_id, name, issue_price, redemption_rate, issuance_share, claim_fee, kind, force):
     """Register a partner with its first terms, which apply from the beginning."""
     partner = service.add_partner(
         db.session, check_id(partner_id, "ID"), name, now=_now(), actor=operator(), force=force,
+        kind=kind,
         terms={"issue_price": issue_price, "redemption_rate": redemption_rate,
                "issuance_share": issuance_share, "claim_fee": claim_fee})
     return service.partner_view(partner)

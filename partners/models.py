@@ -4,13 +4,14 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Numeric, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Numeric, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from coalition.database import db
 from coalition.models import Id, UtcDateTime
 
 Price = Numeric(18, 6)
+PARTNER, OPERATOR = "partner", "operator"  # partners.kind
 
 
 class Partner(db.Model):
@@ -19,6 +20,9 @@ class Partner(db.Model):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | suspended
+    # partner: a merchant that signs API requests; operator: the coalition itself, registered
+    # once so that points it funds (bonuses) have an issuer with terms like any other.
+    kind: Mapped[str] = mapped_column(String(16), default=PARTNER, server_default=PARTNER)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # Redemption policy (`partners set-policy`): with redeem_auth "pin" a burn of more than
     # pin_above points needs the member's PIN; at most daily_redeem_limit points burned here per
@@ -33,6 +37,12 @@ class Partner(db.Model):
 
     __table_args__ = (
         CheckConstraint("status IN ('active', 'suspended')", name="status_known"),
+        CheckConstraint(f"kind IN ('{PARTNER}', '{OPERATOR}')",
+                        name="kind_known").ddl_if(dialect="postgresql"),
+        # One operator: the coalition.
+        Index("uq_partners_operator", "kind", unique=True,
+              postgresql_where=text(f"kind = '{OPERATOR}'"),
+              sqlite_where=text(f"kind = '{OPERATOR}'")),
         # PostgreSQL only: on SQLite adding them would rebuild a referenced table; there
         # partners.service.set_policy is the only writer and checks the same.
         CheckConstraint("(redeem_auth = 'none' AND pin_above IS NULL) OR "

@@ -19,7 +19,7 @@ from coalition.problems import Problem
 from coalition.vocabulary import MAX_POINTS, EntryKind
 
 from .keys import load_public_key
-from .models import Partner, PartnerKey, PartnerTerms
+from .models import OPERATOR, PARTNER, Partner, PartnerKey, PartnerTerms
 
 FIRST_TERMS = "0000-00"  # sorts before every YYYY-MM
 DEFAULT_TERMS = {"issue_price": Decimal("0.01"), "redemption_rate": Decimal("0.009"),
@@ -67,16 +67,24 @@ def _refuse_losing(terms: dict[str, Decimal], force: bool) -> None:
 
 def add_partner(session: Session, partner_id: str, name: str, *, now: datetime,
                 terms: dict | None = None, force: bool = False,
-                actor: str = audit.SYSTEM) -> Partner:
+                actor: str = audit.SYSTEM, kind: str = PARTNER) -> Partner:
     """Register a partner with its first terms (DEFAULT_TERMS for those not given). Terms with
-    a redemption_rate above the issue_price are refused unless `force` (audited as forced)."""
+    a redemption_rate above the issue_price are refused unless `force` (audited as forced).
+    `kind` OPERATOR registers the coalition itself as the issuer of the points it funds: once."""
     if session.get(Partner, partner_id) is not None:
         raise Problem("validation-error", f"Partner {partner_id!r} exists already.")
+    if kind not in (PARTNER, OPERATOR):
+        raise Problem("validation-error", f"A partner's kind is {PARTNER} or {OPERATOR}.")
+    if kind == OPERATOR and (known := operator_id(session)) is not None:
+        raise Problem("validation-error", f"The coalition is registered already, as {known!r}: "
+                                          "there is one operator.")
     if not name.strip():
         raise Problem("validation-error", "A partner needs a name.")
     first = parse_terms(terms or {})
-    _refuse_losing(first, force)
-    partner = Partner(id=partner_id, name=name.strip(), status="active", created_at=now)
+    if kind == PARTNER:  # nothing is ever redeemed at the operator: its redemption_rate is moot
+        _refuse_losing(first, force)
+    partner = Partner(id=partner_id, name=name.strip(), status="active", created_at=now,
+                      kind=kind)
     session.add(partner)
     # The first terms apply from the beginning: a claim may occur before the partner was
     # registered (up to MAX_CLAIM_AGE_DAYS), and later terms must never change which terms
@@ -93,9 +101,18 @@ def _forced(terms: dict[str, Decimal], force: bool) -> dict:
     return {"forced": True} if force and losing(terms) else {}
 
 
+def operator_id(session: Session) -> str | None:
+    """The coalition's own id as an issuer, if it is registered."""
+    return session.scalar(select(Partner.id).where(Partner.kind == OPERATOR))
+
+
 def add_key(session: Session, partner_id: str, pem: bytes, *, now: datetime,
             actor: str = audit.SYSTEM) -> PartnerKey:
     partner = get_partner(session, partner_id)
+    if partner.kind == OPERATOR:
+        raise Problem("validation-error", f"{partner_id!r} is the coalition itself (kind "
+                                          f"{OPERATOR}): it signs no partner requests, so it "
+                                          "takes no key.")
     key, alg = load_public_key(pem)
     kid = thumbprint(key)
     _refuse_registered(session.get(PartnerKey, kid), partner.id)
@@ -175,7 +192,7 @@ def terms_view(t: PartnerTerms) -> dict:
 
 def partner_view(partner: Partner) -> dict:
     return {
-        "id": partner.id, "name": partner.name, "status": partner.status,
+        "id": partner.id, "name": partner.name, "kind": partner.kind, "status": partner.status,
         "created_at": iso_utc(partner.created_at),
         "keys": [key_view(k) for k in partner.keys],
         "terms": [terms_view(t) for t in partner.terms],
