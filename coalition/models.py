@@ -8,9 +8,10 @@ pick its lots without replaying history.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import (BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, Index,
-                        Integer, String, Text, UniqueConstraint, text)
+                        Integer, Numeric, String, Text, UniqueConstraint, text)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .database import db
@@ -280,4 +281,37 @@ class Hold(db.Model):
               postgresql_where=text(OPEN_HOLDS), sqlite_where=text(OPEN_HOLDS)),
         # A partner's holds placed on one day (its daily redemption limit counts them).
         Index("ix_holds_partner_created", "partner_id", "created_at"),
+    )
+
+
+class Campaign(db.Model):
+    """A time-boxed bonus on qualifying earns, and who pays for it (coalition/campaigns.py).
+    Terms are fixed once added: a campaign can only be ended early, never rewritten, so that
+    every bonus booked under it stays explained by what is stored here."""
+    __tablename__ = "campaigns"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # multiplier | fixed
+    # multiplier: the earn's points times `factor` in all (2: double points, the bonus is the
+    # other half); fixed: `bonus_points` on each qualifying earn.
+    factor: Mapped[Decimal | None] = mapped_column(Numeric(9, 4))
+    bonus_points: Mapped[int | None] = mapped_column(BigInteger)
+    starts_at: Mapped[datetime] = mapped_column(UtcDateTime)  # the window: [starts_at, ends_at)
+    ends_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Targeting: JSON lists of partner ids and tier names; null: every partner, every tier.
+    partners: Mapped[str | None] = mapped_column(Text)
+    tiers: Mapped[str | None] = mapped_column(Text)
+    segment: Mapped[str | None] = mapped_column(String(64))  # a segment's id; null: everyone
+    funder_id: Mapped[str] = mapped_column(String(64))  # the issuer of the bonus lots
+    cap_per_member: Mapped[int | None] = mapped_column(BigInteger)  # bonus points per member
+    cap_total: Mapped[int | None] = mapped_column(BigInteger)  # bonus points in all
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # ended early by the operator
+
+    __table_args__ = (
+        CheckConstraint("(kind = 'multiplier' AND factor > 1 AND bonus_points IS NULL) OR "
+                        "(kind = 'fixed' AND bonus_points > 0 AND factor IS NULL)",
+                        name="kind_and_value"),
+        CheckConstraint("ends_at > starts_at", name="window_nonempty"),
     )

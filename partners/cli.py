@@ -5,8 +5,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
+from flask import current_app
 
-from coalition import clock
+from coalition import campaigns, clock
 from coalition.cli import JsonGroup, check_id, json_command, operator, parse_since
 from coalition.database import db
 
@@ -149,3 +150,71 @@ def set_policy(partner_id, redeem_auth, pin_above, daily_redeem_limit):
                                  pin_above=pin_above, daily_redeem_limit=daily_redeem_limit,
                                  now=_now(), actor=operator())
     return service.partner_view(partner)
+
+
+# --- campaigns (coalition/campaigns.py): here, beside the registry, because a campaign's funder
+# and targeted partners must be registered parties --------------------------------------------
+
+campaigns_cli = JsonGroup("campaigns", help="Bonus campaigns and who funds them.")
+
+
+def _ids(text: str | None, what: str) -> list[str] | None:
+    if text is None:
+        return None
+    return [check_id(part.strip(), what) for part in text.split(",") if part.strip()] or None
+
+
+@campaigns_cli.command("add")
+@click.argument("campaign_id")
+@click.option("--name", required=True)
+@click.option("--kind", type=click.Choice([campaigns.MULTIPLIER, campaigns.FIXED]), required=True)
+@click.option("--value", required=True,
+              help="multiplier: the factor, e.g. 2 for double points; fixed: bonus points per earn")
+@click.option("--from", "starts", required=True,
+              help="YYYY-MM-DD (the start of that day) or YYYY-MM-DDTHH:MM, coalition time zone")
+@click.option("--until", "ends", required=True,
+              help="YYYY-MM-DD (through the end of that day) or YYYY-MM-DDTHH:MM (exclusive)")
+@click.option("--funder", required=True, help="who pays for the bonus: a partner id, or the "
+                                              "operator's (partners add ... --kind operator)")
+@click.option("--partners", "partner_ids", default=None,
+              help="comma-separated: whose earns qualify (default: every partner's)")
+@click.option("--tiers", default=None, help="comma-separated tier names (default: every tier)")
+@click.option("--segment", default=None, help="a segment's id (default: every member)")
+@click.option("--cap-per-member", type=int, default=None, help="bonus points per member, at most")
+@click.option("--cap-total", type=int, default=None, help="bonus points in all, at most")
+@json_command
+def add(campaign_id, name, kind, value, starts, ends, funder, partner_ids, tiers, segment,
+        cap_per_member, cap_total):
+    """Add a campaign; its terms are fixed from then on (it can only be ended early)."""
+    campaign = campaigns.add(
+        db.session, check_id(campaign_id, "ID"), name=name, kind=kind, value=value,
+        starts=starts, ends=ends, funder=funder, issuers=set(service.partner_ids(db.session)),
+        now=_now(), tz=current_app.config["COALITION_TIMEZONE"],
+        partners=_ids(partner_ids, "--partners"), tiers=_ids(tiers, "--tiers"),
+        segment=segment and check_id(segment, "--segment"), cap_per_member=cap_per_member,
+        cap_total=cap_total, actor=operator())
+    return campaigns.view(campaign)
+
+
+@campaigns_cli.command("list")
+@click.option("--active", is_flag=True, help="only those running now")
+@json_command
+def list_(active):
+    return [campaigns.view(c) for c in
+            campaigns.listed(db.session, active_at=_now() if active else None)]
+
+
+@campaigns_cli.command("show")
+@click.argument("campaign_id")
+@json_command
+def show(campaign_id):
+    return campaigns.view(campaigns.get(db.session, campaign_id))
+
+
+@campaigns_cli.command("end")
+@click.argument("campaign_id")
+@json_command
+def end(campaign_id):
+    """End a campaign now: earns after this moment no longer qualify."""
+    campaign, changed = campaigns.end(db.session, campaign_id, now=_now(), actor=operator())
+    return {**campaigns.view(campaign), "changed": changed}
