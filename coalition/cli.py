@@ -191,7 +191,8 @@ def members_show(member_id: str, limit: int | None):
     first: every earn, burn and reversal with its partner, period and status."""
     now = clock.now()
     balance = member_service.balance(db.session, member_id, now=now,
-                                     tz=current_app.config["COALITION_TIMEZONE"])
+                                     tz=current_app.config["COALITION_TIMEZONE"],
+                                     tiers=current_app.config["LEDGER_RULES"].tiers)
     member = member_service.find(db.session, member_id)
     return {**balance, "member": member.id, "enrolled_at": iso_utc(member.created_at),
             "enrolled_by": member.enrolled_by, "locked": member.locked,
@@ -279,7 +280,8 @@ def members_export(member_id: str, out: str | None):
     the audit events about the member. Audited as member.export."""
     document = member_export.export(
         db.session, member_id, now=clock.now(), tz=current_app.config["COALITION_TIMEZONE"],
-        actor=operator(), more=current_app.extensions.get("member_data"))
+        actor=operator(), more=current_app.extensions.get("member_data"),
+        tiers=current_app.config["LEDGER_RULES"].tiers)
     if out is None:
         return document
     descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -77,6 +77,9 @@ def from_environment(instance_path: str) -> dict:
         "MEMBER_DAILY_REDEEM_LIMIT": _limit("MEMBER_DAILY_REDEEM_LIMIT"),
         "MEMBER_CLAIMS_PER_MINUTE": _limit("MEMBER_CLAIMS_PER_MINUTE"),
         "PARTNER_DAILY_ISSUE_LIMIT": _limit("PARTNER_DAILY_ISSUE_LIMIT"),
+        # Status tiers (coalition/tiers.py): Name:threshold[:multiplier],... lowest first, the
+        # first at 0 points; unset: none. Checked at start-up (Rules.from_config).
+        "COALITION_TIERS": os.environ.get("COALITION_TIERS", ""),
         "MAX_CONTENT_LENGTH": _int("MAX_BODY_BYTES", 1024 * 1024),
         "MAX_JSON_DEPTH": _int("MAX_JSON_DEPTH", 16),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from . import books, claim_limits, claim_sql, pins, redemption
+from . import books, claim_limits, claim_sql, pins, redemption, tiers
 from .clock import as_utc, iso_utc
 from .hashing import canonical, sha256_hex
 from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
@@ -39,6 +39,7 @@ class Rules:
     expiry_policy: str = MONTHLY  # or YEARLY: periods.expiry_of
     expiry_cutoff: tuple[int, int] = (9, 30)  # the yearly policy's day, (month, day)
     limits: claim_limits.ClaimLimits = claim_limits.NO_LIMITS  # fraud limits on claims
+    tiers: tuple[tiers.Tier, ...] = ()  # status tiers (COALITION_TIERS), lowest first
 
     @classmethod
     def from_config(cls, config) -> Rules:
@@ -47,7 +48,8 @@ class Rules:
                    config.get("PIN_SCRYPT_LOG_N", pins.DEFAULT_LOG_N),
                    config.get("POINTS_EXPIRY_POLICY", MONTHLY),
                    parse_cutoff(config.get("POINTS_EXPIRY_CUTOFF", "09-30")),
-                   claim_limits.ClaimLimits.from_config(config))
+                   claim_limits.ClaimLimits.from_config(config),
+                   tiers.parse(config.get("COALITION_TIERS")))
 
     def expiry_of(self, occurred_at: datetime) -> tuple[datetime, date]:
         """When a lot earned at `occurred_at` expires under these rules: fixed at the earn, so

@@ -26,7 +26,8 @@ FORMAT = "coalition.member-export/1"
 
 
 def export(session: Session, external_id: str, *, now: datetime, tz: str, actor: str,
-           more: dict[str, Callable[[Session, Member], list]] | None = None) -> dict:
+           more: dict[str, Callable[[Session, Member], list]] | None = None,
+           tiers: tuple = ()) -> dict:
     """The member's data. `more`: sections that other packages keep about members (the
     partners package: the lookups), by name, each a function of the session and the member
     giving JSON-able rows (app.extensions["member_data"])."""
@@ -38,7 +39,7 @@ def export(session: Session, external_id: str, *, now: datetime, tz: str, actor:
         "member": {"member_id": member.external_id, "enrolled_at": iso_utc(member.created_at),
                    "enrolled_by": member.enrolled_by, "locked": member.locked,
                    **pins.pin_state(member)},
-        "balance": members.balance(session, external_id, now=now, tz=tz),
+        "balance": members.balance(session, external_id, now=now, tz=tz, tiers=tiers),
         "claims": list(reversed(member_history(session, external_id))),  # oldest first
         "lots": [_lot(lot) for lot in session.scalars(
             select(Lot).where(Lot.member_id == member.id).order_by(Lot.id))],

@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import tiers as tiers_
 from .clock import as_utc
 from .models import Hold, Lot, Member
 from .periods import last_day_before
@@ -33,7 +34,9 @@ def enrol(session: Session, external_id: str, *, now: datetime,
         return find(session, external_id), False
 
 
-def balance(session: Session, external_id: str, *, now: datetime, tz: str) -> dict:
+def balance(session: Session, external_id: str, *, now: datetime, tz: str,
+            tiers: tuple[tiers_.Tier, ...] = ()) -> dict:
+    """The member's balance as partners read it; with `tiers` (COALITION_TIERS), the tier."""
     member = find(session, external_id)
     if member is None:
         raise Problem("not-found", "No such member.")
@@ -55,6 +58,7 @@ def balance(session: Session, external_id: str, *, now: datetime, tz: str) -> di
         "available": available(spendable_points, member.debt, int(held)),
         "pending": pending,
         "held": int(held),
+        "tier": tiers_.of_member(session, tiers, member.id, now=now, tz=tz),
         "debt": member.debt,
         "expiring": [{"points": points, "expires_on": last_day_before(at, tz)}
                      for at, points in sorted(expiring.items())],

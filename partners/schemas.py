@@ -97,6 +97,25 @@ class MemberSchema(Schema):
     created_at = Rfc3339(required=True)
 
 
+class NextTierSchema(Schema):
+    name = fields.String(required=True)
+    points = fields.Integer(required=True, metadata={"description": "Its threshold."})
+    missing = fields.Integer(required=True, metadata={
+        "description": "Points still to earn (within the trailing 12 months) to reach it."})
+
+
+class TierSchema(Schema):
+    name = fields.String(required=True)
+    points = fields.Integer(required=True, metadata={
+        "description": "Points that count: earned (no longer pending, net of reversals) in the "
+                       "trailing 12 months, the coalition's days."})
+    until = fields.Date(required=True, allow_none=True, metadata={
+        "description": "The last day the tier lasts if nothing more is earned (null: the lowest "
+                       "tier, for ever)."})
+    next = fields.Nested(NextTierSchema, required=True, allow_none=True, metadata={
+        "description": "The next tier up, or null at the top."})
+
+
 class ExpiringSchema(Schema):
     points = fields.Integer(required=True)
     expires_on = fields.Date(required=True, metadata={
@@ -116,6 +135,8 @@ class BalanceSchema(Schema):
     debt = fields.Integer(required=True, metadata={
         "description": "Points owed after an earn was reversed after they were spent."})
     expiring = fields.List(fields.Nested(ExpiringSchema), required=True)
+    tier = fields.Nested(TierSchema, required=True, allow_none=True, metadata={
+        "description": "The member's status tier, or null when the coalition runs no tiers."})
 
 
 class ExpiryNoticesQuerySchema(StrictSchema):

@@ -70,7 +70,8 @@ def enrol(body: dict):
 def balance(member_id: str):
     g.card = member_id
     view = members.balance(db.session, _known(member_id), now=_now(),
-                           tz=current_app.config["COALITION_TIMEZONE"])
+                           tz=current_app.config["COALITION_TIMEZONE"],
+                           tiers=current_app.config["LEDGER_RULES"].tiers)
     harvest.record_read(db.session, g.caller.partner_id, member_id, _now())
     db.session.commit()
     watch_for_harvesting(g.caller.partner_id)

@@ -1,0 +1,130 @@
+"""Status tiers: a member's tier comes from the points the member earned (not the balance) in
+the trailing 12 months, against the operator's thresholds (COALITION_TIERS, e.g.
+`Blue:0,Silver:2000,Gold:5000`). Unset: no tiers, and balances show none.
+
+The rule, in the coalition's time zone:
+- an earn counts once its points are no longer pending, with its points less what has been
+  reversed of it, from the day it occurred through the day before the same day 12 months later
+  (earned 15 March 2026: counts through 14 March 2027; earned 29 February: through 28 February);
+- the tier is the highest whose threshold the counted points reach. A reversal lowers the count
+  at once, so it can lower the tier (at the threshold: 2000 counted is Silver, 1999 Blue);
+- the tier lasts until the last day on which the earns that count now still reach its
+  threshold, if the member earned nothing more: the day before the older earns, falling out
+  one by one, take the count below it. The lowest tier (threshold 0) lasts for ever.
+
+Nothing is stored: the tier is worked out from the journal whenever it is asked for, so a
+reversal, a pending earn becoming available or an earn ageing out changes it with no job to run.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased
+
+from .clock import as_utc
+from .models import Entry
+from .periods import add_months, day_start_utc
+from .vocabulary import EntryKind, MAX_POINTS
+
+WINDOW_MONTHS = 12
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9 _-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    threshold: int  # points earned in the window that reach it
+    multiplier: Decimal = Decimal(1)  # earns of a member in this tier: points times this
+
+
+def parse(text: str | None) -> tuple[Tier, ...]:
+    """`Name:threshold[:multiplier],...`, lowest first, the first at 0; "" or None: no tiers.
+    ValueError saying what is wrong otherwise."""
+    if not text or not text.strip():
+        return ()
+    tiers = []
+    for part in text.split(","):
+        fields = [f.strip() for f in part.split(":")]
+        if len(fields) not in (2, 3) or not _NAME.fullmatch(fields[0]) \
+                or not fields[1].isdigit() or int(fields[1]) > MAX_POINTS:
+            raise ValueError(f"COALITION_TIERS: {part.strip()!r} is not Name:threshold[:multiplier] "
+                             "(a name of letters, digits, space, _ or -; a whole number of points).")
+        multiplier = Decimal(1)
+        if len(fields) == 3:
+            try:
+                multiplier = Decimal(fields[2])
+            except InvalidOperation:
+                multiplier = Decimal(0)
+            if not multiplier.is_finite() or not 1 <= multiplier <= 10:
+                raise ValueError(f"COALITION_TIERS: the multiplier of {fields[0]} must be a "
+                                 "decimal from 1 to 10.")
+        tiers.append(Tier(fields[0], int(fields[1]), multiplier))
+    if tiers[0].threshold != 0:
+        raise ValueError("COALITION_TIERS: the first tier starts at 0 points.")
+    if any(b.threshold <= a.threshold for a, b in zip(tiers, tiers[1:])):
+        raise ValueError("COALITION_TIERS: thresholds must rise from tier to tier.")
+    if len({t.name.lower() for t in tiers}) != len(tiers):
+        raise ValueError("COALITION_TIERS: tier names must differ.")
+    return tuple(tiers)
+
+
+def counts_until(occurred_at: datetime, tz: str) -> datetime:
+    """The instant an earn stops counting: the start of the same local day 12 months later (of
+    1 March when that day would be 29 February of a common year)."""
+    day = as_utc(occurred_at).astimezone(ZoneInfo(tz)).date()
+    year, month = add_months(day.year, day.month, WINDOW_MONTHS)
+    try:
+        anniversary = date(year, month, day.day)
+    except ValueError:  # 29 February, a year on
+        anniversary = date(year, month, 28) + timedelta(days=1)
+    return day_start_utc(anniversary, tz)
+
+
+def earned(session: Session, member_pk: int, *, now: datetime, tz: str) -> list[tuple[datetime, int]]:
+    """The member's earns that count at `now`: (when each stops counting, its points net of
+    reversals), soonest first."""
+    reversal = aliased(Entry)
+    reversed_points = (select(func.coalesce(func.sum(reversal.points), 0))
+                       .where(reversal.reverses_id == Entry.id).scalar_subquery())
+    # 13 months back bounds the scan; counts_until decides exactly.
+    rows = session.execute(
+        select(Entry.occurred_at, Entry.points - reversed_points)
+        .where(Entry.member_id == member_pk, Entry.kind == EntryKind.EARN,
+               Entry.occurred_at > now - timedelta(days=31 * (WINDOW_MONTHS + 1)),
+               Entry.occurred_at <= now,
+               (Entry.pending_until.is_(None)) | (Entry.pending_until <= now)))
+    counted = [(counts_until(at, tz), int(points)) for at, points in rows]
+    return sorted((until, points) for until, points in counted if until > now and points > 0)
+
+
+def status(tiers: tuple[Tier, ...], counted: list[tuple[datetime, int]], tz: str) -> dict | None:
+    """The member's tier as balances show it: name, points counted, the next tier and what it
+    still needs, and the last day the tier lasts (None: for ever). None without tiers."""
+    if not tiers:
+        return None
+    points = sum(p for _, p in counted)
+    current = max((t for t in tiers if t.threshold <= points), key=lambda t: t.threshold)
+    above = [t for t in tiers if t.threshold > points]
+    lasts_until = None
+    if current.threshold > 0:
+        left = points
+        for until, earn_points in counted:  # soonest to stop counting first
+            left -= earn_points
+            if left < current.threshold:
+                lasts_until = as_utc(until).astimezone(ZoneInfo(tz)).date() - timedelta(days=1)
+                break
+    return {"name": current.name, "points": points, "until": lasts_until,
+            "next": {"name": above[0].name, "points": above[0].threshold,
+                     "missing": above[0].threshold - points} if above else None}
+
+
+def of_member(session: Session, tiers: tuple[Tier, ...], member_pk: int, *, now: datetime,
+              tz: str) -> dict | None:
+    if not tiers:
+        return None
+    return status(tiers, earned(session, member_pk, now=now, tz=tz), tz)
