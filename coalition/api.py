@@ -180,6 +180,7 @@ def path_parameter(name: str, pattern: str, description: str, **schema) -> None:
 path_parameter("member_id", ID_PATTERN, "The member's id (card number), as enrolled.")
 path_parameter("claim_id", ID_PATTERN, "One of the caller's claims: the claim_id of an earn or "
                "burn, or the reversal_id of a reversal.")
+path_parameter("coupon_id", ID_PATTERN, "A published coupon's id.")
 path_parameter("hold_id", ID_PATTERN, "One of the caller's holds: the hold_id it was placed with.")
 path_parameter("slug", r"^[a-z]+(-[a-z]+)*$", "A problem type's slug.", enum=sorted(SLUGS))
 

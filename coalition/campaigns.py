@@ -47,12 +47,13 @@ def add(session: Session, campaign_id: str, *, name: str, kind: str, value: str,
         raise Problem("validation-error", f"Campaign {campaign_id!r} exists already.")
     if not name.strip() or len(name.strip()) > 200:
         raise Problem("validation-error", "A campaign needs a name of 1 to 200 characters.")
-    factor, bonus = _value(kind, value)
-    starts_at, ends_at = _instant(starts, tz, "--from"), _instant(ends, tz, "--until", end=True)
+    factor, bonus = parse_value(kind, value)
+    starts_at = parse_instant(starts, tz, "--from")
+    ends_at = parse_instant(ends, tz, "--until", end=True)
     if ends_at <= starts_at:
         raise Problem("validation-error", "The campaign's window is empty: --until must lie "
                                           "after --from.")
-    _refuse_closed_months(session, starts_at, tz)
+    refuse_closed_months(session, starts_at, tz)
     if funder not in issuers:
         raise Problem("validation-error", f"The funder {funder!r} is no registered partner nor "
                                           "the operator.")
@@ -123,7 +124,7 @@ def view(campaign: Campaign) -> dict:
 
 # --- parsing --------------------------------------------------------------------------------
 
-def _value(kind: str, value: str) -> tuple[Decimal | None, int | None]:
+def parse_value(kind: str, value: str) -> tuple[Decimal | None, int | None]:
     if kind == MULTIPLIER:
         try:
             factor = Decimal(value)
@@ -142,7 +143,7 @@ def _value(kind: str, value: str) -> tuple[Decimal | None, int | None]:
     raise Problem("validation-error", f"A campaign's kind is {MULTIPLIER} or {FIXED}.")
 
 
-def _instant(text: str, tz: str, option: str, *, end: bool = False) -> datetime:
+def parse_instant(text: str, tz: str, option: str, *, end: bool = False) -> datetime:
     """A date (its start; with `end`, the start of the next day) or a date-time, in `tz` unless
     it says otherwise: the local day is the coalition's, across a DST change too."""
     try:
@@ -162,7 +163,7 @@ def _instant(text: str, tz: str, option: str, *, end: bool = False) -> datetime:
     return as_utc(moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo(tz)))
 
 
-def _refuse_closed_months(session: Session, starts_at: datetime, tz: str) -> None:
+def refuse_closed_months(session: Session, starts_at: datetime, tz: str) -> None:
     closed = session.scalar(select(func.max(ClosedPeriod.period)))
     if closed is None:
         return

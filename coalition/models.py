@@ -315,3 +315,44 @@ class Campaign(db.Model):
                         name="kind_and_value"),
         CheckConstraint("ends_at > starts_at", name="window_nonempty"),
     )
+
+
+class Coupon(db.Model):
+    """A bonus a member activates first, then earns once at the coupon's partner within its
+    window (coalition/coupons.py), like an eCoupon. Its terms are fixed once published."""
+    __tablename__ = "coupons"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    partner_id: Mapped[str] = mapped_column(String(64))  # earns here qualify
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # multiplier | fixed, as a campaign's
+    factor: Mapped[Decimal | None] = mapped_column(Numeric(9, 4))
+    bonus_points: Mapped[int | None] = mapped_column(BigInteger)
+    starts_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ends_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    funder_id: Mapped[str] = mapped_column(String(64))
+    published_by: Mapped[str] = mapped_column(String(64))  # the partner, or "operator"
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        CheckConstraint("(kind = 'multiplier' AND factor > 1 AND bonus_points IS NULL) OR "
+                        "(kind = 'fixed' AND bonus_points > 0 AND factor IS NULL)",
+                        name="kind_and_value"),
+        CheckConstraint("ends_at > starts_at", name="window_nonempty"),
+    )
+
+
+class CouponActivation(db.Model):
+    """A member's activation of a coupon: once per member and coupon. `entry_id`: the earn that
+    received the coupon's bonus (a coupon gives it once)."""
+    __tablename__ = "coupon_activations"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    coupon_id: Mapped[str] = mapped_column(ForeignKey("coupons.id"))
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), index=True)
+    activated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    channel: Mapped[str] = mapped_column(String(80))  # partner:<id> | portal | operator
+    entry_id: Mapped[int | None] = mapped_column(ForeignKey("journal_entries.id"))
+
+    __table_args__ = (UniqueConstraint("coupon_id", "member_id"),)

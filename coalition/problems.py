@@ -36,6 +36,7 @@ SLUGS: dict[str, tuple[int, str]] = {
     "period-open": (409, "Period open"),
     "period-closed": (409, "Period closed"),
     "hold-closed": (409, "Hold closed"),
+    "coupon-ended": (409, "Coupon ended"),
     "payload-too-large": (413, "Payload too large"),
     "unsupported-media-type": (415, "Unsupported media type"),
     "validation-error": (422, "Validation error"),

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from flask import current_app
 
-from coalition import campaigns, clock
+from coalition import campaigns, clock, coupons
 from coalition.cli import JsonGroup, check_id, json_command, operator, parse_since
 from coalition.database import db
 
@@ -218,3 +218,63 @@ def end(campaign_id):
     """End a campaign now: earns after this moment no longer qualify."""
     campaign, changed = campaigns.end(db.session, campaign_id, now=_now(), actor=operator())
     return {**campaigns.view(campaign), "changed": changed}
+
+
+# --- coupons (coalition/coupons.py) ------------------------------------------------------------
+
+coupons_cli = JsonGroup("coupons", help="Coupons members activate, then earn once.")
+
+
+@coupons_cli.command("add")
+@click.argument("coupon_id")
+@click.option("--partner", "partner_id", required=True, help="earns at this partner qualify")
+@click.option("--name", required=True)
+@click.option("--kind", type=click.Choice([campaigns.MULTIPLIER, campaigns.FIXED]), required=True)
+@click.option("--value", required=True, help="multiplier: the factor; fixed: bonus points")
+@click.option("--from", "starts", required=True, help="YYYY-MM-DD or YYYY-MM-DDTHH:MM (coalition time)")
+@click.option("--until", "ends", required=True, help="YYYY-MM-DD (through that day) or a date-time")
+@click.option("--funder", default=None, help="who pays for the bonus (default: the partner)")
+@json_command
+def coupon_add(coupon_id, partner_id, name, kind, value, starts, ends, funder):
+    """Publish a coupon (as the operator); its terms are fixed from then on."""
+    coupon = coupons.publish(
+        db.session, check_id(coupon_id, "ID"), partner_id=partner_id, name=name, kind=kind,
+        value=value, starts=starts, ends=ends, issuers=set(service.partner_ids(db.session)),
+        funder=funder, now=_now(), tz=current_app.config["COALITION_TIMEZONE"],
+        actor=operator())
+    return coupons.view(coupon)
+
+
+@coupons_cli.command("list")
+@click.option("--active", is_flag=True, help="only those running now")
+@json_command
+def coupon_list(active):
+    return [coupons.view(c) for c in coupons.listed(db.session, active_at=_now() if active else None)]
+
+
+@coupons_cli.command("show")
+@click.argument("coupon_id")
+@json_command
+def coupon_show(coupon_id):
+    return coupons.view(coupons.get(db.session, coupon_id))
+
+
+@coupons_cli.command("end")
+@click.argument("coupon_id")
+@json_command
+def coupon_end(coupon_id):
+    """End a coupon now: no activation and no bonus after this moment."""
+    coupon, changed = coupons.end(db.session, coupon_id, now=_now(), actor=operator())
+    return {**coupons.view(coupon), "changed": changed}
+
+
+@coupons_cli.command("activate")
+@click.argument("coupon_id")
+@click.argument("member_id")
+@json_command
+def coupon_activate(coupon_id, member_id):
+    """Activate a coupon for a member (as the operator, e.g. for the service desk)."""
+    activation, created = coupons.activate(db.session, coupon_id, member_id,
+                                           channel=coupons.OPERATOR_CHANNEL, now=_now())
+    return {"coupon_id": coupon_id, "member_id": member_id, "created": created,
+            "activated_at": clock.iso_utc(activation.activated_at), "channel": activation.channel}

@@ -285,6 +285,11 @@ class PartnerClient:
     def get_hold(self, hold_id: str) -> Response:
         return self.request("GET", f"/v1/holds/{_seg(hold_id)}")
 
+    def activate_coupon(self, member_id: str, coupon_id: str) -> Response:
+        """Activate a coupon for the member: 201 the first time, 200 after; 409 coupon-ended."""
+        return self.request(
+            "POST", f"/v1/members/{_seg(member_id)}/coupons/{_seg(coupon_id)}/activation")
+
     def set_pin(self, member_id: str, pin: str, current_pin: Optional[str] = None) -> Response:
         """Set the member's first PIN, or change it (current_pin). 204 on success."""
         body = {"pin": pin} if current_pin is None else {"pin": pin, "current_pin": current_pin}

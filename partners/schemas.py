@@ -84,6 +84,32 @@ class ConsentSchema(StrictSchema):
                        "null: marketing in general."})
 
 
+class CouponSchema(Schema):
+    id = fields.String(required=True)
+    partner_id = fields.String(required=True, metadata={"description": "Earns here qualify."})
+    name = fields.String(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(["multiplier", "fixed"]))
+    factor = fields.String(required=True, allow_none=True, metadata={
+        "description": "multiplier: the earn's points times this in all (\"2\": double)."})
+    bonus_points = fields.Integer(required=True, allow_none=True, metadata={
+        "description": "fixed: the bonus points."})
+    starts_at = Rfc3339(required=True)
+    ends_at = Rfc3339(required=True)
+    funder = fields.String(required=True, metadata={"description": "Who pays for the bonus."})
+    published_by = fields.String(required=True)
+
+
+class CouponActivationSchema(Schema):
+    coupon_id = fields.String(required=True)
+    member_id = fields.String(required=True)
+    activated_at = Rfc3339(required=True)
+    channel = fields.String(required=True, metadata={
+        "description": "Where it was activated: partner:<id>, portal or operator."})
+    used = fields.Boolean(required=True, metadata={
+        "description": "Whether an earn has received the coupon's bonus (it gives it once)."})
+    coupon = fields.Nested(CouponSchema, required=True)
+
+
 class ConsentRecordSchema(Schema):
     member_id = fields.String(required=True)
     marketing = fields.Boolean(required=True)

@@ -11,7 +11,7 @@ from flask import current_app, g
 from marshmallow import RAISE
 
 from coalition import batch as batches
-from coalition import clock, consents, holds, ledger, members, pins
+from coalition import clock, consents, coupons, holds, ledger, members, pins
 from coalition.api import Blueprint, problems
 from coalition.database import db
 from coalition.errors import Problem
@@ -262,6 +262,25 @@ def void_hold(hold_id: str):
 def _hold_answer(answer: holds.Answer, status: int):
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
     return hold_view(answer, now=_now()), status, headers
+
+
+@blp.route("/members/<member_id>/coupons/<coupon_id>/activation", methods=["POST"])
+@blp.doc(security=AUTH, summary="Activate a coupon for the member (no body): 201 the first "
+         "time, 200 after",
+         description="The coupon's bonus then goes, once, to an earn at the coupon's partner "
+                     "within its window. Any partner may activate any coupon for a member.")
+@blp.response(201, schemas.CouponActivationSchema, description="Activated now")
+@blp.alt_response(200, schema=schemas.CouponActivationSchema, description="Activated already "
+                  "(the first activation)")
+@problems(blp, *COMMON, "payload-too-large", "not-found", "coupon-ended")
+def activate_coupon(member_id: str, coupon_id: str):
+    g.card = member_id
+    activation, created = coupons.activate(
+        db.session, _known(coupon_id), _known(member_id),
+        channel=f"partner:{g.caller.partner_id}", now=_now())
+    view = coupons.activation_view(activation, member_id, coupons.get(db.session, coupon_id))
+    db.session.commit()
+    return view, 201 if created else 200
 
 
 @blp.route("/claims/<claim_id>/reversals", methods=["POST"])

@@ -443,6 +443,7 @@ def test_answers_carry_the_headers_documented_for_them(app, spec):
 def test_every_path_parameter_has_the_pattern_the_app_enforces(spec):
     from partners.schemas import PERIOD_PATTERN
     expected = {"member_id": ID_PATTERN, "claim_id": ID_PATTERN, "hold_id": ID_PATTERN,
+                "coupon_id": ID_PATTERN,
                 "period": PERIOD_PATTERN}
     seen = set()
     for path, item in spec["paths"].items():

@@ -40,7 +40,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from coalition import create_app, holds, ledger
+from coalition import coupons, create_app, holds, ledger
 from coalition.database import db
 from coalition.members import enrol, find
 from partners import service as partner_service
@@ -92,6 +92,7 @@ KNOWN = {
                  "other-earn-1", "no-such-claim"],
     "reversal_id": ["fz-rev-1"],
     # open (its capture books a burn: captured, then 409 hold-closed), voided, another partner's
+    "coupon_id": ["fz-coupon", "fz-coupon-ended", "no-such-coupon"],
     "hold_id": ["fz-hold-open", "fz-hold-voided", "other-hold", "no-such-hold"],
     "period": [CLOSED_PERIOD, CLOSED_PERIOD, OPEN_PERIOD, "2026-13", "1999-01"],
 }
@@ -152,6 +153,12 @@ def _seed() -> PartnerClient:
                         occurred_at=now - timedelta(minutes=5), now=now, rules=rules,
                         expires_in=holds.MAX_LIFETIME_S)
         holds.void(s, partner_id=PARTNER, hold_id="fz-hold-voided", now=now)
+        tz_name = APP.config["COALITION_TIMEZONE"]
+        for coupon_id in ("fz-coupon", "fz-coupon-ended"):
+            coupons.publish(s, coupon_id, partner_id=PARTNER, name=coupon_id, kind="fixed",
+                            value="50", starts=OPEN_PERIOD + "-01", ends="2099-12-31",
+                            issuers={PARTNER, OTHER}, now=now, tz=tz_name)
+        coupons.end(s, "fz-coupon-ended", now=now)
         find(s, "M-locked").locked = True
         s.commit()
     return PartnerClient("", PARTNER, key, audience=APP.config["COALITION_AUDIENCE"])
@@ -175,6 +182,7 @@ STEER = {
     "claim_id": st.one_of(_fresh("fz"), st.sampled_from(KNOWN["claim_id"])),
     "reversal_id": st.one_of(_fresh("fz-rev"), st.sampled_from(KNOWN["reversal_id"])),
     "hold_id": st.one_of(_fresh("fz-hold"), st.sampled_from(KNOWN["hold_id"])),
+    "coupon_id": st.sampled_from(KNOWN["coupon_id"]),
     "expires_in": st.integers(1, 7 * 86400),
     "occurred_at": st.integers(0, 20 * 86400).map(_recent),
     "pending_until": st.integers(-7 * 86400, -60).map(_recent),  # in the future
