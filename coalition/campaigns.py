@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from . import audit
 from .clock import as_utc, iso_utc
 from .decimals import plain
-from .models import Campaign, ClosedPeriod
+from .models import Campaign, ClosedPeriod, Segment
 from .periods import add_months
 from .problems import Problem
 from .vocabulary import MAX_POINTS
@@ -57,6 +57,9 @@ def add(session: Session, campaign_id: str, *, name: str, kind: str, value: str,
     if funder not in issuers:
         raise Problem("validation-error", f"The funder {funder!r} is no registered partner nor "
                                           "the operator.")
+    if segment is not None and session.get(Segment, segment) is None:
+        raise Problem("validation-error", f"No segment {segment!r}: define it first "
+                                          "(segments add).")
     unknown = sorted(set(partners or ()) - issuers)
     if unknown:
         raise Problem("validation-error", f"No such partners: {', '.join(unknown)}.")

@@ -356,3 +356,17 @@ class CouponActivation(db.Model):
     entry_id: Mapped[int | None] = mapped_column(ForeignKey("journal_entries.id"))
 
     __table_args__ = (UniqueConstraint("coupon_id", "member_id"),)
+
+
+class Segment(db.Model):
+    """A group of members the operator defines by a rule (coalition/segments.py), never by SQL:
+    campaigns target it, and offers for it go only to members with marketing consent."""
+    __tablename__ = "segments"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    rule: Mapped[str] = mapped_column(String(32))  # segments.RULES
+    partner_id: Mapped[str | None] = mapped_column(String(64))  # the rule's partner, if any
+    days: Mapped[int] = mapped_column(Integer)  # the rule's look-back window
+    points: Mapped[int | None] = mapped_column(BigInteger)  # the rule's threshold, if any
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)

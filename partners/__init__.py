@@ -6,7 +6,7 @@ from flask import Flask
 
 def init_app(app: Flask, api) -> None:
     from . import models  # noqa: F401  (registers the tables with the metadata)
-    from .cli import campaigns_cli, coupons_cli, partners_cli
+    from .cli import campaigns_cli, coupons_cli, partners_cli, segments_cli
     from .demo import demo_cli
     from . import listings  # noqa: F401  (adds GET /v1/claims to the partner blueprint)
     from .harvest import erase_lookups, lookups_of
@@ -21,3 +21,4 @@ def init_app(app: Flask, api) -> None:
     app.cli.add_command(demo_cli)
     app.cli.add_command(campaigns_cli)
     app.cli.add_command(coupons_cli)
+    app.cli.add_command(segments_cli)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from flask import current_app
 
-from coalition import campaigns, clock, coupons
+from coalition import campaigns, clock, coupons, segments
 from coalition.cli import JsonGroup, check_id, json_command, operator, parse_since
 from coalition.database import db
 
@@ -278,3 +278,38 @@ def coupon_activate(coupon_id, member_id):
                                            channel=coupons.OPERATOR_CHANNEL, now=_now())
     return {"coupon_id": coupon_id, "member_id": member_id, "created": created,
             "activated_at": clock.iso_utc(activation.activated_at), "channel": activation.channel}
+
+
+# --- segments (coalition/segments.py) ----------------------------------------------------------
+
+segments_cli = JsonGroup("segments", help="Groups of members by the operator's rules.")
+
+
+@segments_cli.command("add")
+@click.argument("segment_id")
+@click.option("--name", required=True)
+@click.option("--rule", type=click.Choice(segments.RULES), required=True)
+@click.option("--days", type=int, required=True, help="the rule's look-back window in days")
+@click.option("--partner", "partner_id", default=None, help="active-at: the partner")
+@click.option("--points", type=int, default=None, help="earned-at-least: the points")
+@json_command
+def segment_add(segment_id, name, rule, days, partner_id, points):
+    """Define a segment by one of the documented rules; fixed from then on."""
+    segment = segments.add(db.session, check_id(segment_id, "ID"), name=name, rule=rule,
+                           days=days, partner_id=partner_id, points=points,
+                           issuers=set(service.partner_ids(db.session)), now=_now(),
+                           actor=operator())
+    return segments.view(segment)
+
+
+@segments_cli.command("list")
+@json_command
+def segment_list():
+    return [segments.view(s) for s in segments.listed(db.session)]
+
+
+@segments_cli.command("show")
+@click.argument("segment_id")
+@json_command
+def segment_show(segment_id):
+    return segments.view(segments.get(db.session, segment_id))

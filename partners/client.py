@@ -285,6 +285,10 @@ class PartnerClient:
     def get_hold(self, hold_id: str) -> Response:
         return self.request("GET", f"/v1/holds/{_seg(hold_id)}")
 
+    def offers(self, member_id: str) -> Response:
+        """The campaigns and coupons the member can use now."""
+        return self.request("GET", f"/v1/members/{_seg(member_id)}/offers")
+
     def activate_coupon(self, member_id: str, coupon_id: str) -> Response:
         """Activate a coupon for the member: 201 the first time, 200 after; 409 coupon-ended."""
         return self.request(

@@ -110,6 +110,32 @@ class CouponActivationSchema(Schema):
     coupon = fields.Nested(CouponSchema, required=True)
 
 
+class OfferedCouponSchema(CouponSchema):
+    activated = fields.Boolean(required=True)
+    used = fields.Boolean(required=True, metadata={
+        "description": "The bonus was received already (a coupon gives it once)."})
+
+
+class OfferedCampaignSchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(["multiplier", "fixed"]))
+    factor = fields.String(required=True, allow_none=True)
+    bonus_points = fields.Integer(required=True, allow_none=True)
+    partners = fields.List(fields.String(), required=True, allow_none=True, metadata={
+        "description": "Whose earns qualify; null: every partner's."})
+    segment = fields.String(required=True, allow_none=True)
+    starts_at = Rfc3339(required=True)
+    ends_at = Rfc3339(required=True)
+
+
+class OffersSchema(Schema):
+    member_id = fields.String(required=True)
+    tier = fields.String(required=True, allow_none=True)
+    campaigns = fields.List(fields.Nested(OfferedCampaignSchema), required=True)
+    coupons = fields.List(fields.Nested(OfferedCouponSchema), required=True)
+
+
 class ConsentRecordSchema(Schema):
     member_id = fields.String(required=True)
     marketing = fields.Boolean(required=True)

@@ -17,6 +17,7 @@ from coalition.database import db
 from coalition.errors import Problem
 from coalition.expiry_notices import for_member as expiry_notices_of
 from coalition.fields import ID_PATTERN
+from coalition.offers import for_member as offers_of
 
 from . import harvest, schemas
 from .auth import AUTH, COMMON, authenticate, crashed, failed, spend_again, watch_for_harvesting
@@ -262,6 +263,24 @@ def void_hold(hold_id: str):
 def _hold_answer(answer: holds.Answer, status: int):
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
     return hold_view(answer, now=_now()), status, headers
+
+
+@blp.route("/members/<member_id>/offers", methods=["GET"])
+@blp.doc(security=AUTH, summary="The campaigns and coupons the member can use now",
+         description="Campaigns running now that qualify the member (tier; a segment-targeted "
+                     "one only with the member's marketing consent), and coupons running now with "
+                     "whether the member activated and used each.")
+@blp.response(200, schemas.OffersSchema, description="The member's offers now")
+@problems(blp, *COMMON, "not-found")
+def offers(member_id: str):
+    g.card = member_id
+    view = offers_of(db.session, _known(member_id), now=_now(),
+                     tz=current_app.config["COALITION_TIMEZONE"],
+                     tiers=current_app.config["LEDGER_RULES"].tiers)
+    harvest.record_read(db.session, g.caller.partner_id, member_id, _now())
+    db.session.commit()
+    watch_for_harvesting(g.caller.partner_id)
+    return view
 
 
 @blp.route("/members/<member_id>/coupons/<coupon_id>/activation", methods=["POST"])
