@@ -1,6 +1,7 @@
 """Statements as CSV for a partner's finance team: one `field,value` row per line item,
 then one row per counterparty. The coalition report likewise: its `field,value` rows, then
-one row per statement and one per issuer x redeemer cell.
+one row per statement and one per issuer x redeemer cell, and (from v3, in a month with
+breakage) one per issuer whose points expired, with their price in cents.
 
 Every export writes its rows through `writer()`, which keeps any cell from reading as a formula
 when the file is opened in a spreadsheet (OWASP, CSV injection): a text cell that starts with
@@ -74,9 +75,17 @@ def statement_csv(doc: dict, digest: str) -> str:
     return out.getvalue()
 
 
+def _breakage(doc: dict) -> dict | None:
+    """A v3 report's breakage, if any points expired: a month without breakage exports the
+    rows it always did."""
+    breakage = doc.get("breakage")
+    return breakage if breakage and breakage["by_issuer"] else None
+
+
 def report_csv(doc: dict, digest: str) -> str:
     """The coalition report of a month: `digest` is the SHA-256 of the signed report, the
-    rest comes from the report itself (a v1 report has no netting in cents)."""
+    rest comes from the report itself (a v1 report has no netting in cents, v1 and v2 no
+    breakage)."""
     out = io.StringIO()
     rows = writer(out)
     rows.writerow(["field", "value"])
@@ -85,6 +94,10 @@ def report_csv(doc: dict, digest: str) -> str:
     for name, value in sorted(doc["totals"].items()):
         rows.writerow([f"totals.{name}", value])
     rows.writerow(["operator_margin_cents", doc["operator_margin_cents"]])
+    breakage = _breakage(doc)
+    if breakage:
+        rows.writerow(["breakage.points", breakage["points"]])
+        rows.writerow(["breakage.breakage_cents", breakage["breakage_cents"]])
     for name, value in sorted(doc["payments"].items()):
         rows.writerow([f"payments.{name}", value])
     for name in ("ledger_anchor", "ledger_head"):
@@ -98,4 +111,10 @@ def report_csv(doc: dict, digest: str) -> str:
     rows.writerow(["issuer", "redeemer", "points"])
     for row in doc["matrix"]:
         rows.writerow([row["issuer"], row["redeemer"], row["points"]])
+    if breakage:
+        rows.writerow([])
+        rows.writerow(["issuer", "points_expired", "issue_price", "breakage_cents"])
+        for row in breakage["by_issuer"]:
+            rows.writerow([row["partner_id"], row["points"], row["issue_price"],
+                           row["breakage_cents"]])
     return out.getvalue()

@@ -1,6 +1,6 @@
 """The line items behind a partner's closed statement, derived from the journal.
 
-Three kinds of line, in this order, each in booking order:
+Four kinds of line, in this order, each in booking order:
 
 - `claim`: every claim of the partner booked into the month (earn, burn, reversal). A late
   claim (its own month was closed when it arrived) says so, with its own month (`own_period`,
@@ -14,6 +14,10 @@ Three kinds of line, in this order, each in booking order:
 - `debt_recovery`: every debt fill of a debt owed to the partner. `claim_id` names the
   partner's reversal that left the debt, `counterparty` the partner whose new points paid it.
   Carries points_debt_recovered.
+- `breakage`: every expiry of the partner's points in the month (breakage), as `flask points
+  expire` booked it (kind `expiry`), or given back to the lot by the partner's reversal of the
+  earn (kind `reversal`, negative points). `claim_id` names the partner's earn whose lot
+  expired. Carries points_expired, and no money: the statement prices no breakage.
 
 Each points column sums exactly to the statement's field of the same name. Each money column
 sums exactly to the statement's money line: the statement rounds a money line once, over the
@@ -34,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
-from sqlalchemy import case, func, literal, select
+from sqlalchemy import case, func, literal, null, select
 from sqlalchemy.orm import Session, aliased
 
 from coalition.clock import as_utc, iso_utc
@@ -46,9 +50,12 @@ from coalition.vocabulary import FUNDING, ConsumptionKind, EntryKind
 from . import exports, service
 from .statements import CHARGES, CREDITS, MONEY_LINES
 
-SECTIONS = ("claim", "funding", "debt_recovery")
+SECTIONS = ("claim", "funding", "debt_recovery", "breakage")  # a cursor names one by its index
 POINTS = ("claims", "late_claims", "points_issued", "points_redeemed", "points_funded",
-          "points_debt_recovered")
+          "points_debt_recovered", "points_expired")
+# The points column of each section but claim (which has several): Consumption.points.
+CONSUMED = {"funding": "points_funded", "debt_recovery": "points_debt_recovered",
+            "breakage": "points_expired"}
 MONEY = MONEY_LINES
 COLUMNS = ("line", "claim_id", "kind", "reverses", "member_id", "counterparty", "occurred_at",
            "recorded_at", "late", "own_period", *POINTS, *MONEY, "net_cents")
@@ -89,7 +96,7 @@ class MonthLines:
         self._check_points()
         self.allocations = {name: self._allocate(name) for name in MONEY}
 
-    # --- the three sections as queries ------------------------------------------------------
+    # --- the four sections as queries ------------------------------------------------------
 
     def _queries(self, partner_id: str, period: str) -> None:
         target, earn, made = aliased(Entry), aliased(Entry), aliased(Entry)
@@ -110,8 +117,15 @@ class MonthLines:
                     .join(DebtLot, DebtLot.id == Consumption.debt_lot_id)
                     .where(Entry.period == period, DebtLot.creditor_id == partner_id,
                            Consumption.kind == ConsumptionKind.DEBT_FILL))
-        self.sections = {"claim": claims, "funding": funding, "debt_recovery": recovery}
-        self.ids = {"claim": Entry.id, "funding": Consumption.id, "debt_recovery": Consumption.id}
+        expired = (select(Consumption.id.label("id")).select_from(Consumption)
+                   .join(Entry, Entry.id == Consumption.entry_id)
+                   .join(Lot, Lot.id == Consumption.lot_id)
+                   .where(Entry.period == period, Lot.issuer_id == partner_id,
+                          Consumption.kind == ConsumptionKind.EXPIRY))
+        self.sections = {"claim": claims, "funding": funding, "debt_recovery": recovery,
+                         "breakage": expired}
+        self.ids = {"claim": Entry.id, "funding": Consumption.id, "debt_recovery": Consumption.id,
+                    "breakage": Consumption.id}
         # money column -> (section, points of a line (None: 1 each), the statement's field)
         self.amounts = {
             "issuance_charge_cents": ("claim", issued, "points_issued"),
@@ -139,6 +153,13 @@ class MonthLines:
             .join(Lot, Lot.id == Consumption.lot_id).add_columns(
                 made.claim_id, Consumption.kind, Member.external_id, Lot.issuer_id,
                 Entry.occurred_at, Entry.recorded_at, Consumption.points),
+            # The entry's kind, not the consumption's (always expiry): an expiry booked, or
+            # expired points a reversal of the earn gave back. No counterparty: no partner
+            # took these points.
+            "breakage": expired.join(earn, earn.id == Lot.entry_id)
+            .join(Member, Member.id == Lot.member_id).add_columns(
+                earn.claim_id, Entry.kind, Member.external_id, null(),
+                Entry.occurred_at, Entry.recorded_at, Consumption.points),
         }
 
     def _groups(self, column: str) -> list[tuple[int, int]]:
@@ -156,6 +177,9 @@ class MonthLines:
                    for column, (_, _, field) in self.amounts.items()}
         derived["late_claims"] = self.session.scalar(
             self.sections["claim"].with_only_columns(func.count()).where(Entry.late.is_(True)))
+        expired = func.coalesce(func.sum(Consumption.points), 0)
+        derived["points_expired"] = int(self.session.scalar(
+            self.sections["breakage"].with_only_columns(expired)))
         for field, value in derived.items():
             if value != self.document[field]:
                 raise LinesDisagree(f"{field}: the journal gives {value}, the statement "
@@ -247,7 +271,7 @@ class MonthLines:
                         points_redeemed=int(redeemed))
         else:
             line["counterparty"] = other
-            line["points_funded" if section == "funding" else "points_debt_recovered"] = int(own[0])
+            line[CONSUMED[section]] = int(own[0])
         for column, (in_section, _, field) in self.amounts.items():
             if in_section == section:
                 line[column] = self.allocations[column].cents(line[field], line_id)

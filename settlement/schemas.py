@@ -185,6 +185,7 @@ class StatementTotalsSchema(Schema):
     points_redeemed = fields.Integer(required=True)
     points_funded = fields.Integer(required=True)
     points_debt_recovered = fields.Integer(required=True)
+    points_expired = fields.Integer(required=True)
     issuance_charge_cents = fields.Integer(required=True)
     redemption_funding_charge_cents = fields.Integer(required=True)
     redemption_reimbursement_cents = fields.Integer(required=True)
@@ -197,10 +198,13 @@ class StatementLineSchema(StatementTotalsSchema):
     line = fields.String(required=True, validate=validate.OneOf(SECTIONS))
     claim_id = fields.String(required=True, metadata={
         "description": "The caller's own claim: the claim (claim), the earn whose points were "
-                       "used (funding), the reversal that left the debt (debt_recovery)."})
+                       "used (funding) or expired (breakage), the reversal that left the debt "
+                       "(debt_recovery)."})
     kind = fields.String(required=True, metadata={
         "description": "claim: earn, burn or reversal; funding: burn, burn_reversal or "
-                       "debt_fill; debt_recovery: debt_fill."})
+                       "debt_fill; debt_recovery: debt_fill; breakage: expiry (the points "
+                       "expired), or reversal (your reversal of the earn took expired points "
+                       "back: negative points)."})
     reverses = fields.String(required=True, allow_none=True, metadata={
         "description": "claim lines of a reversal: the claim it reverses."})
     member_id = fields.String(required=True, allow_none=True, metadata={
@@ -208,7 +212,7 @@ class StatementLineSchema(StatementTotalsSchema):
     counterparty = fields.String(required=True, allow_none=True, metadata={
         "description": "funding: the partner that redeemed the points (for a debt fill: the "
                        "partner whose debt they paid); debt_recovery: the partner whose points "
-                       "paid the debt; claim: null."})
+                       "paid the debt; claim and breakage: null."})
     occurred_at = Rfc3339(required=True, metadata={"description": "Of the claim that booked the line."})
     recorded_at = Rfc3339(required=True, metadata={"description": "Of the claim that booked the line."})
     late = fields.Boolean(required=True, metadata={
@@ -226,7 +230,7 @@ class StatementLinesSchema(Schema):
         "description": "The statement's fields that the lines of every page together sum to, "
                        "column by column."})
     lines = fields.List(fields.Nested(StatementLineSchema), required=True, metadata={
-        "description": "Claim lines, then funding lines, then debt recovery lines, each in "
-                       "booking order."})
+        "description": "Claim lines, then funding lines, then debt recovery lines, then "
+                       "breakage lines, each in booking order."})
     next_cursor = fields.String(required=True, allow_none=True, metadata={
         "description": "Pass as `cursor` for the next page; null on the last page."})

@@ -96,10 +96,14 @@ def derive(session: Session, period: str, closed_at: datetime, partners: list[st
     flows = month_flows(session, period)
     stamp = iso_utc(closed_at)
     head = session.get(ClosedPeriod, period).ledger_head
-    docs = {p: statements.statement_of(p, period, stamp, terms_in_force(session, p, period), flows,
-                                       partners, head, version) for p in partners}
+    # Every issuer with points expired is priced, a partner without a statement too: a month
+    # whose statement row went missing must still re-derive (and be reported), not fail.
+    terms = {p: terms_in_force(session, p, period) for p in {*partners, *flows.expired}}
+    docs = {p: statements.statement_of(p, period, stamp, terms[p], flows, partners, head, version)
+            for p in partners}
     digests = {p: sha256_hex(canonical(doc)) for p, doc in docs.items()}
-    return docs, statements.report_of(period, stamp, docs, digests, flows, head, version)
+    prices = {p: t["issue_price"] for p, t in terms.items()}
+    return docs, statements.report_of(period, stamp, docs, digests, flows, head, version, prices)
 
 
 def close(session: Session, period: str, *, now: datetime, tz: str, key,

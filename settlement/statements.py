@@ -7,6 +7,9 @@ Documents are versioned by their `type`. A month keeps the version it was closed
 byte re-derivation of a month closed before it:
 - v1: terms with six decimal places (`0.010000`); netting counts payments only.
 - v2: terms as few digits as they need (`0.01`); netting also in cents.
+- v3: the report also prices breakage (points that expired unspent) per issuer in EUR, at the
+  issue price in force for the month. Statements are as in v2, type included: a v3 month's
+  statements are byte for byte what v2 wrote, so only the report says the month is v3.
 """
 from __future__ import annotations
 
@@ -16,15 +19,19 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from coalition.decimals import plain
 
-STATEMENT_TYPES = {1: "coalition-statement/v1", 2: "coalition-statement/v2"}
-REPORT_TYPES = {1: "coalition-report/v1", 2: "coalition-report/v2"}
-CURRENT = 2  # what a close writes now
+STATEMENT_TYPES = {1: "coalition-statement/v1", 2: "coalition-statement/v2",
+                   3: "coalition-statement/v2"}
+REPORT_TYPES = {1: "coalition-report/v1", 2: "coalition-report/v2", 3: "coalition-report/v3"}
+CURRENT = 3  # what a close writes now
 
 CREDITS = ("redemption_reimbursement_cents", "debt_recovery_credit_cents")
 CHARGES = ("issuance_charge_cents", "redemption_funding_charge_cents", "fees_cents")
 MONEY_LINES = CHARGES + CREDITS
 
-_VERSIONS = {name: v for types in (STATEMENT_TYPES, REPORT_TYPES) for v, name in types.items()}
+# A type names the first version that wrote it: a v2 statement under a v3 report re-derives
+# the same bytes either way, and the report, read first, says which the month is.
+_VERSIONS = {name: v for types in (STATEMENT_TYPES, REPORT_TYPES)
+             for v, name in sorted(types.items(), reverse=True)}
 _V1_PLACES = Decimal("0.000001")
 
 
@@ -105,10 +112,25 @@ def netting(statements: dict[str, dict], version: int = CURRENT) -> dict:
     return payments
 
 
+def breakage(flows: Flows, prices: dict[str, Decimal], version: int = CURRENT) -> dict:
+    """Points that expired unspent, per issuer (those with any, by id) and in all, priced at
+    each issuer's issue price: rounded once per issuer, half up, and the total is the sum of
+    those cents (what each issuer's own figure says, never rounded again)."""
+    by_issuer = [{"partner_id": issuer, "points": points,
+                  "issue_price": _term(prices[issuer], version),
+                  "breakage_cents": cents(points, prices[issuer])}
+                 for issuer, points in sorted(flows.expired.items()) if points]
+    return {"by_issuer": by_issuer, "points": sum(row["points"] for row in by_issuer),
+            "breakage_cents": sum(row["breakage_cents"] for row in by_issuer)}
+
+
 def report_of(period: str, closed_at: str, statements: dict[str, dict], digests: dict[str, str],
-              flows: Flows, ledger_head: str | None, version: int = CURRENT) -> dict:
+              flows: Flows, ledger_head: str | None, version: int = CURRENT,
+              prices: dict[str, Decimal] | None = None) -> dict:
+    """The coalition report. `prices`: each issuer's issue price for the month, which a v3
+    report needs for every issuer with points expired (v1 and v2 read none)."""
     nets = {p: s["net_cents"] for p, s in statements.items()}
-    return {
+    report = {
         "type": REPORT_TYPES[version], "period": period, "currency": "EUR", "closed_at": closed_at,
         "statements": [{"partner_id": p, "net_cents": nets[p], "digest": digests[p]}
                        for p in sorted(statements)],
@@ -121,3 +143,6 @@ def report_of(period: str, closed_at: str, statements: dict[str, dict], digests:
         "payments": netting(statements, version),
         "ledger_anchor": flows.anchor, "ledger_head": ledger_head,
     }
+    if version >= 3:
+        report["breakage"] = breakage(flows, prices or {}, version)
+    return report

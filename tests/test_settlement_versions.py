@@ -1,5 +1,6 @@
 """Statement documents are versioned: a month closed as v1 (terms with six places, netting in
-counts only) still re-derives byte for byte and verifies after closes write v2."""
+counts only) or as v2 (no breakage in the report) still re-derives byte for byte and verifies
+after closes write v3."""
 from __future__ import annotations
 
 import json
@@ -44,7 +45,9 @@ def close_may_as_v1_then_june(s, monkeypatch):
                               now=day(2, month=6))
     s.commit()
     Book(s, now=day(3, month=6)).earn("bakery", "e4", "M2", 50, day(30))  # late: into June
-    close(s, "2026-06", datetime(2026, 7, 2, tzinfo=UTC))
+    with monkeypatch.context() as patch:  # and June as it was before v3
+        patch.setattr(statements, "CURRENT", 2)
+        close(s, "2026-06", datetime(2026, 7, 2, tzinfo=UTC))
 
 
 def test_a_month_closed_as_v1_keeps_its_format_and_verifies_beside_a_v2_month(may, runner, monkeypatch):
@@ -76,6 +79,21 @@ def test_a_month_closed_as_v1_keeps_its_format_and_verifies_beside_a_v2_month(ma
     as_v1, _ = settlement.derive(may, "2026-05", closed.closed_at, partners, 1)
     stored = settlement.statement(may, "fuel", "2026-05").document.encode()
     assert canonical(as_v1["fuel"]) == stored != canonical(as_v2["fuel"])
+
+
+def test_v1_v2_and_v3_months_verify_side_by_side(may, runner, monkeypatch):
+    close_may_as_v1_then_june(may, monkeypatch)
+    Book(may, now=day(3, month=7)).earn("fuel", "f9", "M2", 10, day(3, month=7))
+    close(may, "2026-07", datetime(2026, 8, 2, tzinfo=UTC))
+    types = [json.loads(settlement.report(may, p).document)["type"]
+             for p in ("2026-05", "2026-06", "2026-07")]
+    assert types == ["coalition-report/v1", "coalition-report/v2", "coalition-report/v3"]
+    july = settlement.statement(may, "fuel", "2026-07").document
+    assert json.loads(july)["type"] == "coalition-statement/v2"  # v3 changed only the report
+    may.commit()
+    report = verify(runner)
+    assert report["ok"], report
+    assert report["checked"]["statements"] == 3 * 4
 
 
 def test_a_v1_month_changed_behind_the_services_back_is_still_caught(may, runner, monkeypatch):
