@@ -1,6 +1,7 @@
 """Statements as PDF for a partner's finance team to file: one A4 page (two at most for a
 partner with many counterparties), rendered from the signed statement and nothing else; and
-the coalition report of a month as PDF for the operator, rendered from the signed report.
+the coalition report of a month as PDF for the operator, rendered from the signed report
+(from v3 with the month's breakage per issuer, when points expired).
 
 The PDF is a rendering, not the record: its footer carries the SHA-256 digest, the signing
 key's kid and the ledger anchor, so anyone can match it to the signed JSON and check that
@@ -317,5 +318,23 @@ def _report_story(signed: dict, coalition: str) -> list:
                             [72 * mm, 72 * mm, 30 * mm], right_from=2))
     else:
         story.append(KeepTogether([heading, Paragraph("No points were redeemed this month.", body)]))
+    story += _breakage_story(doc, body, h2)
     story += [Spacer(1, 6), Paragraph(_esc(f"Ledger head at the close: {doc.get('ledger_head')}"), small)]
     return story
+
+
+def _breakage_story(doc: dict, body, h2) -> list:
+    """A v3 report's breakage, when points expired: v1 and v2 reports, and months without
+    breakage, render as they always did."""
+    breakage = doc.get("breakage")
+    if not breakage or not breakage["by_issuer"]:
+        return []
+    rows = [["Issuer", "Points expired", "Issue price (EUR)", "Breakage (EUR)"]]
+    rows += [[Paragraph(_esc(str(row["partner_id"])), body), points(row["points"]),
+              row["issue_price"], eur(row["breakage_cents"])] for row in breakage["by_issuer"]]
+    rows.append(["Total", points(breakage["points"]), "", eur(breakage["breakage_cents"])])
+    return [Paragraph("Breakage (points that expired unspent, at each issuer's issue price; "
+                      "no money moves)", h2),
+            _table(rows, [72 * mm, 30 * mm, 36 * mm, 36 * mm],
+                   extra=[("FONT", (0, -1), (-1, -1), BOLD, 9),
+                          ("LINEABOVE", (0, -1), (-1, -1), 0.8, colors.black)])]

@@ -23,6 +23,7 @@ from settlement import service as settlement
 from settlement.lines import TOTALS, MonthLines
 from settlement.pdf import report_pdf
 from settlement.signing import signing_key
+from tests.test_statement_pdf import drawn, page_text
 
 UTC = timezone.utc
 TZ = "Europe/Berlin"
@@ -219,9 +220,14 @@ def test_the_report_exports_show_breakage_from_v3(expired):
     assert "\nbreakage.points,141\nbreakage.breakage_cents,200\n" in csv
     assert csv.endswith("\nissuer,points_expired,issue_price,breakage_cents\n"
                         "acme,91,0.015,137\nbolt,50,0.0125,63\n")
-    assert report_pdf(signed).startswith(b"%PDF-")
+    text = page_text(report_pdf(signed, compress=False))
+    for needle in ("Breakage (points that expired unspent", "acme", "91", "0.015", "1.37",
+                   "0.0125", "0.63", "141", "2.00"):
+        assert drawn(needle) in text, needle
+    assert report_pdf(signed) == report_pdf(signed)  # same report, same bytes
     may = settlement.signed(settlement.report(s, "2026-05"))  # v3 without breakage: as before
     assert "breakage" not in exports.report_csv(may["document"], may["digest"])
+    assert b"Breakage" not in page_text(report_pdf(may, compress=False))
 
 
 @pytest.mark.parametrize("points, price, expected", [
