@@ -1,6 +1,7 @@
 """Stateful property test of the partner API: random runs of signed earns (some pending), burns,
-partial and full reversals, idempotent and conflicting retries, partner suspensions and clock
-steps. A small model, independent of coalition.ledger, predicts every answer (201, 401 while
+partial and full reversals, idempotent and conflicting retries, redemption holds (placed,
+captured in whole or part, voided, lapsing as the clock moves), member locks, expiry, partner
+suspensions and clock steps. A small model, independent of coalition.ledger, predicts every answer (201, 401 while
 suspended, 409, 422 and the balance after); after every step `ledger verify` must pass and
 every member's balance, lots by issuer and debts by creditor must be the model's.
 
@@ -122,6 +123,28 @@ class ModelLot:
 
 
 @dataclass
+class ModelHold:
+    hid: str
+    partner: str
+    member: str
+    points: int
+    occurred: datetime
+    lifetime: int  # expires_in, seconds
+    expires_at: datetime  # placed at + lifetime
+    status: str = "open"  # open | captured | voided (lapsed: open past expires_at)
+    claim: str | None = None  # the capture's claim id
+    answer: dict | None = None  # the 201 body of the placement
+
+    def open_at(self, now: datetime) -> bool:
+        return self.status == "open" and now < self.expires_at
+
+    def request(self) -> dict:
+        return {"hold_id": self.hid, "member_id": self.member, "points": self.points,
+                "occurred_at": rfc3339(self.occurred),
+                "expires_in": self.lifetime}
+
+
+@dataclass
 class Debt:
     member: str
     creditor: str  # the partner whose reversed earn the member had spent
@@ -141,13 +164,46 @@ class Model:
         self.lots: dict[str, ModelLot] = {}  # by the claim id of the earn that made the lot
         self.locked: set[str] = set()  # members the operator locked: no burns, earns book
         self.debts: list[Debt] = []  # oldest first: the order earns pay them off
+        self.holds: dict[str, ModelHold] = {}
 
     def debt(self, member: str) -> int:
         return sum(d.remaining for d in self.debts if d.member == member)
 
+    def reserved(self, member: str, now: datetime) -> int:
+        """The points the member's open holds keep from being available."""
+        return sum(h.points for h in self.holds.values() if h.member == member and h.open_at(now))
+
     def available(self, member: str, now: datetime) -> int:
-        return sum(lot.remaining for lot in self.lots.values()
-                   if lot.member == member and lot.spendable(now)) - self.debt(member)
+        return (sum(lot.remaining for lot in self.lots.values()
+                    if lot.member == member and lot.spendable(now))
+                - self.debt(member) - self.reserved(member, now))
+
+    def place(self, hold: ModelHold, now: datetime) -> None:
+        """A hold is checked as a burn: its window, the lock, then the points (all of a run's
+        lots stay valid for longer than a hold lives)."""
+        if not now - MAX_AGE <= hold.occurred <= now + MAX_FUTURE:
+            raise Rejected(422, "validation-error")
+        if hold.member in self.locked:
+            raise Rejected(403, "member-locked")
+        if hold.points > self.available(hold.member, now):
+            raise Rejected(422, "insufficient-points")
+        self.holds[hold.hid] = hold
+
+    def capture(self, hold: ModelHold, claim: Claim, now: datetime) -> int:
+        """Capture as the hold's partner: the capture's burn (not authorised again: a lock
+        does not stop it), or Rejected leaving the model as it was."""
+        if not hold.open_at(now):
+            raise Rejected(409, "hold-closed")
+        if claim.points > hold.points:
+            raise Rejected(422, "validation-error")
+        hold.status = "captured"
+        try:
+            self._burn(claim, now)
+        except Rejected:
+            hold.status = "open"  # the hold stays open, to be captured for less or voided
+            raise
+        hold.claim = claim.cid
+        return self.available(claim.member, now)
 
     def pending(self, member: str, now: datetime) -> int:
         return sum(lot.remaining for lot in self.lots.values() if lot.member == member
@@ -291,6 +347,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.members: list[str] = []
         self.suspended: set[str] = set()
         self.expiry_runs = 0
+        self.hold_count = 0
 
     @property
     def now(self) -> datetime:
@@ -457,6 +514,89 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             expect_problem(response, 409, "claim-id-conflict")
 
+    # --- holds ------------------------------------------------------------------------------
+
+    @rule(p=INDEX, m=INDEX, size=st.sampled_from(["some", "all", "over"]),
+          points=st.integers(1, 400), lifetime=st.sampled_from([60, 600, 3600]),
+          again=st.booleans())
+    def place_hold(self, p, m, size, points, lifetime, again) -> None:
+        holders = [m for m in self.members if self.model.available(m, self.now) > 0]
+        member = pick(holders if holders and size != "over" else self.members, m)
+        available = self.model.available(member, self.now)
+        points = {"some": points, "all": max(available, 1), "over": max(available, 0) + 1}[size]
+        self.hold_count += 1
+        occurred = self.now - timedelta(seconds=1)
+        hold = ModelHold(f"h{self.hold_count}", pick(self.partners, p), member, points, occurred,
+                         lifetime, self.now + timedelta(seconds=lifetime))
+        response = self.post(hold.partner, "/v1/holds", hold.request())
+        if hold.partner in self.suspended:
+            expect_problem(response, 401, "partner-suspended")
+            return
+        try:
+            self.model.place(hold, self.now)
+        except Rejected as rejected:
+            expect_problem(response, rejected.status, rejected.slug)
+            return
+        assert response.status == 201, response.body
+        hold.answer = response.json()
+        assert (hold.answer["status"], hold.answer["points"], hold.answer["expires_at"]) == (
+            "open", points, rfc3339(hold.expires_at))
+        if again:  # a retry of the same hold replays it, holding nothing more
+            replay = self.post(hold.partner, "/v1/holds", hold.request())
+            assert replay.status == 201 and replay.headers.get("idempotent-replayed") == "true"
+            assert replay.json() == hold.answer
+
+    @precondition(lambda self: self.model.holds)
+    @rule(h=INDEX, size=st.sampled_from(["all", "all", "part", "over"]), stranger=st.booleans(),
+          again=st.booleans())
+    def capture_hold(self, h, size, stranger, again) -> None:
+        hold = pick(list(self.model.holds.values()), h)
+        others = [p for p in self.partners if p != hold.partner]
+        partner = others[0] if stranger and others and h % 4 == 0 else hold.partner
+        points = {"all": None, "part": max(hold.points // 2, 1), "over": hold.points + 1}[size]
+        claim = self.new_claim("burn", partner, hold.member,
+                               hold.points if points is None else points, hold.occurred)
+        body = {"claim_id": claim.cid} | ({} if points is None else {"points": points})
+        path = f"/v1/holds/{hold.hid}/capture"
+        response = self.post(partner, path, body)
+        if partner in self.suspended:
+            expect_problem(response, 401, "partner-suspended")
+            return
+        if partner != hold.partner:
+            expect_problem(response, 404, "not-found")  # another partner's hold
+            return
+        try:
+            balance_after = self.model.capture(hold, claim, self.now)
+        except Rejected as rejected:
+            expect_problem(response, rejected.status, rejected.slug)
+            return
+        assert response.status == 201, response.body
+        answer = response.json()
+        assert (answer["status"], answer["captured_points"], answer["claim_id"]) == (
+            "captured", claim.points, claim.cid)
+        assert answer["claim"]["balance_after"] == balance_after, (answer, balance_after)
+        claim.answer = answer["claim"]
+        if again:  # the capture resent: it replays, booking nothing more
+            replay = self.post(partner, path, body)
+            assert replay.status == 201 and replay.headers.get("idempotent-replayed") == "true"
+            assert replay.json()["claim"] == claim.answer
+
+    @precondition(lambda self: self.model.holds)
+    @rule(h=INDEX)
+    def void_hold(self, h) -> None:
+        hold = pick(list(self.model.holds.values()), h)
+        response = self.clients[hold.partner].void(hold.hid)
+        if hold.partner in self.suspended:
+            expect_problem(response, 401, "partner-suspended")
+            return
+        if not hold.open_at(self.now):
+            expect_problem(response, 409, "hold-closed")
+            status = "lapsed" if hold.status == "open" else hold.status
+            assert response.json()["hold_status"] == status
+            return
+        assert response.status == 200 and response.json()["status"] == "voided", response.body
+        hold.status = "voided"
+
     # --- operators and time -----------------------------------------------------------------
 
     @rule(p=INDEX)
@@ -535,6 +675,7 @@ class LedgerMachine(RuleBasedStateMachine):
             expected = (model.available(member, now), model.pending(member, now),
                         model.debt(member))
             assert (got["available"], got["pending"], got["debt"]) == expected, (member, got)
+            assert got["held"] == model.reserved(member, now), (member, got)
             assert sum(e["points"] for e in got["expiring"]) == model.held(member)
 
 
