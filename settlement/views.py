@@ -71,7 +71,8 @@ DEFAULT_LINES = 100
 @blp.route("/statements/<period>/lines", methods=["GET"])
 @blp.doc(security=AUTH, summary="The line items behind one closed statement (JSON pages, or CSV)",
          description="Every claim of the caller booked into the month, every use of the "
-                     "caller's points (funding) and every debt paid back to it (debt_recovery). "
+                     "caller's points (funding), every debt paid back to it (debt_recovery) "
+                     "and every expiry of its points (breakage). "
                      "Each points and cents column sums exactly to the statement's field of the "
                      "same name; a money line's cents are spread over its lines by the largest "
                      "remainder method. JSON: pages in order, the statement's totals on every "
