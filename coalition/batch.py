@@ -316,7 +316,7 @@ class _Batch:
             self.rows.lots.append({**writes.lot, "id": new_lot, "member_id": pk,
                                    "entry_id": ref})
             lot = writes.lot
-            if lot["available_at"] is None and lot["remaining"] > 0:
+            if lot["available_at"] is None and lot["remaining"] > 0 and lot["expires_at"] > self.now:
                 member.spendable += lot["remaining"]
                 if member.lots is not None:
                     insort(member.lots, batch_sql.OpenLot(

@@ -263,8 +263,12 @@ def plan_earn(holder: claim_sql.Holder, known: claim_sql.Situation,
              "detail": "Must lie after occurred_at and at most 366 days from now."}])
     pending = pending_until is not None and pending_until > now
     expires_at, _ = rules.expiry_of(occurred_at)
+    # A claim sent late can carry points already past their expiry (a short expiry period, a
+    # purchase at a month's end): they book, and the next expiry run takes them. Until then
+    # they are as good as expired: not available, and they pay no debt.
+    spendable_now = not pending and expires_at > now
     remaining, consumptions, debts_left = points, [], []
-    if not pending and holder.debt:
+    if spendable_now and holder.debt:
         # A pending earn fills no debt: it may still be cancelled, and would reopen the debt.
         for debt_id, owed in open_debts():
             take = min(owed, remaining)
@@ -275,7 +279,7 @@ def plan_earn(holder: claim_sql.Holder, known: claim_sql.Situation,
             consumptions.append((ConsumptionKind.DEBT_FILL, None, debt_id, take))  # the new lot
     filled = points - remaining
     debt = holder.debt - filled
-    balance_after = available(known.spendable, debt, known.held) + (0 if pending else remaining)
+    balance_after = available(known.spendable, debt, known.held) + (remaining if spendable_now else 0)
     entry = _entry(EntryKind.EARN, partner_id, claim_id, holder, points, occurred_at, now, rules,
                    known, fp, pending_until=pending_until, description=description,
                    status="pending" if pending else "booked", balance_after=balance_after)

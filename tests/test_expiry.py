@@ -206,3 +206,47 @@ def test_reversing_an_earn_whose_points_expired_takes_them_from_breakage_not_the
         flows = month_flows(s, period_of(later, TZ))
         assert dict(flows.expired) == {"acme": 0}  # expired 70, given back 70: no breakage
     verify_clean()
+
+
+@pytest.mark.parametrize("path", ["single", "batch"])
+def test_an_earn_sent_after_its_points_expired_books_but_neither_counts_nor_pays_debt(
+        short_lived, acme, bolt, verify_clean, path):
+    """A claim may arrive up to 30 days late, after the end of the month that was its points'
+    expiry (POINTS_EXPIRE_MONTHS 0 here). The earn books and bolt is charged its issuance, but
+    the points were never spendable: balance_after leaves them out, the member's debt stays,
+    and the next expiry run books them to the expired account (bolt's breakage)."""
+    from coalition import batch, ledger, redemption
+    app = short_lived
+    acme.client.enrol("M1")
+    acme.client.earn("a1", "M1", 100, occurred_at=ago(minutes=10))
+    assert bolt.client.burn("b1", "M1", 100, occurred_at=ago(minutes=9)).status == 201
+    assert acme.client.reverse("a1", "r1", 100, occurred_at=ago(minutes=8)).status == 201
+    later = next_month_start() + timedelta(days=1)
+    occurred = next_month_start() - timedelta(hours=2)  # last month's points: expired at its end
+    rules = app.config["LEDGER_RULES"]
+    with app.app_context():
+        s = db.session
+        claim = {"claim_id": "late", "member_id": "M1", "points": 40, "occurred_at": occurred}
+        if path == "single":
+            entry = ledger.book_earn(s, partner_id="bolt", now=later, rules=rules, **claim).entry
+        else:
+            [outcome] = batch.book_batch(s, [batch.Item("earn", claim)], partner_id="bolt",
+                                         now=later, rules=rules, policy=redemption.NO_POLICY,
+                                         restore=lambda: None)
+            assert outcome.status == 201, outcome.problem
+            entry = outcome.booked.entry if outcome.booked else s.scalars(
+                select(Entry).where(Entry.claim_id == "late")).one()
+        s.commit()
+        assert entry.balance_after == -100  # the debt, and none of the 40
+        member = find(s, "M1")
+        assert (member.balance, member.debt) == (40, 100)
+        lot = s.scalars(select(Lot).where(Lot.entry_id == entry.id)).one()
+        assert lot.remaining == 40
+        assert s.scalar(select(func.count(Consumption.id))
+                        .where(Consumption.kind == ConsumptionKind.DEBT_FILL)) == 0
+    assert run(app)["points_expired"] == 40
+    with app.app_context():
+        member = find(db.session, "M1")
+        assert (member.balance, member.debt) == (0, 100)
+        assert dict(month_flows(db.session, period_of(later, TZ)).expired) == {"bolt": 40}
+    verify_clean()
