@@ -1,9 +1,12 @@
 """Property tests: random claim sequences over two months, checked against an independent model.
 
 Each example resets the database, registers 2-4 partners with random terms and 1-4 members,
-books earns (some pending), burns and partial or full reversals with a fixed clock that only
-moves forward, closes month one in the middle (later claims for it land late in month two),
-then closes month two. A plain-Python model of lots, debt lots and consumptions predicts every
+books earns (some pending), burns, partial or full reversals and expiry runs (`flask points
+expire`) with a fixed clock that only moves forward, closes month one in the middle (later
+claims for it land late in month two), then closes month two. Points expire at the end of
+their month, of the month after, or after 36 months (drawn per example): with the first, month
+one's points expire as month two begins, late earns for month one arrive already expired, and
+reversals take expired points back from breakage. A plain-Python model of lots, debt lots and consumptions predicts every
 answer, balance and statement line; the service must agree with it exactly.
 
 The model knows no statement formula. It follows the money claim by claim, in exact euros: each
@@ -31,7 +34,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from sqlalchemy import func, select
 
-from coalition import ledger
+from coalition import expiry, ledger
 from coalition.database import db
 from coalition.errors import Problem
 from coalition.members import balance, enrol
@@ -47,7 +50,6 @@ from tests.conftest import ON_POSTGRES, fresh_database
 UTC = timezone.utc
 TZ_NAME = "Europe/Berlin"
 TZ = ZoneInfo(TZ_NAME)
-RULES = ledger.Rules(TZ_NAME, 30, 36)
 DAY = 86400
 # About 25 s on SQLite (2 cores); PostgreSQL pays a round trip per query, so fewer by default.
 EXAMPLES = int(os.environ.get("SETTLEMENT_PROPERTY_EXAMPLES", "40" if ON_POSTGRES else "100"))
@@ -71,6 +73,14 @@ def next_month(ym: tuple[int, int]) -> tuple[int, int]:
 
 def month_start(ym: tuple[int, int]) -> datetime:
     return datetime(ym[0], ym[1], 1, tzinfo=TZ).astimezone(UTC)
+
+
+def expiry_of(occurred: datetime, months: int) -> datetime:
+    """The monthly rule: a lot stops being spendable as the month `months` after its own ends."""
+    ym = local_month(occurred)
+    for _ in range(months + 1):
+        ym = next_month(ym)
+    return month_start(ym)
 
 
 def pstr(ym: tuple[int, int]) -> str:
@@ -108,6 +118,8 @@ class MLot:
     occurred: datetime
     available_at: datetime | None
     seq: int
+    expires_at: datetime
+    expired: int = 0  # booked to the expired account by expiry runs, net of what reversals took
 
     def order(self):  # expires_at is fixed by the local month of occurred_at
         y, m = local_month(self.occurred)
@@ -147,6 +159,7 @@ class MFlows:
     funded: dict = field(default_factory=lambda: defaultdict(int))
     recovered: dict = field(default_factory=lambda: defaultdict(int))
     matrix: dict = field(default_factory=lambda: defaultdict(int))
+    expired: dict = field(default_factory=lambda: defaultdict(int))
     burns_net: int = 0
     debt_fills: int = 0
 
@@ -158,8 +171,9 @@ class Rejected(Exception):
 
 
 class Model:
-    def __init__(self, terms: dict[str, dict[str, dict[str, Decimal]]]) -> None:
+    def __init__(self, terms: dict[str, dict[str, dict[str, Decimal]]], expire_months: int) -> None:
         self.terms = terms  # period -> partner -> terms in force
+        self.expire_months = expire_months
         self.claims: dict[str, MClaim] = {}
         self.lots: dict[str, MLot] = {}
         self.debts: list[MDebt] = []
@@ -192,7 +206,7 @@ class Model:
 
     def spendable(self, member: str, now: datetime) -> list[MLot]:
         return sorted((lot for lot in self.lots.values()
-                       if lot.member == member and lot.remaining > 0
+                       if lot.member == member and lot.remaining > 0 and lot.expires_at > now
                        and (lot.available_at is None or lot.available_at <= now)),
                       key=MLot.order)
 
@@ -201,7 +215,8 @@ class Model:
 
     def pending(self, member: str, now: datetime) -> int:
         return sum(lot.remaining for lot in self.lots.values() if lot.member == member
-                   and lot.available_at is not None and lot.available_at > now)
+                   and lot.available_at is not None and lot.available_at > now
+                   and lot.expires_at > now)
 
     def _new(self, cid, kind, partner, member, points, occurred) -> tuple[MClaim, MFlows]:
         period, late = self.period_for(occurred)
@@ -217,10 +232,13 @@ class Model:
         pending = pending_until is not None and pending_until > now
         claim, flows = self._new(cid, "earn", partner, member, points, occurred)
         lot = MLot(cid, member, partner, points, points, occurred,
-                   pending_until if pending else None, len(self.lots))
+                   pending_until if pending else None, len(self.lots),
+                   expiry_of(occurred, self.expire_months))
         flows.issued[partner] += points
         self._pay(claim.period, partner, "issuance_charge_cents", points, "issued")
-        if not pending:
+        if lot.expires_at <= now:
+            note("earn arrived expired")
+        if not pending and lot.expires_at > now:  # points expired on arrival pay no debt
             for debt in self.debts:
                 if debt.member != member or debt.remaining == 0:
                     continue
@@ -273,9 +291,14 @@ class Model:
             lot = self.lots[target_cid]
             take = min(points, lot.remaining)
             lot.remaining -= take
-            if points - take:
-                self.debts.append(MDebt(member, partner, points - take, points - take,
-                                        target_cid))
+            unexpire = min(points - take, lot.expired)  # back from breakage, not the member
+            lot.expired -= unexpire
+            flows.expired[partner] -= unexpire
+            if unexpire:
+                note("reversal took expired points back")
+            if points - take - unexpire:
+                owed = points - take - unexpire
+                self.debts.append(MDebt(member, partner, owed, owed, target_cid))
             flows.issued[partner] -= points
             self._pay(claim.period, partner, "issuance_charge_cents", -points, "issued")
         else:
@@ -311,13 +334,26 @@ class Model:
             assert left == 0
         return self.available(member, now)
 
+    def expire(self, cutoff: datetime) -> int:
+        """An expiry run: every lot past its expiry by `cutoff` loses what it holds, booked into
+        the month its expiry begins (or the first open one) for its issuer."""
+        total = 0
+        for lot in self.lots.values():
+            if lot.remaining and lot.expires_at <= cutoff:
+                period, _ = self.period_for(lot.expires_at)
+                self.flows[period].expired[lot.issuer] += lot.remaining
+                lot.expired += lot.remaining
+                total += lot.remaining
+                lot.remaining = 0
+        return total
+
     # --- what the month's statements must say ----------------------------------------------
 
     def points(self, period: str, partner: str) -> dict:
         f = self.flows[period]
         return {"claims": f.claims[partner], "late_claims": f.late[partner],
                 "points_issued": f.issued[partner], "points_redeemed": f.redeemed[partner],
-                "points_expired": 0, "points_funded": f.funded[partner],
+                "points_expired": f.expired[partner], "points_funded": f.funded[partner],
                 "points_debt_recovered": f.recovered[partner]}
 
     def money(self, period: str, partner: str) -> dict:
@@ -325,6 +361,20 @@ class Model:
         lines = {line: to_cents(self.euros[period][partner, line]) for line in LINES}
         lines["net_cents"] = sum(sign * lines[line] for line, sign in LINES.items())
         return lines
+
+    def breakage(self, period: str, partners: list[str]) -> dict:
+        """The report's breakage: each issuer's expired points at its issue price, in cents
+        rounded once per issuer, half up."""
+        rows = []
+        for p in partners:
+            points = self.flows[period].expired[p]
+            if points:
+                price = self.terms[period][p]["issue_price"]
+                rows.append({"partner_id": p, "points": points,
+                             "issue_price": format(price.normalize(), "f"),
+                             "breakage_cents": to_cents(points * price)})
+        return {"by_issuer": rows, "points": sum(r["points"] for r in rows),
+                "breakage_cents": sum(r["breakage_cents"] for r in rows)}
 
     def counterparties(self, period: str, partner: str, partners: list[str]) -> list[dict]:
         m = self.flows[period].matrix
@@ -362,7 +412,8 @@ BURN = st.tuples(st.just("burn"), GAP, BACK, INDEX, INDEX,
 REVERSE = st.tuples(st.just("reverse"), GAP, BACK, st.sampled_from(["earn", "burn", "any"]), INDEX,
                     st.sampled_from(["full", "half", "points", "over"]), st.integers(1, 1000))
 RETRY = st.tuples(st.just("retry"), GAP, INDEX)  # the same claim again: replayed, nothing booked
-OPERATION = st.one_of(EARN, EARN, BURN, BURN, REVERSE, REVERSE, RETRY)
+EXPIRE = st.tuples(st.just("expire"), GAP, st.sampled_from([0, DAY]))  # as of today or yesterday
+OPERATION = st.one_of(EARN, EARN, BURN, BURN, REVERSE, REVERSE, RETRY, EXPIRE)
 
 
 @st.composite
@@ -372,12 +423,14 @@ def scenarios(draw):
     terms = [draw(TERMS) for _ in range(n_partners)]
     terms2 = [draw(st.one_of(st.none(), TERMS)) for _ in range(n_partners)]
     members = draw(st.integers(1, 4))
+    expire_months = draw(st.sampled_from([0, 0, 1, 36]))
     first_earn = draw(st.integers(1, 1000))
     size = draw(st.integers(5, 40))  # uniform, not hypothesis' usual bias to short lists
     ops = draw(st.lists(OPERATION, min_size=size, max_size=size))
     split = draw(st.integers(0, len(ops)))
     close_gaps = (draw(st.integers(0, 3 * DAY)), draw(st.integers(0, 2 * DAY)))
     return {"months": months, "terms": terms, "terms2": terms2, "members": members,
+            "expire_months": expire_months,
             "first_earn": first_earn, "ops": ops, "split": split, "close_gaps": close_gaps}
 
 
@@ -399,7 +452,9 @@ class Run:
             p: parsed_terms(t2) if t2 else self.terms[pstr(self.m1)][p]
             for p, t2 in zip(self.partners, scenario["terms2"])}
         self.terms[pstr(self.m3)] = self.terms[pstr(self.m2)]  # a claim 1 s ahead of the clock
-        self.model = Model(self.terms)
+        months = scenario.get("expire_months", 36)
+        self.rules = ledger.Rules(TZ_NAME, 30, months)
+        self.model = Model(self.terms, months)
         self.now = month_start(self.m1)
         self.booked: list[str] = []  # earns and burns that were accepted, in order
         self.sent: dict[str, tuple] = {}  # accepted claim id -> (function, arguments, entry id)
@@ -423,7 +478,7 @@ class Run:
 
     def call(self, fn, *, replay: bool = False, **kw):
         try:
-            booked = fn(self.s, now=self.now, rules=RULES, **kw)
+            booked = fn(self.s, now=self.now, rules=self.rules, **kw)
         except Problem as problem:
             self.s.rollback()
             return problem.slug
@@ -482,6 +537,13 @@ class Run:
             self.expect(cid, predicted, got)
             if not isinstance(predicted, Rejected):
                 self.booked.append(cid)
+        elif kind == "expire":
+            as_of = (now - timedelta(seconds=op[2])).astimezone(TZ).date()
+            cutoff = min(datetime(as_of.year, as_of.month, as_of.day, tzinfo=TZ).astimezone(UTC), now)
+            predicted = model.expire(cutoff)
+            done = expiry.expire(self.s, as_of=as_of, now=lambda: now, tz=TZ_NAME)
+            assert done["points_expired"] == predicted, (done, predicted)
+            note("expiry booked" if predicted else "expiry run found nothing")
         elif kind == "retry":
             fn, kw, entry_id = self.sent[sorted(self.sent)[op[2] % len(self.sent)]]
             got = self.call(fn, replay=True, **kw)
@@ -578,7 +640,9 @@ class Run:
         assert sum(d["points_funded"] for d in docs.values()) == f.burns_net + f.debt_fills
         assert sum(d["points_debt_recovered"] for d in docs.values()) == f.debt_fills
         assert report["totals"] == {"points_issued": sum(f.issued.values()),
-                                    "points_redeemed": sum(f.redeemed.values()), "points_expired": 0}
+                                    "points_redeemed": sum(f.redeemed.values()),
+                                    "points_expired": sum(f.expired.values())}
+        assert report["breakage"] == model.breakage(period, self.partners)
         # netting: every money line paid alone, against one net payment per partner
         lines = [m[line] for m in money.values() for line in LINES]
         gross = sum(1 for c in lines if c)
