@@ -45,10 +45,13 @@ FUNDING = (ConsumptionKind.BURN, ConsumptionKind.BURN_REVERSAL, ConsumptionKind.
 
 
 class Account(StrEnum):
-    """postings.account. Three accounts exist once per member or partner: their names are a
-    prefix and the id (member_account, issued_account, redeemed_account)."""
+    """postings.account. Four accounts exist once per member or partner: their names are a
+    prefix and the id (member_account, issued_account, bonus_account, redeemed_account)."""
     MEMBER = "member:"  # + members.id: the member's points (= its lots' remaining)
     ISSUED = "issued:"  # + partner id: points the partner issued (negative), less reversals
+    # + funder id: bonus points (campaigns, coupons, tiers) the funder issued on earns
+    # (negative), less what reversals took back; the partner's own points stay on issued:
+    BONUS = "bonus:"
     REDEEMED = "redeemed:"  # + partner id: points redeemed at the partner
     DEBT = "debt"  # points members owe after an earn was reversed once spent
     EXPIRED = "expired"  # points that expired unspent
@@ -60,6 +63,10 @@ def member_account(member_pk: int) -> str:
 
 def issued_account(partner_id: str) -> str:
     return f"{Account.ISSUED}{partner_id}"
+
+
+def bonus_account(funder_id: str) -> str:
+    return f"{Account.BONUS}{funder_id}"
 
 
 def redeemed_account(partner_id: str) -> str:
