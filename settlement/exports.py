@@ -1,5 +1,6 @@
 """Statements as CSV for a partner's finance team: one `field,value` row per line item,
-then one row per counterparty. The coalition report likewise: its `field,value` rows, then
+then one row per counterparty (a v4 statement, `coalition-statement/v3`, also has rows for
+its bonus_points_issued and bonus_issuance_charge_cents). The coalition report likewise: its `field,value` rows, then
 one row per statement and one per issuer x redeemer cell, and (from v3, in a month with
 breakage) one per issuer whose points expired, with their price in cents.
 
@@ -21,6 +22,10 @@ SCALARS = ("period", "partner_id", "currency", "closed_at", "claims", "late_clai
            "points_debt_recovered", "issuance_charge_cents", "redemption_funding_charge_cents",
            "redemption_reimbursement_cents", "fees_cents", "debt_recovery_credit_cents",
            "net_cents", "ledger_anchor")
+# A v4 statement's bonus fields, each written after the field named here; earlier
+# statements export the rows they always did.
+BONUS_AFTER = {"points_debt_recovered": "bonus_points_issued",
+               "debt_recovery_credit_cents": "bonus_issuance_charge_cents"}
 
 # Tab and carriage return too: some spreadsheets drop them and then read what follows.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -64,6 +69,8 @@ def statement_csv(doc: dict, digest: str) -> str:
     rows.writerow(["field", "value"])
     for name in SCALARS:
         rows.writerow([name, doc[name]])
+        if (extra := BONUS_AFTER.get(name)) in doc:
+            rows.writerow([extra, doc[extra]])
     for name, value in sorted(doc["terms"].items()):
         rows.writerow([f"terms.{name}", value])
     rows.writerow(["digest", digest])

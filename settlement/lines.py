@@ -1,6 +1,6 @@
 """The line items behind a partner's closed statement, derived from the journal.
 
-Four kinds of line, in this order, each in booking order:
+Five kinds of line, in this order, each in booking order (the fifth from v4 statements on):
 
 - `claim`: every claim of the partner booked into the month (earn, burn, reversal). A late
   claim (its own month was closed when it arrived) says so, with its own month (`own_period`,
@@ -18,6 +18,14 @@ Four kinds of line, in this order, each in booking order:
   expire` booked it (kind `expiry`), or given back to the lot by the partner's reversal of the
   earn (kind `reversal`, negative points). `claim_id` names the partner's earn whose lot
   expired. Carries points_expired, and no money: the statement prices no breakage.
+- `bonus` (statements of v4 months): every entry with a posting on the partner's bonus
+  account, the partner as funder of bonus points (campaigns, coupons, tier multipliers): an
+  earn's bonus (positive points), or what a reversal of that earn took back (kind `reversal`,
+  negative points). Another partner's earns the partner funds are lines too: `claim_id` is the
+  claim that booked the bonus (the counterparty's own when another partner's), `counterparty`
+  the partner whose claim it is, `reverses` the earn a reversal takes back. Carries
+  bonus_points_issued and bonus_issuance_charge_cents. A statement of an earlier month has
+  neither column nor section: its lines are what they always were.
 
 Each points column sums exactly to the statement's field of the same name. Each money column
 sums exactly to the statement's money line: the statement rounds a money line once, over the
@@ -43,23 +51,40 @@ from sqlalchemy.orm import Session, aliased
 
 from coalition.clock import as_utc, iso_utc
 from coalition.hashing import sha256_hex
-from coalition.models import Consumption, DebtLot, Entry, Lot, Member
+from coalition.models import Consumption, DebtLot, Entry, Lot, Member, Posting
 from coalition.periods import period_of
-from coalition.vocabulary import FUNDING, ConsumptionKind, EntryKind
+from coalition.vocabulary import FUNDING, ConsumptionKind, EntryKind, bonus_account
 
-from . import exports, service
-from .statements import CHARGES, CREDITS, MONEY_LINES
+from . import exports, service, statements
+from .statements import BONUS_CHARGE, BONUS_FROM, CREDITS, charges, money_lines
 
-SECTIONS = ("claim", "funding", "debt_recovery", "breakage")  # a cursor names one by its index
+# A cursor names a section by its index: bonus, the newest, comes last so that the others
+# keep theirs.
+SECTIONS = ("claim", "funding", "debt_recovery", "breakage", "bonus")
 POINTS = ("claims", "late_claims", "points_issued", "points_redeemed", "points_funded",
-          "points_debt_recovered", "points_expired")
-# The points column of each section but claim (which has several): Consumption.points.
+          "points_debt_recovered", "points_expired")  # of every version
+BONUS_POINTS = "bonus_points_issued"  # from v4
+# The points column of each section but claim (which has several).
 CONSUMED = {"funding": "points_funded", "debt_recovery": "points_debt_recovered",
-            "breakage": "points_expired"}
-MONEY = MONEY_LINES
-COLUMNS = ("line", "claim_id", "kind", "reverses", "member_id", "counterparty", "occurred_at",
-           "recorded_at", "late", "own_period", *POINTS, *MONEY, "net_cents")
-TOTALS = (*POINTS, *MONEY, "net_cents")
+            "breakage": "points_expired", "bonus": BONUS_POINTS}
+HEAD = ("line", "claim_id", "kind", "reverses", "member_id", "counterparty", "occurred_at",
+        "recorded_at", "late", "own_period")
+
+
+def totals_of(version: int) -> tuple[str, ...]:
+    """The statement's fields that the lines of a statement of `version` sum to."""
+    bonus = (BONUS_POINTS,) if version >= BONUS_FROM else ()
+    return (*POINTS, *bonus, *money_lines(version), "net_cents")
+
+
+def columns_of(version: int) -> tuple[str, ...]:
+    """Every column of a line of a statement of `version`."""
+    return (*HEAD, *totals_of(version))
+
+
+MONEY = money_lines(statements.CURRENT)
+TOTALS = totals_of(statements.CURRENT)
+COLUMNS = columns_of(statements.CURRENT)
 SCAN = 5000  # lines read at a time while looking for a money column's last line rounded up
 
 
@@ -91,12 +116,17 @@ class MonthLines:
         self.session, self.tz = session, tz
         self.document = json.loads(row.document)
         self.digest = sha256_hex(row.document.encode())  # of the document, as the listing
-        self.totals = {name: self.document[name] for name in TOTALS}
+        # The statement's own version: a month's lines have the columns of its statement.
+        self.version = statements.version_of(self.document) or statements.CURRENT
+        self.money = money_lines(self.version)
+        self.charges = charges(self.version)
+        self.columns = columns_of(self.version)
+        self.totals = {name: self.document[name] for name in totals_of(self.version)}
         self._queries(partner_id, period)
         self._check_points()
-        self.allocations = {name: self._allocate(name) for name in MONEY}
+        self.allocations = {name: self._allocate(name) for name in self.money}
 
-    # --- the four sections as queries ------------------------------------------------------
+    # --- the sections as queries -----------------------------------------------------------
 
     def _queries(self, partner_id: str, period: str) -> None:
         target, earn, made = aliased(Entry), aliased(Entry), aliased(Entry)
@@ -125,7 +155,7 @@ class MonthLines:
         self.sections = {"claim": claims, "funding": funding, "debt_recovery": recovery,
                          "breakage": expired}
         self.ids = {"claim": Entry.id, "funding": Consumption.id, "debt_recovery": Consumption.id,
-                    "breakage": Consumption.id}
+                    "breakage": Consumption.id, "bonus": Posting.id}
         # money column -> (section, points of a line (None: 1 each), the statement's field)
         self.amounts = {
             "issuance_charge_cents": ("claim", issued, "points_issued"),
@@ -161,6 +191,25 @@ class MonthLines:
                 earn.claim_id, Entry.kind, Member.external_id, null(),
                 Entry.occurred_at, Entry.recorded_at, Consumption.points),
         }
+        if self.version >= BONUS_FROM:
+            self._bonus_queries(partner_id, period)
+
+    def _bonus_queries(self, partner_id: str, period: str) -> None:
+        """The bonus section: the postings on the partner's bonus account in the month's
+        entries, whoever's claim booked them. A funder's bonus points are minus the posting."""
+        target = aliased(Entry)
+        bonus = (select(Posting.id.label("id")).select_from(Posting)
+                 .join(Entry, Entry.id == Posting.entry_id)
+                 .where(Entry.period == period, Posting.account == bonus_account(partner_id)))
+        funded = -Posting.points
+        self.sections["bonus"] = bonus
+        self.amounts[BONUS_CHARGE] = ("bonus", funded, BONUS_POINTS)
+        # counterparty: the partner whose claim booked the bonus (the funder's own too).
+        self.details["bonus"] = (
+            bonus.join(Member, Member.id == Entry.member_id)
+            .outerjoin(target, target.id == Entry.reverses_id).add_columns(
+                Entry.claim_id, Entry.kind, Member.external_id, Entry.partner_id,
+                Entry.occurred_at, Entry.recorded_at, funded, target.claim_id))
 
     def _groups(self, column: str) -> list[tuple[int, int]]:
         """(points, number of lines) for every points value of a money column's lines."""
@@ -172,7 +221,7 @@ class MonthLines:
         return [(int(points), int(count)) for points, count in self.session.execute(query)]
 
     def _check_points(self) -> None:
-        self.groups = {column: self._groups(column) for column in MONEY}
+        self.groups = {column: self._groups(column) for column in self.money}
         derived = {field: sum(p * n for p, n in self.groups[column])
                    for column, (_, _, field) in self.amounts.items()}
         derived["late_claims"] = self.session.scalar(
@@ -194,7 +243,8 @@ class MonthLines:
                       "redemption_funding_charge_cents": price * (1 - share),
                       "redemption_reimbursement_cents": terms["redemption_rate"],
                       "fees_cents": terms["claim_fee"],
-                      "debt_recovery_credit_cents": price * (1 - share)}[column]
+                      "debt_recovery_credit_cents": price * (1 - share),
+                      BONUS_CHARGE: price * share}[column]
 
     def _allocate(self, column: str) -> Allocation:
         factor = self._factor(column)
@@ -246,6 +296,8 @@ class MonthLines:
         rows: list[tuple[int, tuple]] = []
         for index in range(start, len(SECTIONS)):
             section = SECTIONS[index]
+            if section not in self.details:  # bonus, in a statement before v4
+                continue
             query = self.details[section].order_by(self.ids[section]).limit(limit + 1 - len(rows))
             if index == start:
                 query = query.where(self.ids[section] > after_id)
@@ -260,7 +312,7 @@ class MonthLines:
     def _line(self, index: int, row: tuple) -> dict:
         section = SECTIONS[index]
         line_id, claim_id, kind, member, other, occurred_at, recorded_at, *own = row
-        line = dict.fromkeys(COLUMNS, 0)
+        line = dict.fromkeys(self.columns, 0)
         line.update(line=section, claim_id=claim_id, kind=kind, reverses=None, member_id=member,
                     counterparty=None, occurred_at=as_utc(occurred_at),
                     recorded_at=as_utc(recorded_at), late=False, own_period=None)
@@ -272,10 +324,12 @@ class MonthLines:
         else:
             line["counterparty"] = other
             line[CONSUMED[section]] = int(own[0])
+            if section == "bonus":
+                line["reverses"] = own[1]
         for column, (in_section, _, field) in self.amounts.items():
             if in_section == section:
                 line[column] = self.allocations[column].cents(line[field], line_id)
-        line["net_cents"] = sum(line[c] for c in CREDITS) - sum(line[c] for c in CHARGES)
+        line["net_cents"] = sum(line[c] for c in CREDITS) - sum(line[c] for c in self.charges)
         return line
 
 
@@ -283,19 +337,19 @@ CSV_PAGE = 1000
 
 
 def csv_chunks(month: MonthLines, *, commit) -> Iterator[str]:
-    """Every line as CSV (a header row, then COLUMNS), a page at a time. `commit` ends each
+    """Every line as CSV (a header row, then the statement's columns), a page at a time. `commit` ends each
     page's transaction, so a slow reader holds no transaction (SQLite has one writer). A
     failure midway ends the stream without its last chunk: the client sees a broken transfer,
     never a short file that looks whole."""
     out = io.StringIO()
     rows = exports.writer(out)
-    rows.writerow(COLUMNS)
+    rows.writerow(month.columns)
     after = None
     while True:
         page, after = month.page(after, CSV_PAGE)
         commit()
         for line in page:
-            rows.writerow([_cell(line[name]) for name in COLUMNS])
+            rows.writerow([_cell(line[name]) for name in month.columns])
         yield out.getvalue()
         out.seek(0)
         out.truncate()

@@ -1,7 +1,9 @@
 """Statements as PDF for a partner's finance team to file: one A4 page (two at most for a
 partner with many counterparties), rendered from the signed statement and nothing else; and
 the coalition report of a month as PDF for the operator, rendered from the signed report
-(from v3 with the month's breakage per issuer, when points expired).
+(from v3 with the month's breakage per issuer, when points expired). A v4 statement shows its
+bonus points and bonus issuance charge, a v4 report its total of bonus points; documents
+of earlier versions render as they always did.
 
 The PDF is a rendering, not the record: its footer carries the SHA-256 digest, the signing
 key's kid and the ledger anchor, so anyone can match it to the signed JSON and check that
@@ -45,6 +47,7 @@ MONEY = (
     ("redemption_funding_charge_cents", "Redemption funding charge", -1),
     ("fees_cents", "Claim fees", -1),
 )
+BONUS_MONEY = ("bonus_issuance_charge_cents", "Bonus issuance charge", -1)  # v4 statements
 TERMS = (
     ("issue_price", "Issue price", "EUR per point you issue"),
     ("redemption_rate", "Redemption rate", "EUR per point redeemed at you"),
@@ -111,6 +114,8 @@ def _bases(doc: dict) -> dict[str, str]:
         "redemption_funding_charge_cents": f"{points(doc['points_funded'])} pts of yours redeemed "
                                            f"x {t['issue_price']} x {rest}",
         "fees_cents": f"{points(doc['claims'])} claims x {t['claim_fee']}",
+        "bonus_issuance_charge_cents": f"{points(doc.get('bonus_points_issued', 0))} bonus pts you "
+                                       f"funded x {t['issue_price']} x {t['issuance_share']}",
     }
 
 
@@ -157,14 +162,18 @@ def _story(signed: dict, coalition: str) -> list:
                           "coalition pays you, a negative net that you pay the coalition.", body)])
     bases = _bases(doc)
     amounts = [["Line", "Basis (each line rounded half up to cents)", "EUR"]]
-    amounts += [[label, bases[name], eur(sign * doc[name], signed=True)] for name, label, sign in MONEY]
+    money = MONEY + ((BONUS_MONEY,) if BONUS_MONEY[0] in doc else ())
+    amounts += [[label, bases[name], eur(sign * doc[name], signed=True)] for name, label, sign in money]
     amounts.append(["Net", "credits - charges", eur(net, signed=True)])
     points_table = _table([["Line", "Points"],
                            ["Issued (net of reversals)", points(doc["points_issued"])],
                            ["Redeemed at you (net of reversals)", points(doc["points_redeemed"])],
                            ["Of yours expired", points(doc["points_expired"])],
                            ["Of yours redeemed anywhere (funded)", points(doc["points_funded"])],
-                           ["Of debt owed to you, recovered", points(doc["points_debt_recovered"])]],
+                           ["Of debt owed to you, recovered", points(doc["points_debt_recovered"])],
+                           *([["Bonus points you funded (net of reversals)",
+                               points(doc["bonus_points_issued"])]]
+                             if "bonus_points_issued" in doc else [])],
                           [60 * mm, 22 * mm])
     terms_table = _table([["Term", "Value", "Meaning"]] +
                          [[label, rate(doc["terms"].get(name, "")), Paragraph(_esc(meaning), small)]
@@ -299,7 +308,9 @@ def _report_story(signed: dict, coalition: str) -> list:
                 ["Partners", points(len(doc["statements"])), "Currency", doc["currency"]],
                 ["Points issued", points(totals["points_issued"]),
                  "Points redeemed", points(totals["points_redeemed"])],
-                ["Points expired", points(totals["points_expired"]), "", ""]]),
+                ["Points expired", points(totals["points_expired"]),
+                 *(["Bonus points issued", points(totals["bonus_points_issued"])]
+                   if "bonus_points_issued" in totals else ["", ""])]]),
         Spacer(1, 8), box,
         Paragraph("Statements (net: > 0 the coalition pays the partner)", h2),
         _table(nets, [38 * mm, 22 * mm, 26 * mm, 88 * mm],

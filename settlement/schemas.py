@@ -27,7 +27,10 @@ class SignatureSchema(Schema):
 class SignedStatementSchema(Schema):
     document = fields.Dict(required=True, metadata={
         "description": "The statement: every field docs/settlement.md lists for a statement, "
-                       "money in integer cents, terms as decimal strings."})
+                       "money in integer cents, terms as decimal strings. From "
+                       "`coalition-statement/v3` also `bonus_points_issued` (bonus points the "
+                       "partner funded in the month, net of reversals; may be negative) and "
+                       "`bonus_issuance_charge_cents` (a charge counted in `net_cents`)."})
     digest = fields.String(required=True, metadata={"description": "SHA-256 hex of the canonical document"})
     signature = fields.Nested(SignatureSchema, required=True)
 
@@ -191,6 +194,12 @@ class StatementTotalsSchema(Schema):
     redemption_reimbursement_cents = fields.Integer(required=True)
     fees_cents = fields.Integer(required=True)
     debt_recovery_credit_cents = fields.Integer(required=True)
+    bonus_points_issued = fields.Integer(metadata={
+        "description": "Statements from coalition-statement/v3 only (absent before): bonus points "
+                       "the caller funded, net of reversals."})
+    bonus_issuance_charge_cents = fields.Integer(metadata={
+        "description": "Statements from coalition-statement/v3 only (absent before): "
+                       "bonus_points_issued x issue_price x issuance_share."})
     net_cents = fields.Integer(required=True)
 
 
@@ -199,20 +208,23 @@ class StatementLineSchema(StatementTotalsSchema):
     claim_id = fields.String(required=True, metadata={
         "description": "The caller's own claim: the claim (claim), the earn whose points were "
                        "used (funding) or expired (breakage), the reversal that left the debt "
-                       "(debt_recovery)."})
+                       "(debt_recovery); bonus: the claim that booked the bonus the caller "
+                       "funds (the counterparty's claim when another partner's)."})
     kind = fields.String(required=True, metadata={
         "description": "claim: earn, burn or reversal; funding: burn, burn_reversal or "
                        "debt_fill; debt_recovery: debt_fill; breakage: expiry (the points "
                        "expired), or reversal (your reversal of the earn took expired points "
-                       "back: negative points)."})
+                       "back: negative points); bonus: earn (bonus points you fund) or reversal "
+                       "(bonus points a reversal took back: negative points)."})
     reverses = fields.String(required=True, allow_none=True, metadata={
-        "description": "claim lines of a reversal: the claim it reverses."})
+        "description": "claim and bonus lines of a reversal: the claim it reverses."})
     member_id = fields.String(required=True, allow_none=True, metadata={
         "description": "null once the member's personal data was erased."})
     counterparty = fields.String(required=True, allow_none=True, metadata={
         "description": "funding: the partner that redeemed the points (for a debt fill: the "
                        "partner whose debt they paid); debt_recovery: the partner whose points "
-                       "paid the debt; claim and breakage: null."})
+                       "paid the debt; bonus: the partner whose claim booked the bonus (you "
+                       "too); claim and breakage: null."})
     occurred_at = Rfc3339(required=True, metadata={"description": "Of the claim that booked the line."})
     recorded_at = Rfc3339(required=True, metadata={"description": "Of the claim that booked the line."})
     late = fields.Boolean(required=True, metadata={
@@ -231,6 +243,7 @@ class StatementLinesSchema(Schema):
                        "column by column."})
     lines = fields.List(fields.Nested(StatementLineSchema), required=True, metadata={
         "description": "Claim lines, then funding lines, then debt recovery lines, then "
-                       "breakage lines, each in booking order."})
+                       "breakage lines, then (statements from coalition-statement/v3) bonus "
+                       "lines, each in booking order."})
     next_cursor = fields.String(required=True, allow_none=True, metadata={
         "description": "Pass as `cursor` for the next page; null on the last page."})

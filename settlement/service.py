@@ -19,9 +19,9 @@ from coalition import audit, books, sealer
 from coalition.database import is_sqlite
 from coalition.clock import iso_utc
 from coalition.hashing import canonical, entries_digest, sha256_hex
-from coalition.models import ClosedPeriod, Consumption, DebtLot, Entry, Lot
+from coalition.models import ClosedPeriod, Consumption, DebtLot, Entry, Lot, Posting
 from coalition.problems import Problem
-from coalition.vocabulary import FUNDING, ConsumptionKind, EntryKind
+from coalition.vocabulary import FUNDING, Account, ConsumptionKind, EntryKind
 from partners.service import partner_ids, terms_in_force
 
 from . import signing, statements
@@ -63,6 +63,14 @@ def month_flows(session: Session, period: str) -> Flows:
             flows.recovered[creditor] += points
         else:
             flows.matrix[issuer, redeemer] += points
+    # Bonus points by funder: an earn's bonus posts bonus:<funder> -points, a reversal gives
+    # back +points, so the funder's bonus_points_issued is minus their sum.
+    for account, points in session.execute(
+            select(Posting.account, func.sum(Posting.points))
+            .join(Entry, Entry.id == Posting.entry_id)
+            .where(Entry.period == period, Posting.account.startswith(Account.BONUS, autoescape=True))
+            .group_by(Posting.account)):
+        flows.bonus[account.removeprefix(Account.BONUS)] -= int(points)
     flows.anchor = month_anchor(session, period)
     return flows
 
@@ -96,9 +104,11 @@ def derive(session: Session, period: str, closed_at: datetime, partners: list[st
     flows = month_flows(session, period)
     stamp = iso_utc(closed_at)
     head = session.get(ClosedPeriod, period).ledger_head
-    # Every issuer with points expired is priced, a partner without a statement too: a month
-    # whose statement row went missing must still re-derive (and be reported), not fail.
-    terms = {p: terms_in_force(session, p, period) for p in {*partners, *flows.expired}}
+    # Every issuer with points expired and every funder with bonus points is priced, a
+    # partner without a statement too: a month whose statement row went missing must still
+    # re-derive (and be reported), not fail.
+    terms = {p: terms_in_force(session, p, period)
+             for p in {*partners, *flows.expired, *flows.bonus}}
     docs = {p: statements.statement_of(p, period, stamp, terms[p], flows, partners, head, version)
             for p in partners}
     digests = {p: sha256_hex(canonical(doc)) for p, doc in docs.items()}

@@ -10,6 +10,12 @@ byte re-derivation of a month closed before it:
 - v3: the report also prices breakage (points that expired unspent) per issuer in EUR, at the
   issue price in force for the month. Statements are as in v2, type included: a v3 month's
   statements are byte for byte what v2 wrote, so only the report says the month is v3.
+- v4: bonus points (campaigns, coupons, tier multipliers), charged to whoever funds them. A
+  statement (`coalition-statement/v3`) adds `bonus_points_issued`, the partner's bonus points
+  as funder (minus its `bonus:<id>` postings in the month: reversals lower it, it may be
+  negative) and `bonus_issuance_charge_cents`, one more charge in net_cents; the report
+  (`coalition-report/v4`) adds `bonus_points_issued` to its totals. Their redemption is
+  charged through lots like any points (a bonus lot's issuer is its funder).
 """
 from __future__ import annotations
 
@@ -20,13 +26,27 @@ from decimal import ROUND_HALF_UP, Decimal
 from coalition.decimals import plain
 
 STATEMENT_TYPES = {1: "coalition-statement/v1", 2: "coalition-statement/v2",
-                   3: "coalition-statement/v2"}
-REPORT_TYPES = {1: "coalition-report/v1", 2: "coalition-report/v2", 3: "coalition-report/v3"}
-CURRENT = 3  # what a close writes now
+                   3: "coalition-statement/v2", 4: "coalition-statement/v3"}
+REPORT_TYPES = {1: "coalition-report/v1", 2: "coalition-report/v2", 3: "coalition-report/v3",
+                4: "coalition-report/v4"}
+CURRENT = 4  # what a close writes now
 
 CREDITS = ("redemption_reimbursement_cents", "debt_recovery_credit_cents")
+# The charges of a v1 to v3 statement; from v4 also BONUS_CHARGE (charges(version)).
 CHARGES = ("issuance_charge_cents", "redemption_funding_charge_cents", "fees_cents")
 MONEY_LINES = CHARGES + CREDITS
+BONUS_CHARGE = "bonus_issuance_charge_cents"
+BONUS_FROM = 4  # the first version with bonus points
+
+
+def charges(version: int) -> tuple[str, ...]:
+    """The charge lines of a statement of `version`."""
+    return CHARGES + (BONUS_CHARGE,) if version >= BONUS_FROM else CHARGES
+
+
+def money_lines(version: int) -> tuple[str, ...]:
+    """Every money line of a statement of `version` (charges, then credits)."""
+    return charges(version) + CREDITS
 
 # A type names the first version that wrote it: a v2 statement under a v3 report re-derives
 # the same bytes either way, and the report, read first, says which the month is.
@@ -59,6 +79,7 @@ class Flows:
     funded: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # by issuer
     recovered: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # by creditor
     expired: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # by issuer
+    bonus: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # by funder
     matrix: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     anchor: str = ""
 
@@ -94,14 +115,18 @@ def statement_of(partner: str, period: str, closed_at: str, terms: dict[str, Dec
             if other != partner and (flows.matrix[other, partner] or flows.matrix[partner, other])],
         "ledger_anchor": flows.anchor, "ledger_head": ledger_head,
     }
-    doc["net_cents"] = sum(doc[line] for line in CREDITS) - sum(doc[line] for line in CHARGES)
+    if version >= BONUS_FROM:
+        doc["bonus_points_issued"] = flows.bonus[partner]
+        doc[BONUS_CHARGE] = cents(flows.bonus[partner], price, share)
+    doc["net_cents"] = (sum(doc[line] for line in CREDITS)
+                        - sum(doc[line] for line in charges(version)))
     return doc
 
 
 def netting(statements: dict[str, dict], version: int = CURRENT) -> dict:
     """What netting saved: every money line paid one by one (gross obligations) against one
     net payment per partner, as counts and (from v2) in cents."""
-    lines = [s[line] for s in statements.values() for line in MONEY_LINES]
+    lines = [s[line] for s in statements.values() for line in money_lines(version)]
     nets = [s["net_cents"] for s in statements.values()]
     gross, net = sum(1 for c in lines if c), sum(1 for c in nets if c)
     payments = {"gross_obligations": gross, "net_payments": net, "saved": gross - net}
@@ -145,4 +170,6 @@ def report_of(period: str, closed_at: str, statements: dict[str, dict], digests:
     }
     if version >= 3:
         report["breakage"] = breakage(flows, prices or {}, version)
+    if version >= BONUS_FROM:
+        report["totals"]["bonus_points_issued"] = sum(flows.bonus.values())
     return report

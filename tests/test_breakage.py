@@ -120,10 +120,10 @@ def test_the_report_prices_each_issuers_breakage_at_its_issue_price_for_the_mont
     s = expired
     report = close(s, "2026-06", at(7, 1, 6))
     assert report == stored_report(s, "2026-06")
-    assert report["type"] == "coalition-report/v3"
+    assert report["type"] == "coalition-report/v4"  # v4 kept v3's breakage as it was
     docs = {p: stored_statement(s, p, "2026-06") for p in PARTNERS}
     assert {p: d["points_expired"] for p, d in docs.items()} == {"acme": 91, "bolt": 50, "calm": 0}
-    assert {d["type"] for d in docs.values()} == {"coalition-statement/v2"}  # unchanged by v3
+    assert {d["type"] for d in docs.values()} == {"coalition-statement/v3"}  # v4's (bonus)
     # 91 x 0.015 = 1.365 EUR -> 137 cents; 50 x 0.0125 = 0.625 EUR -> 63 cents (half up).
     assert report["breakage"] == {
         "by_issuer": [
@@ -193,7 +193,7 @@ def test_a_month_with_breakage_closed_as_v2_keeps_its_bytes_beside_v3(expired, r
     reverse_a1_in_july(s)
     close(s, "2026-07", at(8, 1, 6))
     june, july = stored_report(s, "2026-06"), stored_report(s, "2026-07")
-    assert (june["type"], july["type"]) == ("coalition-report/v2", "coalition-report/v3")
+    assert (june["type"], july["type"]) == ("coalition-report/v2", "coalition-report/v4")
     assert "breakage" not in june and june["totals"]["points_expired"] == 141
     assert july["breakage"]["breakage_cents"] == -105
     report = verify(runner)

@@ -104,6 +104,8 @@ CREDIT, CHARGE = 1, -1
 LINES = {"issuance_charge_cents": CHARGE, "redemption_funding_charge_cents": CHARGE,
          "fees_cents": CHARGE, "redemption_reimbursement_cents": CREDIT,
          "debt_recovery_credit_cents": CREDIT}
+# v4 statements' bonus fields: the steps here book no bonus points.
+NO_BONUS = {"bonus_points_issued": 0, "bonus_issuance_charge_cents": 0}
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -611,9 +613,10 @@ class Run:
             doc = docs[p]
             assert set(doc) == {"type", "period", "partner_id", "currency", "closed_at", "terms",
                                 "counterparties", "ledger_anchor", "ledger_head",
-                                *model.points(period, p), *money[p]}, p
+                                *model.points(period, p), *money[p], *NO_BONUS}, p
             assert (doc["type"], doc["period"], doc["partner_id"], doc["currency"], doc["closed_at"]) \
-                == ("coalition-statement/v2", period, p, "EUR", closed_at)
+                == ("coalition-statement/v3", period, p, "EUR", closed_at)
+            assert {k: doc[k] for k in NO_BONUS} == NO_BONUS  # no bonus is booked here
             assert doc["terms"] == {k: format(v.normalize(), "f") for k, v in self.terms[period][p].items()}
             assert {k: doc[k] for k in model.points(period, p)} == model.points(period, p), p
             assert {k: doc[k] for k in money[p]} == money[p], (p, doc, money[p])
@@ -641,7 +644,8 @@ class Run:
         assert sum(d["points_debt_recovered"] for d in docs.values()) == f.debt_fills
         assert report["totals"] == {"points_issued": sum(f.issued.values()),
                                     "points_redeemed": sum(f.redeemed.values()),
-                                    "points_expired": sum(f.expired.values())}
+                                    "points_expired": sum(f.expired.values()),
+                                    "bonus_points_issued": 0}
         assert report["breakage"] == model.breakage(period, self.partners)
         # netting: every money line paid alone, against one net payment per partner
         lines = [m[line] for m in money.values() for line in LINES]

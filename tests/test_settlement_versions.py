@@ -1,6 +1,6 @@
 """Statement documents are versioned: a month closed as v1 (terms with six places, netting in
-counts only) or as v2 (no breakage in the report) still re-derives byte for byte and verifies
-after closes write v3."""
+counts only), as v2 (no breakage in the report) or as v3 (no bonus points) still re-derives
+byte for byte and verifies after closes write v4."""
 from __future__ import annotations
 
 import json
@@ -81,19 +81,51 @@ def test_a_month_closed_as_v1_keeps_its_format_and_verifies_beside_a_v2_month(ma
     assert canonical(as_v1["fuel"]) == stored != canonical(as_v2["fuel"])
 
 
-def test_v1_v2_and_v3_months_verify_side_by_side(may, runner, monkeypatch):
+def test_v1_v2_v3_and_v4_months_verify_side_by_side(may, runner, monkeypatch):
     close_may_as_v1_then_june(may, monkeypatch)
     Book(may, now=day(3, month=7)).earn("fuel", "f9", "M2", 10, day(3, month=7))
-    close(may, "2026-07", datetime(2026, 8, 2, tzinfo=UTC))
-    types = [json.loads(settlement.report(may, p).document)["type"]
-             for p in ("2026-05", "2026-06", "2026-07")]
-    assert types == ["coalition-report/v1", "coalition-report/v2", "coalition-report/v3"]
-    july = settlement.statement(may, "fuel", "2026-07").document
-    assert json.loads(july)["type"] == "coalition-statement/v2"  # v3 changed only the report
+    with monkeypatch.context() as patch:  # July as a close before v4 wrote it
+        patch.setattr(statements, "CURRENT", 3)
+        close(may, "2026-07", datetime(2026, 8, 2, tzinfo=UTC))
+    Book(may, now=day(3, month=8)).earn("fuel", "f10", "M2", 7, day(3, month=8))
+    close(may, "2026-08", datetime(2026, 9, 2, tzinfo=UTC))
+    periods = ("2026-05", "2026-06", "2026-07", "2026-08")
+    types = [json.loads(settlement.report(may, p).document)["type"] for p in periods]
+    assert types == ["coalition-report/v1", "coalition-report/v2", "coalition-report/v3",
+                     "coalition-report/v4"]
+    july = json.loads(settlement.statement(may, "fuel", "2026-07").document)
+    assert july["type"] == "coalition-statement/v2"  # v3 changed only the report
+    assert "bonus_points_issued" not in july and "bonus_issuance_charge_cents" not in july
+    assert "bonus_points_issued" not in json.loads(settlement.report(may, "2026-07").document)["totals"]
+    august = json.loads(settlement.statement(may, "fuel", "2026-08").document)
+    assert august["type"] == "coalition-statement/v3"
+    assert (august["bonus_points_issued"], august["bonus_issuance_charge_cents"]) == (0, 0)
+    assert json.loads(settlement.report(may, "2026-08").document)["totals"]["bonus_points_issued"] == 0
     may.commit()
     report = verify(runner)
     assert report["ok"], report
-    assert report["checked"]["statements"] == 3 * 4
+    assert report["checked"]["statements"] == 4 * 4
+
+    # Each month re-derives its stored bytes in its own version, and in no later one.
+    partners = ["bakery", "books", "fuel"]
+    for period, version in zip(periods, (1, 2, 3, 4)):
+        closed = may.get(ClosedPeriod, period)
+        docs, report_doc = settlement.derive(may, period, closed.closed_at, partners, version)
+        for p in partners:
+            assert canonical(docs[p]) == settlement.statement(may, p, period).document.encode()
+        assert canonical(report_doc) == settlement.report(may, period).document.encode()
+        if version < statements.CURRENT:
+            later, later_report = settlement.derive(may, period, closed.closed_at, partners, version + 1)
+            assert canonical(later_report) != canonical(report_doc), period
+    # v4 statements differ from v3's (type and the two bonus fields), the report by its type and
+    # totals.bonus_points_issued.
+    closed = may.get(ClosedPeriod, "2026-07")
+    as_v3, report_v3 = settlement.derive(may, "2026-07", closed.closed_at, partners, 3)
+    as_v4, report_v4 = settlement.derive(may, "2026-07", closed.closed_at, partners, 4)
+    assert {k: v for k, v in as_v4["fuel"].items()
+            if k not in ("type", "bonus_points_issued", "bonus_issuance_charge_cents")} \
+        == {k: v for k, v in as_v3["fuel"].items() if k != "type"}
+    assert report_v4["totals"] == {**report_v3["totals"], "bonus_points_issued": 0}
 
 
 def test_a_v1_month_changed_behind_the_services_back_is_still_caught(may, runner, monkeypatch):
