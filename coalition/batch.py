@@ -39,7 +39,7 @@ from typing import Callable
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from . import batch_sql, books, claim_limits, claim_sql, ledger, redemption
+from . import batch_sql, bonuses, books, claim_limits, claim_sql, ledger, redemption
 from .claim_sql import Holder, Situation
 from .models import Member
 from .problems import Problem
@@ -123,6 +123,7 @@ class _Booking:
     entry: dict
     card: str
     outcomes: list[Outcome] = field(default_factory=list)
+    award: bonuses.Award | None = None  # an earn's bonuses
 
 
 @dataclass
@@ -138,6 +139,7 @@ class _Batch:
     redeemed_unwritten: int = 0
     limited: claim_limits.Unwritten = field(default_factory=claim_limits.Unwritten)
     next_ref: int = -1
+    awarded_unwritten: bool = False  # an unwritten earn has bonuses
 
     def run(self, items: list[Item | Problem]) -> list[Outcome]:
         claims = [(i, item) for i, item in enumerate(items) if isinstance(item, Item)]
@@ -162,7 +164,8 @@ class _Batch:
             # to make, a twentieth of what booking it costs in a batch).
             entry = SimpleNamespace(**booking.entry)
             for n, outcome in enumerate(booking.outcomes):
-                outcome.booked = ledger.Booked(entry, replayed=n > 0, member_id=booking.card)
+                outcome.booked = ledger.Booked(entry, replayed=n > 0, member_id=booking.card,
+                                               award=booking.award)
         known = batch_sql.entries_with_cards(self.session, sorted(set(self.replays.values())))
         for i, entry_id in self.replays.items():
             entry, card = known[entry_id]
@@ -255,15 +258,27 @@ class _Batch:
     def _earn(self, index: int, f: dict, fp: str) -> Outcome:
         member = self._member(index, f["member_id"])
         holder = member.holder
+        ledger.check_window(f["occurred_at"], self.now, self.rules)
+        if self.awarded_unwritten:
+            # Caps and coupons count what is written: an earlier earn's bonus lots first.
+            self._write()
+        award = bonuses.for_earn(self.session, member_pk=holder.id, partner_id=self.partner_id,
+                                 points=f["points"], occurred_at=f["occurred_at"], now=self.now,
+                                 tz=self.rules.timezone, tier_rules=self.rules.tiers)
         entry, postings, writes = ledger.plan_earn(
             holder, Situation(None, self.closed_through, spendable=member.spendable,
                               held=self.held.get(holder.id, 0)),
             lambda: self._debts(member), fp=fp, partner_id=self.partner_id,
             claim_id=f["claim_id"], points=f["points"], occurred_at=f["occurred_at"],
             now=self.now, rules=self.rules, pending_until=f.get("pending_until"),
-            description=f.get("description"))
+            description=f.get("description"), bonus=award.bonuses)
         self._within_limits(holder.id, EntryKind.EARN, f["points"])
-        return self._book(member, f["member_id"], entry, postings, writes)
+        bonuses.claim(self.session, award)
+        outcome = self._book(member, f["member_id"], entry, postings, writes)
+        booking = self.booked_here[f["claim_id"]]
+        booking.award = award
+        self.awarded_unwritten = self.awarded_unwritten or bool(award.bonuses)
+        return outcome
 
     def _within_limits(self, member_pk: int, kind: str, points: int) -> None:
         """claim_limits.check, counting the batch's claims planned before this one."""
@@ -310,12 +325,11 @@ class _Batch:
         self.rows.entries.append({**entry, "id": ref})
         self.rows.postings.extend({"entry_id": ref, "account": account, "points": points}
                                   for account, points in postings.items())
-        new_lot = None
-        if writes.lot is not None:
+        new_lots = []
+        for lot in writes.lots:
             new_lot = self._ref()
-            self.rows.lots.append({**writes.lot, "id": new_lot, "member_id": pk,
-                                   "entry_id": ref})
-            lot = writes.lot
+            new_lots.append(new_lot)
+            self.rows.lots.append({**lot, "id": new_lot, "member_id": pk, "entry_id": ref})
             if lot["available_at"] is None and lot["remaining"] > 0 and lot["expires_at"] > self.now:
                 member.spendable += lot["remaining"]
                 if member.lots is not None:
@@ -323,8 +337,8 @@ class _Batch:
                         new_lot, lot["remaining"], lot["expires_at"], lot["occurred_at"],
                         (1 << 62) - new_lot), key=batch_sql.OpenLot.key)
         self.rows.consumptions.extend(
-            {"entry_id": ref, "kind": str(kind), "lot_id": new_lot if lot_id is None else lot_id,
-             "debt_lot_id": debt_lot, "points": points}
+            {"entry_id": ref, "kind": str(kind), "debt_lot_id": debt_lot, "points": points,
+             "lot_id": new_lots[lot_id] if isinstance(lot_id, claim_sql.NewLot) else lot_id}
             for kind, lot_id, debt_lot, points in writes.consumptions)
         if writes.lots_left:
             left = dict(writes.lots_left)
@@ -377,10 +391,13 @@ class _Batch:
             raise
         for booking in self.unwritten:
             booking.entry = {**booking.entry, "id": ids[booking.entry["id"]]}
+            if booking.award is not None:
+                bonuses.use_coupons(self.session, booking.award, booking.entry["id"])
         for member in self.members.values():  # lots of this batch, consumed later, by their ids
             for lot in member.lots or ():
                 lot.id = lot_ids.get(lot.id, lot.id)
         self.unwritten = []
+        self.awarded_unwritten = False
         self.rows = batch_sql.Rows()
         self.redeemed_unwritten = 0
         self.limited = claim_limits.Unwritten()

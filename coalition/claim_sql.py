@@ -9,7 +9,7 @@ On PostgreSQL a claim costs two statements here, besides BEGIN, COMMIT and the t
    read in the statement's snapshot, taken before the locks; when the member's row changed
    while the claim waited for it, the situation is read again by a second statement
    (`earn_situation` / `burn_situation`), now under the lock.
-2. `write`: the entry, its postings, its lot, consumptions, the lots and debt lots it changes
+2. `write`: the entry, its postings, its lots, consumptions, the lots and debt lots it changes
    and the member's balance, in one statement of data-modifying CTEs, which books nothing if
    the entry's month was closed after the situation was read (the claim then reads it again
    and plans anew).
@@ -60,14 +60,20 @@ class Situation:
     held: int = 0  # the member's points that open holds reserve (coalition/holds.py)
 
 
+class NewLot(int):
+    """A consumption's lot that the claim itself makes: its index in Writes.lots."""
+
+
 @dataclass
 class Writes:
     """Everything one claim books besides its entry and postings."""
     balance: int  # the member's, after the claim
     debt: int
-    lot: dict | None = None  # a new lot (an earn's): its columns but member_id and entry_id
-    # (kind, lot id or None for the new lot, debt lot id, points), in the order they happened
-    consumptions: list[tuple[str, int | None, int | None, int]] = field(default_factory=list)
+    # An earn's new lots, its own points first, then a lot per bonus: their columns but
+    # member_id and entry_id.
+    lots: list[dict] = field(default_factory=list)
+    # (kind, lot id or a NewLot, debt lot id, points), in the order they happened
+    consumptions: list[tuple[str, int, int | None, int]] = field(default_factory=list)
     lots_left: list[tuple[int, int]] = field(default_factory=list)  # (lot id, remaining)
     debts_left: list[tuple[int, int]] = field(default_factory=list)  # (debt lot id, remaining)
 
@@ -258,14 +264,19 @@ WITH entry AS (
         CAST(:balance_after AS bigint), CAST(:entry_hash AS varchar)
     WHERE NOT EXISTS (SELECT 1 FROM closed_periods WHERE period >= CAST(:period AS varchar))
     RETURNING id),
-new_lot AS (
-    INSERT INTO lots (member_id, entry_id, issuer_id, points, remaining, occurred_at,
-        available_at, expires_at)
-    SELECT :member_id, entry.id, CAST(:lot_issuer_id AS varchar), CAST(:lot_points AS bigint),
-        CAST(:lot_remaining AS bigint), :occurred_at, CAST(:lot_available_at AS timestamptz),
-        CAST(:lot_expires_at AS timestamptz)
-    FROM entry WHERE CAST(:lot_points AS bigint) IS NOT NULL
-    RETURNING id),
+new_ids AS (
+    SELECT n, nextval(pg_get_serial_sequence('lots', 'id')) AS id
+    FROM generate_series(1, cardinality(CAST(:lot_points AS bigint[]))) AS n),
+new_lots AS (
+    INSERT INTO lots (id, member_id, entry_id, issuer_id, source, points, remaining,
+        occurred_at, available_at, expires_at)
+    SELECT new_ids.id, :member_id, entry.id, l.issuer_id, l.source, l.points, l.remaining,
+        :occurred_at, CAST(:lot_available_at AS timestamptz), CAST(:lot_expires_at AS timestamptz)
+    FROM entry CROSS JOIN unnest(CAST(:lot_issuers AS varchar[]), CAST(:lot_sources AS varchar[]),
+            CAST(:lot_points AS bigint[]), CAST(:lot_remaining AS bigint[]))
+            WITH ORDINALITY AS l(issuer_id, source, points, remaining, n)
+        JOIN new_ids ON new_ids.n = l.n
+    ORDER BY l.n),
 posted AS (
     INSERT INTO postings (entry_id, account, points)
     SELECT entry.id, p.account, p.points FROM entry,
@@ -274,12 +285,13 @@ posted AS (
     ORDER BY p.n),
 consumed AS (
     INSERT INTO consumptions (entry_id, lot_id, debt_lot_id, kind, points)
-    SELECT entry.id, coalesce(c.lot_id, (SELECT id FROM new_lot)), c.debt_lot_id, c.kind,
-        c.points
+    SELECT entry.id, coalesce(c.lot_id, (SELECT id FROM new_ids WHERE new_ids.n = c.new_lot)),
+        c.debt_lot_id, c.kind, c.points
     FROM entry,
         unnest(CAST(:consumed_kinds AS varchar[]), CAST(:consumed_lots AS bigint[]),
-               CAST(:consumed_debt_lots AS bigint[]), CAST(:consumed_points AS bigint[]))
-            WITH ORDINALITY AS c(kind, lot_id, debt_lot_id, points, n)
+               CAST(:consumed_new AS bigint[]), CAST(:consumed_debt_lots AS bigint[]),
+               CAST(:consumed_points AS bigint[]))
+            WITH ORDINALITY AS c(kind, lot_id, new_lot, debt_lot_id, points, n)
     ORDER BY c.n),
 lots_left AS (
     UPDATE lots SET remaining = u.remaining
@@ -292,7 +304,7 @@ debts_left AS (
 holder AS (
     UPDATE members SET balance = :new_balance, debt = :new_debt
     WHERE id = :member_id AND EXISTS (SELECT 1 FROM entry))
-SELECT entry.id, (SELECT id FROM new_lot) FROM entry
+SELECT entry.id FROM entry
 """)
 
 _INSERT_ENTRY = Entry.__table__.insert()
@@ -315,16 +327,22 @@ def write(session: Session, entry: dict, postings: dict[str, int], writes: Write
     if is_sqlite(session):
         entry_id = _write_sqlite(connection, entry, postings, writes)
     else:
-        lot = writes.lot or {}
+        lots = writes.lots
+        first = lots[0] if lots else {}
         consumptions = writes.consumptions
         row = connection.execute(_WRITE_POSTGRESQL, {
             **entry,
-            "lot_issuer_id": lot.get("issuer_id"), "lot_points": lot.get("points"),
-            "lot_remaining": lot.get("remaining"), "lot_available_at": lot.get("available_at"),
-            "lot_expires_at": lot.get("expires_at"),
+            "lot_issuers": [x["issuer_id"] for x in lots],
+            "lot_sources": [x["source"] for x in lots],
+            "lot_points": [x["points"] for x in lots],
+            "lot_remaining": [x["remaining"] for x in lots],
+            "lot_available_at": first.get("available_at"),
+            "lot_expires_at": first.get("expires_at"),
             "posting_accounts": list(postings), "posting_points": list(postings.values()),
             "consumed_kinds": [str(c[0]) for c in consumptions],
-            "consumed_lots": [c[1] for c in consumptions],
+            "consumed_lots": [None if isinstance(c[1], NewLot) else c[1] for c in consumptions],
+            "consumed_new": [c[1] + 1 if isinstance(c[1], NewLot) else None
+                             for c in consumptions],
             "consumed_debt_lots": [c[2] for c in consumptions],
             "consumed_points": [c[3] for c in consumptions],
             "lots_left_ids": [lot_id for lot_id, _ in writes.lots_left],
@@ -350,14 +368,13 @@ def _write_sqlite(connection, entry: dict, postings: dict[str, int], writes: Wri
     connection.execute(_INSERT_POSTING, [{"entry_id": entry_id, "account": account,
                                           "points": points}
                                          for account, points in postings.items()])
-    lot_id = None
-    if writes.lot is not None:
-        lot_id = connection.execute(_INSERT_LOT, {**writes.lot, "member_id": member_pk,
-                                                  "entry_id": entry_id}).inserted_primary_key[0]
+    lot_ids = [connection.execute(_INSERT_LOT, {**lot, "member_id": member_pk,
+                                                "entry_id": entry_id}).inserted_primary_key[0]
+               for lot in writes.lots]
     if writes.consumptions:
         connection.execute(_INSERT_CONSUMPTION, [
-            {"entry_id": entry_id, "kind": kind, "lot_id": lot_id if of_lot is None else of_lot,
-             "debt_lot_id": debt_lot, "points": points}
+            {"entry_id": entry_id, "kind": kind, "debt_lot_id": debt_lot, "points": points,
+             "lot_id": lot_ids[of_lot] if isinstance(of_lot, NewLot) else of_lot}
             for kind, of_lot, debt_lot, points in writes.consumptions])
     if writes.lots_left:
         connection.execute(_LOT_LEFT, [{"lot_pk": lot, "left": left}

@@ -17,14 +17,15 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from . import books, claim_limits, claim_sql, pins, redemption, tiers
+from . import bonuses, books, claim_limits, claim_sql, pins, redemption, tiers
 from .clock import as_utc, iso_utc
 from .hashing import canonical, sha256_hex
 from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
 from .periods import MONTHLY, expiry_of, parse_cutoff
 from .problems import Problem
 from .vocabulary import (REVERSIBLE, Account, ConsumptionKind, EntryKind, available,
-                         issued_account, member_account, redeemed_account, spendable)
+                         bonus_account, issued_account, member_account, redeemed_account,
+                         spendable)
 
 MAX_FUTURE = timedelta(minutes=5)
 MAX_PENDING = timedelta(days=366)
@@ -65,6 +66,7 @@ class Booked:
     # The member's card as the claim named it. None: read it from entry.member (one more
     # statement unless the session holds the member already).
     member_id: str | None = None
+    award: bonuses.Award | None = None  # an earn just booked: its bonuses (None: read them)
 
 
 class ClaimIdRace(Exception):
@@ -236,26 +238,38 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     if holder is None:
         raise Problem("not-found", "No such member.")
 
+    check_window(occurred_at, now, rules)
+    award = bonuses.for_earn(session, member_pk=holder.id, partner_id=partner_id, points=points,
+                             occurred_at=occurred_at, now=now, tz=rules.timezone,
+                             tier_rules=rules.tiers)
+
     def plan(known: claim_sql.Situation):
         return plan_earn(
             holder, known, lambda: claim_sql.open_debt_lots(session, holder.id), fp=fp,
             partner_id=partner_id, claim_id=claim_id, points=points, occurred_at=occurred_at,
-            now=now, rules=rules, pending_until=pending_until, description=description)
+            now=now, rules=rules, pending_until=pending_until, description=description,
+            bonus=award.bonuses)
     planned = plan(known)
     claim_limits.check(session, rules.limits, kind=EntryKind.EARN, member_pk=holder.id,
                        partner_id=partner_id, points=points, now=now, tz=rules.timezone)
-    return _write(session, holder, planned, plan, lambda: claim_sql.earn_situation(
+    bonuses.claim(session, award)
+    booked = _write(session, holder, planned, plan, lambda: claim_sql.earn_situation(
         session, partner_id=partner_id, claim_id=claim_id, member_pk=holder.id, now=now))
+    bonuses.use_coupons(session, award, booked.entry.id)
+    return Booked(booked.entry, replayed=False, member_id=booked.member_id, award=award)
 
 
 def plan_earn(holder: claim_sql.Holder, known: claim_sql.Situation,
               open_debts: Callable[[], list[tuple[int, int]]], *, fp: str, partner_id: str,
               claim_id: str, points: int, occurred_at: datetime, now: datetime, rules: Rules,
-              pending_until: datetime | None = None, description: str | None = None):
+              pending_until: datetime | None = None, description: str | None = None,
+              bonus: list[bonuses.Bonus] | tuple = ()):
     """What an earn books for a member as it stands (`holder`, `known`), or the Problem that
     refuses it: (entry columns, postings, writes). `open_debts()`: the member's unpaid debt
-    lots, oldest first, asked for only when the earn fills debt. Writes nothing: book_earn and
-    a batch (coalition/batch.py) write it."""
+    lots, oldest first, asked for only when the earn fills debt. `bonus`: its bonuses
+    (coalition/bonuses.py), a lot each besides the lot of the claim's own points; the debt is
+    filled from those lots in that order. Writes nothing: book_earn and a batch
+    (coalition/batch.py) write it."""
     check_window(occurred_at, now, rules)
     if pending_until is not None and not occurred_at <= pending_until <= now + MAX_PENDING:
         raise Problem("validation-error", "pending_until is out of range.", errors=[
@@ -267,29 +281,41 @@ def plan_earn(holder: claim_sql.Holder, known: claim_sql.Situation,
     # purchase at a month's end): they book, and the next expiry run takes them. Until then
     # they are as good as expired: not available, and they pay no debt.
     spendable_now = not pending and expires_at > now
-    remaining, consumptions, debts_left = points, [], []
+    parts = [(None, partner_id, points), *((b.source, b.funder, b.points) for b in bonus)]
+    remaining = [part_points for _, _, part_points in parts]
+    consumptions, debts_left = [], []
     if spendable_now and holder.debt:
         # A pending earn fills no debt: it may still be cancelled, and would reopen the debt.
+        i = 0
         for debt_id, owed in open_debts():
-            take = min(owed, remaining)
-            if take == 0:
+            left = owed
+            while left and i < len(parts):
+                take = min(left, remaining[i])
+                remaining[i] -= take
+                left -= take
+                consumptions.append((ConsumptionKind.DEBT_FILL, claim_sql.NewLot(i), debt_id, take))
+                if remaining[i] == 0:
+                    i += 1
+            if left == owed:
                 break
-            remaining -= take
-            debts_left.append((debt_id, owed - take))
-            consumptions.append((ConsumptionKind.DEBT_FILL, None, debt_id, take))  # the new lot
-    filled = points - remaining
+            debts_left.append((debt_id, left))
+    kept = sum(remaining)
+    filled = points + sum(b.points for b in bonus) - kept
     debt = holder.debt - filled
-    balance_after = available(known.spendable, debt, known.held) + (remaining if spendable_now else 0)
+    balance_after = available(known.spendable, debt, known.held) + (kept if spendable_now else 0)
     entry = _entry(EntryKind.EARN, partner_id, claim_id, holder, points, occurred_at, now, rules,
                    known, fp, pending_until=pending_until, description=description,
                    status="pending" if pending else "booked", balance_after=balance_after)
-    lot = {"issuer_id": partner_id, "points": points, "remaining": remaining,
-           "occurred_at": occurred_at, "available_at": pending_until if pending else None,
-           "expires_at": expires_at}
-    return entry, {member_account(holder.id): remaining, issued_account(partner_id): -points,
-                   Account.DEBT: filled}, \
-        claim_sql.Writes(balance=holder.balance + remaining, debt=debt, lot=lot,
-                         consumptions=consumptions, debts_left=debts_left)
+    lots = [{"issuer_id": issuer, "source": source, "points": part_points, "remaining": left,
+             "occurred_at": occurred_at, "available_at": pending_until if pending else None,
+             "expires_at": expires_at}
+            for (source, issuer, part_points), left in zip(parts, remaining)]
+    postings = {member_account(holder.id): kept, issued_account(partner_id): -points,
+                Account.DEBT: filled}
+    for b in bonus:
+        postings[bonus_account(b.funder)] = postings.get(bonus_account(b.funder), 0) - b.points
+    return entry, postings, claim_sql.Writes(balance=holder.balance + kept, debt=debt, lots=lots,
+                                             consumptions=consumptions, debts_left=debts_left)
 
 
 def book_burn(session: Session, *, partner_id: str, claim_id: str, member_id: str, points: int,
@@ -475,47 +501,74 @@ def book_reversal(session: Session, *, partner_id: str, claim_id: str, reversal_
                        now, rules, fp, reverses_id=target.id, reverses=target, status="booked",
                        balance_after=0)
     if target.kind == EntryKind.EARN:
-        consumptions, debt, postings = _reverse_earn(session, target, member, points)
+        consumptions, debts, postings = _reverse_earn(session, target, member, points, already)
     else:
-        consumptions, debt, postings = _reverse_burn(session, target, member, points)
+        consumptions, debts, postings = _reverse_burn(session, target, member, points)
     entry.balance_after = available_points(session, member, now)
     _book(session, entry, postings, member)
     for c in consumptions:
         c.entry_id = entry.id
         session.add(c)
-    if debt is not None:
+    for debt in debts:
         debt.entry_id = entry.id
         session.add(debt)
     session.flush()
     return Booked(entry, replayed=False)
 
 
-def _reverse_earn(session: Session, target: Entry, member: Member, points: int):
-    """Take the points out of the earn's lot: what is left of it, then what of it expired
-    (taken from breakage: the points left the member when they expired, so the member owes
-    nothing for them), and only what was spent becomes a debt lot."""
-    lot = session.scalars(select(Lot).where(Lot.entry_id == target.id)).one()
-    take = min(points, lot.remaining)
-    expired = int(session.scalar(select(func.coalesce(func.sum(Consumption.points), 0))
-                                 .where(Consumption.lot_id == lot.id,
-                                        Consumption.kind == ConsumptionKind.EXPIRY)))
-    unexpire = min(points - take, expired)
-    shortfall = points - take - unexpire
-    lot.remaining -= take
-    member.balance -= take
-    member.debt += shortfall
-    consumptions = []
-    if unexpire:  # the expired points given back to the lot, and taken out with the rest
-        consumptions.append(Consumption(lot_id=lot.id, kind=ConsumptionKind.EXPIRY,
-                                        points=-unexpire))
-    if take + unexpire:
-        consumptions.append(Consumption(lot_id=lot.id, kind=ConsumptionKind.EARN_REVERSAL,
-                                        points=take + unexpire))
-    debt = DebtLot(member_id=member.id, creditor_id=target.partner_id, points=shortfall,
-                   remaining=shortfall) if shortfall else None
-    return consumptions, debt, {member_account(member.id): -take, Account.DEBT: -shortfall,
-                                Account.EXPIRED: -unexpire,
-                                issued_account(target.partner_id): points}
+def _reverse_earn(session: Session, target: Entry, member: Member, points: int, already: int):
+    """Take the points out of the earn's lots: its own lot gives `points`, each bonus lot its
+    share of them. A bonus lot's share is cumulative: after reversals of n of the earn's N
+    points in all it has given back round_half_up(bonus * n / N), so reversals in parts add up
+    to what one whole reversal takes, and a full reversal takes the whole bonus. From each lot:
+    what is left of it, then what of it expired (taken from breakage: the points left the
+    member when they expired, so the member owes nothing for them), and only what was spent
+    becomes a debt lot, owed to the lot's issuer (a bonus's funder)."""
+    lots = session.scalars(select(Lot).where(Lot.entry_id == target.id).order_by(Lot.id)).all()
+    expired = _sums_by_lot(session, [lot.id for lot in lots], ConsumptionKind.EXPIRY)
+    consumptions, debts = [], []
+    postings = {member_account(member.id): 0, Account.DEBT: 0, Account.EXPIRED: 0,
+                issued_account(target.partner_id): points}
+    for lot in lots:
+        part = points if lot.source is None else (
+            _share(lot.points, already + points, target.points)
+            - _share(lot.points, already, target.points))
+        if part <= 0:
+            continue
+        if lot.source is not None:
+            account = bonus_account(lot.issuer_id)
+            postings[account] = postings.get(account, 0) + part
+        take = min(part, lot.remaining)
+        unexpire = min(part - take, expired.get(lot.id, 0))
+        shortfall = part - take - unexpire
+        lot.remaining -= take
+        member.balance -= take
+        member.debt += shortfall
+        if unexpire:  # the expired points given back to the lot, and taken out with the rest
+            consumptions.append(Consumption(lot_id=lot.id, kind=ConsumptionKind.EXPIRY,
+                                            points=-unexpire))
+        if take + unexpire:
+            consumptions.append(Consumption(lot_id=lot.id, kind=ConsumptionKind.EARN_REVERSAL,
+                                            points=take + unexpire))
+        if shortfall:
+            debts.append(DebtLot(member_id=member.id, creditor_id=lot.issuer_id,
+                                 points=shortfall, remaining=shortfall))
+        postings[member_account(member.id)] -= take
+        postings[Account.DEBT] -= shortfall
+        postings[Account.EXPIRED] -= unexpire
+    return consumptions, debts, postings
+
+
+def _share(bonus: int, reversed_points: int, of_points: int) -> int:
+    """round_half_up(bonus * reversed_points / of_points), in integers."""
+    return (2 * bonus * reversed_points + of_points) // (2 * of_points)
+
+
+def _sums_by_lot(session: Session, lot_ids: list[int], kind: str) -> dict[int, int]:
+    return {lot_id: int(points) for lot_id, points in session.execute(
+        select(Consumption.lot_id, func.sum(Consumption.points))
+        .where(Consumption.lot_id.in_(lot_ids), Consumption.kind == kind)
+        .group_by(Consumption.lot_id))}
 
 
 def _reverse_burn(session: Session, target: Entry, member: Member, points: int):
@@ -561,14 +614,15 @@ def _reverse_burn(session: Session, target: Entry, member: Member, points: int):
     assert left == 0, "a burn's consumptions cover its points"
     member.balance += points - filled
     member.debt -= filled
-    return consumptions, None, {member_account(member.id): points - filled, Account.DEBT: filled,
+    return consumptions, [], {member_account(member.id): points - filled, Account.DEBT: filled,
                                 redeemed_account(target.partner_id): -points}
 
 
 def _debts_of_reversed_earn(session: Session, lot: Lot) -> list[DebtLot]:
-    """The unpaid debt lots that reversals of `lot`'s earn left, oldest first."""
+    """The unpaid debt lots that reversals of `lot`'s earn left to its issuer, oldest first."""
     reversals = select(Entry.id).where(Entry.reverses_id == lot.entry_id)
     return list(session.scalars(select(DebtLot).where(DebtLot.member_id == lot.member_id,
+                                                      DebtLot.creditor_id == lot.issuer_id,
                                                       DebtLot.remaining > 0,
                                                       DebtLot.entry_id.in_(reversals))
                                 .order_by(DebtLot.id)))

@@ -116,13 +116,16 @@ class Lot(db.Model):
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
-    entry_id: Mapped[int] = mapped_column(ForeignKey("journal_entries.id"), unique=True)
-    issuer_id: Mapped[str] = mapped_column(String(64), index=True)
+    # An earn makes one lot of its own points and one per bonus it got (a lot per funder).
+    entry_id: Mapped[int] = mapped_column(ForeignKey("journal_entries.id"), index=True)
+    issuer_id: Mapped[str] = mapped_column(String(64), index=True)  # a bonus's: its funder
     points: Mapped[int] = mapped_column(BigInteger)
     remaining: Mapped[int] = mapped_column(BigInteger)
     occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)
     available_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # set while pending
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # NULL: the claim's own points; a bonus: campaign:<id>, coupon:<id> or tier:<name>
+    source: Mapped[str | None] = mapped_column(String(80))
 
     entry: Mapped[Entry] = relationship()
 
@@ -134,6 +137,9 @@ class Lot(db.Model):
         # The expiry run: every member's lots that still hold points, soonest expiry first.
         Index("ix_lots_expiring", "expires_at", "id",
               postgresql_where=text("remaining > 0"), sqlite_where=text("remaining > 0")),
+        # A campaign's cap per member: the bonus lots it already gave the member.
+        Index("ix_lots_member_source", "member_id", "source",
+              postgresql_where=text("source IS NOT NULL"), sqlite_where=text("source IS NOT NULL")),
     )
 
 
@@ -144,7 +150,8 @@ class DebtLot(db.Model):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), index=True)
     creditor_id: Mapped[str] = mapped_column(String(64), index=True)
-    entry_id: Mapped[int] = mapped_column(ForeignKey("journal_entries.id"), unique=True)
+    # The reversal that made it: one per lot it left short (the earn's own, a bonus's funder).
+    entry_id: Mapped[int] = mapped_column(ForeignKey("journal_entries.id"), index=True)
     points: Mapped[int] = mapped_column(BigInteger)
     remaining: Mapped[int] = mapped_column(BigInteger)
 
@@ -306,6 +313,7 @@ class Campaign(db.Model):
     funder_id: Mapped[str] = mapped_column(String(64))  # the issuer of the bonus lots
     cap_per_member: Mapped[int | None] = mapped_column(BigInteger)  # bonus points per member
     cap_total: Mapped[int | None] = mapped_column(BigInteger)  # bonus points in all
+    awarded: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # with cap_total
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # ended early by the operator
 

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from .holds import CAPTURED
 from .ledger import entry_hash
 from .models import Consumption, DebtLot, Entry, Hold, Lot, Member, Posting
-from .vocabulary import (Account, ConsumptionKind, EntryKind, issued_account, member_account,
-                         redeemed_account)
+from .vocabulary import (Account, ConsumptionKind, EntryKind, bonus_account, issued_account,
+                         member_account, redeemed_account)
 
 MAX_REPORTED = 50
 
@@ -61,7 +61,7 @@ def _verify_entries(session: Session, report: Report) -> int:
             select(Consumption.entry_id, Consumption.kind, func.sum(Consumption.points))
             .group_by(Consumption.entry_id, Consumption.kind)):
         consumed[entry_id, kind] = int(points)
-    debts = {e: p for e, p in session.execute(select(DebtLot.entry_id, DebtLot.points))}
+    debts = _sums(session, DebtLot.entry_id, DebtLot.points)
     reversed_total = _sums(session, Entry.reverses_id, Entry.points, Entry.reverses_id.is_not(None))
     kinds = dict(session.execute(select(Entry.id, Entry.kind)).all())
 
@@ -78,14 +78,15 @@ def _verify_entries(session: Session, report: Report) -> int:
         if entry_hash(entry, postings) != entry.entry_hash:
             report.fail("entry-hash", "entry or postings differ from what was hashed", **ref)
         member = postings.get(member_account(entry.member_id), 0)
+        bonus = sum(p for a, p in postings.items() if a.startswith(Account.BONUS))
         issued, redeemed = issued_account(entry.partner_id), redeemed_account(entry.partner_id)
         e = entry.id
         target_kind = kinds.get(entry.reverses_id)
         filled = consumed[e, ConsumptionKind.DEBT_FILL]
         expected = {
-            EntryKind.EARN: (postings.get(issued) == -entry.points
+            EntryKind.EARN: (postings.get(issued) == -entry.points and bonus <= 0
                              and postings.get(Account.DEBT, 0) == filled
-                             and member == entry.points - filled),
+                             and member == entry.points - bonus - filled),
             EntryKind.BURN: (postings.get(redeemed) == entry.points and member == -entry.points
                              and consumed[e, ConsumptionKind.BURN] == entry.points),
             EntryKind.EXPIRY: (postings.get(Account.EXPIRED) == entry.points
@@ -96,7 +97,9 @@ def _verify_entries(session: Session, report: Report) -> int:
             # Expired points of the lot come back from breakage (expiry consumption < 0).
             taken, owed = consumed[e, ConsumptionKind.EARN_REVERSAL], debts.get(e, 0)
             unexpired = -consumed[e, ConsumptionKind.EXPIRY]
-            expected = (postings.get(issued) == entry.points and taken + owed == entry.points
+            # The bonus lots give back their share too (posted back to their funders).
+            expected = (postings.get(issued) == entry.points and bonus >= 0
+                        and taken + owed == entry.points + bonus
                         and unexpired >= 0 and member == -(taken - unexpired)
                         and postings.get(Account.DEBT, 0) == -owed
                         and postings.get(Account.EXPIRED, 0) == -unexpired)
@@ -145,21 +148,40 @@ def _verify_lots(session: Session, report: Report) -> int:
     used = _sums(session, Consumption.lot_id, Consumption.points)
     filled = _sums(session, Consumption.debt_lot_id, Consumption.points,
                    Consumption.debt_lot_id.is_not(None))
+    # An earn's bonus lots, per funder, hold what it posted to the funder's bonus account.
+    posted = {(e, account): -int(p) for e, account, p in session.execute(
+        select(Posting.entry_id, Posting.account, Posting.points).join(Entry, Entry.id == Posting.entry_id)
+        .where(Entry.kind == EntryKind.EARN, Posting.account.like(f"{Account.BONUS}%")))}
+    bonus_lots = defaultdict(int)
     count = 0
     for lot, kind, points, partner, member in session.execute(
             select(Lot, Entry.kind, Entry.points, Entry.partner_id, Entry.member_id)
             .join(Entry, Entry.id == Lot.entry_id)):
         count += 1
-        if (kind, points, partner, member) != (EntryKind.EARN, lot.points, lot.issuer_id,
-                                               lot.member_id):
+        if lot.source is not None:
+            bonus_lots[lot.entry_id, bonus_account(lot.issuer_id)] += lot.points
+            if (kind, member) != (EntryKind.EARN, lot.member_id) or lot.points <= 0:
+                report.fail("lot-origin", "bonus lot does not match the earn that made it",
+                            lot=lot.id)
+        elif (kind, points, partner, member) != (EntryKind.EARN, lot.points, lot.issuer_id,
+                                                 lot.member_id):
             report.fail("lot-origin", "lot does not match the earn that made it", lot=lot.id)
         if not 0 <= lot.remaining == lot.points - used.get(lot.id, 0):
             report.fail("lot-remaining", f"remaining {lot.remaining}, points {lot.points} "
                         f"less consumed {used.get(lot.id, 0)}", lot=lot.id)
-    missing = session.scalars(select(Entry.id).outerjoin(Lot, Lot.entry_id == Entry.id)
+    for (entry_id, account) in sorted(set(posted) | set(bonus_lots)):
+        if posted.get((entry_id, account)) != bonus_lots.get((entry_id, account)):
+            report.fail("lot-origin", f"the bonus lots of {account} do not hold what the earn "
+                        "posted to it", entry_id=entry_id)
+    own = (Lot.entry_id == Entry.id) & Lot.source.is_(None)
+    missing = session.scalars(select(Entry.id).outerjoin(Lot, own)
                               .where(Entry.kind == EntryKind.EARN, Lot.id.is_(None))).all()
     for entry_id in missing:
         report.fail("lot-origin", "earn has no lot", entry_id=entry_id)
+    twice = session.scalars(select(Lot.entry_id).where(Lot.source.is_(None))
+                            .group_by(Lot.entry_id).having(func.count(Lot.id) > 1)).all()
+    for entry_id in twice:
+        report.fail("lot-origin", "earn has more than one lot of its own points", entry_id=entry_id)
     for debt in session.scalars(select(DebtLot)):
         if not 0 <= debt.remaining == debt.points - filled.get(debt.id, 0):
             report.fail("debt-lot-remaining", f"remaining {debt.remaining}, points {debt.points} "

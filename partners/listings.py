@@ -8,11 +8,12 @@ from __future__ import annotations
 from flask import g
 from marshmallow import RAISE
 
-from coalition import clock
+from coalition import bonuses, clock
 from coalition.api import problems
 from coalition.clock import iso_utc
 from coalition.database import db
 from coalition.history import partner_claims
+from coalition.vocabulary import EntryKind
 
 from . import schemas
 from .auth import AUTH, COMMON
@@ -36,12 +37,16 @@ def list_claims(query: dict):
     now = clock.now()
     after = query.pop("cursor", None)
     page, last = partner_claims(db.session, g.caller.partner_id, after=after, **query)
+    given = bonuses.of_entries(db.session, [listed.entry.id for listed in page
+                                            if listed.entry.kind == EntryKind.EARN])
     db.session.commit()
     claims = []
     for listed in page:
         view = claim_view(listed.entry, reversals=[], now=now,
                           reversed_points=listed.reversed_points,
-                          reversals_total=listed.reversals_total)
+                          reversals_total=listed.reversals_total,
+                          bonus=(given.get(listed.entry.id, []), None)
+                          if listed.entry.kind == EntryKind.EARN else None)
         del view["reversals"]  # reversals_total counts them; GET /v1/claims/{id} names them
         claims.append(view)
     return {"claims": claims,

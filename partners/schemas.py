@@ -227,6 +227,15 @@ class ReversalRefSchema(Schema):
     period = fields.String(required=True)
 
 
+class BonusSchema(Schema):
+    type = fields.String(required=True, validate=validate.OneOf(["campaign", "coupon", "tier"]))
+    id = fields.String(required=True, metadata={"description": "The campaign's or coupon's id, "
+                                                               "or the tier's name."})
+    funder = fields.String(required=True, metadata={
+        "description": "Who pays for these points: a partner, or the coalition's operator id."})
+    points = fields.Integer(required=True)
+
+
 class ClaimSchema(Schema):
     claim_id = fields.String(required=True, metadata={"description": "claim_id, or reversal_id of a reversal."})
     kind = fields.String(required=True, validate=validate.OneOf([str(k) for k in CLAIM_KINDS]))
@@ -251,6 +260,15 @@ class ClaimSchema(Schema):
                        "at most 1000 (reversals_total counts them all)."})
     reversals_total = fields.Integer(metadata={
         "description": "Present when reading a claim: how many reversals it has."})
+    bonus_points = fields.Integer(metadata={
+        "description": "An earn: the bonus points it got besides "
+                       "`points` (campaigns, coupons, the member's tier), in all."})
+    bonuses = fields.List(fields.Nested(BonusSchema), metadata={
+        "description": "An earn: each bonus, with who pays for it."})
+    coupons_not_activated = fields.List(fields.String(), metadata={
+        "description": "An earn, in the answer that books it (or replays it): your coupons "
+                       "whose window held the purchase but which the member had not activated "
+                       "before it; they gave nothing."})
 
 
 # --- holds -----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from coalition import audit, books, holds
+from coalition import audit, bonuses, books, holds
 from coalition.clock import as_utc, iso_utc
 from coalition.decimals import plain
 from coalition.jwk import canonical_pem, thumbprint
@@ -204,11 +204,13 @@ def partner_view(partner: Partner) -> dict:
 
 def claim_view(entry: Entry, *, reversals: list[Entry] | None = None,
                now: datetime | None = None, reversed_points: int | None = None,
-               reversals_total: int | None = None, member_id: str | None = None) -> dict:
+               reversals_total: int | None = None, member_id: str | None = None,
+               bonus: tuple[list[bonuses.Bonus], list[str]] | None = None) -> dict:
     """A claim as answered when it was booked (reversals None), or as it stands now: with its
     reversals (the first MAX_LISTED_REVERSALS, when `reversals_total` says there are more) and
     `reversed_points` over all of them. `member_id`: the member's card when the caller knows it
-    (a claim just booked), else read from entry.member."""
+    (a claim just booked), else read from entry.member. `bonus`: an earn's bonuses and the
+    coupons it could have used (earn_bonus; None: the answer to a booking only)."""
     view = {
         "claim_id": entry.claim_id, "kind": entry.kind,
         "member_id": member_id if member_id is not None else entry.member.external_id,
@@ -219,6 +221,13 @@ def claim_view(entry: Entry, *, reversals: list[Entry] | None = None,
         "pending_until": entry.pending_until, "description": entry.description,
         "reverses": entry.reverses.claim_id if entry.reverses_id is not None else None,
     }
+    if bonus is not None:
+        given, not_activated = bonus
+        view["bonus_points"] = sum(b.points for b in given)
+        view["bonuses"] = [{"type": b.source.split(":", 1)[0], "id": b.source.split(":", 1)[1],
+                            "funder": b.funder, "points": b.points} for b in given]
+        if not_activated is not None:
+            view["coupons_not_activated"] = not_activated
     if reversals is not None:
         done = sum(r.points for r in reversals) if reversed_points is None else reversed_points
         view["reversed_points"] = done
@@ -228,6 +237,20 @@ def claim_view(entry: Entry, *, reversals: list[Entry] | None = None,
         view["reversals_total"] = len(reversals) if reversals_total is None else reversals_total
         view["status"] = _status(entry, done, now)
     return view
+
+
+def earn_bonus(session: Session, entry, award: bonuses.Award | None = None, *,
+               booking: bool = True):
+    """An earn's bonuses, and for the answer to a booking (`booking`, a replay too) the coupons
+    it could have used (claim_view's `bonus`): from the award of an earn just booked, else as
+    its lots and the coupons show them; None for claims of other kinds."""
+    if entry.kind != EntryKind.EARN:
+        return None
+    if award is not None:
+        return award.bonuses, award.not_activated
+    return (bonuses.of_entry(session, entry.id),
+            bonuses.not_activated(session, member_pk=entry.member_id, partner_id=entry.partner_id,
+                                  occurred_at=as_utc(entry.occurred_at)) if booking else None)
 
 
 def hold_view(answer, *, now: datetime) -> dict:
@@ -265,7 +288,7 @@ def current_claim(session: Session, partner_id: str, claim_id: str, *, now: date
         select(func.count(), func.coalesce(func.sum(Entry.points), 0))
         .where(Entry.reverses_id == entry.id)).one()
     return claim_view(entry, reversals=reversals, now=now, reversed_points=int(points),
-                      reversals_total=int(total))
+                      reversals_total=int(total), bonus=earn_bonus(session, entry, booking=False))
 
 
 # --- terms --------------------------------------------------------------------------------

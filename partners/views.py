@@ -21,7 +21,7 @@ from coalition.offers import for_member as offers_of
 
 from . import harvest, schemas
 from .auth import AUTH, COMMON, authenticate, crashed, failed, spend_again, watch_for_harvesting
-from .service import claim_view, current_claim, hold_view, redeem_policy
+from .service import claim_view, current_claim, earn_bonus, hold_view, redeem_policy
 
 blp = Blueprint("partner_api", __name__, url_prefix="/v1",
                 description="Signed partner requests: members, earn, burn, reversals, claims.")
@@ -42,7 +42,8 @@ def _book(book, **claim):
                                rules=current_app.config["LEDGER_RULES"], **claim)
     db.session.commit()
     headers = {"Idempotent-Replayed": "true"} if booked.replayed else {}
-    return claim_view(booked.entry, member_id=booked.member_id), 201, headers
+    return claim_view(booked.entry, member_id=booked.member_id,
+                      bonus=earn_bonus(db.session, booked.entry, booked.award)), 201, headers
 
 
 def _known(identifier: str) -> str:
@@ -166,7 +167,8 @@ def _result(outcome: batches.Outcome) -> dict:
         body = _MEMBER.dump({"member_id": outcome.member[0], "created_at": outcome.member[1]})
     else:
         booked = outcome.booked
-        body = _CLAIM.dump(claim_view(booked.entry, member_id=booked.member_id))
+        body = _CLAIM.dump(claim_view(booked.entry, member_id=booked.member_id,
+                                      bonus=earn_bonus(db.session, booked.entry, booked.award)))
     return {"status": outcome.status, "replayed": outcome.replayed, "body": body}
 
 

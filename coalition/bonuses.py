@@ -1,0 +1,199 @@
+"""Bonus points on an earn: which campaigns, coupons and tier multipliers give it points, how
+many, and who pays for each. coalition/ledger.py books every bonus in the earn's own entry, as
+a lot of its funder (`lots.source` says what it is for), so tracing, funding, debt, expiry and
+breakage treat bonus points exactly as the partner's own.
+
+The rules (docs/partner-api.md, "Bonus points"):
+- Campaigns qualify by the earn's occurred_at (inside the window), its partner, the member's
+  tier and segment as the earn is booked. Of the multiplier campaigns an earn qualifies for,
+  only the largest factor applies (ties: the campaign that began first, then its id); one whose
+  caps leave nothing gives way to the next. Every fixed campaign adds its bonus.
+- The member's tier multiplier adds its bonus on top, funded by the coalition (the operator
+  issuer); with no operator registered, tiers give no bonus.
+- Each coupon of the earn's partner that the member activated before the purchase (or up to
+  5 minutes after it, a till's clock being off), and has not used, adds its bonus once, if the
+  purchase lies in its window.
+- A multiplier's bonus is the earn's points times (factor - 1), rounded down: no funder pays
+  for a fraction of a point.
+- Caps count the bonus points a campaign gave (lots.points, whatever reversals took back since):
+  per member under the member's lock, which the earn holds; in all on the campaign's row,
+  locked while the earn adds to campaigns.awarded.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import ROUND_FLOOR, Decimal
+
+from sqlalchemy import column, func, select, table, update
+from sqlalchemy.orm import Session
+
+from . import segments, tiers
+from .clock import as_utc
+from .database import is_sqlite
+from .models import Campaign, Coupon, CouponActivation, Lot, Segment
+
+CAMPAIGN, COUPON, TIER = "campaign:", "coupon:", "tier:"
+MULTIPLIER = "multiplier"
+# A coupon counts if activated before the purchase, or in the minutes around it that tills'
+# clocks may be off by (as a claim's occurred_at may lie 5 minutes ahead): a member who
+# activates it at the checkout, while paying, gets it.
+SKEW = timedelta(minutes=5)
+# The partners package owns the table; the core only asks which row is the operator issuer.
+_PARTNERS = table("partners", column("id"), column("kind"))
+
+
+@dataclass(frozen=True)
+class Bonus:
+    source: str  # campaign:<id>, coupon:<id> or tier:<name>
+    funder: str  # the issuer of the bonus lot
+    points: int
+
+
+@dataclass
+class Award:
+    """What an earn gets besides its own points, and what booking it changes."""
+    bonuses: list[Bonus] = field(default_factory=list)
+    activations: list[int] = field(default_factory=list)  # coupon activations it uses up
+    awarded: dict[str, int] = field(default_factory=dict)  # capped campaign id: points given
+    not_activated: list[str] = field(default_factory=list)  # coupons it could have used
+
+    @property
+    def points(self) -> int:
+        return sum(b.points for b in self.bonuses)
+
+
+def of_multiplier(points: int, factor: Decimal) -> int:
+    return int((points * (factor - 1)).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def for_earn(session: Session, *, member_pk: int, partner_id: str, points: int,
+             occurred_at: datetime, now: datetime, tz: str,
+             tier_rules: tuple[tiers.Tier, ...] = ()) -> Award:
+    """The bonuses an earn of `points` at `partner_id` gets, caps applied. The caller holds the
+    member's lock; the rows of capped campaigns are locked here."""
+    award = Award()
+    running = [c for c in session.scalars(
+        select(Campaign).where(Campaign.starts_at <= occurred_at, Campaign.ends_at > occurred_at)
+        .order_by(Campaign.starts_at, Campaign.id))
+        if c.partners is None or partner_id in json.loads(c.partners)]
+    multiplied = any(t.multiplier > 1 for t in tier_rules)
+    tier = None
+    if tier_rules and (multiplied or any(c.tiers for c in running)):
+        status = tiers.of_member(session, tier_rules, member_pk, now=now, tz=tz)
+        tier = next(t for t in tier_rules if t.name == status["name"])
+    qualifying = [c for c in running if _targets(session, c, member_pk, tier, now)]
+    multipliers = sorted((c for c in qualifying if c.kind == MULTIPLIER),
+                         key=lambda c: -c.factor)  # stable: earlier start, then id, first
+    for campaign in multipliers:
+        if _give(session, award, campaign, member_pk, of_multiplier(points, campaign.factor)):
+            break
+    for campaign in qualifying:
+        if campaign.kind != MULTIPLIER:
+            _give(session, award, campaign, member_pk, campaign.bonus_points)
+    if tier is not None and tier.multiplier > 1:
+        operator = session.scalar(select(_PARTNERS.c.id).where(_PARTNERS.c.kind == "operator"))
+        bonus = of_multiplier(points, tier.multiplier)
+        if operator is not None and bonus > 0:
+            award.bonuses.append(Bonus(f"{TIER}{tier.name}", operator, bonus))
+    _coupons(session, award, member_pk, partner_id, points, occurred_at)
+    return award
+
+
+def _targets(session: Session, campaign: Campaign, member_pk: int, tier, now: datetime) -> bool:
+    if campaign.tiers and (tier is None or tier.name not in json.loads(campaign.tiers)):
+        return False
+    if campaign.segment is None:
+        return True
+    segment = session.get(Segment, campaign.segment)
+    return segment is not None and segments.contains(session, segment, member_pk, now=now)
+
+
+def _give(session: Session, award: Award, campaign: Campaign, member_pk: int,
+          bonus: int) -> bool:
+    """Add the campaign's bonus, cut to what its caps leave; whether anything was given."""
+    source = f"{CAMPAIGN}{campaign.id}"
+    if campaign.cap_per_member is not None:
+        given = session.scalar(select(func.coalesce(func.sum(Lot.points), 0))
+                               .where(Lot.member_id == member_pk, Lot.source == source))
+        bonus = min(bonus, campaign.cap_per_member - int(given))
+    if campaign.cap_total is not None and bonus > 0:
+        locked = select(Campaign.awarded).where(Campaign.id == campaign.id)
+        if not is_sqlite(session):  # SQLite's writer already holds the one write lock
+            locked = locked.with_for_update()
+        awarded = int(session.scalar(locked))
+        bonus = min(bonus, campaign.cap_total - awarded)
+        if bonus > 0:
+            award.awarded[campaign.id] = bonus
+    if bonus <= 0:
+        return False
+    award.bonuses.append(Bonus(source, campaign.funder_id, bonus))
+    return True
+
+
+def _coupons(session: Session, award: Award, member_pk: int, partner_id: str, points: int,
+             occurred_at: datetime) -> None:
+    rows = session.execute(
+        select(Coupon, CouponActivation)
+        .outerjoin(CouponActivation, (CouponActivation.coupon_id == Coupon.id)
+                   & (CouponActivation.member_id == member_pk))
+        .where(Coupon.partner_id == partner_id, Coupon.starts_at <= occurred_at,
+               Coupon.ends_at > occurred_at)
+        .order_by(Coupon.id)).all()
+    for coupon, activation in rows:
+        if activation is None or as_utc(activation.activated_at) > as_utc(occurred_at) + SKEW:
+            award.not_activated.append(coupon.id)
+            continue
+        if activation.entry_id is not None:
+            continue  # used on an earlier earn: a coupon gives its bonus once
+        bonus = (coupon.bonus_points if coupon.kind != MULTIPLIER
+                 else of_multiplier(points, coupon.factor))
+        if bonus > 0:
+            award.bonuses.append(Bonus(f"{COUPON}{coupon.id}", coupon.funder_id, bonus))
+            award.activations.append(activation.id)
+
+
+def claim(session: Session, award: Award) -> None:
+    """Count the award's points on its capped campaigns: once the earn is sure to book."""
+    for campaign_id, points in award.awarded.items():
+        session.execute(update(Campaign).where(Campaign.id == campaign_id)
+                        .values(awarded=Campaign.awarded + points))
+
+
+def use_coupons(session: Session, award: Award, entry_id: int) -> None:
+    """Mark the coupon activations the earn used: each names the earn that used it."""
+    if award.activations:
+        session.execute(update(CouponActivation).where(CouponActivation.id.in_(award.activations))
+                        .values(entry_id=entry_id))
+
+
+def of_entry(session: Session, entry_id: int) -> list[Bonus]:
+    """The bonuses an earn booked, in the order it booked them."""
+    return [Bonus(source, funder, points) for source, funder, points in session.execute(
+        select(Lot.source, Lot.issuer_id, Lot.points)
+        .where(Lot.entry_id == entry_id, Lot.source.is_not(None)).order_by(Lot.id))]
+
+
+def of_entries(session: Session, entry_ids: list[int]) -> dict[int, list[Bonus]]:
+    """of_entry for many earns at once (a page of a listing)."""
+    given: dict[int, list[Bonus]] = {}
+    if entry_ids:
+        for entry_id, source, funder, points in session.execute(
+                select(Lot.entry_id, Lot.source, Lot.issuer_id, Lot.points)
+                .where(Lot.entry_id.in_(entry_ids), Lot.source.is_not(None)).order_by(Lot.id)):
+            given.setdefault(entry_id, []).append(Bonus(source, funder, points))
+    return given
+
+
+def not_activated(session: Session, *, member_pk: int, partner_id: str,
+                  occurred_at: datetime) -> list[str]:
+    """The coupons of the partner whose window held the purchase that the member had not
+    activated before it (what a replayed or read earn reports)."""
+    activated = (select(CouponActivation.coupon_id)
+                 .where(CouponActivation.member_id == member_pk,
+                        CouponActivation.activated_at <= occurred_at + SKEW))
+    return list(session.scalars(
+        select(Coupon.id).where(Coupon.partner_id == partner_id, Coupon.starts_at <= occurred_at,
+                                Coupon.ends_at > occurred_at, Coupon.id.not_in(activated))
+        .order_by(Coupon.id)))
