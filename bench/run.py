@@ -44,7 +44,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import datetime, timezone
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
@@ -107,6 +108,9 @@ def options(argv: list[str] | None) -> argparse.Namespace:
                    default=history.target(os.environ.get("BENCH_HISTORY", "0")),
                    help="journal entries to top the journal up to before the single earns "
                         "are measured again (1: 10^7; 0: the closed month's only)")
+    p.add_argument("--campaigns", type=int, default=env("campaigns", 2), choices=(0, 2),
+                   help="2: each round also runs the service's single earns with two active "
+                        "campaigns that every earn qualifies for (0: not)")
     p.add_argument("--keep-logs", action="store_true",
                    help="copy the servers' logs to bench/results/ (done anyway when a run fails)")
     args = p.parse_args(argv)
@@ -251,6 +255,31 @@ def single_earns(name: str, server: Server, signer: load.Signer, args, duration:
                     clients=args.clients, duration=duration)
 
 
+CAMPAIGNS = "service earn, 2 campaigns"
+
+
+@contextmanager
+def campaigns_running(env: dict, target: str, label: str):
+    """For the CAMPAIGNS target: two campaigns every earn qualifies for while it runs, ended
+    after it (each run its own, so the runs without campaigns between them have none): double
+    points funded by the partner, and 5 fixed points funded by the coalition. Every earn then
+    books three lots, the bonus postings, and reads the campaigns and coupons."""
+    if target != CAMPAIGNS:
+        yield
+        return
+    start = (datetime.now(timezone.utc) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M+00:00")
+    ids = [f"bench-double-{label}", f"bench-fixed-{label}"]
+    flask(env, "campaigns", "add", ids[0], "--name", "Double points", "--kind", "multiplier",
+          "--value", "2", "--from", start, "--until", "2099-12-31", "--funder", PARTNER)
+    flask(env, "campaigns", "add", ids[1], "--name", "Five more", "--kind", "fixed",
+          "--value", "5", "--from", start, "--until", "2099-12-31", "--funder", "coalition")
+    try:
+        yield
+    finally:
+        for campaign_id in ids:
+            flask(env, "campaigns", "end", campaign_id)
+
+
 def count_rows(conninfo: str, table: str) -> int:
     with psycopg.connect(conninfo) as conn:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
@@ -370,6 +399,7 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
     log(f"database {scratch.name} (PostgreSQL {pg_version}); migrating, registering {PARTNER}")
     flask(env, "db", "upgrade")
     flask(env, "partners", "add", PARTNER, "--name", "Bench shop")
+    flask(env, "partners", "add", "coalition", "--name", "Coalition", "--kind", "operator")
     private, public, kid = new_partner_key(workdir)
     registered = flask(env, "partners", "add-key", PARTNER, "--public-key", str(public))
     if registered.get("kid") != kid:
@@ -400,13 +430,16 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
     # Both servers stay up (an idle one costs nothing) and take turns, round by round, so that
     # whatever else loads this shared machine meanwhile hits both alike.
     targets = {"service single earn": service, "floor single earn": floor}
+    if args.campaigns:
+        targets = {"service single earn": service, CAMPAIGNS: service, "floor single earn": floor}
     runs: dict[str, list[load.Result]] = {name: [] for name in targets}
     answered = dict.fromkeys(targets, 0)  # 2xx earns, warm-ups included: each must be a row
     max_rate = {}
     log(f"single earns: {args.warmup:.0f} s warm-up each, then {args.rounds} rounds of "
         f"{args.duration:.0f} s service, {args.duration:.0f} s floor")
     for name, server in targets.items():
-        warm = single_earns(f"{name} warm-up", server, signer, args, args.warmup, 3000)
+        with campaigns_running(env, name, "warm-up"):
+            warm = single_earns(f"{name} warm-up", server, signer, args, args.warmup, 3000)
         answered[name] += warm.ok
         if warm.failed:
             problems.append(f"{warm.name}: {json.dumps(warm.summary())}")
@@ -414,12 +447,16 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
         max_rate[name] = max(3 * warm.rate, 300)
     for round_no in range(1, args.rounds + 1):
         for name, server in targets.items():
-            result = single_earns(name, server, signer, args, args.duration, max_rate[name])
+            with campaigns_running(env, name, f"round-{round_no}"):
+                result = single_earns(name, server, signer, args, args.duration, max_rate[name])
             answered[name] += result.ok
             runs[name].append(result)
-        service_run, floor_run = (runs[name][-1] for name in targets)
+        service_run, floor_run = runs["service single earn"][-1], runs["floor single earn"][-1]
+        with_campaigns = (f", with campaigns {runs[CAMPAIGNS][-1].rate:.0f}/s "
+                          f"({ratio(runs[CAMPAIGNS][-1], service_run):.2f} of without)"
+                          if args.campaigns else "")
         log(f"round {round_no}: service {service_run.rate:.0f}/s, floor {floor_run.rate:.0f}/s, "
-            f"ratio {ratio(service_run, floor_run):.2f}")
+            f"ratio {ratio(service_run, floor_run):.2f}{with_campaigns}")
     # Batches of earns, against the same service after its single earns: claims per second,
     # tokens and bodies made before the clock starts, for up to BATCH_MAX_RATE claims/s.
     per_client = math.ceil(BATCH_MAX_RATE * args.duration / BATCH_SIZE / args.clients)
@@ -430,11 +467,14 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
                                                  BATCH_SIZE),
                        clients=args.clients, duration=args.duration, per_request=BATCH_SIZE)
     answered["service single earn"] += batches.ok * BATCH_SIZE  # every item must be a row
+    answered["service single earn"] += answered.pop(CAMPAIGNS, 0)  # the same journal
     log(f"batches: {batches.claims_rate:,.0f} claims/s, p50 {batches.percentile(0.5):.0f} ms "
         "per batch")
     for server in (service, floor):
         server.stop()
-    earns, floor_earns = (load.merge(name, runs[name]) for name in targets)
+    earns, floor_earns = (load.merge(name, runs[name])
+                          for name in ("service single earn", "floor single earn"))
+    campaign_earns = load.merge(CAMPAIGNS, runs[CAMPAIGNS]) if args.campaigns else None
     for name, table_name in (("service single earn", "journal_entries"),
                              ("floor single earn", floor_app.CLAIMS_TABLE)):
         booked = count_rows(scratch.conninfo, table_name)
@@ -504,11 +544,12 @@ def bench(args, workdir: Path, servers: list, scratch: Scratch) -> int:
     history_earns, floor_again = later[history_name], later["floor single earn (again)"]
 
     results = [earns, floor_earns, batches, insert, copy, enrol, imported, reimported, *close_results,
-               history_earns, floor_again]
+               history_earns, floor_again, *([campaign_earns] if campaign_earns else [])]
     for result in results:
         if result.failed:
             problems.append(f"{result.name}: {json.dumps(result.summary())}")
     rows = [("service single earn", earns, floor_earns, ""),
+            *([(CAMPAIGNS, campaign_earns, earns, "")] if campaign_earns else []),
             ("floor single earn", floor_earns, insert, ""),
             (f"service batch earn ({BATCH_SIZE}/b)", batches, earns, ""),
             ("  the same, against COPY", batches, copy, ""),
