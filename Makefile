@@ -17,8 +17,11 @@ HOST   := 127.0.0.1
 PORT   ?= 8000
 URL    := http://$(HOST):$(PORT)
 DEMO_MEMBER := demo-card-0001
-# The demo always uses the embedded SQLite database under instance/, whatever DATABASE_URL says.
-EMBEDDED := env -u DATABASE_URL
+# The demo always uses the embedded SQLite database under instance/, whatever DATABASE_URL says,
+# and runs status tiers (Gold earns half as many points again, paid by the coalition) unless
+# COALITION_TIERS says otherwise.
+COALITION_TIERS ?= Blue:0,Silver:400,Gold:1000:1.5
+EMBEDDED := env -u DATABASE_URL COALITION_TIERS=$(COALITION_TIERS)
 
 .PHONY: venv migrate demo serve test fuzz crash bench clean
 

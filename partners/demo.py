@@ -1,9 +1,13 @@
 """`flask demo load`: a small demo coalition, booked through the real partner API.
 
-Three partners with keys under instance/demo-keys/, ~40 members and a few hundred earns, burns
-and reversals spread over the last 20 days, and two holds at the fuel partner (one captured). Every claim is a signed request sent by the
-reference client (partners/client.py) to the app's test client, so it takes exactly the path a
-partner's request takes. Deterministic (random.Random(42)) apart from keys and timestamps.
+Three partners with keys under instance/demo-keys/, the coalition as the operator issuer,
+~40 members and a few hundred earns, burns and reversals spread over the last 20 days, two
+holds at the fuel partner (one captured), and the engagement programme: a double-points week at
+Demo Books (funded by it), ten extra points on every earn in the last five days (funded by the
+coalition), and a coupon at Demo Bakery that five members activate and use; `make demo` also
+runs tiers (COALITION_TIERS). Every claim is a signed request sent by the reference client
+(partners/client.py) to the app's test client, so it takes exactly the path a partner's request
+takes. Deterministic (random.Random(42)) apart from keys and timestamps.
 Idempotent: does nothing when partner demo-bakery exists already.
 """
 from __future__ import annotations
@@ -15,14 +19,17 @@ import sys
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from cryptography.hazmat.primitives import serialization
 from flask import Flask, current_app
+from sqlalchemy import func, select
 
-from coalition import clock
+from coalition import campaigns, clock, coupons
 from coalition.cli import JsonGroup, emit, operator
 from coalition.database import db
 from coalition.decimals import plain
+from coalition.models import Lot
 from coalition.verify import verify
 from coalition.vocabulary import EntryKind
 
@@ -39,6 +46,8 @@ PARTNERS = (  # id, name, algorithm, terms (None: the defaults)
 )
 MEMBERS = [f"demo-card-{n:04d}" for n in range(1, 41)]
 CLAIMS = 300
+OPERATOR_ID = "coalition"
+COUPON = "demo-bakery-coffee"
 
 
 def transport_for(app: Flask):
@@ -70,9 +79,36 @@ def _register(app: Flask, key_dir: Path, now: datetime) -> dict:
                                              transport=transport_for(app)),
                                {"id": partner_id, "alg": alg, "kid": key.kid,
                                 "key_file": os.path.relpath(path), "terms": {k: plain(v) for k, v in service.parse_terms(terms).items()}})
+    service.add_partner(db.session, OPERATOR_ID, "The coalition", now=now, actor=actor,
+                        kind="operator")
     db.session.commit()
     db.session.close()  # the requests below use their own sessions (SQLite: one writer)
     return clients
+
+
+def _engagement(app: Flask, start: datetime, now: datetime) -> list[str]:
+    """Two campaigns and a coupon, as the operator adds them (`flask campaigns add`, `flask
+    coupons add`); their ids."""
+    tz, actor = app.config["COALITION_TIMEZONE"], operator()
+    issuers = set(service.partner_ids(db.session))
+    first_day = start.astimezone(ZoneInfo(tz)).date()
+    campaigns.add(db.session, "demo-books-double", name="Double points week at Demo Books",
+                  kind=campaigns.MULTIPLIER, value="2", starts=first_day.isoformat(),
+                  ends=(first_day + timedelta(days=6)).isoformat(), funder="demo-books",
+                  issuers=issuers, partners=["demo-books"], cap_per_member=400, now=now, tz=tz,
+                  actor=actor)
+    five_days_ago = (now - timedelta(days=5)).astimezone(ZoneInfo(tz)).date()
+    campaigns.add(db.session, "demo-ten-more", name="Ten more points on every purchase",
+                  kind=campaigns.FIXED, value="10", starts=five_days_ago.isoformat(),
+                  ends=(now + timedelta(days=30)).astimezone(ZoneInfo(tz)).date().isoformat(),
+                  funder=OPERATOR_ID, issuers=issuers, now=now, tz=tz, actor=actor)
+    coupons.publish(db.session, COUPON, partner_id="demo-bakery", name="30 points on a coffee",
+                    kind=campaigns.FIXED, value="30", starts=first_day.isoformat(),
+                    ends=(now + timedelta(days=30)).astimezone(ZoneInfo(tz)).date().isoformat(),
+                    issuers=issuers, now=now, tz=tz, actor=actor)
+    db.session.commit()
+    db.session.close()
+    return ["demo-books-double", "demo-ten-more", COUPON]
 
 
 @demo_cli.command("load")
@@ -104,6 +140,7 @@ def load():
     start = now - max(span, timedelta(minutes=30))
     times = sorted(start + timedelta(seconds=rng.uniform(0, (now - start).total_seconds() - 600))
                    for _ in range(CLAIMS))
+    engagement = _engagement(app, start, now)
     available = dict.fromkeys(MEMBERS, 0)  # balance_after of each member's latest claim
     booked: list[dict] = []  # reversible claims: partner, claim id, points not yet reversed
     for n, at in enumerate(times, 1):
@@ -146,11 +183,23 @@ def load():
             record("capture", fuel.capture(f"demo-pump-{n}", f"demo-pump-{n}-sale",
                                            points=max(1, points // 2)))
 
+    # The bakery's coupon: five members activate it (at the fuel partner's till) and then buy a
+    # coffee; two more activate it and have not used it yet.
+    bakery = clients["demo-bakery"][0]
+    for n, member in enumerate(MEMBERS[:7]):
+        record("coupon activation", fuel.activate_coupon(member, COUPON))
+        if n < 5:
+            r = bakery.earn(f"demo-coffee-{n + 1}", member, 5, clock.now(),
+                            description="Coffee, with the coupon")
+            record(EntryKind.EARN, r)
     report = verify(db.session)
+    bonus_points = db.session.scalar(select(func.coalesce(func.sum(Lot.points), 0))
+                                     .where(Lot.source.is_not(None)))
     db.session.rollback()
     emit({"partners": [info for _, info in clients.values()], "members": len(MEMBERS),
           "example_member": MEMBERS[0], "claims_by_kind_and_status": statuses,
           "period": [clock.iso_utc(times[0]), clock.iso_utc(times[-1])],
+          "campaigns_and_coupons": engagement, "bonus_points": int(bonus_points),
           "ledger_verify_ok": report["ok"], "unexpected": unexpected})
     if unexpected or not report["ok"]:
         sys.exit(1)
