@@ -4,13 +4,22 @@ Flows that carry bonus (by funder). The July and August of docs/settlement.md ("
 figure by figure, and what earlier versions leave out."""
 from __future__ import annotations
 
+import json
+from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
+from flask import current_app
 
+from coalition import campaigns
+from coalition.database import db
 from coalition.hashing import canonical, sha256_hex
+from partners import service as partner_service
 from settlement import exports, statements
+from settlement import service as settlement
+from settlement.lines import TOTALS, MonthLines
 from settlement.pdf import report_pdf, statement_pdf
+from settlement.signing import signing_key
 from settlement.statements import Flows, report_of, statement_of
 from tests.test_statement_pdf import drawn, page_text
 
@@ -77,8 +86,9 @@ def august() -> Flows:
 
 def test_july_of_the_worked_example_to_the_cent():
     docs, report = month(july())
-    assert {p: (d["bonus_points_issued"], d["bonus_issuance_charge_cents"]) for p, d in docs.items()} \
-        == {"bakery": (0, 0), "books": (400, 400), "coalition": (40, 16), "fuel": (50, 30)}
+    assert {p: (d["bonus_points_issued"], d["bonus_issuance_charge_cents"])
+            for p, d in docs.items()} == {"bakery": (0, 0), "books": (400, 400),
+                                          "coalition": (40, 16), "fuel": (50, 30)}
     # 400 x 0.01 x 1 = 4.00; 40 x 0.008 x 0.5 = 0.16; 50 x 0.012 x 0.5 = 0.30 EUR
     for p, d in docs.items():
         assert d["bonus_issuance_charge_cents"] == by_hand(
@@ -118,7 +128,8 @@ def test_a_month_of_reversals_gives_the_funder_its_bonus_back_negative():
     assert sum(d["net_cents"] for d in docs.values()) + report["operator_margin_cents"] == 0
     # Two months together: the coupon that was taken back costs fuel nothing.
     july_docs, _ = month(july())
-    assert july_docs["fuel"]["bonus_issuance_charge_cents"] + fuel["bonus_issuance_charge_cents"] == 0
+    assert july_docs["fuel"]["bonus_issuance_charge_cents"] \
+        + fuel["bonus_issuance_charge_cents"] == 0
 
 
 @pytest.mark.parametrize("points, price, share, expected", [
@@ -191,7 +202,8 @@ def test_exports_and_pdfs_show_the_bonus_of_v4_documents_only():
     for needle in ("Bonus issuance charge", "50 bonus pts you funded x 0.012 x 0.5", "-0.30",
                    "Bonus points you funded (net of reversals)", "+7.67"):
         assert drawn(needle) in text, needle
-    signed_report = {"document": report, "digest": "d" * 64, "signature": {"alg": "EdDSA", "kid": "k"}}
+    signed_report = {"document": report, "digest": "d" * 64,
+                     "signature": {"alg": "EdDSA", "kid": "k"}}
     text = page_text(report_pdf(signed_report, compress=False))
     assert drawn("Bonus points issued") in text and drawn("490") in text
 
@@ -204,3 +216,108 @@ def test_exports_and_pdfs_show_the_bonus_of_v4_documents_only():
     signed_report = {"document": old_report, "digest": "d" * 64,
                      "signature": {"alg": "EdDSA", "kid": "k"}}
     assert b"Bonus" not in page_text(report_pdf(signed_report, compress=False))
+
+
+# --- end to end: bonus earns booked through the API, closed into v4 statements ---------------
+
+def month_after(period: str) -> tuple[str, datetime]:
+    """The month after `period`, and an instant when `period` has ended in Berlin."""
+    year, month = map(int, period.split("-"))
+    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return f"{year:04d}-{month:02d}", datetime(year, month, 2, tzinfo=timezone.utc)
+
+
+def test_bonus_earns_close_into_the_funders_statements_and_lines(app, make_partner, runner):
+    """acme's earn n1 of 101 points qualifies for two campaigns: x1.5 funded by the coalition
+    (the operator issuer: floor(101 x 0.5) = 50) and a fixed 25 funded by bolt; the member
+    spends 150 of the 176 at bolt, which redeems 50 of the coalition's bonus points at least (its
+    funding charge). The month closes; acme then reverses n1 whole (a late claim, booked into
+    the next month): both funders get their bonus back there, negative."""
+    acme = make_partner("acme", issue_price="0.013", redemption_rate="0.01",
+                        issuance_share="0.5", claim_fee="0")
+    bolt = make_partner("bolt", issue_price="0.0125", redemption_rate="0.01",
+                        issuance_share="1", claim_fee="0")
+    with app.app_context():
+        s, tz = db.session, current_app.config["COALITION_TIMEZONE"]
+        now = datetime.now(timezone.utc)
+        partner_service.add_partner(s, "coalition", "The Coalition", now=now, kind="operator",
+                                    terms=TERMS["coalition"])
+        issuers = set(partner_service.partner_ids(s))
+        for campaign_id, kind, value, funder in (("half-more", "multiplier", "1.5", "coalition"),
+                                                 ("bolt-25", "fixed", "25", "bolt")):
+            campaigns.add(s, campaign_id, name=campaign_id, kind=kind, value=value,
+                          starts=(now - timedelta(days=1)).date().isoformat(), ends="2099-12-31",
+                          funder=funder, issuers=issuers, now=now, tz=tz, partners=["acme"])
+        s.commit()
+        assert acme.client.enrol("M1").status == 201
+        earned = acme.client.earn("n1", "M1", 101)
+        assert earned.status == 201, earned.body
+        assert bolt.client.burn("x1", "M1", 150).status == 201
+        first = earned.json()["period"]
+        second, first_ended = month_after(first)
+        _, second_ended = month_after(second)
+        key = signing_key(current_app.config["COALITION_SIGNING_KEY_FILE"])
+        settlement.close(s, first, now=first_ended, tz=tz, key=key)
+        s.commit()
+
+        def stated(period):
+            docs = {p: json.loads(settlement.statement(s, p, period).document)
+                    for p in ("acme", "bolt", "coalition")}
+            return docs, json.loads(settlement.report(s, period).document)
+
+        def lines_of(partner, period):
+            month, lines, after = MonthLines(s, partner, period, tz=tz), [], None
+            while True:
+                page, after = month.page(after, 1)
+                lines += page
+                if after is None:
+                    return month, lines
+
+        docs, report = stated(first)
+        assert {p: (d["points_issued"], d["bonus_points_issued"], d["bonus_issuance_charge_cents"])
+                for p, d in docs.items()} == {"acme": (101, 0, 0),
+                                              "bolt": (0, 25, by_hand(25, "0.0125", "1")),
+                                              "coalition": (0, 50, by_hand(50, "0.008", "0.5"))}
+        assert (docs["bolt"]["bonus_issuance_charge_cents"],
+                docs["coalition"]["bonus_issuance_charge_cents"]) == (31, 20)  # 31.25, 20.00
+        assert docs["acme"]["issuance_charge_cents"] == 66  # 101 x 0.013 x 0.5 = 65.65
+        assert report["type"] == "coalition-report/v4"
+        assert report["totals"]["bonus_points_issued"] == 75
+        # Whichever of n1's lots the burn took first, all its issuers' points funded it.
+        funded = {p: d["points_funded"] for p, d in docs.items()}
+        assert sum(funded.values()) == 150 and funded["coalition"] >= 50 - (176 - 150)
+        assert docs["coalition"]["redemption_funding_charge_cents"] == by_hand(
+            funded["coalition"], "0.008", "0.5")
+        assert {(m["issuer"], m["redeemer"]) for m in report["matrix"]} <= \
+            {("acme", "bolt"), ("bolt", "bolt"), ("coalition", "bolt")}
+        assert sum(d["net_cents"] for d in docs.values()) + report["operator_margin_cents"] == 0
+        for partner in docs:
+            month, lines = lines_of(partner, first)
+            assert {f: sum(line[f] for line in lines) for f in TOTALS} == month.totals, partner
+        _, lines = lines_of("coalition", first)
+        bonus = [(x["claim_id"], x["kind"], x["counterparty"], x["bonus_points_issued"],
+                  x["bonus_issuance_charge_cents"]) for x in lines if x["line"] == "bonus"]
+        assert bonus == [("n1", "earn", "acme", 50, 20)]
+        s.commit()
+
+        reversed_ = acme.client.reverse("n1", "rn1", 101)
+        assert reversed_.status == 201, reversed_.body
+        assert reversed_.json()["period"] == second
+        settlement.close(s, second, now=second_ended, tz=tz, key=key)
+        s.commit()
+        docs, report = stated(second)
+        assert {p: (d["points_issued"], d["bonus_points_issued"], d["bonus_issuance_charge_cents"],
+                    d["net_cents"]) for p, d in docs.items()} == {
+            "acme": (-101, 0, 0, 66), "bolt": (0, -25, -31, 31), "coalition": (0, -50, -20, 20)}
+        assert report["totals"]["bonus_points_issued"] == -75
+        assert sum(d["net_cents"] for d in docs.values()) + report["operator_margin_cents"] == 0
+        for partner in docs:
+            month, lines = lines_of(partner, second)
+            assert {f: sum(line[f] for line in lines) for f in TOTALS} == month.totals, partner
+        _, lines = lines_of("bolt", second)
+        bonus = [(x["claim_id"], x["kind"], x["reverses"], x["counterparty"],
+                  x["bonus_points_issued"], x["net_cents"]) for x in lines if x["line"] == "bonus"]
+        assert bonus == [("rn1", "reversal", "n1", "acme", -25, 31)]
+        s.commit()
+    verified = json.loads(runner.invoke(args=["ledger", "verify"]).output)
+    assert verified["ok"], verified
