@@ -16,23 +16,17 @@ ids (`issuers`), keeping imports one way.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
-from zoneinfo import ZoneInfo
+from datetime import datetime
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from . import audit
-from .clock import as_utc, iso_utc
+from . import audit, bonus_terms
+from .bonus_terms import FIXED, MULTIPLIER  # noqa: F401 (the kinds, for callers)
+from .clock import iso_utc
 from .decimals import plain
-from .models import Campaign, ClosedPeriod, Segment
-from .periods import add_months
+from .models import Campaign, Segment
 from .problems import Problem
 from .vocabulary import MAX_POINTS
-
-MULTIPLIER, FIXED = "multiplier", "fixed"
-MAX_FACTOR = Decimal(100)
 
 
 def add(session: Session, campaign_id: str, *, name: str, kind: str, value: str,
@@ -45,15 +39,8 @@ def add(session: Session, campaign_id: str, *, name: str, kind: str, value: str,
     that day; for `ends` the end of it) or a date-time, in `tz` unless it carries an offset."""
     if session.get(Campaign, campaign_id) is not None:
         raise Problem("validation-error", f"Campaign {campaign_id!r} exists already.")
-    if not name.strip() or len(name.strip()) > 200:
-        raise Problem("validation-error", "A campaign needs a name of 1 to 200 characters.")
-    factor, bonus = parse_value(kind, value)
-    starts_at = parse_instant(starts, tz, "--from")
-    ends_at = parse_instant(ends, tz, "--until", end=True)
-    if ends_at <= starts_at:
-        raise Problem("validation-error", "The campaign's window is empty: --until must lie "
-                                          "after --from.")
-    refuse_closed_months(session, starts_at, tz)
+    name, factor, bonus, starts_at, ends_at = bonus_terms.checked_terms(
+        session, "campaign", name=name, kind=kind, value=value, starts=starts, ends=ends, tz=tz)
     if funder not in issuers:
         raise Problem("validation-error", f"The funder {funder!r} is no registered partner nor "
                                           "the operator.")
@@ -67,7 +54,7 @@ def add(session: Session, campaign_id: str, *, name: str, kind: str, value: str,
         if cap is not None and not 1 <= cap <= MAX_POINTS:
             raise Problem("validation-error", f"{option} must be 1 to {MAX_POINTS} points.")
     campaign = Campaign(
-        id=campaign_id, name=name.strip(), kind=kind, factor=factor, bonus_points=bonus,
+        id=campaign_id, name=name, kind=kind, factor=factor, bonus_points=bonus,
         starts_at=starts_at, ends_at=ends_at,
         partners=json.dumps(sorted(set(partners))) if partners else None,
         tiers=json.dumps(sorted(set(tiers))) if tiers else None, segment=segment,
@@ -81,33 +68,18 @@ def add(session: Session, campaign_id: str, *, name: str, kind: str, value: str,
 
 def end(session: Session, campaign_id: str, *, now: datetime,
         actor: str = audit.SYSTEM) -> tuple[Campaign, bool]:
-    """End a campaign now (audited `campaign.end`); (campaign, whether this changed anything).
-    One that has ended already, or has not begun, keeps its window: a campaign that never ran
-    ends at its start."""
+    """End a campaign now (audited `campaign.end`); (campaign, whether this changed anything)."""
     campaign = get(session, campaign_id)
-    if as_utc(campaign.ends_at) <= now:
-        return campaign, False
-    before = view(campaign)
-    campaign.ends_at = max(now, as_utc(campaign.starts_at) + timedelta(microseconds=1))
-    campaign.ended_at = now
-    audit.record(session, actor=actor, action="campaign.end", subject=f"campaign:{campaign_id}",
-                 before=before, after=view(campaign), now=now)
-    return campaign, True
+    return campaign, bonus_terms.end(session, campaign, "campaign", view, now=now, actor=actor)
 
 
 def get(session: Session, campaign_id: str) -> Campaign:
-    campaign = session.get(Campaign, campaign_id)
-    if campaign is None:
-        raise Problem("not-found", f"No campaign {campaign_id!r}.")
-    return campaign
+    return bonus_terms.get(session, Campaign, campaign_id, "campaign")
 
 
 def listed(session: Session, *, active_at: datetime | None = None) -> list[Campaign]:
     """Every campaign, by start; with `active_at`, those whose window holds that instant."""
-    query = select(Campaign).order_by(Campaign.starts_at, Campaign.id)
-    if active_at is not None:
-        query = query.where(Campaign.starts_at <= active_at, Campaign.ends_at > active_at)
-    return list(session.scalars(query))
+    return bonus_terms.listed(session, Campaign, active_at)
 
 
 def view(campaign: Campaign) -> dict:
@@ -123,57 +95,3 @@ def view(campaign: Campaign) -> dict:
         "created_at": iso_utc(campaign.created_at),
         "ended_at": iso_utc(campaign.ended_at) if campaign.ended_at else None,
     }
-
-
-# --- parsing --------------------------------------------------------------------------------
-
-def parse_value(kind: str, value: str) -> tuple[Decimal | None, int | None]:
-    if kind == MULTIPLIER:
-        try:
-            factor = Decimal(value)
-        except InvalidOperation:
-            factor = None
-        if factor is None or not factor.is_finite() or not 1 < factor <= MAX_FACTOR \
-                or factor != factor.quantize(Decimal("0.0001")):
-            raise Problem("validation-error", "A multiplier's --value is a decimal above 1 and at "
-                                              f"most {MAX_FACTOR}, with at most 4 places (e.g. 2).")
-        return factor, None
-    if kind == FIXED:
-        if not value.isdigit() or not 1 <= int(value) <= MAX_POINTS:
-            raise Problem("validation-error", f"A fixed bonus's --value is 1 to {MAX_POINTS} "
-                                              "points.")
-        return None, int(value)
-    raise Problem("validation-error", f"A campaign's kind is {MULTIPLIER} or {FIXED}.")
-
-
-def parse_instant(text: str, tz: str, option: str, *, end: bool = False) -> datetime:
-    """A date (its start; with `end`, the start of the next day) or a date-time, in `tz` unless
-    it says otherwise: the local day is the coalition's, across a DST change too."""
-    try:
-        if len(text) == 10:
-            day = datetime.fromisoformat(text).date()
-            local = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(tz))
-            if end:
-                following = day + timedelta(days=1)
-                local = datetime(following.year, following.month, following.day,
-                                 tzinfo=ZoneInfo(tz))
-            return as_utc(local)
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise Problem("validation-error", f"{option} must be a date (YYYY-MM-DD) or a date-time "
-                                          "(YYYY-MM-DDTHH:MM, coalition time unless an offset "
-                                          "is given).") from None
-    return as_utc(moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo(tz)))
-
-
-def refuse_closed_months(session: Session, starts_at: datetime, tz: str) -> None:
-    closed = session.scalar(select(func.max(ClosedPeriod.period)))
-    if closed is None:
-        return
-    year, month = add_months(int(closed[:4]), int(closed[5:]), 1)
-    first_open = as_utc(datetime(year, month, 1, tzinfo=ZoneInfo(tz)))
-    if starts_at < first_open:
-        raise Problem("validation-error", f"{closed} is closed: a campaign cannot change a closed "
-                                          f"month, so it may begin on {year:04d}-{month:02d}-01 "
-                                          "at the earliest.")
-

@@ -11,13 +11,12 @@ any more (409 coupon-ended), one not yet begun can, to be used once it has.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import audit
-from .campaigns import parse_instant, parse_value, refuse_closed_months
+from . import audit, bonus_terms
 from .clock import as_utc, iso_utc
 from .decimals import plain
 from .models import Coupon, CouponActivation, Member
@@ -33,20 +32,13 @@ def publish(session: Session, coupon_id: str, *, partner_id: str, name: str, kin
     """Publish a coupon for earns at `partner_id` (audited `coupon.publish`)."""
     if session.get(Coupon, coupon_id) is not None:
         raise Problem("validation-error", f"Coupon {coupon_id!r} exists already.")
-    if not name.strip() or len(name.strip()) > 200:
-        raise Problem("validation-error", "A coupon needs a name of 1 to 200 characters.")
-    factor, bonus = parse_value(kind, value)
-    starts_at = parse_instant(starts, tz, "--from")
-    ends_at = parse_instant(ends, tz, "--until", end=True)
-    if ends_at <= starts_at:
-        raise Problem("validation-error", "The coupon's window is empty: --until must lie after "
-                                          "--from.")
-    refuse_closed_months(session, starts_at, tz)
+    name, factor, bonus, starts_at, ends_at = bonus_terms.checked_terms(
+        session, "coupon", name=name, kind=kind, value=value, starts=starts, ends=ends, tz=tz)
     funder = funder or partner_id
     for party, what in ((partner_id, "partner"), (funder, "funder")):
         if party not in issuers:
             raise Problem("validation-error", f"The {what} {party!r} is no registered partner.")
-    coupon = Coupon(id=coupon_id, partner_id=partner_id, name=name.strip(), kind=kind,
+    coupon = Coupon(id=coupon_id, partner_id=partner_id, name=name, kind=kind,
                     factor=factor, bonus_points=bonus, starts_at=starts_at, ends_at=ends_at,
                     funder_id=funder, published_by=published_by, created_at=now)
     session.add(coupon)
@@ -60,29 +52,15 @@ def end(session: Session, coupon_id: str, *, now: datetime,
         actor: str = audit.SYSTEM) -> tuple[Coupon, bool]:
     """End a coupon now: no activation and no bonus from this moment (audited `coupon.end`)."""
     coupon = get(session, coupon_id)
-    if as_utc(coupon.ends_at) <= now:
-        return coupon, False
-    before = view(coupon)
-    # A coupon that never ran ends an instant after its start: its window stays non-empty.
-    coupon.ends_at = max(now, as_utc(coupon.starts_at) + timedelta(microseconds=1))
-    coupon.ended_at = now
-    audit.record(session, actor=actor, action="coupon.end", subject=f"coupon:{coupon_id}",
-                 before=before, after=view(coupon), now=now)
-    return coupon, True
+    return coupon, bonus_terms.end(session, coupon, "coupon", view, now=now, actor=actor)
 
 
 def get(session: Session, coupon_id: str) -> Coupon:
-    coupon = session.get(Coupon, coupon_id)
-    if coupon is None:
-        raise Problem("not-found", f"No coupon {coupon_id!r}.")
-    return coupon
+    return bonus_terms.get(session, Coupon, coupon_id, "coupon")
 
 
 def listed(session: Session, *, active_at: datetime | None = None) -> list[Coupon]:
-    query = select(Coupon).order_by(Coupon.starts_at, Coupon.id)
-    if active_at is not None:
-        query = query.where(Coupon.starts_at <= active_at, Coupon.ends_at > active_at)
-    return list(session.scalars(query))
+    return bonus_terms.listed(session, Coupon, active_at)
 
 
 def activate(session: Session, coupon_id: str, external_id: str, *, channel: str,

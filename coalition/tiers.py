@@ -12,6 +12,9 @@ The rule, in the coalition's time zone:
   threshold, if the member earned nothing more: the day before the older earns, falling out
   one by one, take the count below it. The lowest tier (threshold 0) lasts for ever.
 
+Bonus points (campaigns, coupons, the tier's own multiplier) do not count: a tier measures what
+the member bought, and a bonus counting towards the tier that pays it would feed itself.
+
 Nothing is stored: the tier is worked out from the journal whenever it is asked for, so a
 reversal, a pending earn becoming available or an earn ageing out changes it with no job to run.
 """
