@@ -21,9 +21,10 @@ Five kinds of line, in this order, each in booking order (the fifth from v4 stat
 - `bonus` (statements of v4 months): every entry with a posting on the partner's bonus
   account, the partner as funder of bonus points (campaigns, coupons, tier multipliers): an
   earn's bonus (positive points), or what a reversal of that earn took back (kind `reversal`,
-  negative points). Another partner's earns the partner funds are lines too: `claim_id` is the
-  claim that booked the bonus (the counterparty's own when another partner's), `counterparty`
-  the partner whose claim it is, `reverses` the earn a reversal takes back. Carries
+  negative points). Another partner's earns the partner funds are lines too: `counterparty` is
+  the partner whose claim booked the bonus; `claim_id` (and `reverses`, the earn a reversal
+  takes back) name the claim only when it is the partner's own, and are null for another
+  partner's (its receipt numbers are its own business). Carries
   bonus_points_issued and bonus_issuance_charge_cents. A statement of an earlier month has
   neither column nor section: its lines are what they always were.
 
@@ -113,7 +114,7 @@ class MonthLines:
 
     def __init__(self, session: Session, partner_id: str, period: str, *, tz: str) -> None:
         row = service.statement(session, partner_id, period)
-        self.session, self.tz = session, tz
+        self.session, self.tz, self.partner_id = session, tz, partner_id
         self.document = json.loads(row.document)
         self.digest = sha256_hex(row.document.encode())  # of the document, as the listing
         # The statement's own version: a month's lines have the columns of its statement.
@@ -326,6 +327,10 @@ class MonthLines:
             line[CONSUMED[section]] = int(own[0])
             if section == "bonus":
                 line["reverses"] = own[1]
+                if other != self.partner_id:
+                    # Another partner's receipt numbers are its own business: the funder
+                    # learns whose claim it paid a bonus on, when, for which member, not which.
+                    line["claim_id"] = line["reverses"] = None
         for column, (in_section, _, field) in self.amounts.items():
             if in_section == section:
                 line[column] = self.allocations[column].cents(line[field], line_id)

@@ -205,11 +205,12 @@ class StatementTotalsSchema(Schema):
 
 class StatementLineSchema(StatementTotalsSchema):
     line = fields.String(required=True, validate=validate.OneOf(SECTIONS))
-    claim_id = fields.String(required=True, metadata={
+    claim_id = fields.String(required=True, allow_none=True, metadata={
         "description": "The caller's own claim: the claim (claim), the earn whose points were "
                        "used (funding) or expired (breakage), the reversal that left the debt "
-                       "(debt_recovery); bonus: the claim that booked the bonus the caller "
-                       "funds (the counterparty's claim when another partner's)."})
+                       "(debt_recovery); bonus: the caller's claim that booked the bonus it "
+                       "funds, null when another partner's claim booked it (counterparty "
+                       "names that partner)."})
     kind = fields.String(required=True, metadata={
         "description": "claim: earn, burn or reversal; funding: burn, burn_reversal or "
                        "debt_fill; debt_recovery: debt_fill; breakage: expiry (the points "
@@ -217,7 +218,8 @@ class StatementLineSchema(StatementTotalsSchema):
                        "back: negative points); bonus: earn (bonus points you fund) or reversal "
                        "(bonus points a reversal took back: negative points)."})
     reverses = fields.String(required=True, allow_none=True, metadata={
-        "description": "claim and bonus lines of a reversal: the claim it reverses."})
+        "description": "claim and bonus lines of a reversal: the claim it reverses (bonus: "
+                       "null when another partner's)."})
     member_id = fields.String(required=True, allow_none=True, metadata={
         "description": "null once the member's personal data was erased."})
     counterparty = fields.String(required=True, allow_none=True, metadata={

@@ -128,7 +128,7 @@ def test_the_coalition_report_as_csv(may):
     nets = {s["partner_id"]: s["digest"] for s in report["statements"]}
     assert exports.report_csv(report, signed["digest"]) == "\n".join([
         "field,value", "period,2026-05", "currency,EUR", "closed_at,2026-06-02T00:00:00Z",
-        "totals.points_expired,0", "totals.points_issued,1250", "totals.points_redeemed,1201",
+        "totals.bonus_points_issued,0", "totals.points_expired,0", "totals.points_issued,1250", "totals.points_redeemed,1201",
         "operator_margin_cents,126",
         # netting, as counts and in cents: 8 money lines of 2618 cents in all against 3 net
         # payments of 1832 cents (docs/settlement.md)

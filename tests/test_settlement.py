@@ -144,7 +144,8 @@ def test_may_statements_match_the_hand_computation(may):
     assert report["payments"] == {"gross_obligations": 8, "net_payments": 3, "saved": 5,
                                   "gross_obligations_cents": 2618, "net_payments_cents": 1832,
                                   "saved_cents": 786}
-    assert report["totals"] == {"points_issued": 1250, "points_redeemed": 1201, "points_expired": 0}
+    assert report["totals"] == {"points_issued": 1250, "points_redeemed": 1201, "points_expired": 0,
+                                "bonus_points_issued": 0}
 
 
 def test_june_takes_late_claims_berlin_boundary_and_new_terms(may):

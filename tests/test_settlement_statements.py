@@ -45,8 +45,14 @@ def test_a_statement_in_each_version():
     flows.funded["fuel"] = flows.recovered["fuel"] = 200
     flows.matrix["bakery", "fuel"] = 700
     v1 = statement_of("fuel", "2026-05", "2026-06-02T00:00:00Z", TERMS, flows, ["bakery", "fuel"], None, 1)
-    v2 = statement_of("fuel", "2026-05", "2026-06-02T00:00:00Z", TERMS, flows, ["bakery", "fuel"], None)
-    assert (v1["type"], v2["type"]) == ("coalition-statement/v1", "coalition-statement/v2")
+    v2 = statement_of("fuel", "2026-05", "2026-06-02T00:00:00Z", TERMS, flows, ["bakery", "fuel"], None, 2)
+    v4 = statement_of("fuel", "2026-05", "2026-06-02T00:00:00Z", TERMS, flows, ["bakery", "fuel"], None)
+    assert (v1["type"], v2["type"], v4["type"]) == (
+        "coalition-statement/v1", "coalition-statement/v2", "coalition-statement/v3")
+    assert set(v4) - set(v2) == {"bonus_points_issued", "bonus_issuance_charge_cents"}
+    assert (v4["bonus_points_issued"], v4["bonus_issuance_charge_cents"]) == (0, 0)
+    assert {k: v for k, v in v4.items() if not k.startswith("bonus_") and k != "type"} == \
+        {k: v for k, v in v2.items() if k != "type"}
     assert v1["terms"] == {"issue_price": "0.012000", "redemption_rate": "0.009500",
                            "issuance_share": "0.500000", "claim_fee": "0.005000"}
     assert v2["terms"] == {"issue_price": "0.012", "redemption_rate": "0.0095",
@@ -65,6 +71,6 @@ def test_netting_counts_in_v1_and_adds_cents_in_v2():
             "b": {**lines, "issuance_charge_cents": -50, "net_cents": 50},  # earns reversed: a credit
             "c": {**lines, "net_cents": 0}}
     assert netting(docs, 1) == {"gross_obligations": 3, "net_payments": 2, "saved": 1}
-    assert netting(docs) == {"gross_obligations": 3, "net_payments": 2, "saved": 1,
+    assert netting(docs, 2) == {"gross_obligations": 3, "net_payments": 2, "saved": 1,
                              "gross_obligations_cents": 1141, "net_payments_cents": 959,
                              "saved_cents": 182}
