@@ -6,7 +6,9 @@ expire`) with a fixed clock that only moves forward, closes month one in the mid
 claims for it land late in month two), then closes month two. Points expire at the end of
 their month, of the month after, or after 36 months (drawn per example): with the first, month
 one's points expire as month two begins, late earns for month one arrive already expired, and
-reversals take expired points back from breakage. A plain-Python model of lots, debt lots and consumptions predicts every
+reversals take expired points back from breakage. Up to three campaigns (multipliers or fixed
+bonuses, windows of whole Berlin days, some partners' earns, caps per member and in all) give
+earns bonus lots of their funders; reversals take the bonus back in proportion. A plain-Python model of lots, debt lots and consumptions predicts every
 answer, balance and statement line; the service must agree with it exactly.
 
 The model knows no statement formula. It follows the money claim by claim, in exact euros: each
@@ -34,7 +36,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from sqlalchemy import func, select
 
-from coalition import expiry, ledger
+from coalition import campaigns, expiry, ledger
 from coalition.database import db
 from coalition.errors import Problem
 from coalition.members import balance, enrol
@@ -95,6 +97,11 @@ def note(what: str) -> None:
         pass
 
 
+def half_up(numerator: int, denominator: int) -> int:
+    """round_half_up(numerator / denominator) for integers >= 0."""
+    return int((Decimal(numerator) / Decimal(denominator)).to_integral_value(rounding=ROUND_HALF_UP))
+
+
 def to_cents(euros: Decimal) -> int:
     return int((euros * 100).to_integral_value(rounding=ROUND_HALF_UP))
 
@@ -103,9 +110,7 @@ def to_cents(euros: Decimal) -> int:
 CREDIT, CHARGE = 1, -1
 LINES = {"issuance_charge_cents": CHARGE, "redemption_funding_charge_cents": CHARGE,
          "fees_cents": CHARGE, "redemption_reimbursement_cents": CREDIT,
-         "debt_recovery_credit_cents": CREDIT}
-# v4 statements' bonus fields: the steps here book no bonus points.
-NO_BONUS = {"bonus_points_issued": 0, "bonus_issuance_charge_cents": 0}
+         "debt_recovery_credit_cents": CREDIT, "bonus_issuance_charge_cents": CHARGE}
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -122,10 +127,41 @@ class MLot:
     seq: int
     expires_at: datetime
     expired: int = 0  # booked to the expired account by expiry runs, net of what reversals took
+    source: str | None = None  # a bonus lot's campaign id; None: the claim's own points
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return self.claim, self.source
 
     def order(self):  # expires_at is fixed by the local month of occurred_at
         y, m = local_month(self.occurred)
         return (y * 12 + m, self.occurred, self.seq)
+
+
+@dataclass
+class MCampaign:
+    cid: str
+    kind: str  # multiplier | fixed
+    value: Decimal  # the factor, or the fixed bonus
+    starts: datetime
+    ends: datetime
+    funder: str
+    partners: set[str] | None
+    cap_per_member: int | None
+    cap_total: int | None
+    given: dict = field(default_factory=lambda: defaultdict(int))  # member -> bonus points
+
+    def bonus(self, points: int, member: str) -> int:
+        """What it gives an earn of `points`: a multiplier rounds down; then its caps."""
+        bonus = int(points * (self.value - 1)) if self.kind == "multiplier" else int(self.value)
+        uncapped = bonus
+        if self.cap_per_member is not None:
+            bonus = min(bonus, self.cap_per_member - self.given[member])
+        if self.cap_total is not None:
+            bonus = min(bonus, self.cap_total - sum(self.given.values()))
+        if bonus < uncapped:
+            note("campaign cap reached")
+        return max(bonus, 0)
 
 
 @dataclass
@@ -162,6 +198,7 @@ class MFlows:
     recovered: dict = field(default_factory=lambda: defaultdict(int))
     matrix: dict = field(default_factory=lambda: defaultdict(int))
     expired: dict = field(default_factory=lambda: defaultdict(int))
+    bonus: dict = field(default_factory=lambda: defaultdict(int))  # by funder
     burns_net: int = 0
     debt_fills: int = 0
 
@@ -173,11 +210,13 @@ class Rejected(Exception):
 
 
 class Model:
-    def __init__(self, terms: dict[str, dict[str, dict[str, Decimal]]], expire_months: int) -> None:
+    def __init__(self, terms: dict[str, dict[str, dict[str, Decimal]]], expire_months: int,
+                 campaigns: list[MCampaign] = ()) -> None:
         self.terms = terms  # period -> partner -> terms in force
         self.expire_months = expire_months
+        self.campaigns = sorted(campaigns, key=lambda c: (c.starts, c.cid))
         self.claims: dict[str, MClaim] = {}
-        self.lots: dict[str, MLot] = {}
+        self.lots: dict[tuple, MLot] = {}  # by (claim id, campaign id or None)
         self.debts: list[MDebt] = []
         self.closed: tuple[int, int] | None = None
         self.flows: dict[str, MFlows] = defaultdict(MFlows)
@@ -189,6 +228,7 @@ class Model:
         `per_point` names the price of one point there."""
         t = self.terms[period][partner]
         price = {"issued": t["issue_price"] * t["issuance_share"],
+                 "bonus": t["issue_price"] * t["issuance_share"],
                  "redeemed": t["redemption_rate"],
                  "funded": t["issue_price"] * (1 - t["issuance_share"])}[per_point]
         self.euros[period][partner, line] += points * price
@@ -230,32 +270,62 @@ class Model:
         self.euros[period][partner, "fees_cents"] += self.terms[period][partner]["claim_fee"]
         return claim, flows
 
+    def bonuses(self, partner: str, member: str, points: int, occurred: datetime) -> list:
+        """(campaign, bonus points) an earn gets: the largest multiplier whose caps leave it
+        anything, then every fixed bonus, each cut to its caps."""
+        running = [c for c in self.campaigns if c.starts <= occurred < c.ends
+                   and (c.partners is None or partner in c.partners)]
+        given = []
+        for c in sorted((c for c in running if c.kind == "multiplier"), key=lambda c: -c.value):
+            if (bonus := c.bonus(points, member)) > 0:
+                given.append((c, bonus))
+                break
+        given += [(c, c.bonus(points, member)) for c in running if c.kind == "fixed"]
+        return [(c, bonus) for c, bonus in given if bonus > 0]
+
     def earn(self, cid, partner, member, points, occurred, pending_until, now) -> int:
         pending = pending_until is not None and pending_until > now
         claim, flows = self._new(cid, "earn", partner, member, points, occurred)
-        lot = MLot(cid, member, partner, points, points, occurred,
-                   pending_until if pending else None, len(self.lots),
-                   expiry_of(occurred, self.expire_months))
+        expires = expiry_of(occurred, self.expire_months)
+        parts = [(None, partner, points)] + [(c.cid, c.funder, bonus) for c, bonus in
+                                              self.bonuses(partner, member, points, occurred)]
+        lots = []
+        for source, issuer, part in parts:
+            lots.append(MLot(cid, member, issuer, part, part, occurred,
+                             pending_until if pending else None, len(self.lots) + len(lots),
+                             expires, source=source))
+            if source is not None:
+                next(c for c in self.campaigns if c.cid == source).given[member] += part
+                flows.bonus[issuer] += part
+                self._pay(claim.period, issuer, "bonus_issuance_charge_cents", part, "bonus")
+                note("bonus booked")
         flows.issued[partner] += points
         self._pay(claim.period, partner, "issuance_charge_cents", points, "issued")
-        if lot.expires_at <= now:
+        if expires <= now:
             note("earn arrived expired")
-        if not pending and lot.expires_at > now:  # points expired on arrival pay no debt
+        if not pending and expires > now:  # points expired on arrival pay no debt
+            i = 0
             for debt in self.debts:
                 if debt.member != member or debt.remaining == 0:
                     continue
-                take = min(debt.remaining, lot.remaining)
-                if take == 0:
+                while debt.remaining and i < len(lots):
+                    lot = lots[i]
+                    take = min(debt.remaining, lot.remaining)
+                    debt.remaining -= take
+                    lot.remaining -= take
+                    flows.funded[lot.issuer] += take
+                    flows.recovered[debt.creditor] += take
+                    flows.debt_fills += take
+                    self._fund(claim.period, lot.issuer, take)
+                    # the creditor gets back the part of the price it had not been paid
+                    self._pay(claim.period, debt.creditor, "debt_recovery_credit_cents", take,
+                              "funded")
+                    if lot.remaining == 0:
+                        i += 1
+                if i == len(lots):
                     break
-                debt.remaining -= take
-                lot.remaining -= take
-                flows.funded[partner] += take
-                flows.recovered[debt.creditor] += take
-                flows.debt_fills += take
-                self._fund(claim.period, partner, take)
-                # the creditor gets back the part of the price it had not been paid
-                self._pay(claim.period, debt.creditor, "debt_recovery_credit_cents", take, "funded")
-        self.lots[cid] = lot
+        for lot in lots:
+            self.lots[lot.key] = lot
         return self.available(member, now)
 
     def burn(self, cid, partner, member, points, occurred, now) -> int:
@@ -272,7 +342,7 @@ class Model:
             take = min(left, lot.remaining)
             lot.remaining -= take
             claim.consumed.append((lot, take))
-            claim.net[lot.claim] = take
+            claim.net[lot.key] = take
             flows.funded[lot.issuer] += take
             flows.matrix[lot.issuer, partner] += take
             self._fund(claim.period, lot.issuer, take)
@@ -290,17 +360,27 @@ class Model:
         claim, flows = self._new(cid, "reversal", partner, member, points, occurred)
         target.reversed += points
         if target.kind == "earn":
-            lot = self.lots[target_cid]
-            take = min(points, lot.remaining)
-            lot.remaining -= take
-            unexpire = min(points - take, lot.expired)  # back from breakage, not the member
-            lot.expired -= unexpire
-            flows.expired[partner] -= unexpire
-            if unexpire:
-                note("reversal took expired points back")
-            if points - take - unexpire:
-                owed = points - take - unexpire
-                self.debts.append(MDebt(member, partner, owed, owed, target_cid))
+            before = target.reversed - points
+            for lot in sorted((x for x in self.lots.values() if x.claim == target_cid),
+                              key=lambda x: x.seq):
+                part = points if lot.source is None else (
+                    half_up(lot.points * target.reversed, target.points)
+                    - half_up(lot.points * before, target.points))
+                take = min(part, lot.remaining)
+                lot.remaining -= take
+                unexpire = min(part - take, lot.expired)  # back from breakage, not the member
+                lot.expired -= unexpire
+                flows.expired[lot.issuer] -= unexpire
+                if unexpire:
+                    note("reversal took expired points back")
+                if part - take - unexpire:
+                    owed = part - take - unexpire
+                    self.debts.append(MDebt(member, lot.issuer, owed, owed, target_cid))
+                if lot.source is not None and part:
+                    flows.bonus[lot.issuer] -= part
+                    self._pay(claim.period, lot.issuer, "bonus_issuance_charge_cents", -part,
+                              "bonus")
+                    note("bonus reversed")
             flows.issued[partner] -= points
             self._pay(claim.period, partner, "issuance_charge_cents", -points, "issued")
         else:
@@ -309,17 +389,17 @@ class Model:
             self._pay(claim.period, partner, "redemption_reimbursement_cents", -points, "redeemed")
             left = points
             for lot, _ in reversed(target.consumed):
-                give = min(left, target.net[lot.claim])
+                give = min(left, target.net[lot.key])
                 if give <= 0:
                     continue
-                target.net[lot.claim] -= give
+                target.net[lot.key] -= give
                 lot.remaining += give
                 flows.funded[lot.issuer] -= give
                 flows.matrix[lot.issuer, partner] -= give
                 self._fund(claim.period, lot.issuer, -give)
                 left -= give
                 for debt in self.debts:  # debt first: the debts of the lot's reversed earn
-                    if debt.member != member or debt.earn != lot.claim:
+                    if (debt.member, debt.earn, debt.creditor) != (member, lot.claim, lot.issuer):
                         continue
                     pay = min(debt.remaining, give)
                     debt.remaining -= pay
@@ -356,7 +436,8 @@ class Model:
         return {"claims": f.claims[partner], "late_claims": f.late[partner],
                 "points_issued": f.issued[partner], "points_redeemed": f.redeemed[partner],
                 "points_expired": f.expired[partner], "points_funded": f.funded[partner],
-                "points_debt_recovered": f.recovered[partner]}
+                "points_debt_recovered": f.recovered[partner],
+                "bonus_points_issued": f.bonus[partner]}
 
     def money(self, period: str, partner: str) -> dict:
         """Each line's euros rounded once; the net from the rounded lines."""
@@ -416,6 +497,17 @@ REVERSE = st.tuples(st.just("reverse"), GAP, BACK, st.sampled_from(["earn", "bur
 RETRY = st.tuples(st.just("retry"), GAP, INDEX)  # the same claim again: replayed, nothing booked
 EXPIRE = st.tuples(st.just("expire"), GAP, st.sampled_from([0, DAY]))  # as of today or yesterday
 OPERATION = st.one_of(EARN, EARN, BURN, BURN, REVERSE, REVERSE, RETRY, EXPIRE)
+CAMPAIGN = st.fixed_dictionaries({
+    "kind": st.sampled_from(["multiplier", "fixed"]),
+    "factor": st.sampled_from(["1.5", "2", "3", "1.2345"]),
+    "fixed": st.integers(1, 300),
+    "start_day": st.integers(0, 40),  # days after the first of month one (Berlin)
+    "days": st.integers(1, 45),
+    "funder": INDEX,
+    "partners": st.one_of(st.none(), st.lists(INDEX, min_size=1, max_size=2)),
+    "cap_per_member": st.one_of(st.none(), st.none(), st.integers(1, 600)),
+    "cap_total": st.one_of(st.none(), st.none(), st.integers(1, 1500)),
+})
 
 
 @st.composite
@@ -426,13 +518,15 @@ def scenarios(draw):
     terms2 = [draw(st.one_of(st.none(), TERMS)) for _ in range(n_partners)]
     members = draw(st.integers(1, 4))
     expire_months = draw(st.sampled_from([0, 0, 1, 36]))
+    n_campaigns = draw(st.integers(0, 3))
+    campaigns = draw(st.lists(CAMPAIGN, min_size=n_campaigns, max_size=n_campaigns))
     first_earn = draw(st.integers(1, 1000))
     size = draw(st.integers(5, 40))  # uniform, not hypothesis' usual bias to short lists
     ops = draw(st.lists(OPERATION, min_size=size, max_size=size))
     split = draw(st.integers(0, len(ops)))
     close_gaps = (draw(st.integers(0, 3 * DAY)), draw(st.integers(0, 2 * DAY)))
     return {"months": months, "terms": terms, "terms2": terms2, "members": members,
-            "expire_months": expire_months,
+            "expire_months": expire_months, "campaigns": campaigns,
             "first_earn": first_earn, "ops": ops, "split": split, "close_gaps": close_gaps}
 
 
@@ -456,12 +550,36 @@ class Run:
         self.terms[pstr(self.m3)] = self.terms[pstr(self.m2)]  # a claim 1 s ahead of the clock
         months = scenario.get("expire_months", 36)
         self.rules = ledger.Rules(TZ_NAME, 30, months)
-        self.model = Model(self.terms, months)
+        self.campaigns = [self.campaign(f"k{i}", c)
+                          for i, c in enumerate(scenario.get("campaigns", []))]
+        self.model = Model(self.terms, months, [m for m, _ in self.campaigns])
         self.now = month_start(self.m1)
         self.booked: list[str] = []  # earns and burns that were accepted, in order
         self.sent: dict[str, tuple] = {}  # accepted claim id -> (function, arguments, entry id)
         self.closed_at: dict[str, datetime] = {}
         self.key = signing_key(current_app.config["COALITION_SIGNING_KEY_FILE"])
+
+    def campaign(self, cid: str, drawn: dict) -> tuple[MCampaign, dict]:
+        """The model's campaign, and the arguments of campaigns.add for it: the window is
+        whole days in Berlin, from the start of the first to the end of the last."""
+        first = month_start(self.m1).astimezone(TZ).date() + timedelta(days=drawn["start_day"])
+        last = first + timedelta(days=drawn["days"] - 1)
+        day_after = last + timedelta(days=1)
+        kind = drawn["kind"]
+        value = drawn["factor"] if kind == "multiplier" else str(drawn["fixed"])
+        partners = (sorted({self.partners[i % len(self.partners)] for i in drawn["partners"]})
+                    if drawn["partners"] else None)
+        funder = self.partners[drawn["funder"] % len(self.partners)]
+        model = MCampaign(cid, kind, Decimal(value),
+                          datetime(first.year, first.month, first.day, tzinfo=TZ).astimezone(UTC),
+                          datetime(day_after.year, day_after.month, day_after.day,
+                                   tzinfo=TZ).astimezone(UTC),
+                          funder, set(partners) if partners else None,
+                          drawn["cap_per_member"], drawn["cap_total"])
+        return model, {"name": cid, "kind": kind, "value": value, "starts": first.isoformat(),
+                       "ends": last.isoformat(), "funder": funder, "partners": partners,
+                       "cap_per_member": drawn["cap_per_member"],
+                       "cap_total": drawn["cap_total"]}
 
     def setup(self) -> None:
         for p, raw in zip(self.partners, self.sc["terms"]):
@@ -469,6 +587,9 @@ class Run:
             partner_service.add_partner(self.s, p, p.upper(), now=self.now, terms=raw, force=True)
         for m in self.members:
             enrol(self.s, m, now=self.now)
+        for model, args in self.campaigns:
+            campaigns.add(self.s, model.cid, issuers=set(self.partners), now=self.now, tz=TZ_NAME,
+                          **args)
         self.s.commit()
 
     def step_clock(self, gap: int, limit: datetime) -> None:
@@ -579,9 +700,11 @@ class Run:
             assert view["debt"] == debt and view["available"] >= -debt, (member, view)
             assert (view["available"], view["pending"]) == (
                 model.available(member, self.now), model.pending(member, self.now)), (member, view)
-        lots = dict(s.execute(select(Entry.claim_id, Lot.remaining)
-                              .join(Entry, Entry.id == Lot.entry_id)).all())
-        assert lots == {cid: lot.remaining for cid, lot in model.lots.items()}
+        lots = {(cid, source and source.removeprefix("campaign:")): remaining
+                for cid, source, remaining in s.execute(
+                    select(Entry.claim_id, Lot.source, Lot.remaining)
+                    .join(Entry, Entry.id == Lot.entry_id))}
+        assert lots == {key: lot.remaining for key, lot in model.lots.items()}
         debts = sorted(s.execute(select(Member.external_id, DebtLot.creditor_id, DebtLot.points,
                                         DebtLot.remaining)
                                  .join(Member, Member.id == DebtLot.member_id)
@@ -613,10 +736,9 @@ class Run:
             doc = docs[p]
             assert set(doc) == {"type", "period", "partner_id", "currency", "closed_at", "terms",
                                 "counterparties", "ledger_anchor", "ledger_head",
-                                *model.points(period, p), *money[p], *NO_BONUS}, p
+                                *model.points(period, p), *money[p]}, p
             assert (doc["type"], doc["period"], doc["partner_id"], doc["currency"], doc["closed_at"]) \
                 == ("coalition-statement/v3", period, p, "EUR", closed_at)
-            assert {k: doc[k] for k in NO_BONUS} == NO_BONUS  # no bonus is booked here
             assert doc["terms"] == {k: format(v.normalize(), "f") for k, v in self.terms[period][p].items()}
             assert {k: doc[k] for k in model.points(period, p)} == model.points(period, p), p
             assert {k: doc[k] for k in money[p]} == money[p], (p, doc, money[p])
@@ -645,7 +767,7 @@ class Run:
         assert report["totals"] == {"points_issued": sum(f.issued.values()),
                                     "points_redeemed": sum(f.redeemed.values()),
                                     "points_expired": sum(f.expired.values()),
-                                    "bonus_points_issued": 0}
+                                    "bonus_points_issued": sum(f.bonus.values())}
         assert report["breakage"] == model.breakage(period, self.partners)
         # netting: every money line paid alone, against one net payment per partner
         lines = [m[line] for m in money.values() for line in LINES]
@@ -668,15 +790,18 @@ class Run:
 
     def check_consumptions(self) -> None:
         """Every consumption points to one lot of one issuer (the partner of the earn that
-        made it), and a burn's consumptions are its points, split by issuer as modelled."""
+        made it, or the funder of the campaign whose bonus it holds), and a burn's consumptions
+        are its points, split by issuer as modelled."""
         s = self.s
+        funders = {c.cid: c.funder for c in self.model.campaigns}
         rows = s.execute(select(Consumption.kind, Consumption.points, Consumption.debt_lot_id,
-                                Lot.issuer_id, Entry.partner_id, Entry.kind)
+                                Lot.issuer_id, Lot.source, Entry.partner_id, Entry.kind)
                          .join(Lot, Lot.id == Consumption.lot_id)
                          .join(Entry, Entry.id == Lot.entry_id)).all()
         assert len(rows) == s.scalar(select(func.count(Consumption.id)))
-        for kind, points, debt_lot, issuer, earner, earn_kind in rows:
-            assert earn_kind == "earn" and issuer == earner and issuer in self.partners
+        for kind, points, debt_lot, issuer, source, earner, earn_kind in rows:
+            expected = earner if source is None else funders[source.removeprefix("campaign:")]
+            assert earn_kind == "earn" and issuer == expected and issuer in self.partners
             assert (debt_lot is not None) == (kind == "debt_fill")
         by_burn = defaultdict(lambda: defaultdict(int))
         for cid, issuer, points in s.execute(
