@@ -196,28 +196,30 @@ def add(campaign_id, name, kind, value, starts, ends, funder, partner_ids, tiers
     return campaigns.view(campaign)
 
 
-@campaigns_cli.command("list")
-@click.option("--active", is_flag=True, help="only those running now")
-@json_command
-def list_(active):
-    return [campaigns.view(c) for c in
-            campaigns.listed(db.session, active_at=_now() if active else None)]
+def _window_commands(group, module, noun: str, ended: str) -> None:
+    """`list [--active]`, `show ID` and `end ID`, the same for campaigns and coupons."""
+    @group.command("list", help=f"{noun.title()}s by start.")
+    @click.option("--active", is_flag=True, help="only those running now")
+    @json_command
+    def list_(active):
+        return [module.view(x) for x in module.listed(db.session, active_at=_now() if active else None)]
+
+    @group.command("show", help=f"One {noun}.")
+    @click.argument("row_id", metavar="ID")
+    @json_command
+    def show(row_id):
+        return module.view(module.get(db.session, row_id))
+
+    @group.command("end", help=f"End a {noun} now: {ended}")
+    @click.argument("row_id", metavar="ID")
+    @json_command
+    def end(row_id):
+        row, changed = module.end(db.session, row_id, now=_now(), actor=operator())
+        return {**module.view(row), "changed": changed}
 
 
-@campaigns_cli.command("show")
-@click.argument("campaign_id")
-@json_command
-def show(campaign_id):
-    return campaigns.view(campaigns.get(db.session, campaign_id))
-
-
-@campaigns_cli.command("end")
-@click.argument("campaign_id")
-@json_command
-def end(campaign_id):
-    """End a campaign now: earns after this moment no longer qualify."""
-    campaign, changed = campaigns.end(db.session, campaign_id, now=_now(), actor=operator())
-    return {**campaigns.view(campaign), "changed": changed}
+_window_commands(campaigns_cli, campaigns, "campaign",
+                 "earns after this moment no longer qualify.")
 
 
 # --- coupons (coalition/coupons.py) ------------------------------------------------------------
@@ -245,27 +247,7 @@ def coupon_add(coupon_id, partner_id, name, kind, value, starts, ends, funder):
     return coupons.view(coupon)
 
 
-@coupons_cli.command("list")
-@click.option("--active", is_flag=True, help="only those running now")
-@json_command
-def coupon_list(active):
-    return [coupons.view(c) for c in coupons.listed(db.session, active_at=_now() if active else None)]
-
-
-@coupons_cli.command("show")
-@click.argument("coupon_id")
-@json_command
-def coupon_show(coupon_id):
-    return coupons.view(coupons.get(db.session, coupon_id))
-
-
-@coupons_cli.command("end")
-@click.argument("coupon_id")
-@json_command
-def coupon_end(coupon_id):
-    """End a coupon now: no activation and no bonus after this moment."""
-    coupon, changed = coupons.end(db.session, coupon_id, now=_now(), actor=operator())
-    return {**coupons.view(coupon), "changed": changed}
+_window_commands(coupons_cli, coupons, "coupon", "no activation and no bonus after this moment.")
 
 
 @coupons_cli.command("activate")
