@@ -39,7 +39,7 @@ from typing import Callable
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from . import batch_sql, bonuses, books, claim_limits, claim_sql, ledger, redemption
+from . import activities, batch_sql, bonuses, books, claim_limits, claim_sql, ledger, redemption
 from .claim_sql import Holder, Situation
 from .models import Member
 from .problems import Problem
@@ -98,12 +98,19 @@ class _Retry(Exception):
     (the write, or a reversal, hit the claim key): the batch runs again and replays it."""
 
 
+def _may_refer(f: dict, now: datetime) -> bool:
+    """Whether an earn item is one that can bring a referral: a purchase, booked available."""
+    return ((f.get("activity") or activities.PURCHASE) == activities.PURCHASE
+            and (f.get("pending_until") is None or f["pending_until"] <= now))
+
+
 def _fingerprint(item: Item) -> str:
     f = item.fields
     content = {name: f.get(name) for name in ("member_id", "points", "occurred_at",
                                               "description")}
     if item.kind == EntryKind.EARN:
-        return ledger.earn_fingerprint(pending_until=f.get("pending_until"), **content)
+        return ledger.earn_fingerprint(pending_until=f.get("pending_until"),
+                                       activity=f.get("activity"), **content)
     return ledger.burn_fingerprint(**content)
 
 
@@ -190,7 +197,17 @@ class _Batch:
                                              [f["claim_id"] for _, f in of_kind[EntryKind.REVERSAL]])
         cards = sorted({item.fields["member_id"] for _, item in claims
                         if "member_id" in item.fields})
-        holders = batch_sql.lock(session, cards, targets)
+        # Referrers whose referred member may book its first purchase here are locked with the
+        # batch's members, in the same order (coalition/activities.py).
+        self.referrers: dict[str, int] = {}
+        if self.rules.referral_points > 0:
+            for _, f in of_kind[EntryKind.EARN]:
+                card = f["member_id"]
+                if card not in self.referrers and _may_refer(f, self.now):
+                    referrer = activities.referral_prospect(session, card=card)
+                    if referrer is not None:
+                        self.referrers[card] = referrer
+        holders = batch_sql.lock(session, cards, [*targets, *self.referrers.values()])
         books.hold_open(session)  # after the members, as a single claim takes them
         self.pk_of = {h.external_id: h.id for h in holders}
         self.closed_through = batch_sql.closed_through(session)
@@ -259,19 +276,28 @@ class _Batch:
         member = self._member(index, f["member_id"])
         holder = member.holder
         ledger.check_window(f["occurred_at"], self.now, self.rules)
-        if self.awarded_unwritten:
-            # Caps and coupons count what is written: an earlier earn's bonus lots first.
+        activity = f.get("activity") or activities.PURCHASE
+        if f["member_id"] in self.referrers and _may_refer(f, self.now):
+            return self._first_purchase(f, fp)
+        if self.awarded_unwritten or activity != activities.PURCHASE:
+            # Caps, coupons and activity rules count what is written: earlier earns first.
             self._write()
-        award = bonuses.for_earn(self.session, member_pk=holder.id, partner_id=self.partner_id,
-                                 points=f["points"], occurred_at=f["occurred_at"], now=self.now,
-                                 tz=self.rules.timezone, tier_rules=self.rules.tiers)
+        if activity == activities.PURCHASE:
+            award = bonuses.for_earn(self.session, member_pk=holder.id,
+                                     partner_id=self.partner_id, points=f["points"],
+                                     occurred_at=f["occurred_at"], now=self.now,
+                                     tz=self.rules.timezone, tier_rules=self.rules.tiers)
+        else:
+            award = bonuses.Award()
         entry, postings, writes = ledger.plan_earn(
             holder, Situation(None, self.closed_through, spendable=member.spendable,
                               held=self.held.get(holder.id, 0)),
             lambda: self._debts(member), fp=fp, partner_id=self.partner_id,
             claim_id=f["claim_id"], points=f["points"], occurred_at=f["occurred_at"],
             now=self.now, rules=self.rules, pending_until=f.get("pending_until"),
-            description=f.get("description"), bonus=award.bonuses)
+            description=f.get("description"), bonus=award.bonuses, activity=activity)
+        activities.check(self.session, activity=activity, member_pk=holder.id,
+                         partner_id=self.partner_id, now=self.now, tz=self.rules.timezone)
         self._within_limits(holder.id, EntryKind.EARN, f["points"])
         bonuses.claim(self.session, award)
         outcome = self._book(member, f["member_id"], entry, postings, writes)
@@ -279,6 +305,22 @@ class _Batch:
         booking.award = award
         self.awarded_unwritten = self.awarded_unwritten or bool(award.bonuses)
         return outcome
+
+    def _first_purchase(self, f: dict, fp: str) -> Outcome:
+        """A referred member's first purchase may bring the referral: booked as a single earn
+        (after what the batch decided before it is written), as reversals are."""
+        card = f["member_id"]
+        self._write()
+        booked = ledger.book_earn(
+            self.session, partner_id=self.partner_id, claim_id=f["claim_id"], member_id=card,
+            points=f["points"], occurred_at=f["occurred_at"], now=self.now, rules=self.rules,
+            pending_until=f.get("pending_until"), description=f.get("description"))
+        referrer = self.referrers.pop(card)
+        # Both members changed outside this batch's view of them: read afresh when next needed.
+        self.members.pop(booked.entry.member_id, None)
+        self.members.pop(referrer, None)
+        self.booked_before[f["claim_id"]] = (booked.entry.id, fp)
+        return Outcome(201, booked=booked)
 
     def _within_limits(self, member_pk: int, kind: str, points: int) -> None:
         """claim_limits.check, counting the batch's claims planned before this one."""

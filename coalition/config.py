@@ -80,6 +80,8 @@ def from_environment(instance_path: str) -> dict:
         # Status tiers (coalition/tiers.py): Name:threshold[:multiplier],... lowest first, the
         # first at 0 points; unset: none. Checked at start-up (Rules.from_config).
         "COALITION_TIERS": os.environ.get("COALITION_TIERS", ""),
+        # Points a referral gives each of the two members (coalition/activities.py); 0: none.
+        "COALITION_REFERRAL_POINTS": _at_least("COALITION_REFERRAL_POINTS", 0, 0),
         "MAX_CONTENT_LENGTH": _int("MAX_BODY_BYTES", 1024 * 1024),
         "MAX_JSON_DEPTH": _int("MAX_JSON_DEPTH", 16),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),

@@ -3,6 +3,8 @@
 Every claim takes exactly one lock, its member's row, and holds it until the caller commits.
 That serialises a member's claims (no two burns spend the same points) while claims of
 different members run in parallel: there is no row or table that every claim updates.
+(One exception: a referred member's first purchase also locks its referrer, before the member,
+to book the referral: coalition/activities.py says why that cannot deadlock.)
 
 Earns and burns run the fewest statements they can (coalition/claim_sql.py: lock, read, write);
 reversals, rarer, go through the ORM.
@@ -17,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from . import bonuses, books, claim_limits, claim_sql, pins, redemption, tiers
+from . import activities, bonuses, books, claim_limits, claim_sql, pins, redemption, tiers
 from .clock import as_utc, iso_utc
 from .hashing import canonical, sha256_hex
 from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
@@ -41,6 +43,7 @@ class Rules:
     expiry_cutoff: tuple[int, int] = (9, 30)  # the yearly policy's day, (month, day)
     limits: claim_limits.ClaimLimits = claim_limits.NO_LIMITS  # fraud limits on claims
     tiers: tuple[tiers.Tier, ...] = ()  # status tiers (COALITION_TIERS), lowest first
+    referral_points: int = 0  # COALITION_REFERRAL_POINTS (coalition/activities.py)
 
     @classmethod
     def from_config(cls, config) -> Rules:
@@ -50,7 +53,8 @@ class Rules:
                    config.get("POINTS_EXPIRY_POLICY", MONTHLY),
                    parse_cutoff(config.get("POINTS_EXPIRY_CUTOFF", "09-30")),
                    claim_limits.ClaimLimits.from_config(config),
-                   tiers.parse(config.get("COALITION_TIERS")))
+                   tiers.parse(config.get("COALITION_TIERS")),
+                   config.get("COALITION_REFERRAL_POINTS", 0))
 
     def expiry_of(self, occurred_at: datetime) -> tuple[datetime, date]:
         """When a lot earned at `occurred_at` expires under these rules: fixed at the earn, so
@@ -84,7 +88,8 @@ def fingerprint(kind: str, **content) -> str:
 
 def entry_hash(entry: Entry, postings: dict[str, int]) -> str:
     """SHA-256 over a canonical encoding of the entry and its postings (the sealer chains these)."""
-    return hash_of({name: getattr(entry, name) for name in HASHED}, postings)
+    return hash_of({**{name: getattr(entry, name) for name in HASHED},
+                    "activity": entry.activity}, postings)
 
 
 HASHED = ("kind", "partner_id", "claim_id", "member_id", "points", "occurred_at", "recorded_at",
@@ -92,8 +97,11 @@ HASHED = ("kind", "partner_id", "claim_id", "member_id", "points", "occurred_at"
 
 
 def hash_of(entry: dict, postings: dict[str, int]) -> str:
-    """entry_hash of an entry given as its columns."""
+    """entry_hash of an entry given as its columns. Its activity counts only when it is not a
+    purchase: the hash of every entry from before activities stays as it was."""
+    activity = entry.get("activity")
     return sha256_hex(canonical({
+        **({"activity": activity} if activity not in (None, activities.PURCHASE) else {}),
         **{name: entry[name] for name in HASHED},
         "occurred_at": iso_utc(entry["occurred_at"]), "recorded_at": iso_utc(entry["recorded_at"]),
         "pending_until": iso_utc(entry["pending_until"]) if entry["pending_until"] else None,
@@ -213,9 +221,12 @@ def _new_entry(session: Session, kind: str, partner_id: str, claim_id: str, memb
 
 
 def earn_fingerprint(*, member_id: str, points: int, occurred_at: datetime,
-                     pending_until: datetime | None = None, description: str | None = None) -> str:
+                     pending_until: datetime | None = None, description: str | None = None,
+                     activity: str | None = None) -> str:
+    """The activity is in it only when not a purchase: earlier fingerprints stay valid."""
+    extra = {} if activity in (None, activities.PURCHASE) else {"activity": activity}
     return fingerprint(EntryKind.EARN, member_id=member_id, points=points, occurred_at=occurred_at,
-                       pending_until=pending_until, description=description)
+                       pending_until=pending_until, description=description, **extra)
 
 
 def burn_fingerprint(*, member_id: str, points: int, occurred_at: datetime,
@@ -226,9 +237,17 @@ def burn_fingerprint(*, member_id: str, points: int, occurred_at: datetime,
 
 def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: str, points: int,
               occurred_at: datetime, now: datetime, rules: Rules,
-              pending_until: datetime | None = None, description: str | None = None) -> Booked:
+              pending_until: datetime | None = None, description: str | None = None,
+              activity: str = activities.PURCHASE) -> Booked:
     fp = earn_fingerprint(member_id=member_id, points=points, occurred_at=occurred_at,
-                          pending_until=pending_until, description=description)
+                          pending_until=pending_until, description=description, activity=activity)
+    referrer = None
+    if (rules.referral_points > 0 and activity == activities.PURCHASE
+            and (pending_until is None or pending_until <= now)):
+        # The referrer's lock before the member's (ascending ids: coalition/activities.py).
+        referrer = activities.referral_prospect(session, card=member_id)
+        if referrer is not None:
+            activities.lock_referrer(session, referrer)
     # The lock first, then the look for an earlier booking: concurrent retries of one claim
     # queue behind each other and every one after the first replays the booking.
     holder, known = claim_sql.lock_with_situation(session, member_id, burn=False,
@@ -239,31 +258,68 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
         raise Problem("not-found", "No such member.")
 
     check_window(occurred_at, now, rules)
-    award = bonuses.for_earn(session, member_pk=holder.id, partner_id=partner_id, points=points,
-                             occurred_at=occurred_at, now=now, tz=rules.timezone,
-                             tier_rules=rules.tiers)
+    if activity == activities.PURCHASE:
+        award = bonuses.for_earn(session, member_pk=holder.id, partner_id=partner_id,
+                                 points=points, occurred_at=occurred_at, now=now,
+                                 tz=rules.timezone, tier_rules=rules.tiers)
+    else:  # bonuses and tier multipliers are for purchases only
+        award = bonuses.Award()
+    referral = referrer and activities.referral_due(session, holder.id, referrer)
+    if referral:
+        award.bonuses.append(bonuses.Bonus(activities.REFERRAL_SOURCE, referral[0],
+                                           rules.referral_points))
 
     def plan(known: claim_sql.Situation):
         return plan_earn(
             holder, known, lambda: claim_sql.open_debt_lots(session, holder.id), fp=fp,
             partner_id=partner_id, claim_id=claim_id, points=points, occurred_at=occurred_at,
             now=now, rules=rules, pending_until=pending_until, description=description,
-            bonus=award.bonuses)
+            bonus=award.bonuses, activity=activity)
     planned = plan(known)
     claim_limits.check(session, rules.limits, kind=EntryKind.EARN, member_pk=holder.id,
                        partner_id=partner_id, points=points, now=now, tz=rules.timezone)
+    activities.check(session, activity=activity, member_pk=holder.id, partner_id=partner_id,
+                     now=now, tz=rules.timezone)
     bonuses.claim(session, award)
     booked = _write(session, holder, planned, plan, lambda: claim_sql.earn_situation(
         session, partner_id=partner_id, claim_id=claim_id, member_pk=holder.id, now=now))
+    activities.store(session, booked.entry.id, activity)
     bonuses.use_coupons(session, award, booked.entry.id)
+    if referral:
+        book_referrer_earn(session, operator=referral[0], card=referral[1],
+                           trigger_id=booked.entry.id, occurred_at=occurred_at, now=now,
+                           rules=rules)
     return Booked(booked.entry, replayed=False, member_id=booked.member_id, award=award)
+
+
+def book_referrer_earn(session: Session, *, operator: str, card: str, trigger_id: int,
+                       occurred_at: datetime, now: datetime, rules: Rules) -> Booked:
+    """The referrer's referral points: an earn by the operator issuer, booked in the
+    transaction of the referred member's first purchase (whose caller holds the referrer's lock
+    already). It occurred when that purchase did, so both lots expire alike."""
+    claim_id = activities.referral_claim_id(trigger_id)
+    points = rules.referral_points
+    fp = earn_fingerprint(member_id=card, points=points, occurred_at=occurred_at,
+                          activity=activities.REFERRAL)
+    holder, known = claim_sql.lock_with_situation(session, card, burn=False, partner_id=operator,
+                                                  claim_id=claim_id, now=now)
+
+    def plan(known: claim_sql.Situation):
+        return plan_earn(holder, known, lambda: claim_sql.open_debt_lots(session, holder.id),
+                         fp=fp, partner_id=operator, claim_id=claim_id, points=points,
+                         occurred_at=occurred_at, now=now, rules=rules,
+                         activity=activities.REFERRAL)
+    booked = _write(session, holder, plan(known), plan, lambda: claim_sql.earn_situation(
+        session, partner_id=operator, claim_id=claim_id, member_pk=holder.id, now=now))
+    activities.store(session, booked.entry.id, activities.REFERRAL)
+    return booked
 
 
 def plan_earn(holder: claim_sql.Holder, known: claim_sql.Situation,
               open_debts: Callable[[], list[tuple[int, int]]], *, fp: str, partner_id: str,
               claim_id: str, points: int, occurred_at: datetime, now: datetime, rules: Rules,
               pending_until: datetime | None = None, description: str | None = None,
-              bonus: list[bonuses.Bonus] | tuple = ()):
+              bonus: list[bonuses.Bonus] | tuple = (), activity: str = activities.PURCHASE):
     """What an earn books for a member as it stands (`holder`, `known`), or the Problem that
     refuses it: (entry columns, postings, writes). `open_debts()`: the member's unpaid debt
     lots, oldest first, asked for only when the earn fills debt. `bonus`: its bonuses
@@ -306,6 +362,7 @@ def plan_earn(holder: claim_sql.Holder, known: claim_sql.Situation,
     entry = _entry(EntryKind.EARN, partner_id, claim_id, holder, points, occurred_at, now, rules,
                    known, fp, pending_until=pending_until, description=description,
                    status="pending" if pending else "booked", balance_after=balance_after)
+    entry["activity"] = activity
     lots = [{"issuer_id": issuer, "source": source, "points": part_points, "remaining": left,
              "occurred_at": occurred_at, "available_at": pending_until if pending else None,
              "expires_at": expires_at}
@@ -423,7 +480,7 @@ def _entry(kind: str, partner_id: str, claim_id: str, holder: claim_sql.Holder, 
             "member_id": holder.id, "points": points, "occurred_at": occurred_at,
             "recorded_at": now, "period": period, "late": late, "pending_until": pending_until,
             "description": description, "reverses_id": None, "fingerprint": fp,
-            "status": status, "balance_after": balance_after}
+            "status": status, "balance_after": balance_after, "activity": activities.PURCHASE}
 
 
 def _write(session: Session, holder: claim_sql.Holder, planned, plan, reread) -> Booked:

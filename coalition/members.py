@@ -20,14 +20,24 @@ def find(session: Session, external_id: str) -> Member | None:
 
 
 def enrol(session: Session, external_id: str, *, now: datetime,
-          enrolled_by: str | None = None) -> tuple[Member, bool]:
-    """Enrol a member once; enrolling again is a no-op. Returns (member, created)."""
+          enrolled_by: str | None = None, referred_by: str | None = None) -> tuple[Member, bool]:
+    """Enrol a member once; enrolling again is a no-op (a member enrolled already keeps the
+    referrer it has). Returns (member, created). `referred_by`: the card of an enrolled member
+    who referred this one (coalition/activities.py), checked only when it is enrolled now."""
     if (member := find(session, external_id)) is not None:
         return member, False
+    referrer = None
+    if referred_by is not None:
+        referrer = find(session, referred_by) if referred_by != external_id else None
+        if referrer is None:
+            raise Problem("validation-error", "referred_by names no other enrolled member.",
+                          errors=[{"pointer": "/referred_by",
+                                   "detail": "Must be an enrolled member other than this one."}])
     try:
         with session.begin_nested():
             member = Member(external_id=external_id, created_at=now, enrolled_by=enrolled_by,
-                            balance=0, debt=0, locked=False)
+                            balance=0, debt=0, locked=False,
+                            referred_by=referrer.id if referrer is not None else None)
             session.add(member)
         return member, True
     except IntegrityError:  # enrolled concurrently by another request

@@ -46,6 +46,8 @@ class Member(db.Model):
     # When the member was erased (coalition/member_erasure.py): external_id is NULL from then
     # on, and the row is only the account the journal books to.
     erased_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Who referred the member (coalition/activities.py): the referrer's id, set at enrolment only.
+    referred_by: Mapped[int | None] = mapped_column(ForeignKey("members.id"))
 
     __table_args__ = (CheckConstraint("balance >= 0", name="balance_nonnegative"),
                       CheckConstraint("debt >= 0", name="debt_nonnegative"),
@@ -79,6 +81,10 @@ class Entry(db.Model):
     status: Mapped[str] = mapped_column(String(16))  # as first answered: booked | pending
     balance_after: Mapped[int] = mapped_column(BigInteger)
     entry_hash: Mapped[str] = mapped_column(String(64))
+    # What an earn rewards (coalition/activities.py); every other entry, and every earn from
+    # before activities, is a purchase.
+    activity: Mapped[str] = mapped_column(String(16), default="purchase",
+                                          server_default="purchase")
 
     member: Mapped[Member] = relationship(lazy="joined")
     reverses: Mapped[Entry | None] = relationship(remote_side=[id])

@@ -224,8 +224,12 @@ class PartnerClient:
 
     # Convenience wrappers for the section 3 endpoints. Optional fields are omitted when None.
 
-    def enrol(self, member_id: str) -> Response:
-        return self.request("POST", "/v1/members", {"member_id": member_id})
+    def enrol(self, member_id: str, referred_by: Optional[str] = None) -> Response:
+        """`referred_by`: the enrolled member who referred this one (kept only if enrolled now)."""
+        body = {"member_id": member_id}
+        if referred_by is not None:
+            body["referred_by"] = referred_by
+        return self.request("POST", "/v1/members", body)
 
     def balance(self, member_id: str) -> Response:
         return self.request("GET", f"/v1/members/{_seg(member_id)}/balance")
@@ -236,9 +240,13 @@ class PartnerClient:
         return self.request("GET", f"/v1/members/{_seg(member_id)}/expiry-notices{query}")
 
     def earn(self, claim_id: str, member_id: str, points: int, occurred_at: Union[str, datetime, None] = None,
-             pending_until: Union[str, datetime, None] = None, description: Optional[str] = None) -> Response:
+             pending_until: Union[str, datetime, None] = None, description: Optional[str] = None,
+             activity: Optional[str] = None) -> Response:
+        """`activity`: purchase (the default), review, signup or newsletter."""
         body: dict[str, Any] = {"claim_id": claim_id, "member_id": member_id, "points": points,
                                 "occurred_at": rfc3339(occurred_at)}
+        if activity is not None:
+            body["activity"] = activity
         if pending_until is not None:
             body["pending_until"] = rfc3339(pending_until)
         if description is not None:

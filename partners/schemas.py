@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from coalition import activities
 from coalition.batch import MAX_ITEMS, Item
 from coalition.expiry_notices import MAX_WINDOW_DAYS, NOTICE_DAYS
 from coalition.holds import DEFAULT_LIFETIME_S, MAX_LIFETIME_S
@@ -32,6 +33,15 @@ class EnrolSchema(StrictSchema):
     member_id = Identifier(required=True)
 
 
+class ReferredEnrolSchema(EnrolSchema):
+    """POST /v1/members (a batch's enrolment item takes no referred_by)."""
+    referred_by = Identifier(metadata={
+        "description": "The member who referred this one (an enrolled member, not the member "
+                       "itself). Recorded only when the member is enrolled now; both get the "
+                       "coalition's referral points when this member's first purchase earn "
+                       "books (not pending)."})
+
+
 class EarnSchema(StrictSchema):
     EXAMPLE = {"claim_id": "order-43", "member_id": "M-1001", "points": 50,
                "occurred_at": "2026-05-04T09:59:00+02:00", "pending_until": "2026-05-18T00:00:00Z"}
@@ -42,6 +52,10 @@ class EarnSchema(StrictSchema):
     pending_until = Rfc3339(allow_none=True, metadata={
         "description": "Points stay pending (visible, not spendable) until then."})
     description = Text(allow_none=True, validate=validate.Length(max=500))
+    activity = fields.String(validate=validate.OneOf(activities.POSTED), metadata={
+        "description": "What the points reward: purchase (the default), review (one a day per "
+                       "member at your shop), signup or newsletter (once per member at your "
+                       "shop). Bonuses apply to purchases only."})
 
 
 class BurnSchema(StrictSchema):
@@ -228,9 +242,10 @@ class ReversalRefSchema(Schema):
 
 
 class BonusSchema(Schema):
-    type = fields.String(required=True, validate=validate.OneOf(["campaign", "coupon", "tier"]))
+    type = fields.String(required=True, validate=validate.OneOf(
+        ["campaign", "coupon", "tier", "referral"]))
     id = fields.String(required=True, metadata={"description": "The campaign's or coupon's id, "
-                                                               "or the tier's name."})
+                                                               "the tier's name, or referral."})
     funder = fields.String(required=True, metadata={
         "description": "Who pays for these points: a partner, or the coalition's operator id."})
     points = fields.Integer(required=True)
@@ -254,6 +269,9 @@ class ClaimSchema(Schema):
         "description": "The member's available points right after this claim was booked."})
     pending_until = Rfc3339(allow_none=True)
     description = fields.String(allow_none=True)
+    activity = fields.String(validate=validate.OneOf(activities.ALL), metadata={
+        "description": "An earn: what it rewards (purchase, review, signup, newsletter; "
+                       "referral: the coalition's earn for a member who referred another)."})
     reverses = fields.String(allow_none=True, metadata={"description": "For a reversal: the claim it reverses."})
     reversals = fields.List(fields.Nested(ReversalRefSchema), metadata={
         "description": "Present when reading a claim: its reversals so far, oldest first, "

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from coalition import audit, bonuses, books, holds
+from coalition import activities, audit, bonuses, books, holds
 from coalition.clock import as_utc, iso_utc
 from coalition.decimals import plain
 from coalition.jwk import canonical_pem, thumbprint
@@ -221,10 +221,13 @@ def claim_view(entry: Entry, *, reversals: list[Entry] | None = None,
         "pending_until": entry.pending_until, "description": entry.description,
         "reverses": entry.reverses.claim_id if entry.reverses_id is not None else None,
     }
+    if entry.kind == EntryKind.EARN:
+        view["activity"] = getattr(entry, "activity", None) or activities.PURCHASE
     if bonus is not None:
         given, not_activated = bonus
         view["bonus_points"] = sum(b.points for b in given)
-        view["bonuses"] = [{"type": b.source.split(":", 1)[0], "id": b.source.split(":", 1)[1],
+        view["bonuses"] = [{"type": b.source.partition(":")[0],
+                            "id": b.source.partition(":")[2] or b.source,
                             "funder": b.funder, "points": b.points} for b in given]
         if not_activated is not None:
             view["coupons_not_activated"] = not_activated

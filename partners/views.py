@@ -54,13 +54,15 @@ def _known(identifier: str) -> str:
 
 @blp.route("/members", methods=["POST"])
 @blp.doc(security=AUTH, summary="Enrol a member (201 the first time, 200 after)")
-@blp.arguments(schemas.EnrolSchema)
+@blp.arguments(schemas.ReferredEnrolSchema)
 @blp.response(201, schemas.MemberSchema, description="Enrolled now")
-@blp.alt_response(200, schema=schemas.MemberSchema, description="Enrolled already")
+@blp.alt_response(200, schema=schemas.MemberSchema, description="Enrolled already (referred_by "
+                  "is ignored: the member keeps the referrer it was enrolled with)")
 @problems(blp, *COMMON, *BODY)
 def enrol(body: dict):
     member, created = members.enrol(db.session, body["member_id"], now=_now(),
-                                    enrolled_by=g.caller.partner_id)
+                                    enrolled_by=g.caller.partner_id,
+                                    referred_by=body.get("referred_by"))
     db.session.commit()
     return {"member_id": member.external_id, "created_at": member.created_at}, 201 if created else 200
 

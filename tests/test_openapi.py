@@ -42,9 +42,10 @@ OPERATIONS = {
 }
 
 REQUEST_BODIES = {  # POST path -> (required fields, all fields)
-    "/v1/members": ({"member_id"}, {"member_id"}),
+    "/v1/members": ({"member_id"}, {"member_id", "referred_by"}),
     "/v1/earn": ({"claim_id", "member_id", "points", "occurred_at"},
-                 {"claim_id", "member_id", "points", "occurred_at", "pending_until", "description"}),
+                 {"claim_id", "member_id", "points", "occurred_at", "pending_until", "description",
+                  "activity"}),
     "/v1/burn": ({"claim_id", "member_id", "points", "occurred_at"},
                  {"claim_id", "member_id", "points", "occurred_at", "description", "member_pin"}),
     "/v1/claims/{claim_id}/reversals": ({"reversal_id", "points", "occurred_at"},
