@@ -76,6 +76,8 @@ def test_the_answer_shows_the_activity_and_a_review_gets_no_bonus(app, acme, run
     plain = acme.client.earn("p1", "M1", 10, occurred_at=ago(minutes=1)).json()
     assert (plain["activity"], plain["bonus_points"]) == ("purchase", 10)
     assert acme.client.claim("r1").json()["activity"] == "review"
+    listed = acme.client.request("GET", "/v1/claims").json()["claims"]
+    assert {c["claim_id"]: c["activity"] for c in listed} == {"r1": "review", "p1": "purchase"}
     bad = acme.client.earn("x1", "M1", 10, occurred_at=ago(minutes=1), activity="referral")
     assert bad.status == 422 and bad.json()["type"].endswith("validation-error")
     # Reversed as any earn.
@@ -306,3 +308,51 @@ def test_concurrent_first_purchases_give_the_referral_once(app, acme, operator, 
                                  .where(Entry.activity == "referral")) == 8
         assert find(db.session, "REF").balance == 400
         assert verify(db.session)["ok"]
+
+
+def test_a_month_with_a_referral_closes_with_the_coalition_paying_for_both(
+        app, make_partner, runner, referrals, verify_clean):
+    """The referred member's 50 are bonus points of the coalition (bonus_points_issued), the
+    referrer's 50 points it issued (points_issued); the statements balance and their lines add
+    up to them."""
+    from flask import current_app
+
+    from partners import service as partner_service
+    from settlement import service as settlement
+    from settlement.lines import TOTALS, MonthLines
+    from settlement.signing import signing_key
+    from tests.test_bonus_settlement import TERMS, month_after
+
+    acme = make_partner("acme", issue_price="0.01", redemption_rate="0.009",
+                        issuance_share="1", claim_fee="0")
+    with app.app_context():
+        s, tz = db.session, current_app.config["COALITION_TIMEZONE"]
+        partner_service.add_partner(s, "coalition", "The Coalition", now=datetime.now(UTC),
+                                    kind="operator", terms=TERMS["coalition"])
+        s.commit()
+        assert acme.client.enrol("REF").status == 201
+        assert acme.client.enrol("NEW", referred_by="REF").status == 201
+        earned = acme.client.earn("first", "NEW", 40, occurred_at=ago(minutes=1))
+        assert earned.json()["bonus_points"] == 50
+        assert acme.client.burn("spend", "REF", 30, occurred_at=ago(seconds=30)).status == 201
+        period = earned.json()["period"]
+        _, ended = month_after(period)
+        settlement.close(s, period, now=ended, tz=tz,
+                         key=signing_key(current_app.config["COALITION_SIGNING_KEY_FILE"]))
+        s.commit()
+        docs = {p: json.loads(settlement.statement(s, p, period).document)
+                for p in ("acme", "coalition")}
+        report = json.loads(settlement.report(s, period).document)
+        assert (docs["coalition"]["points_issued"], docs["coalition"]["bonus_points_issued"]) \
+            == (50, 50)
+        assert (docs["acme"]["points_issued"], docs["acme"]["bonus_points_issued"]) == (40, 0)
+        assert sum(d["net_cents"] for d in docs.values()) + report["operator_margin_cents"] == 0
+        for partner in docs:
+            month, lines, after = MonthLines(s, partner, period, tz=tz), [], None
+            while True:
+                page, after = month.page(after, 100)
+                lines += page
+                if after is None:
+                    break
+            assert {f: sum(line[f] for line in lines) for f in TOTALS} == month.totals, partner
+    verify_clean()
