@@ -22,6 +22,9 @@ Bulk work, not a loop of single claims:
 Reversals are rare and reach into the claim they reverse: each is booked by ledger.book_reversal
 after what the batch decided before it is written, and the member it changed is read afresh.
 A burn that asks for the member's PIN loads the member for the check, as a single burn does.
+A referred member's first purchase, which may bring the referral (coalition/activities.py), is
+booked by ledger.book_earn the same way; the referrers such earns may credit are locked with the
+batch's members, in the one order by id.
 
 A lost race for a claim id (another transaction booked it for another member meanwhile) or a
 deadlock or serialization failure rolls the batch back; `restore()` records again what the
@@ -311,10 +314,14 @@ class _Batch:
         (after what the batch decided before it is written), as reversals are."""
         card = f["member_id"]
         self._write()
-        booked = ledger.book_earn(
-            self.session, partner_id=self.partner_id, claim_id=f["claim_id"], member_id=card,
-            points=f["points"], occurred_at=f["occurred_at"], now=self.now, rules=self.rules,
-            pending_until=f.get("pending_until"), description=f.get("description"))
+        try:
+            booked = ledger.book_earn(
+                self.session, partner_id=self.partner_id, claim_id=f["claim_id"],
+                member_id=card, points=f["points"], occurred_at=f["occurred_at"], now=self.now,
+                rules=self.rules, pending_until=f.get("pending_until"),
+                description=f.get("description"))
+        except ledger.ClaimIdRace as race:
+            raise _Retry() from race
         referrer = self.referrers.pop(card)
         # Both members changed outside this batch's view of them: read afresh when next needed.
         self.members.pop(booked.entry.member_id, None)

@@ -356,3 +356,47 @@ def test_a_month_with_a_referral_closes_with_the_coalition_paying_for_both(
                     break
             assert {f: sum(line[f] for line in lines) for f in TOTALS} == month.totals, partner
     verify_clean()
+
+
+@postgres_only
+def test_batches_and_single_earns_of_referrers_and_referred_members_do_not_deadlock(
+        app, acme, operator, referrals):
+    """Batches naming referrers and referred members in either order, and single earns of both,
+    all at once: locks are taken in ascending id everywhere, so every claim books."""
+    with app.app_context():
+        refs = [enrol(db.session, f"REF{i}", now=datetime.now(UTC))[0] for i in range(3)]
+        db.session.flush()
+        for i in range(6):
+            member, _ = enrol(db.session, f"N{i}", now=datetime.now(UTC))
+            member.referred_by = refs[i % 3].id
+        db.session.commit()
+    at = ago(minutes=1)
+
+    def item(card, claim_id):
+        return {"kind": "earn", "claim_id": claim_id, "member_id": card, "points": 5,
+                "occurred_at": at}
+
+    jobs = []
+    for i in range(6):
+        jobs.append(("batch", [item(f"N{i}", f"b{i}-n"), item(f"REF{i % 3}", f"b{i}-r"),
+                               item(f"N{(i + 1) % 6}", f"b{i}-m")]))
+        jobs.append(("single", (f"N{i}", f"s{i}-n")))
+        jobs.append(("single", (f"REF{i % 3}", f"s{i}-r")))
+    start = threading.Barrier(len(jobs))
+
+    def one(job):
+        kind, what = job
+        start.wait()
+        if kind == "batch":
+            answer = acme.client.batch(what)
+            return [r["status"] for r in answer.json()["results"]] if answer.status == 200 \
+                else [answer.status]
+        return [acme.client.earn(what[1], what[0], 5, occurred_at=at).status]
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        statuses = [s for result in pool.map(one, jobs) for s in result]
+    assert set(statuses) == {201}
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Entry)
+                                 .where(Entry.activity == "referral")) == 6
+        assert verify(db.session)["ok"]
