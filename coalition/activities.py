@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import column, func, select, table, update
+from sqlalchemy import column, func, select, table
 from sqlalchemy.orm import Session
 
 from . import claim_limits
@@ -122,8 +122,4 @@ def referral_claim_id(entry_id: int) -> str:
     return f"referral-{entry_id}"
 
 
-def store(session: Session, entry_id: int, activity: str) -> None:
-    """Set a just written entry's activity where the write left the column's default."""
-    if activity != PURCHASE:
-        session.execute(update(Entry).where(Entry.id == entry_id).values(activity=activity))
 

@@ -188,6 +188,11 @@ class _Batch:
         session = self.session
         of_kind = {kind: [(i, item.fields) for i, item in claims if item.kind == kind]
                    for kind in (ENROLMENT, EntryKind.EARN, EntryKind.BURN, EntryKind.REVERSAL)}
+        earned_at = [f["occurred_at"] for _, f in of_kind[EntryKind.EARN]]
+        # One look for the batch: without a campaign or coupon in its earns' span, no earn of
+        # it looks for bonuses (as a single earn's situation tells it: claim_sql).
+        self.bonus_running = bool(earned_at) and bonuses.any_running(
+            session, self.partner_id, min(earned_at), max(earned_at))
         enrolling = list(dict.fromkeys(f["member_id"] for _, f in of_kind[ENROLMENT]))
         self.enrolled = batch_sql.enrol(session, enrolling, now=self.now,
                                         partner_id=self.partner_id)
@@ -289,7 +294,8 @@ class _Batch:
             award = bonuses.for_earn(self.session, member_pk=holder.id,
                                      partner_id=self.partner_id, points=f["points"],
                                      occurred_at=f["occurred_at"], now=self.now,
-                                     tz=self.rules.timezone, tier_rules=self.rules.tiers)
+                                     tz=self.rules.timezone, tier_rules=self.rules.tiers,
+                                     running=self.bonus_running)
         else:
             award = bonuses.Award()
         entry, postings, writes = ledger.plan_earn(

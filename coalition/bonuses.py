@@ -70,20 +70,25 @@ def of_multiplier(points: int, factor: Decimal) -> int:
 
 def for_earn(session: Session, *, member_pk: int, partner_id: str, points: int,
              occurred_at: datetime, now: datetime, tz: str,
-             tier_rules: tuple[tiers.Tier, ...] = ()) -> Award:
+             tier_rules: tuple[tiers.Tier, ...] = (), running: bool = True) -> Award:
     """The bonuses an earn of `points` at `partner_id` gets, caps applied. The caller holds the
-    member's lock; the rows of capped campaigns are locked here."""
+    member's lock; the rows of capped campaigns are locked here. `running` False: the caller
+    knows that no campaign, nor coupon of the partner, runs at `occurred_at`
+    (claim_sql.Situation.bonus_running): only a tier multiplier can then give a bonus, and an
+    earn without any costs no statement here."""
     award = Award()
-    running = [c for c in session.scalars(
+    multiplied = any(t.multiplier > 1 for t in tier_rules)
+    if not running and not multiplied:
+        return award
+    live = [] if not running else [c for c in session.scalars(
         select(Campaign).where(Campaign.starts_at <= occurred_at, Campaign.ends_at > occurred_at)
         .order_by(Campaign.starts_at, Campaign.id))
         if c.partners is None or partner_id in json.loads(c.partners)]
-    multiplied = any(t.multiplier > 1 for t in tier_rules)
     tier = None
-    if tier_rules and (multiplied or any(c.tiers for c in running)):
+    if tier_rules and (multiplied or any(c.tiers for c in live)):
         status = tiers.of_member(session, tier_rules, member_pk, now=now, tz=tz)
         tier = next(t for t in tier_rules if t.name == status["name"])
-    qualifying = [c for c in running if _targets(session, c, member_pk, tier, now)]
+    qualifying = [c for c in live if _targets(session, c, member_pk, tier, now)]
     multipliers = sorted((c for c in qualifying if c.kind == MULTIPLIER),
                          key=lambda c: -c.factor)  # stable: earlier start, then id, first
     for campaign in multipliers:
@@ -97,8 +102,18 @@ def for_earn(session: Session, *, member_pk: int, partner_id: str, points: int,
         bonus = of_multiplier(points, tier.multiplier)
         if operator is not None and bonus > 0:
             award.bonuses.append(Bonus(f"{TIER}{tier.name}", operator, bonus))
-    _coupons(session, award, member_pk, partner_id, points, occurred_at)
+    if running:
+        _coupons(session, award, member_pk, partner_id, points, occurred_at)
     return award
+
+
+def any_running(session: Session, partner_id: str, first: datetime, last: datetime) -> bool:
+    """Whether a campaign, or a coupon of the partner, runs at some instant from `first` to
+    `last` (a batch's earns)."""
+    campaign = select(Campaign.id).where(Campaign.starts_at <= last, Campaign.ends_at > first)
+    coupon = select(Coupon.id).where(Coupon.partner_id == partner_id, Coupon.starts_at <= last,
+                                     Coupon.ends_at > first)
+    return bool(session.scalar(select(campaign.exists() | coupon.exists())))
 
 
 def _targets(session: Session, campaign: Campaign, member_pk: int, tier, now: datetime) -> bool:

@@ -35,8 +35,8 @@ from sqlalchemy.orm.util import identity_key
 
 from . import books
 from .database import is_sqlite
-from .models import (ClosedPeriod, Consumption, DebtLot, Entry, Hold, Lot, Member, Posting,
-                     UtcDateTime)
+from .models import (Campaign, ClosedPeriod, Consumption, Coupon, DebtLot, Entry, Hold, Lot,
+                     Member, Posting, UtcDateTime)
 from .vocabulary import held_now, spendable
 
 
@@ -58,6 +58,9 @@ class Situation:
     spendable: int = 0  # earn: the member's spendable points (before this claim)
     lots: list[tuple[int, int]] = field(default_factory=list)  # burn: (lot id, remaining)
     held: int = 0  # the member's points that open holds reserve (coalition/holds.py)
+    # earn: whether a campaign, or a coupon of the partner, runs at the earn's occurred_at
+    # (coalition/bonuses.py looks for bonuses only then: an earn without pays no statement)
+    bonus_running: bool = True
 
 
 class NewLot(int):
@@ -127,7 +130,14 @@ def held_points(member_pk):
 
 
 _HELD = held_points(bindparam("member_pk"))
-_EARN_SITUATION = select(_BOOKED, _CLOSED, _SPENDABLE, _HELD)
+_OCCURRED = bindparam("occurred_at", type_=UtcDateTime)
+_BONUS_RUNNING = (
+    select(Campaign.id).where(Campaign.starts_at <= _OCCURRED, Campaign.ends_at > _OCCURRED)
+    .exists()
+    | select(Coupon.id).where(Coupon.partner_id == bindparam("partner_id"),
+                              Coupon.starts_at <= _OCCURRED, Coupon.ends_at > _OCCURRED)
+    .exists()).label("bonus_running")
+_EARN_SITUATION = select(_BOOKED, _CLOSED, _SPENDABLE, _HELD, _BONUS_RUNNING)
 _KNOWN = select(_BOOKED, _CLOSED, _HELD).subquery("known")
 # One row per spendable lot, in the order a burn consumes them (ledger.spendable_lots), each
 # carrying the two facts above; one row of NULL lots when there is none.
@@ -139,11 +149,12 @@ _BURN_SITUATION = (
 
 
 def earn_situation(session: Session, *, partner_id: str, claim_id: str, member_pk: int | None,
-                   now: datetime) -> Situation:
-    booked_id, closed_through, points, held = session.connection().execute(_EARN_SITUATION, {
-        "partner_id": partner_id, "claim_id": claim_id, "member_pk": member_pk,
-        "now": now}).one()
-    return Situation(booked_id, closed_through, spendable=int(points), held=int(held))
+                   now: datetime, occurred_at: datetime | None = None) -> Situation:
+    booked_id, closed_through, points, held, running = session.connection().execute(
+        _EARN_SITUATION, {"partner_id": partner_id, "claim_id": claim_id, "member_pk": member_pk,
+                          "now": now, "occurred_at": occurred_at or now}).one()
+    return Situation(booked_id, closed_through, spendable=int(points), held=int(held),
+                     bonus_running=bool(running))
 
 
 def burn_situation(session: Session, *, partner_id: str, claim_id: str, member_pk: int | None,
@@ -196,7 +207,7 @@ def _lock_and_read(situation_columns, lots=None):
 def _spendable_of(held):
     return [select(func.coalesce(func.sum(Lot.remaining), 0))
             .where(Lot.member_id == held.c.id, spendable(Lot, _NOW))
-            .scalar_subquery().label("spendable")]
+            .scalar_subquery().label("spendable"), _BONUS_RUNNING]
 
 
 _BURN_ORDER = (Lot.expires_at, Lot.occurred_at, Lot.id)
@@ -215,11 +226,19 @@ _LOCK_AND_READ_BURN = _LOCK_AND_READ_BURN.add_columns(
 
 
 def lock_with_situation(session: Session, external_id: str, *, burn: bool, partner_id: str,
-                        claim_id: str, now: datetime) -> tuple[Holder | None, Situation]:
+                        claim_id: str, now: datetime,
+                        occurred_at: datetime | None = None) -> tuple[Holder | None, Situation]:
     """lock, then earn_situation (or burn_situation): on PostgreSQL in one round trip, or two
-    when the member's row changed while this claim waited for it."""
+    when the member's row changed while this claim waited for it. `occurred_at`: an earn's,
+    for Situation.bonus_running."""
     params = {"card": external_id, "partner_id": partner_id, "claim_id": claim_id, "now": now}
-    situation = burn_situation if burn else earn_situation
+    if burn:
+        situation = burn_situation
+    else:
+        params["occurred_at"] = occurred_at or now
+
+        def situation(session, **kw):
+            return earn_situation(session, occurred_at=occurred_at, **kw)
     if is_sqlite(session):
         holder = lock(session, external_id)
         return holder, situation(session, partner_id=partner_id, claim_id=claim_id,
@@ -235,14 +254,14 @@ def lock_with_situation(session: Session, external_id: str, *, burn: bool, partn
         return holder, Situation(row.booked_id, row.closed_through, held=int(row.held),
                                  lots=list(zip(ids, lefts)))
     return holder, Situation(row.booked_id, row.closed_through, spendable=int(row.spendable),
-                             held=int(row.held))
+                             held=int(row.held), bonus_running=bool(row.bonus_running))
 
 
 # --- 3. write -------------------------------------------------------------------------------
 
 ENTRY_COLUMNS = ("kind", "partner_id", "claim_id", "member_id", "points", "occurred_at",
                  "recorded_at", "period", "late", "pending_until", "description",
-                 "reverses_id", "fingerprint", "status", "balance_after", "entry_hash")
+                 "reverses_id", "fingerprint", "status", "balance_after", "entry_hash", "activity")
 
 # PostgreSQL: one statement. Its parts see one snapshot and none sees another's rows, which
 # nothing here needs: each writes rows of its own, and the foreign keys between them are
@@ -255,13 +274,14 @@ _WRITE_POSTGRESQL = text("""
 WITH entry AS (
     INSERT INTO journal_entries (kind, partner_id, claim_id, member_id, points, occurred_at,
         recorded_at, period, late, pending_until, description, reverses_id, fingerprint,
-        status, balance_after, entry_hash)
+        status, balance_after, entry_hash, activity)
     SELECT CAST(:kind AS varchar), CAST(:partner_id AS varchar), CAST(:claim_id AS varchar),
         CAST(:member_id AS bigint), CAST(:points AS bigint), CAST(:occurred_at AS timestamptz),
         CAST(:recorded_at AS timestamptz), CAST(:period AS varchar), CAST(:late AS boolean),
         CAST(:pending_until AS timestamptz), CAST(:description AS varchar),
         CAST(:reverses_id AS bigint), CAST(:fingerprint AS varchar), CAST(:status AS varchar),
-        CAST(:balance_after AS bigint), CAST(:entry_hash AS varchar)
+        CAST(:balance_after AS bigint), CAST(:entry_hash AS varchar),
+        coalesce(CAST(:activity AS varchar), 'purchase')
     WHERE NOT EXISTS (SELECT 1 FROM closed_periods WHERE period >= CAST(:period AS varchar))
     RETURNING id),
 new_ids AS (

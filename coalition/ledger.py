@@ -251,7 +251,8 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     # The lock first, then the look for an earlier booking: concurrent retries of one claim
     # queue behind each other and every one after the first replays the booking.
     holder, known = claim_sql.lock_with_situation(session, member_id, burn=False,
-                                                  partner_id=partner_id, claim_id=claim_id, now=now)
+                                                  partner_id=partner_id, claim_id=claim_id, now=now,
+                                                  occurred_at=occurred_at)
     if (done := _replay_of(session, known, partner_id, claim_id, fp)) is not None:
         return done
     if holder is None:
@@ -261,7 +262,8 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     if activity == activities.PURCHASE:
         award = bonuses.for_earn(session, member_pk=holder.id, partner_id=partner_id,
                                  points=points, occurred_at=occurred_at, now=now,
-                                 tz=rules.timezone, tier_rules=rules.tiers)
+                                 tz=rules.timezone, tier_rules=rules.tiers,
+                                 running=known.bonus_running)
     else:  # bonuses and tier multipliers are for purchases only
         award = bonuses.Award()
     referral = referrer and activities.referral_due(session, holder.id, referrer)
@@ -283,7 +285,6 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
     bonuses.claim(session, award)
     booked = _write(session, holder, planned, plan, lambda: claim_sql.earn_situation(
         session, partner_id=partner_id, claim_id=claim_id, member_pk=holder.id, now=now))
-    activities.store(session, booked.entry.id, activity)
     bonuses.use_coupons(session, award, booked.entry.id)
     if referral:
         book_referrer_earn(session, operator=referral[0], card=referral[1],
@@ -311,7 +312,6 @@ def book_referrer_earn(session: Session, *, operator: str, card: str, trigger_id
                          activity=activities.REFERRAL)
     booked = _write(session, holder, plan(known), plan, lambda: claim_sql.earn_situation(
         session, partner_id=operator, claim_id=claim_id, member_pk=holder.id, now=now))
-    activities.store(session, booked.entry.id, activities.REFERRAL)
     return booked
 
 

@@ -12,8 +12,10 @@ The rule, in the coalition's time zone:
   threshold, if the member earned nothing more: the day before the older earns, falling out
   one by one, take the count below it. The lowest tier (threshold 0) lasts for ever.
 
-Bonus points (campaigns, coupons, the tier's own multiplier) do not count: a tier measures what
-the member bought, and a bonus counting towards the tier that pays it would feed itself.
+Bonus points (campaigns, coupons, the tier's own multiplier) do not count, nor do the referral
+points the coalition gives a referrer: a tier measures what the member earned at partners, and a
+gift counting towards the tier that pays it would feed itself. Activity earns (a review, a
+sign-up) are earned at a partner and count.
 
 Nothing is stored: the tier is worked out from the journal whenever it is asked for, so a
 reversal, a pending earn becoming available or an earn ageing out changes it with no job to run.
@@ -29,6 +31,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
+from .activities import REFERRAL
 from .clock import as_utc
 from .models import Entry
 from .periods import add_months, day_start_utc
@@ -98,6 +101,7 @@ def earned(session: Session, member_pk: int, *, now: datetime, tz: str) -> list[
     rows = session.execute(
         select(Entry.occurred_at, Entry.points - reversed_points)
         .where(Entry.member_id == member_pk, Entry.kind == EntryKind.EARN,
+               Entry.activity != REFERRAL,
                Entry.occurred_at > now - timedelta(days=31 * (WINDOW_MONTHS + 1)),
                Entry.occurred_at <= now,
                (Entry.pending_until.is_(None)) | (Entry.pending_until <= now)))
