@@ -1,6 +1,6 @@
 """Operator commands of the core:
-`members add|import|show|export|erase|suspicious|lock|unlock|unlock-pin|reset-pin`,
-`ledger verify|seal|anchor`, `audit list`, `points expire|notices`.
+`members add|import|show|export|erase|suspicious|lock|unlock|unlock-pin|reset-pin|invite`,
+`operators add|invite|list`, `ledger verify|seal|anchor`, `audit list`, `points expire|notices`.
 Every command prints JSON (`ledger seal --every`: one line per event), its errors too: every
 group is a JsonGroup. Commands that change state record who asked (`operator()`) in the audit
 log."""
@@ -25,8 +25,8 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import (audit, clock, config, consents, enrolment, expiry, expiry_notices, member_erasure,
-               member_export, member_locks, pins, sealer, velocity)
+from . import (audit, clock, config, consents, credentials, enrolment, expiry, expiry_notices,
+               member_erasure, member_export, member_locks, operators, pins, sealer, velocity)
 from . import members as member_service
 from .clock import iso_utc
 from .database import db
@@ -140,6 +140,7 @@ members_cli = JsonGroup("members", help="Enrol and inspect members.")
 ledger_cli = JsonGroup("ledger", help="The ledger of record.")
 audit_cli = JsonGroup("audit", help="The audit log of operator actions (append-only).")
 points_cli = JsonGroup("points", help="The points' lifecycle: expiry.")
+operators_cli = JsonGroup("operators", help="Who signs in to the operator console.")
 
 
 @members_cli.command("add")
@@ -352,6 +353,56 @@ def members_reset_pin(member_id: str):
     return _pin_command(pins.reset, member_id)
 
 
+@members_cli.command("invite")
+@click.argument("member_id")
+@json_command
+def members_invite(member_id: str):
+    """A one-time code for the member portal, valid 72 hours: the member sets a password with
+    it (a first one, or a new one after a forgotten password). It is printed once and stored
+    only hashed; an older code stops working. Audited as credential.code-issued (subject
+    member-id:<member>, never the code)."""
+    now = clock.now()
+    code = credentials.issue_code(db.session, credentials.principal(credentials.MEMBER, member_id),
+                                  now=now, actor=operator())
+    member = member_service.find(db.session, member_id)
+    return {"member_id": member_id, "member": member.id, "code": code,
+            "expires_at": now + credentials.CODE_LIFETIME}
+
+
+@operators_cli.command("add")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(operators.ROLES),
+              help="admin: may change things; analyst: reads only")
+@json_command
+def operators_add(name: str, role: str):
+    """Add an operator of the console and print its one-time code (valid 72 hours), which it
+    sets its password with. Audited as operator.add and credential.code-issued."""
+    now = clock.now()
+    code = operators.add(db.session, name, role, now=now, actor=operator())
+    return {"name": name, "role": role, "code": code,
+            "expires_at": now + credentials.CODE_LIFETIME}
+
+
+@operators_cli.command("invite")
+@click.argument("name")
+@json_command
+def operators_invite(name: str):
+    """A new one-time code for an operator (a forgotten password, an expired code); the older
+    code stops working, a password set keeps working until the code replaces it. Audited as
+    credential.code-issued."""
+    now = clock.now()
+    code = operators.invite(db.session, name, now=now, actor=operator())
+    return {"name": name, "code": code, "expires_at": now + credentials.CODE_LIFETIME}
+
+
+@operators_cli.command("list")
+@json_command
+def operators_list():
+    """Every operator by name: role, whether a password is set or a code pending, wrong
+    passwords in a row, and a lock-out in force (never a hash)."""
+    return operators.listed(db.session, clock.now())
+
+
 @ledger_cli.command("verify")
 @click.option("--anchors", "anchors_file", type=click.File("r", encoding="utf-8"), default=None,
               metavar="PATH",
@@ -485,3 +536,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(ledger_cli)
     app.cli.add_command(audit_cli)
     app.cli.add_command(points_cli)
+    app.cli.add_command(operators_cli)

@@ -3,10 +3,11 @@ was, and keeps the books it must keep.
 
 What goes, in one transaction: the card number (members.external_id becomes NULL: no card can
 ever match the member again, and NULL is no card number a partner could send, unlike any text
-tombstone the id pattern allows), the PIN hash with its counters, the marketing consents with
-their history, the member's open holds (voided: no partner could capture them once the card is
-gone; the holds stay, they hold no personal data), what other packages keep about the card
-(the partners' lookups, registered in
+tombstone the id pattern allows), the PIN hash with its counters, the portal sign-in (the
+credential row: password hash, pending one-time code, failure count; coalition/credentials.py),
+the marketing consents with their history, the member's open holds (voided: no partner could
+capture them once the card is gone; the holds stay, they hold no personal data), what other
+packages keep about the card (the partners' lookups, registered in
 app.extensions["member_erasure"]), and the card in the audit log: the events about the member
 that name or quote it are redacted (coalition/audit.py, `redact`), vouched for by the
 `member.erase` event, so the chain still verifies.
@@ -35,7 +36,7 @@ from typing import Callable
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from . import audit, ledger, pins
+from . import audit, credentials, ledger, pins
 from .clock import iso_utc
 from .holds import VOIDED
 from .models import AuditEvent, Hold, Member, MemberConsent
@@ -69,13 +70,15 @@ def erase(session: Session, external_id: str, *, now: datetime, actor: str,
     holds_voided = session.execute(
         update(Hold).where(Hold.member_id == member.id, held_now(Hold, now))
         .values(status=VOIDED, closed_at=now).execution_options(synchronize_session=False)).rowcount
+    credential = credentials.forget_member(session, member.id)
     removed = {name: eraser(session, member, card) for name, eraser in sorted((more or {}).items())}
     member.external_id = None
     member.pin_hash, member.pin_failures, member.pin_locked_at = None, 0, None
     member.erased_at = now
     session.flush()
     done = {"member": member.id, "erased_at": iso_utc(now), "redacted_events": len(vouchers),
-            "consents_deleted": consents, "holds_voided": holds_voided, **{f"{name}_deleted": n for name, n in removed.items()},
+            "consents_deleted": consents, "holds_voided": holds_voided,
+            "credential_deleted": credential > 0, **{f"{name}_deleted": n for name, n in removed.items()},
             "points": member.balance, "points_owed": member.debt}
     audit.record(session, actor=actor, action=audit.ERASE, subject=subject,
                  before={"erased": False},

@@ -2,10 +2,11 @@
 subject's request for access (GDPR Art. 15), `flask members export ID`.
 
 What is in it: the member row (card number, when and by whom enrolled, the operator's lock,
-the PIN's state but never the PIN or its hash), the balance as partners read it, every claim
-of every partner, the lots and debt lots the claims left, the holds partners placed on the
-member's points, the marketing consents with their
-history, the balance reads and card lookups partners made (kept briefly for the harvesting
+the PIN's state but never the PIN or its hash, the portal sign-in's state: whether a password
+is set or a one-time code pending, failures, a lock-out, but never a hash), the balance as
+partners read it, every claim of every partner, the lots and debt lots the claims left, the
+holds partners placed on the member's points, the marketing consents with their history, the
+balance reads and card lookups partners made (kept briefly for the harvesting
 watch), and the audit events about the member. Exporting is itself audited (`member.export`).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Callable
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from . import audit, consents, holds, members, pins
+from . import audit, consents, credentials, holds, members, pins
 from .clock import iso_utc
 from .history import member_history
 from .models import AuditEvent, DebtLot, Lot, Member
@@ -38,7 +39,9 @@ def export(session: Session, external_id: str, *, now: datetime, tz: str, actor:
         "format": FORMAT, "exported_at": iso_utc(now),
         "member": {"member_id": member.external_id, "enrolled_at": iso_utc(member.created_at),
                    "enrolled_by": member.enrolled_by, "locked": member.locked,
-                   **pins.pin_state(member)},
+                   **pins.pin_state(member),
+                   "sign_in": credentials.state(
+                       credentials.stored(session, credentials.member_key(member.id)), now)},
         "balance": members.balance(session, external_id, now=now, tz=tz, tiers=tiers),
         "claims": list(reversed(member_history(session, external_id))),  # oldest first
         "lots": [_lot(lot) for lot in session.scalars(

@@ -384,3 +384,40 @@ class Segment(db.Model):
     days: Mapped[int] = mapped_column(Integer)  # the rule's look-back window
     points: Mapped[int | None] = mapped_column(BigInteger)  # the rule's threshold, if any
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+# --- sign-in for the member portal and the operator console (coalition/credentials.py)
+
+class Credential(db.Model):
+    """One principal's sign-in: its password hash, the one-time code that sets it, and the
+    count of wrong passwords that locks it out for a while. Keyed by the principal as stored:
+    member-id:<members.id> (never the card number, which stays in `members`; erasure deletes
+    the row) or operator:<operators.name>. Neither secret is ever stored in clear."""
+    __tablename__ = "credentials"
+
+    principal: Mapped[str] = mapped_column(String(96), primary_key=True)
+    # "scrypt$ln=..,r=..,p=..$salt$key"; NULL until the principal sets a password with a code.
+    password_hash: Mapped[str | None] = mapped_column(String(160))
+    # Wrong passwords in a row; from the fifth on each one locks sign-in until locked_until.
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # HMAC-SHA256 (hex) of the pending one-time code, and when it stops working.
+    code_hash: Mapped[str | None] = mapped_column(String(64))
+    code_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        CheckConstraint("failures >= 0", name="failures_nonnegative"),
+        CheckConstraint("(code_hash IS NULL) = (code_expires_at IS NULL)", name="code_with_expiry"),
+    )
+
+
+class Operator(db.Model):
+    """A person who runs the coalition through the operator console (coalition/operators.py)."""
+    __tablename__ = "operators"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # operators.ROLES
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (CheckConstraint("role IN ('admin', 'analyst')", name="role_known"),)
