@@ -17,7 +17,7 @@ from .ledger import Rules
 ROOT = Path(__file__).resolve().parent.parent
 # Bounded parts that plug into the core. Imported by name so that `coalition` never imports
 # them (imports point one way only: README, "Layout"); each exposes init_app(app, api).
-EXTENSIONS = ("partners", "settlement")
+EXTENSIONS = ("partners", "settlement", "web")
 
 
 def create_app(test_config: dict | None = None) -> Flask:

@@ -4,6 +4,7 @@ Every environment variable the service reads is read here, and only here."""
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from .periods import EXPIRY_POLICIES, MONTHLY, parse_cutoff
@@ -22,6 +23,34 @@ def _limit(name: str) -> int | None:
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"{name} must be a whole number of at least 1 (or unset: no limit).")
     return int(raw)
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _secret_key(instance_path: str) -> str:
+    """COALITION_SECRET_KEY, else a random key kept in the instance folder (mode 600), so that a
+    restart keeps members and operators signed in. Several processes or hosts behind one
+    balancer need the same key: set the variable there."""
+    given = os.environ.get("COALITION_SECRET_KEY", "").strip()
+    if given:
+        return given
+    path = Path(instance_path) / "secret-key"
+    if not path.exists():
+        # Written whole under another name, then linked: processes starting together all end
+        # up reading the one key that was linked first, never a half-written file.
+        draft = path.with_name(f"secret-key.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip()
 
 
 def _given(names) -> dict[str, str]:
@@ -96,6 +125,12 @@ def from_environment(instance_path: str) -> dict:
         # The coalition's own Ed25519 key that signs statements; generated at first use.
         "COALITION_SIGNING_KEY_FILE": os.environ.get("COALITION_SIGNING_KEY_FILE")
         or str(Path(instance_path) / "coalition-signing-key.pem"),
+        # Web sessions (web/: member portal, operator console): signed with this key.
+        "SECRET_KEY": _secret_key(instance_path),
+        # Session cookies Secure always when set, else only on HTTPS requests (web/security.py).
+        "SESSION_COOKIE_SECURE": _flag("COALITION_SECURE_COOKIES"),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
         # Abuse limits: only those the environment sets. create_app's test_config may set them
         # too; coalition/limits.py takes RATE_LIMIT_DEFAULTS for the rest.
         **_given(RATE_LIMIT_SETTINGS),
