@@ -32,7 +32,7 @@ import tempfile
 import time
 import uuid
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -108,11 +108,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all-frames", action="store_true", help="the profile with library frames")
     p.add_argument("--flat", action="store_true", help="the profile as a flat list of functions")
     p.add_argument("--statements", action="store_true", help="list the statements of one earn")
+    p.add_argument("--campaigns", type=int, default=0, choices=(0, 2),
+                   help="2: the benchmark's two campaigns every earn qualifies for (double "
+                        "points funded by the partner, 5 fixed points by the coalition)")
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or "sqlite:///" + str(Path(tmp) / "profile.db")
         return run(url, args, Path(tmp))
+
+
+def add_campaigns(session, partner: str, tag: str, *, now: datetime, tz: str) -> None:
+    """bench.run's two campaigns (campaigns_running), for this run's partner alone."""
+    from coalition import campaigns
+    from partners import models as partner_models
+    from partners import service as partner_service
+
+    operator = f"coalition-{tag}"
+    if session.query(partner_models.Partner).filter_by(kind=partner_models.OPERATOR).first() is None:
+        partner_service.add_partner(session, operator, "Coalition", now=now,
+                                    kind=partner_models.OPERATOR)
+    operator = session.query(partner_models.Partner).filter_by(kind=partner_models.OPERATOR).one().id
+    start = (now - timedelta(minutes=1)).isoformat(timespec="minutes")
+    issuers = {partner, operator}
+    campaigns.add(session, f"double-{tag}", name="Double points", kind="multiplier", value="2",
+                  starts=start, ends="2099-12-31", funder=partner, issuers=issuers, now=now,
+                  tz=tz, partners=[partner])
+    campaigns.add(session, f"fixed-{tag}", name="Five more", kind="fixed", value="5",
+                  starts=start, ends="2099-12-31", funder=operator, issuers=issuers, now=now,
+                  tz=tz, partners=[partner])
 
 
 def run(url: str, args, tmp: Path) -> int:
@@ -137,6 +161,8 @@ def run(url: str, args, tmp: Path) -> int:
         now = datetime.now(timezone.utc)
         partner_service.add_partner(db.session, partner, "Profile", now=now)
         partner_service.add_key(db.session, partner, pem, now=now)
+        if args.campaigns:
+            add_campaigns(db.session, partner, tag, now=now, tz=app.config["COALITION_TIMEZONE"])
         db.session.commit()
     client = PartnerClient("", partner, key, lifetime=300)
     members = [f"{tag}-m{i}" for i in range(args.members)]

@@ -68,22 +68,85 @@ def of_multiplier(points: int, factor: Decimal) -> int:
     return int((points * (factor - 1)).to_integral_value(rounding=ROUND_FLOOR))
 
 
+@dataclass(frozen=True)
+class CampaignTerms:
+    """A running campaign's terms as an earn needs them (the names of Campaign's columns)."""
+    id: str
+    kind: str
+    factor: Decimal | None
+    bonus_points: int | None
+    funder_id: str
+    partners: str | None  # JSON lists, as stored
+    tiers: str | None
+    segment: str | None
+    cap_per_member: int | None
+    cap_total: int | None
+
+
+CAMPAIGN_TERMS = (Campaign.id, Campaign.kind, Campaign.factor, Campaign.bonus_points,
+                  Campaign.funder_id, Campaign.partners, Campaign.tiers, Campaign.segment,
+                  Campaign.cap_per_member, Campaign.cap_total)
+
+
+@dataclass(frozen=True)
+class CouponOffer:
+    """A running coupon of the earn's partner, with what the member did with it."""
+    id: str
+    kind: str
+    factor: Decimal | None
+    bonus_points: int | None
+    funder_id: str
+    activation_id: int | None  # the member's activation, if any
+    in_time: bool  # activated before the purchase (or within SKEW after it)
+    used: bool  # the activation gave its bonus to an earlier earn
+
+
+COUPON_TERMS = (Coupon.id, Coupon.kind, Coupon.factor, Coupon.bonus_points, Coupon.funder_id)
+
+
+@dataclass(frozen=True)
+class Offers:
+    """What runs at an earn's occurred_at: the campaigns (by start, then id) and the partner's
+    coupons (by id). Read with the earn's lock (claim_sql) so for_earn needs no statement."""
+    campaigns: list[CampaignTerms]
+    coupons: list[CouponOffer]
+
+    @classmethod
+    def parsed(cls, campaigns: list | None, coupons: list | None) -> "Offers":
+        """From the JSON arrays claim_sql reads: factors as text, so no float touches them."""
+        def factor(text):
+            return None if text is None else Decimal(text)
+        return cls(
+            [CampaignTerms(i, kind, factor(f), bonus, funder, partners, tier_names, segment,
+                           per_member, total)
+             for i, kind, f, bonus, funder, partners, tier_names, segment, per_member, total
+             in campaigns or ()],
+            [CouponOffer(i, kind, factor(f), bonus, funder, activation, bool(in_time), bool(used))
+             for i, kind, f, bonus, funder, activation, in_time, used in coupons or ()])
+
+
 def for_earn(session: Session, *, member_pk: int, partner_id: str, points: int,
              occurred_at: datetime, now: datetime, tz: str,
-             tier_rules: tuple[tiers.Tier, ...] = (), running: bool = True) -> Award:
+             tier_rules: tuple[tiers.Tier, ...] = (), running: bool = True,
+             offers: Offers | None = None) -> Award:
     """The bonuses an earn of `points` at `partner_id` gets, caps applied. The caller holds the
     member's lock; the rows of capped campaigns are locked here. `running` False: the caller
     knows that no campaign, nor coupon of the partner, runs at `occurred_at`
     (claim_sql.Situation.bonus_running): only a tier multiplier can then give a bonus, and an
-    earn without any costs no statement here."""
+    earn without any costs no statement here. `offers`: what runs, when the caller read it
+    already (claim_sql.Situation.offers); otherwise it is read here."""
     award = Award()
     multiplied = any(t.multiplier > 1 for t in tier_rules)
+    if offers is not None:
+        running = bool(offers.campaigns or offers.coupons)
     if not running and not multiplied:
         return award
-    live = [] if not running else [c for c in session.scalars(
-        select(Campaign).where(Campaign.starts_at <= occurred_at, Campaign.ends_at > occurred_at)
-        .order_by(Campaign.starts_at, Campaign.id))
-        if c.partners is None or partner_id in json.loads(c.partners)]
+    if not running:
+        offers = Offers([], [])
+    elif offers is None:
+        offers = _offers(session, member_pk, partner_id, occurred_at)
+    live = [c for c in offers.campaigns
+            if c.partners is None or partner_id in json.loads(c.partners)]
     tier = None
     if tier_rules and (multiplied or any(c.tiers for c in live)):
         status = tiers.of_member(session, tier_rules, member_pk, now=now, tz=tz)
@@ -102,9 +165,38 @@ def for_earn(session: Session, *, member_pk: int, partner_id: str, points: int,
         bonus = of_multiplier(points, tier.multiplier)
         if operator is not None and bonus > 0:
             award.bonuses.append(Bonus(f"{TIER}{tier.name}", operator, bonus))
-    if running:
-        _coupons(session, award, member_pk, partner_id, points, occurred_at)
+    for coupon in offers.coupons:
+        if not coupon.in_time:
+            award.not_activated.append(coupon.id)
+        elif not coupon.used:  # a coupon gives its bonus once
+            bonus = (coupon.bonus_points if coupon.kind != MULTIPLIER
+                     else of_multiplier(points, coupon.factor))
+            if bonus > 0:
+                award.bonuses.append(Bonus(f"{COUPON}{coupon.id}", coupon.funder_id, bonus))
+                award.activations.append(coupon.activation_id)
     return award
+
+
+def _offers(session: Session, member_pk: int, partner_id: str, occurred_at: datetime) -> Offers:
+    """Offers read here: on SQLite, in batches, and for an earn whose member changed while it
+    waited for the lock (claim_sql's lock statement reads the same on PostgreSQL)."""
+    campaigns = [CampaignTerms(*row) for row in session.execute(
+        select(*CAMPAIGN_TERMS).where(Campaign.starts_at <= occurred_at,
+                                      Campaign.ends_at > occurred_at)
+        .order_by(Campaign.starts_at, Campaign.id))]
+    coupons = [CouponOffer(*terms, activation_id,
+                           activation_id is not None
+                           and as_utc(activated_at) <= as_utc(occurred_at) + SKEW,
+                           used_by is not None)
+               for *terms, activation_id, activated_at, used_by in session.execute(
+                   select(*COUPON_TERMS, CouponActivation.id, CouponActivation.activated_at,
+                          CouponActivation.entry_id)
+                   .outerjoin(CouponActivation, (CouponActivation.coupon_id == Coupon.id)
+                              & (CouponActivation.member_id == member_pk))
+                   .where(Coupon.partner_id == partner_id, Coupon.starts_at <= occurred_at,
+                          Coupon.ends_at > occurred_at)
+                   .order_by(Coupon.id))]
+    return Offers(campaigns, coupons)
 
 
 def any_running(session: Session, partner_id: str, first: datetime, last: datetime) -> bool:
@@ -116,7 +208,7 @@ def any_running(session: Session, partner_id: str, first: datetime, last: dateti
     return bool(session.scalar(select(campaign.exists() | coupon.exists())))
 
 
-def _targets(session: Session, campaign: Campaign, member_pk: int, tier, now: datetime) -> bool:
+def _targets(session: Session, campaign: CampaignTerms, member_pk: int, tier, now: datetime) -> bool:
     if campaign.tiers and (tier is None or tier.name not in json.loads(campaign.tiers)):
         return False
     if campaign.segment is None:
@@ -125,7 +217,7 @@ def _targets(session: Session, campaign: Campaign, member_pk: int, tier, now: da
     return segment is not None and segments.contains(session, segment, member_pk, now=now)
 
 
-def _give(session: Session, award: Award, campaign: Campaign, member_pk: int,
+def _give(session: Session, award: Award, campaign: CampaignTerms, member_pk: int,
           bonus: int) -> bool:
     """Add the campaign's bonus, cut to what its caps leave; whether anything was given."""
     source = f"{CAMPAIGN}{campaign.id}"
@@ -145,28 +237,6 @@ def _give(session: Session, award: Award, campaign: Campaign, member_pk: int,
         return False
     award.bonuses.append(Bonus(source, campaign.funder_id, bonus))
     return True
-
-
-def _coupons(session: Session, award: Award, member_pk: int, partner_id: str, points: int,
-             occurred_at: datetime) -> None:
-    rows = session.execute(
-        select(Coupon, CouponActivation)
-        .outerjoin(CouponActivation, (CouponActivation.coupon_id == Coupon.id)
-                   & (CouponActivation.member_id == member_pk))
-        .where(Coupon.partner_id == partner_id, Coupon.starts_at <= occurred_at,
-               Coupon.ends_at > occurred_at)
-        .order_by(Coupon.id)).all()
-    for coupon, activation in rows:
-        if activation is None or as_utc(activation.activated_at) > as_utc(occurred_at) + SKEW:
-            award.not_activated.append(coupon.id)
-            continue
-        if activation.entry_id is not None:
-            continue  # used on an earlier earn: a coupon gives its bonus once
-        bonus = (coupon.bonus_points if coupon.kind != MULTIPLIER
-                 else of_multiplier(points, coupon.factor))
-        if bonus > 0:
-            award.bonuses.append(Bonus(f"{COUPON}{coupon.id}", coupon.funder_id, bonus))
-            award.activations.append(activation.id)
 
 
 def claim(session: Session, award: Award) -> None:

@@ -5,7 +5,10 @@ On PostgreSQL a claim costs two statements here, besides BEGIN, COMMIT and the t
 
 1. `lock_with_situation`: the member's row FOR UPDATE, then the books lock (shared), and the
    situation: an earlier booking of the claim id, the member's spendable points (a burn: its
-   spendable lots, in the order it consumes them) and the last closed month. The situation is
+   spendable lots, in the order it consumes them), the last closed month and, for an earn,
+   the campaigns and the partner's coupons running at its occurred_at (bonuses.Offers: a
+   bonus costs no statement of its own unless a cap, tier or segment is to be looked at).
+   The situation is
    read in the statement's snapshot, taken before the locks; when the member's row changed
    while the claim waited for it, the situation is read again by a second statement
    (`earn_situation` / `burn_situation`), now under the lock.
@@ -26,17 +29,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
-from sqlalchemy import bindparam, func, literal_column, select, text, true
+from sqlalchemy import Text, bindparam, cast, func, literal_column, select, text, true
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
-from . import books
+from . import bonuses, books
 from .database import is_sqlite
-from .models import (Campaign, ClosedPeriod, Consumption, Coupon, DebtLot, Entry, Hold, Lot,
-                     Member, Posting, UtcDateTime)
+from .models import (Campaign, ClosedPeriod, Consumption, Coupon, CouponActivation, DebtLot,
+                     Entry, Hold, Lot, Member, Posting, UtcDateTime)
 from .vocabulary import held_now, spendable
 
 
@@ -61,6 +65,9 @@ class Situation:
     # earn: whether a campaign, or a coupon of the partner, runs at the earn's occurred_at
     # (coalition/bonuses.py looks for bonuses only then: an earn without pays no statement)
     bonus_running: bool = True
+    # earn, on PostgreSQL when read with the lock: what runs then (bonus_running says whether
+    # anything does); None: bonuses.for_earn reads it
+    offers: "bonuses.Offers | None" = None
 
 
 class NewLot(int):
@@ -183,8 +190,8 @@ def open_debt_lots(session: Session, member_pk: int) -> list[tuple[int, int]]:
 
 # The lock statement reads the situation too, in its own snapshot: taken before the locks, so
 # it is current only if no claim of the member committed while this one waited for the row.
-# Every write to a member's lots, debt lots or holds updates the member's row in the same
-# transaction (a new row version, a new xmin), so the version the lock returns (the newest)
+# Every write to a member's lots, debt lots, holds or coupon activations updates the member's
+# row in the same transaction (a new row version, a new xmin), so the version the lock returns (the newest)
 # equals the version the snapshot sees exactly when the snapshot's lots are the newest too;
 # otherwise the situation is read again, now under the lock. A month closed meanwhile (the
 # close held the books while this claim waited for them) is caught by the write (see
@@ -204,10 +211,39 @@ def _lock_and_read(situation_columns, lots=None):
     return statement if lots is None else statement.select_from(locked.join(lots(locked), true()))
 
 
+def _as_json_text(column):
+    """Numbers that are no integers go into JSON as text: psycopg would read them as floats."""
+    return cast(column, Text) if column.type.python_type is Decimal else column
+
+
+def _offers_of(held):
+    """The campaigns running at :occurred_at and the partner's coupons running then, with the
+    member's activations of them, as JSON arrays (bonuses.Offers.parsed reads them): what
+    bonuses.for_earn would otherwise read in two statements more."""
+    campaigns = (select(func.json_agg(aggregate_order_by(
+        func.json_build_array(*map(_as_json_text, bonuses.CAMPAIGN_TERMS)),
+        Campaign.starts_at, Campaign.id)))
+        .where(Campaign.starts_at <= _OCCURRED, Campaign.ends_at > _OCCURRED)
+        .scalar_subquery().label("campaigns"))
+    coupons = (select(func.json_agg(aggregate_order_by(
+        func.json_build_array(*map(_as_json_text, bonuses.COUPON_TERMS), CouponActivation.id,
+                              CouponActivation.activated_at <= bindparam("activated_by",
+                                                                         type_=UtcDateTime),
+                              CouponActivation.entry_id.is_not(None)),
+        Coupon.id)))
+        .select_from(Coupon)
+        .outerjoin(CouponActivation, (CouponActivation.coupon_id == Coupon.id)
+                   & (CouponActivation.member_id == held.c.id))
+        .where(Coupon.partner_id == bindparam("partner_id"), Coupon.starts_at <= _OCCURRED,
+               Coupon.ends_at > _OCCURRED)
+        .scalar_subquery().label("coupons"))
+    return [campaigns, coupons]
+
+
 def _spendable_of(held):
     return [select(func.coalesce(func.sum(Lot.remaining), 0))
             .where(Lot.member_id == held.c.id, spendable(Lot, _NOW))
-            .scalar_subquery().label("spendable"), _BONUS_RUNNING]
+            .scalar_subquery().label("spendable"), *_offers_of(held)]
 
 
 _BURN_ORDER = (Lot.expires_at, Lot.occurred_at, Lot.id)
@@ -236,6 +272,7 @@ def lock_with_situation(session: Session, external_id: str, *, burn: bool, partn
         situation = burn_situation
     else:
         params["occurred_at"] = occurred_at or now
+        params["activated_by"] = params["occurred_at"] + bonuses.SKEW
 
         def situation(session, **kw):
             return earn_situation(session, occurred_at=occurred_at, **kw)
@@ -253,8 +290,11 @@ def lock_with_situation(session: Session, external_id: str, *, burn: bool, partn
         ids, lefts = row[-2] or [], row[-1] or []
         return holder, Situation(row.booked_id, row.closed_through, held=int(row.held),
                                  lots=list(zip(ids, lefts)))
+    offers = bonuses.Offers.parsed(row.campaigns, row.coupons)
     return holder, Situation(row.booked_id, row.closed_through, spendable=int(row.spendable),
-                             held=int(row.held), bonus_running=bool(row.bonus_running))
+                             held=int(row.held), bonus_running=bool(offers.campaigns
+                                                                    or offers.coupons),
+                             offers=offers)
 
 
 # --- 3. write -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from . import audit, bonus_terms
@@ -85,6 +85,9 @@ def activate(session: Session, coupon_id: str, external_id: str, *, channel: str
                                   channel=channel)
     session.add(activation)
     session.flush()
+    # A new version of the member's row: an earn that read its offers before this commit and
+    # waited for the member's lock then reads them again (claim_sql, "1 and 2 in one round trip").
+    session.execute(update(Member).where(Member.id == member.id).values(balance=Member.balance))
     return activation, True
 
 

@@ -263,7 +263,7 @@ def book_earn(session: Session, *, partner_id: str, claim_id: str, member_id: st
         award = bonuses.for_earn(session, member_pk=holder.id, partner_id=partner_id,
                                  points=points, occurred_at=occurred_at, now=now,
                                  tz=rules.timezone, tier_rules=rules.tiers,
-                                 running=known.bonus_running)
+                                 running=known.bonus_running, offers=known.offers)
     else:  # bonuses and tier multipliers are for purchases only
         award = bonuses.Award()
     referral = referrer and activities.referral_due(session, holder.id, referrer)

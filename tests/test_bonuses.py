@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select
@@ -349,3 +351,88 @@ def test_a_coupon_activation_racing_an_earn_gives_the_bonus_once_or_not_at_all(a
             assert (used is not None) == (bonus_lots == 1)
     with app.app_context():
         assert verify(db.session)["ok"]
+
+
+@postgres_only
+def test_the_lock_statement_reads_the_offers_that_bonuses_would_read_itself(app, coalition, acme,
+                                                                            bolt):
+    """On PostgreSQL an earn's lock statement also reads the running campaigns and coupons
+    (claim_sql); the ORM reading (SQLite, batches, a member changed while waiting) must agree."""
+    from coalition import bonuses, claim_sql
+    campaign(coalition, "double", "--partners", "acme", value="1.5")
+    campaign(coalition, "five", kind="fixed", value="5", funder="coalition", starts="2026-02-01")
+    campaign(coalition, "over", ends="2026-03-01")  # ended: not offered
+    for coupon_id, partner in (("used", "acme"), ("fresh", "acme"), ("late", "acme"),
+                               ("never", "acme"), ("elsewhere", "bolt")):
+        code, out = cli(coalition, "coupons", "add", coupon_id, "--partner", partner, "--name",
+                        coupon_id, "--kind", "multiplier" if coupon_id == "fresh" else "fixed",
+                        "--value", "1.25" if coupon_id == "fresh" else "7",
+                        "--from", "2026-01-01", "--until", "2099-12-31")
+        assert code == 0, out
+    for coupon_id in ("used", "fresh", "elsewhere"):
+        assert acme.client.activate_coupon("M1", coupon_id).status == 201
+    earn(acme, "spends-used", 10)  # uses 'used' (and 'fresh')
+    assert bolt.client.activate_coupon("M1", "late").status == 201
+    with app.app_context():
+        session = db.session
+        now = datetime.now(UTC)
+        occurred = now - timedelta(minutes=1)
+        member = find(session, "M1")
+        late = session.scalars(select(CouponActivation).where(
+            CouponActivation.coupon_id == "late")).one()
+        late.activated_at = occurred + timedelta(minutes=5, seconds=1)  # past the skew
+        session.commit()
+        holder, known = claim_sql.lock_with_situation(
+            session, "M1", burn=False, partner_id="acme", claim_id="new", now=now,
+            occurred_at=occurred)
+        assert holder.id == member.id and known.offers is not None
+        read = bonuses._offers(session, member.id, "acme", occurred)
+        session.rollback()
+    assert known.offers == read
+    assert [(c.id, c.factor, c.bonus_points) for c in read.campaigns] == [
+        ("double", Decimal("1.5"), None), ("five", None, 5)]
+    assert [(c.id, c.factor, c.activation_id is not None, c.in_time, c.used)
+            for c in read.coupons] == [
+        ("fresh", Decimal("1.25"), True, True, True), ("late", None, True, False, False),
+        ("never", None, False, False, False), ("used", None, True, True, True)]
+
+
+@postgres_only
+def test_an_earn_waiting_for_the_member_sees_the_activation_committed_meanwhile(app, coalition,
+                                                                              acme):
+    """The earn's lock statement reads the coupons in a snapshot taken before it waits for the
+    member's row: an activation committed while it waits must still count (activating makes a
+    new version of the member's row, so the earn reads its offers again)."""
+    rules = app.config["LEDGER_RULES"]
+    with app.app_context():
+        coupons.publish(db.session, "waited", partner_id="acme", name="Waited", kind="fixed",
+                        value="9", starts="2026-01-01", ends="2099-12-31", funder="acme",
+                        issuers={"acme", "bolt", "coalition"}, published_by="operator",
+                        now=datetime.now(UTC) - timedelta(minutes=1), tz=TZ)
+        db.session.commit()
+    purchase = datetime.now(UTC) + timedelta(seconds=2)
+    activating, earning = threading.Event(), threading.Event()
+    result = {}
+
+    def book():
+        with app.app_context():
+            activating.wait()
+            earning.set()
+            booked = ledger.book_earn(db.session, partner_id="acme", claim_id="waits",
+                                      member_id="M1", points=10, occurred_at=purchase,
+                                      now=datetime.now(UTC), rules=rules)
+            db.session.commit()
+            result["award"] = booked.award
+
+    thread = threading.Thread(target=book)
+    thread.start()
+    with app.app_context():
+        coupons.activate(db.session, "waited", "M1", channel="partner:acme",
+                         now=datetime.now(UTC))  # holds the member's row from here
+        activating.set()
+        earning.wait()
+        time.sleep(0.5)  # the earn has taken its snapshot and waits for the row
+        assert thread.is_alive()
+        db.session.commit()
+    thread.join(10)
+    assert result["award"].points == 9 and result["award"].not_activated == []
