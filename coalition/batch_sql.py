@@ -56,8 +56,10 @@ def reversal_targets(session: Session, partner_id: str, claim_ids: list[str]) ->
 
 def lock(session: Session, cards: list[str], pks: list[int]) -> list[Holder]:
     """Lock the members' rows in one order, by id: two batches that share members take their
-    locks in the same order and never wait for each other in a cycle. (A single claim holds
-    one member: it cannot close a cycle either.)"""
+    locks in the same order and never wait for each other in a cycle. `pks` names the referrers
+    of referred members whose first purchase the batch may book (coalition/activities.py). (A
+    single claim holds one member, or a referrer and then the member, whose id is higher: in
+    ascending order too, so it cannot close a cycle either.)"""
     if not cards and not pks:
         return []
     statement = (select(*HOLDER).where(or_(Member.external_id.in_(cards), Member.id.in_(pks)))
