@@ -41,7 +41,7 @@ def face(name: str, url_prefix: str, title: str) -> Blueprint:
     @bp.errorhandler(Problem)
     def problem(exc: Problem):
         return render_template("web/error.html", title=i18n.gettext("Something went wrong"),
-                               message=exc.detail), exc.status
+                               message=i18n.gettext(exc.detail)), exc.status
 
     return bp
 
@@ -81,7 +81,7 @@ def set_password_page(kind: str, name_field: str, name_label: str):
                 auth.set_password(kind, name, code, password)
             except Problem as problem:
                 db.session.rollback()
-                error = problem.detail
+                error = i18n.gettext(problem.detail)
             else:
                 flash(i18n.gettext("Your password is set. Please sign in."), "ok")
                 return redirect(url_for(".sign_in"))

@@ -55,6 +55,10 @@ GERMAN = {
         "Zu viele Fehlversuche. Versuchen Sie es nach {time} Uhr erneut.",
     "The two passwords differ.": "Die beiden Passwörter stimmen nicht überein.",
     "Please fill in every field.": "Bitte füllen Sie alle Felder aus.",
+    # the domain's answers a page shows as they are (coalition/credentials.py)
+    "The code is wrong, was used already, or has expired; ask an operator for a new one.":
+        "Der Code ist falsch, wurde schon verwendet oder ist abgelaufen; bitten Sie um einen neuen.",
+    "A password is 10 to 256 characters long.": "Ein Passwort ist 10 bis 256 Zeichen lang.",
     "Your password is set. Please sign in.": "Ihr Passwort ist festgelegt. Bitte melden Sie sich an.",
     "You are signed out.": "Sie sind abgemeldet.",
     "Please sign in.": "Bitte melden Sie sich an.",
@@ -212,15 +216,15 @@ def percent(value: Decimal | float) -> str:
     return numbers.format_percent(value, locale=locale())
 
 
-def day(value: date | datetime | None, form: str = "medium") -> str:
+def day(value: date | datetime | str | None, form: str = "medium") -> str:
     if value is None:
         return ""
-    if isinstance(value, datetime):
+    if isinstance(value, (datetime, str)):
         value = _local(value).date()
     return dates.format_date(value, format=form, locale=locale())
 
 
-def moment(value: datetime | None) -> str:
+def moment(value: datetime | str | None) -> str:
     """A date and time in the coalition's time zone."""
     if value is None:
         return ""
