@@ -9,6 +9,7 @@ def init_app(app: Flask, api) -> None:
     from .cli import campaigns_cli, coupons_cli, partners_cli, segments_cli
     from .demo import demo_cli
     from . import listings  # noqa: F401  (adds GET /v1/claims to the partner blueprint)
+    from . import bonus_api  # noqa: F401  (adds /v1/campaigns and /v1/coupons to it)
     from .harvest import erase_lookups, lookups_of
     from .views import blp
 

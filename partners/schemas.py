@@ -1,9 +1,14 @@
 """Request and response schemas of the partner API. Strict: unknown fields are errors."""
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, validate
+import re
+from datetime import datetime
 
-from coalition import activities
+from flask import current_app, has_app_context
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from coalition import activities, bonus_terms
+from coalition.api import path_parameter
 from coalition.batch import MAX_ITEMS, Item
 from coalition.expiry_notices import MAX_WINDOW_DAYS, NOTICE_DAYS
 from coalition.holds import DEFAULT_LIFETIME_S, MAX_LIFETIME_S
@@ -12,7 +17,7 @@ from coalition.pins import PIN_PATTERN, valid_pin
 from coalition.problems import Problem, validation_problem
 from coalition.schemas import (MAX_CURSOR, PERIOD_PATTERN, Cursor, Period,  # noqa: F401
                                QueryInteger, StrictSchema, cursor_of)
-from coalition.vocabulary import BATCH_KINDS, CLAIM_KINDS, ENROLMENT, EntryKind
+from coalition.vocabulary import BATCH_KINDS, CLAIM_KINDS, ENROLMENT, ID_PATTERN, MAX_POINTS, EntryKind
 
 
 class Pin(fields.String):
@@ -448,3 +453,183 @@ class ClaimListSchema(Schema):
                        "reversed_points and reversals_total, but without the `reversals` list."})
     next_cursor = fields.String(required=True, allow_none=True, metadata={
         "description": "Pass as `cursor` for the next page; null on the last page."})
+
+
+# --- campaigns and coupons over the API (partners/bonus_api.py) -----------------------------
+
+path_parameter("campaign_id", ID_PATTERN, "A campaign's id, as it was added.")
+
+# A window's bound: a date (the start of that day; for `ends` the end of it) or a date-time to
+# the minute or second, in the coalition's time zone unless it carries an offset. The pattern is
+# only the shape: coalition/bonus_terms.py reads the value, in the coalition's time zone.
+WHEN_PATTERN = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+                r"([Tt][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?([Zz]|[+-][0-9]{2}:[0-9]{2})?)?$")
+_WHEN = re.compile(WHEN_PATTERN, re.ASCII)
+MAX_LISTED_PARTIES = 1000
+_KINDS_OF_BONUS = [bonus_terms.MULTIPLIER, bonus_terms.FIXED]
+_VALUE_ERRORS = {
+    bonus_terms.MULTIPLIER: f"A multiplier's value is a decimal above 1 and at most "
+                            f"{bonus_terms.MAX_FACTOR}, with at most 4 places, as a string "
+                            "(\"2\": double points).",
+    bonus_terms.FIXED: f"A fixed bonus's value is 1 to {MAX_POINTS} points, as a string of "
+                       "digits (\"50\").",
+}
+
+
+class When(fields.String):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(validate=validate.Regexp(WHEN_PATTERN), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not _WHEN.fullmatch(value):
+            raise ValidationError("Must be a date (YYYY-MM-DD) or a date-time "
+                                  "(YYYY-MM-DDTHH:MM[:SS], coalition time unless an offset is "
+                                  "given).")
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError("Not a valid date or date-time.") from None
+        return value
+
+
+class _BonusTermsSchema(StrictSchema):
+    """What campaigns and coupons share: terms fixed once added."""
+    id = Identifier(required=True, metadata={"description": "Your id for it, unique: sending "
+                                                            "an id used before is refused."})
+    name = Text(required=True, validate=validate.Length(1, 200))
+    kind = fields.String(required=True, validate=validate.OneOf(_KINDS_OF_BONUS), metadata={
+        "description": "multiplier: the earn's points times `value` in all; fixed: `value` "
+                       "bonus points per qualifying earn."})
+    value = fields.String(required=True, validate=validate.Length(1, 20), metadata={
+        "description": "multiplier: the factor, a decimal above 1 and at most "
+                       f"{bonus_terms.MAX_FACTOR} with at most 4 places (\"2\": double "
+                       f"points); fixed: 1 to {MAX_POINTS} points. A string, so that a factor "
+                       "is never a binary float."})
+    starts = When(required=True, metadata={
+        "description": "A date (from the start of that day) or a date-time, coalition time "
+                       "unless it has an offset. Not in a closed month."})
+    ends = When(required=True, metadata={
+        "description": "A date (through the end of that day) or a date-time (exclusive), "
+                       "coalition time unless it has an offset. After `starts`."})
+
+    @validates_schema
+    def _value_and_window(self, data, **kwargs):
+        try:
+            bonus_terms.parse_value(data["kind"], data["value"])
+        except Problem:
+            raise ValidationError(_VALUE_ERRORS[data["kind"]], "value") from None
+        # A request's window is read in the coalition's time zone; a body loaded outside one
+        # (a schema's example, on its own) in UTC: either way, the same bounds in both.
+        tz = current_app.config["COALITION_TIMEZONE"] if has_app_context() else "UTC"
+        starts = bonus_terms.parse_instant(data["starts"], tz, "starts")
+        ends = bonus_terms.parse_instant(data["ends"], tz, "ends", end=True)
+        if ends <= starts:
+            raise ValidationError("The window is empty: ends must lie after starts.", "ends")
+
+
+class CampaignCreateSchema(_BonusTermsSchema):
+    EXAMPLE = {"id": "double-weekend", "name": "Double points weekend", "kind": "multiplier",
+               "value": "2", "starts": "2026-05-09", "ends": "2026-05-10",
+               "funder": "example-shop", "partners": ["example-shop"], "cap_per_member": 500}
+    funder = Identifier(required=True, metadata={
+        "description": "Who pays for the bonus: a registered partner, or the operator."})
+    partners = fields.List(Identifier(), validate=validate.Length(1, MAX_LISTED_PARTIES),
+                           allow_none=True, metadata={
+        "description": "Whose earns qualify (registered partners); absent or null: every "
+                       "partner's."})
+    tiers = fields.List(Identifier(), validate=validate.Length(1, MAX_LISTED_PARTIES),
+                        allow_none=True, metadata={
+        "description": "Tier names whose members qualify; absent or null: every member."})
+    segment = Identifier(allow_none=True, metadata={
+        "description": "A segment's id: only its members qualify, and only with their "
+                       "marketing consent."})
+    cap_per_member = Points(allow_none=True, metadata={
+        "description": "Bonus points per member, at most."})
+    cap_total = Points(allow_none=True, metadata={"description": "Bonus points in all, at most."})
+
+
+class CouponCreateSchema(_BonusTermsSchema):
+    EXAMPLE = {"id": "spring-50", "name": "50 extra points", "kind": "fixed", "value": "50",
+               "starts": "2026-05-01", "ends": "2026-05-31"}
+    partner_id = Identifier(metadata={
+        "description": "Whose earns qualify. A partner publishes for itself (absent, or its own "
+                       "id); the operator names the partner."})
+    funder = Identifier(metadata={
+        "description": "Who pays for the bonus: by default the coupon's partner. A partner "
+                       "publishing may name only itself; the operator any partner, or itself."})
+
+
+class WindowQuerySchema(StrictSchema):
+    active_at = Rfc3339(metadata={"description": "Only those whose window holds this instant."})
+    active = fields.String(validate=validate.OneOf(["true", "false"]), metadata={
+        "description": "true: only those running now (not with active_at)."})
+
+    @validates_schema
+    def _one_filter(self, data, **kwargs):
+        if "active_at" in data and "active" in data:
+            raise ValidationError("Give active or active_at, not both.", "active")
+
+
+def _instant(description: str = "", **kwargs):
+    """A time in an answer: RFC 3339, UTC."""
+    return fields.String(metadata={"format": "date-time", "description": description}, **kwargs)
+
+
+class CampaignViewSchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(_KINDS_OF_BONUS))
+    factor = fields.String(required=True, allow_none=True, metadata={
+        "description": "multiplier: the earn's points times this in all (\"2\": double)."})
+    bonus_points = fields.Integer(required=True, allow_none=True, metadata={
+        "description": "fixed: the bonus points per qualifying earn."})
+    starts_at = _instant("The window's first instant.", required=True)
+    ends_at = _instant("The window's end (exclusive); once ended early, when it ended.",
+                       required=True)
+    partners = fields.List(fields.String(), required=True, allow_none=True, metadata={
+        "description": "Whose earns qualify; null: every partner's."})
+    tiers = fields.List(fields.String(), required=True, allow_none=True, metadata={
+        "description": "Tiers whose members qualify; null: every member."})
+    segment = fields.String(required=True, allow_none=True)
+    funder = fields.String(required=True, metadata={"description": "Who pays for the bonus."})
+    cap_per_member = fields.Integer(required=True, allow_none=True)
+    cap_total = fields.Integer(required=True, allow_none=True)
+    created_at = _instant(required=True)
+    ended_at = _instant("When it was ended early; null: it runs its whole window.",
+                        required=True, allow_none=True)
+    changed = fields.Boolean(metadata={
+        "description": "Only in the answer of an end: whether this request ended it (false: "
+                       "it had ended already)."})
+
+
+class CampaignListSchema(Schema):
+    campaigns = fields.List(fields.Nested(CampaignViewSchema), required=True, metadata={
+        "description": "By start, then id."})
+
+
+class CouponViewSchema(Schema):
+    id = fields.String(required=True)
+    partner_id = fields.String(required=True, metadata={"description": "Earns here qualify."})
+    name = fields.String(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(_KINDS_OF_BONUS))
+    factor = fields.String(required=True, allow_none=True, metadata={
+        "description": "multiplier: the earn's points times this in all (\"2\": double)."})
+    bonus_points = fields.Integer(required=True, allow_none=True, metadata={
+        "description": "fixed: the bonus points."})
+    starts_at = _instant("The window's first instant.", required=True)
+    ends_at = _instant("The window's end (exclusive); once ended early, when it ended.",
+                       required=True)
+    funder = fields.String(required=True, metadata={"description": "Who pays for the bonus."})
+    published_by = fields.String(required=True, metadata={
+        "description": "The partner that published it, or operator."})
+    created_at = _instant(required=True)
+    ended_at = _instant("When it was ended early; null: it runs its whole window.",
+                        required=True, allow_none=True)
+    changed = fields.Boolean(metadata={
+        "description": "Only in the answer of an end: whether this request ended it (false: "
+                       "it had ended already)."})
+
+
+class CouponListSchema(Schema):
+    coupons = fields.List(fields.Nested(CouponViewSchema), required=True, metadata={
+        "description": "By start, then id."})

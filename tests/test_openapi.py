@@ -39,6 +39,18 @@ OPERATIONS = {
         "malformed-request", "invalid-token", "validation-error", "not-found", "claim-id-conflict",
         "reversal-exceeds-claim", "payload-too-large", "unsupported-media-type"},
     ("/v1/claims/{claim_id}", "get"): {"invalid-token", "not-found"},
+    # Campaigns and coupons (partners/bonus_api.py): the operator's writes are `forbidden` to
+    # every other partner; what a partner may not read is `not-found`.
+    ("/v1/campaigns", "post"): {"malformed-request", "invalid-token", "validation-error",
+                                "forbidden", "payload-too-large", "unsupported-media-type"},
+    ("/v1/campaigns", "get"): {"invalid-token", "validation-error"},
+    ("/v1/campaigns/{campaign_id}", "get"): {"invalid-token", "not-found"},
+    ("/v1/campaigns/{campaign_id}/end", "post"): {"invalid-token", "forbidden", "not-found"},
+    ("/v1/coupons", "post"): {"malformed-request", "invalid-token", "validation-error",
+                              "forbidden", "payload-too-large", "unsupported-media-type"},
+    ("/v1/coupons", "get"): {"invalid-token", "validation-error"},
+    ("/v1/coupons/{coupon_id}", "get"): {"invalid-token", "not-found"},
+    ("/v1/coupons/{coupon_id}/end", "post"): {"invalid-token", "forbidden", "not-found"},
 }
 
 REQUEST_BODIES = {  # POST path -> (required fields, all fields)
@@ -50,10 +62,19 @@ REQUEST_BODIES = {  # POST path -> (required fields, all fields)
                  {"claim_id", "member_id", "points", "occurred_at", "description", "member_pin"}),
     "/v1/claims/{claim_id}/reversals": ({"reversal_id", "points", "occurred_at"},
                                         {"reversal_id", "points", "occurred_at"}),
+    "/v1/campaigns": ({"id", "name", "kind", "value", "starts", "ends", "funder"},
+                      {"id", "name", "kind", "value", "starts", "ends", "funder", "partners",
+                       "tiers", "segment", "cap_per_member", "cap_total"}),
+    "/v1/coupons": ({"id", "name", "kind", "value", "starts", "ends"},
+                    {"id", "name", "kind", "value", "starts", "ends", "partner_id", "funder"}),
 }
 
 CLAIM_FIELDS = {"claim_id", "kind", "member_id", "partner_id", "points", "occurred_at",
                 "recorded_at", "period", "status", "reversed_points", "balance_after"}
+_BONUS_FIELDS = {"id", "name", "kind", "factor", "bonus_points", "starts_at", "ends_at", "funder",
+                 "created_at", "ended_at"}
+CAMPAIGN_FIELDS = _BONUS_FIELDS | {"partners", "tiers", "segment", "cap_per_member", "cap_total"}
+COUPON_FIELDS = _BONUS_FIELDS | {"partner_id", "published_by"}
 SUCCESS = {  # (path, method) -> {status: fields the contract promises}
     ("/v1/members", "post"): {"201": {"member_id"}, "200": {"member_id"}},
     ("/v1/members/{member_id}/balance", "get"): {
@@ -64,6 +85,14 @@ SUCCESS = {  # (path, method) -> {status: fields the contract promises}
     ("/v1/burn", "post"): {"201": CLAIM_FIELDS},
     ("/v1/claims/{claim_id}/reversals", "post"): {"201": CLAIM_FIELDS},
     ("/v1/claims/{claim_id}", "get"): {"200": CLAIM_FIELDS},
+    ("/v1/campaigns", "post"): {"201": CAMPAIGN_FIELDS},
+    ("/v1/campaigns", "get"): {"200": {"campaigns"}},
+    ("/v1/campaigns/{campaign_id}", "get"): {"200": CAMPAIGN_FIELDS},
+    ("/v1/campaigns/{campaign_id}/end", "post"): {"200": CAMPAIGN_FIELDS},
+    ("/v1/coupons", "post"): {"201": COUPON_FIELDS},
+    ("/v1/coupons", "get"): {"200": {"coupons"}},
+    ("/v1/coupons/{coupon_id}", "get"): {"200": COUPON_FIELDS},
+    ("/v1/coupons/{coupon_id}/end", "post"): {"200": COUPON_FIELDS},
 }
 
 
@@ -444,7 +473,7 @@ def test_answers_carry_the_headers_documented_for_them(app, spec):
 def test_every_path_parameter_has_the_pattern_the_app_enforces(spec):
     from partners.schemas import PERIOD_PATTERN
     expected = {"member_id": ID_PATTERN, "claim_id": ID_PATTERN, "hold_id": ID_PATTERN,
-                "coupon_id": ID_PATTERN,
+                "coupon_id": ID_PATTERN, "campaign_id": ID_PATTERN,
                 "period": PERIOD_PATTERN}
     seen = set()
     for path, item in spec["paths"].items():
@@ -483,9 +512,10 @@ def test_every_request_body_has_an_example_valid_against_its_schema(spec):
                                             format_checker=oas30_format_checker)
             validator.validate(media["example"])
             if isinstance(media["example"], dict):  # the validator does refuse: an unknown field
-                assert not validator.is_valid({**media["example"], "partner_id": "x"})
+                assert not validator.is_valid({**media["example"], "colour": "x"})
             checked += 1
-    assert checked == 11  # 9 JSON bodies, and the reconciliation upload as JSON and as CSV
+    # 11 JSON bodies, and the reconciliation upload as JSON and as CSV
+    assert checked == 13
 
 
 def test_request_examples_are_those_of_the_partner_guide_and_load(spec):
@@ -500,7 +530,7 @@ def test_request_examples_are_those_of_the_partner_guide_and_load(spec):
         assert text in guide, text
     # A schema with an example of its own (a batch's reversal item inherits the reversal's).
     with_examples = [cls for cls in all_subclasses(StrictSchema) if "EXAMPLE" in vars(cls)]
-    assert len(with_examples) == 10
+    assert len(with_examples) == 12
     for cls in with_examples:
         cls().load(cls.EXAMPLE)
         assert cls.EXAMPLE in examples, cls
