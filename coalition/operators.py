@@ -41,9 +41,10 @@ def add(session: Session, name: str, role: str, *, now: datetime, actor: str) ->
     _check(name, role)
     insert = sqlite_insert if is_sqlite(session) else postgresql_insert
     # ON CONFLICT DO NOTHING: the same name added twice at once is refused, not an error.
-    added = session.execute(insert(Operator).values(name=name, role=role, created_at=now)
-                            .on_conflict_do_nothing(index_elements=[Operator.name])).rowcount
-    if not added:
+    added = session.scalar(insert(Operator).values(name=name, role=role, created_at=now)
+                           .on_conflict_do_nothing(index_elements=[Operator.name])
+                           .returning(Operator.name))
+    if added is None:
         raise Problem("validation-error", f"Operator {name!r} exists already.")
     audit.record(session, actor=actor, action="operator.add", subject=credentials.operator_key(name),
                  before=None, after={"role": role}, now=now)
