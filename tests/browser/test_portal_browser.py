@@ -1,0 +1,247 @@
+"""The member portal in a real browser: Debian's Chromium (/usr/bin/chromium, from apt) driven by
+Playwright, against the app served on a free port in a thread, over the test database (SQLite,
+or PostgreSQL with DATABASE_URL). Flows: a member signs in, reads the balance and history the
+partner API booked, activates a coupon, switches consent and downloads the export; five wrong
+passwords lock the sign-in out; a form without its token is refused; German and English pages
+render with their number formats; axe-core (shipped in axe-playwright-python) finds no serious
+or critical violation on any page, at desktop and phone width. Every page is saved as a
+screenshot under tests/browser/screenshots/ (git-ignored).
+
+Skipped, saying why, when Chromium or Playwright is missing: `apt-get install -y chromium` and
+`pip install -r requirements-dev.txt`. No browser is ever downloaded."""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from coalition import limits
+from tests.browser.support import PASSWORD, add_operator, give_password
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parent / "screenshots"
+PHONE = {"width": 390, "height": 844}
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install -y chromium)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright "
+                               "(pip install -r requirements-dev.txt)")
+axe_api = pytest.importorskip("axe_playwright_python.sync_playwright",
+                              reason="browser tests need axe-playwright-python")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM,
+                                              args=["--no-sandbox", "--disable-gpu"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def live(app):
+    """The app on 127.0.0.1 and a free port, served by a thread for this test."""
+    app.extensions[limits.EXTENSION].limiter.enabled = False  # one address makes every request
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def page(browser, live):
+    context = browser.new_context(base_url=live, viewport={"width": 1280, "height": 900},
+                                  accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    yield page
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def accessible(page, name: str) -> None:
+    """No serious or critical axe-core violation on the page as it is now."""
+    results = axe_api.Axe().run(page)
+    bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+           for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
+    assert not bad, f"{name}: {bad}"
+
+
+def look(page, name: str, *, phone: bool = True) -> None:
+    """Screenshot and check the page at desktop width, then at phone width."""
+    shot(page, name)
+    accessible(page, name)
+    if phone:
+        size = page.viewport_size
+        page.set_viewport_size(PHONE)
+        shot(page, f"{name}-phone")
+        accessible(page, f"{name}-phone")
+        page.set_viewport_size(size)
+
+
+def member_signs_in(page, card: str, password: str = PASSWORD) -> None:
+    page.goto("/portal/sign-in")
+    page.get_by_label("Mitgliedsnummer").fill(card)
+    page.get_by_label("Passwort", exact=True).fill(password)
+    page.get_by_role("button", name="Anmelden").click()
+
+
+@pytest.fixture
+def booked(app, acme, bolt, runner):
+    """A member with a password, and what partners booked for it through the API."""
+    assert acme.client.enrol("M-1").status == 201
+    give_password(app, "member", "M-1")
+    result = runner.invoke(args=["coupons", "add", "coffee", "--partner", "acme", "--name",
+                                 "Kaffee-Bonus", "--kind", "fixed", "--value", "50", "--from",
+                                 "2026-01-01", "--until", "2099-12-31"])
+    assert result.exit_code == 0, result.output
+    assert acme.client.earn("e-1", "M-1", 1200).status == 201
+    assert bolt.client.earn("e-2", "M-1", 300).status == 201
+    assert bolt.client.burn("b-1", "M-1", 266).status == 201
+    assert acme.client.reverse("e-1", "r-1", 100).status == 201
+    assert acme.client.set_consent("M-1", True, "email").status == 200
+    assert acme.client.balance("M-1").json()["available"] == 1134
+    return "M-1"
+
+
+def test_a_member_reads_the_balance_and_history_activates_a_coupon_and_downloads_the_export(
+        page, booked, tmp_path):
+    page.goto("/portal/sign-in")
+    look(page, "sign-in-de")
+    page.goto("/portal/set-password")
+    look(page, "set-password-de", phone=False)
+    member_signs_in(page, booked)
+    assert page.url.endswith("/portal/")
+    assert page.locator("[data-figure=available]").inner_text() == "1.134\u00a0Punkte"
+    assert page.locator("html").get_attribute("lang") == "de"
+    look(page, "balance-de")
+
+    page.get_by_role("link", name="Verlauf").click()
+    table = page.locator("table.history")
+    assert table.locator("tr", has_text="e-1").first.locator("td").nth(1).inner_text() == "Acme"
+    assert "1.200" in table.locator("#claim-acme-e-1").inner_text()
+    assert "Storniert e-1" in table.locator("#claim-acme-r-1").inner_text()
+    assert "Bolt" in table.locator("#claim-bolt-b-1").inner_text()
+    look(page, "history-de")
+    page.get_by_label("Art", exact=True).select_option("burn")
+    page.get_by_role("button", name="Filtern").click()
+    assert page.locator("table.history tbody tr").count() == 1
+    page.goto("/portal/history")
+    page.locator("#claim-acme-r-1").get_by_role("link", name="Storniert e-1").click()
+    assert page.locator("table.history tbody tr").count() == 2
+
+    page.get_by_role("link", name="Angebote").click()
+    coupon = page.locator("#coupon-coffee")
+    assert "50 Extrapunkte bei Acme" in coupon.inner_text()
+    look(page, "offers-de")
+    coupon.get_by_role("button", name="Aktivieren").click()
+    assert "Coupon Kaffee-Bonus ist aktiviert." in page.locator(".flash.ok").inner_text()
+    assert page.locator("#coupon-coffee .badge.on").inner_text() == "Aktiviert"
+    shot(page, "offers-activated-de")
+
+    page.get_by_role("link", name="Einwilligung und Daten").click()
+    assert page.get_by_label("Ich möchte Werbeangebote erhalten").is_checked()
+    look(page, "consent-de")
+    page.get_by_label("Ich möchte Werbeangebote erhalten").uncheck()
+    page.get_by_role("button", name="Speichern").click()
+    assert page.locator("[data-consent]").get_attribute("data-consent") == "no"
+    assert "widerrufen" in page.locator("table").inner_text()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Meine Daten herunterladen").click()
+    target = tmp_path / "export.json"
+    download.value.save_as(target)
+    document = json.loads(target.read_text())
+    assert document["member"]["member_id"] == "M-1"
+    assert {c["claim_id"] for c in document["claims"]} == {"e-1", "e-2", "b-1", "r-1"}
+    assert [c["marketing"] for c in document["consents"]] == [True, False]
+
+    # English: the switch in the header, kept for the next pages
+    page.get_by_role("link", name="English").click()
+    assert page.locator("html").get_attribute("lang") == "en"
+    look(page, "consent-en", phone=False)
+    page.get_by_role("link", name="Balance").click()
+    assert page.locator("[data-figure=available]").inner_text() == "1,134\u00a0points"
+    look(page, "balance-en")
+    page.get_by_role("link", name="History").click()
+    assert "1,200" in page.locator("#claim-acme-e-1").inner_text()
+    look(page, "history-en", phone=False)
+    page.get_by_role("link", name="Offers").click()
+    assert page.locator("#coupon-coffee .badge.on").inner_text() == "Activated"
+    look(page, "offers-en", phone=False)
+    page.get_by_role("button", name="Sign out").click()
+    assert "You are signed out." in page.locator(".flash.ok").inner_text()
+    look(page, "sign-in-en", phone=False)
+    page.goto("/portal/")
+    assert "/portal/sign-in" in page.url
+
+
+def test_five_wrong_passwords_lock_the_sign_in_out(page, booked):
+    for attempt in range(5):
+        member_signs_in(page, booked, "not the password")
+    message = page.locator(".flash.error").inner_text()
+    assert re.fullmatch(r"Zu viele Fehlversuche\. Versuchen Sie es nach \d\d:\d\d Uhr erneut\.",
+                        message), message
+    shot(page, "sign-in-locked-de")
+    member_signs_in(page, booked)  # the right password, but locked now
+    assert "/portal/sign-in" in page.url and "Fehlversuche" in page.locator(".flash").inner_text()
+
+
+def test_a_form_without_its_token_is_refused(page, booked):
+    page.goto("/portal/sign-in")
+    # Playwright's evaluate runs outside the page's CSP: the page itself runs no script.
+    page.evaluate("document.querySelector('input[name=csrf_token]').remove()")
+    page.get_by_label("Mitgliedsnummer").fill(booked)
+    page.get_by_label("Passwort", exact=True).fill(PASSWORD)
+    with page.expect_response(lambda r: r.url.endswith("/portal/sign-in")
+                              and r.request.method == "POST") as answer:
+        page.get_by_role("button", name="Anmelden").click()
+    assert answer.value.status == 400
+    assert "Formular war abgelaufen" in page.locator(".flash.error").inner_text()
+    look(page, "csrf-refused-de", phone=False)
+    page.goto("/portal/")
+    assert "/portal/sign-in" in page.url  # not signed in
+
+
+def test_the_keyboard_reaches_every_control_of_the_sign_in(page, booked):
+    page.goto("/portal/sign-in")
+    reached = []
+    for _ in range(8):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
+    assert reached[0] == "Zum Inhalt springen"
+    assert reached.index("member_id") < reached.index("password") < reached.index("Anmelden")
+    page.goto("/portal/sign-in")  # again, by keyboard alone
+    for _ in range(10):
+        if page.evaluate("document.activeElement.id") == "member_id":
+            break
+        page.keyboard.press("Tab")
+    page.keyboard.type(booked)
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/portal/")
+    assert page.locator("h1").inner_text() == "Kontostand"
+
+
+def test_the_console_sign_in_and_home(page, app):
+    add_operator(app, "ann", "analyst")
+    page.goto("/console/sign-in")
+    look(page, "console-sign-in-de", phone=False)
+    page.get_by_label("Betreibername").fill("ann")
+    page.get_by_label("Passwort", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Anmelden").click()
+    assert "Rolle: Analyse" in page.locator("main").inner_text()
+    look(page, "console-home-de", phone=False)
