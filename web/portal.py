@@ -85,6 +85,7 @@ def history():
     kind = request.args.get("kind") if request.args.get("kind") in KINDS else None
     claim = request.args.get("claim") or None
     entries = member_history(db.session, _card())
+    kinds = {(e["partner_id"], e["claim_id"]): e["kind"] for e in entries}
     if partner:
         entries = [e for e in entries if e["partner_id"] == partner]
     if kind:
@@ -97,13 +98,23 @@ def history():
     bonus = _bonus_points(shown)
     names = {p.id: p.name for p in list_partners(db.session)}
     rows = [{**e, "partner_name": names.get(e["partner_id"], e["partner_id"]),
-             "bonus_points": bonus.get((e["partner_id"], e["claim_id"]), 0)} for e in shown]
+             "bonus_points": bonus.get((e["partner_id"], e["claim_id"]), 0),
+             "sign": _sign(e, kinds)} for e in shown]
     filters = {"partner": partner, "kind": kind, "claim": claim}
     return render_template("web/portal/history.html", title=i18n.gettext("History"), rows=rows,
                            partners=sorted(names.items(), key=lambda item: item[1].lower()),
                            kinds=KINDS, filters=filters, page=page, pages=pages,
                            page_url=lambda n: url_for(".history", page=n,
                                                       **{k: v for k, v in filters.items() if v}))
+
+
+def _sign(entry: dict, kinds: dict) -> str:
+    """How the entry moved the member's points: a reversal the other way of what it reverses."""
+    kind = entry["kind"]
+    if kind == EntryKind.REVERSAL:
+        kind = EntryKind.BURN if kinds.get((entry["partner_id"], entry["reverses"])) \
+            == EntryKind.EARN else EntryKind.EARN
+    return "+" if kind == EntryKind.EARN else "\u2212"
 
 
 def _bonus_points(shown: list[dict]) -> dict[tuple[str, str], int]:

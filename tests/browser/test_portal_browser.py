@@ -20,6 +20,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from coalition import limits
+from coalition.ledger import Rules
 from tests.browser.support import PASSWORD, add_operator, give_password
 
 CHROMIUM = "/usr/bin/chromium"
@@ -102,6 +103,8 @@ def member_signs_in(page, card: str, password: str = PASSWORD) -> None:
 @pytest.fixture
 def booked(app, acme, bolt, runner):
     """A member with a password, and what partners booked for it through the API."""
+    app.config["COALITION_TIERS"] = "Blue:0,Silver:1000,Gold:5000"
+    app.config["LEDGER_RULES"] = Rules.from_config(app.config)
     assert acme.client.enrol("M-1").status == 201
     give_password(app, "member", "M-1")
     result = runner.invoke(args=["coupons", "add", "coffee", "--partner", "acme", "--name",
@@ -127,6 +130,8 @@ def test_a_member_reads_the_balance_and_history_activates_a_coupon_and_downloads
     assert page.url.endswith("/portal/")
     assert page.locator("[data-figure=available]").inner_text() == "1.134\u00a0Punkte"
     assert page.locator("html").get_attribute("lang") == "de"
+    assert "Ihre Stufe: Silver" in page.locator("main").inner_text()
+    assert page.locator("progress").get_attribute("max") == "5000"
     look(page, "balance-de")
 
     page.get_by_role("link", name="Verlauf").click()
@@ -134,6 +139,8 @@ def test_a_member_reads_the_balance_and_history_activates_a_coupon_and_downloads
     assert table.locator("tr", has_text="e-1").first.locator("td").nth(1).inner_text() == "Acme"
     assert "1.200" in table.locator("#claim-acme-e-1").inner_text()
     assert "Storniert e-1" in table.locator("#claim-acme-r-1").inner_text()
+    assert "\u2212100" in table.locator("#claim-acme-r-1").inner_text()
+    assert "\u2212266" in table.locator("#claim-bolt-b-1").inner_text()
     assert "Bolt" in table.locator("#claim-bolt-b-1").inner_text()
     look(page, "history-de")
     page.get_by_label("Art", exact=True).select_option("burn")
