@@ -1,10 +1,12 @@
-"""Campaigns and coupons over the partner API: the operator's API is this API, called with a
+"""Campaigns, coupons and segments over the partner API: the operator's API is this API, called with a
 token of the operator-kind partner (partners add ... --kind operator, with a key of its own).
 
 - Campaigns: the operator adds and ends them; a partner reads those that concern it (it funds
   them, or its earns qualify: its id in `partners`, or `partners` null) and nothing else.
 - Coupons: a partner publishes coupons for its own earns, paid by itself, and reads and ends
   its own; the operator publishes for any partner, with any funder, and reads and ends all.
+- Segments (the groups of members campaigns may target): the operator's alone, read and
+  written; who is in one is the members' business, not a partner's.
 
 Registered on the partner API's blueprint (authenticated, rate limited, errors answered and
 transactions rolled back as on every partner route). Every write is audited as its command is,
@@ -21,7 +23,7 @@ from functools import wraps
 from flask import current_app, g
 from marshmallow import RAISE
 
-from coalition import campaigns, clock, coupons
+from coalition import campaigns, clock, coupons, segments
 from coalition.api import problems
 from coalition.database import db
 from coalition.errors import Problem
@@ -237,5 +239,44 @@ def end_coupon(coupon_id: str):
         raise Problem("forbidden", "Only the coupon's partner or the operator ends a coupon.")
     row, changed = coupons.end(db.session, found.id, now=_now(), actor=_actor())
     view = {**coupons.view(row), "changed": changed}
+    db.session.commit()
+    return view
+
+
+# --- segments (operator only: who is in one is the members' data) ----------------------------
+
+@blp.route("/segments", methods=["POST"])
+@operator_only
+@blp.doc(security=AUTH, summary="Define a segment (operator only): a group of members by one "
+         "of the documented rules; fixed from then on")
+@blp.arguments(schemas.SegmentCreateSchema)
+@blp.response(201, schemas.SegmentViewSchema, description="Defined")
+@problems(blp, *COMMON, *BODY, "forbidden")
+def add_segment(body: dict):
+    segment = segments.add(db.session, body.pop("id"), issuers=_issuers(), now=_now(),
+                           actor=_actor(), **body)
+    view = segments.view(segment)
+    db.session.commit()
+    return view, 201
+
+
+@blp.route("/segments", methods=["GET"])
+@operator_only
+@blp.doc(security=AUTH, summary="Every segment, by id (operator only)")
+@blp.response(200, schemas.SegmentListSchema, description="The segments (none: an empty list)")
+@problems(blp, *COMMON, "forbidden")
+def list_segments():
+    listed = [segments.view(s) for s in segments.listed(db.session)]
+    db.session.commit()
+    return {"segments": listed}
+
+
+@blp.route("/segments/<segment_id>", methods=["GET"])
+@operator_only
+@blp.doc(security=AUTH, summary="One segment (operator only)")
+@blp.response(200, schemas.SegmentViewSchema, description="The segment")
+@problems(blp, *COMMON, "forbidden", "not-found")
+def segment(segment_id: str):
+    view = segments.view(segments.get(db.session, _known(segment_id)))
     db.session.commit()
     return view

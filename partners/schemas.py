@@ -7,7 +7,7 @@ from datetime import datetime
 from flask import current_app, has_app_context
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from coalition import activities, bonus_terms
+from coalition import activities, bonus_terms, segments
 from coalition.api import path_parameter
 from coalition.batch import MAX_ITEMS, Item
 from coalition.expiry_notices import MAX_WINDOW_DAYS, NOTICE_DAYS
@@ -633,3 +633,49 @@ class CouponViewSchema(Schema):
 class CouponListSchema(Schema):
     coupons = fields.List(fields.Nested(CouponViewSchema), required=True, metadata={
         "description": "By start, then id."})
+
+
+# --- segments (the operator's groups of members) ---------------------------------------------
+
+path_parameter("segment_id", ID_PATTERN, "A segment's id, as it was added.")
+
+
+class SegmentCreateSchema(StrictSchema):
+    EXAMPLE = {"id": "shop-regulars", "name": "Active at example-shop in the last 90 days",
+               "rule": "active-at", "partner_id": "example-shop", "days": 90}
+    id = Identifier(required=True)
+    name = Text(required=True, validate=validate.Length(1, 200))
+    rule = fields.String(required=True, validate=validate.OneOf(segments.RULES), metadata={
+        "description": f"{segments.ACTIVE_AT}: an earn or burn at `partner_id` in the last "
+                       f"`days` days; {segments.EARNED_AT_LEAST}: at least `points` earned "
+                       f"(any partner) in the last `days` days; {segments.INACTIVE}: no earn "
+                       "or burn at all in the last `days` days."})
+    days = StrictInteger(required=True, validate=validate.Range(1, segments.MAX_DAYS), metadata={
+        "description": "The rule's look-back window, in days."})
+    partner_id = Identifier(metadata={"description": f"With {segments.ACTIVE_AT}, and only "
+                                                     "with it: the partner."})
+    points = Points()  # with earned-at-least, and only with it (see rule)
+
+    @validates_schema
+    def _rule_and_its_fields(self, data, **kwargs):
+        errors = {name: [f"Goes with the {rule} rule, and only with it."]
+                  for name, rule in (("partner_id", segments.ACTIVE_AT),
+                                     ("points", segments.EARNED_AT_LEAST))
+                  if (name in data) != (data["rule"] == rule)}
+        if errors:
+            raise ValidationError(errors)
+
+
+class SegmentViewSchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    rule = fields.String(required=True, validate=validate.OneOf(segments.RULES))
+    partner_id = fields.String(required=True, allow_none=True)
+    days = fields.Integer(required=True)
+    points = fields.Integer(required=True, allow_none=True)
+    created_at = _instant(required=True)
+
+
+class SegmentListSchema(Schema):
+    segments = fields.List(fields.Nested(SegmentViewSchema), required=True, metadata={
+        "description": "By id."})

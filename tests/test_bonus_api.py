@@ -352,3 +352,41 @@ def test_a_coupon_cannot_begin_in_a_closed_month(app, parties):
     refused = acme.request("POST", "/v1/coupons", coupon_body(starts="2027-02-27"))
     assert refused.status == 422 and "2027-02 is closed" in refused.json()["detail"]
     assert counts(app)[1] == 0
+
+
+# --- segments --------------------------------------------------------------------------------
+
+def test_the_operator_defines_segments_that_campaigns_target_and_partners_cannot_see(app,
+                                                                                    parties):
+    operator, acme, _ = parties
+    body = {"id": "acme-regulars", "name": "Active at acme", "rule": "active-at",
+            "partner_id": "acme", "days": 90}
+    added = operator.request("POST", "/v1/segments", body)
+    assert added.status == 201, added.body
+    assert {k: v for k, v in added.json().items() if k != "created_at"} == {
+        "id": "acme-regulars", "name": "Active at acme", "rule": "active-at",
+        "partner_id": "acme", "days": 90, "points": None}
+    assert operator.request("GET", "/v1/segments/acme-regulars").json() == added.json()
+    assert ids(operator.request("GET", "/v1/segments"), "segments") == ["acme-regulars"]
+    assert add_campaign(operator, segment="acme-regulars")["segment"] == "acme-regulars"
+    missing = operator.request("GET", "/v1/segments/ghost")
+    assert missing.status == 404 and slug(missing) == "not-found"
+
+    before = counts(app)
+    for method, path, sent in (("POST", "/v1/segments", {**body, "id": "mine"}),
+                               ("GET", "/v1/segments", None),
+                               ("GET", "/v1/segments/acme-regulars", None)):
+        refused = acme.request(method, path, sent)
+        assert refused.status == 403 and slug(refused) == "forbidden", path
+    for change, pointers in (({"rule": "inactive"}, ["/partner_id"]),
+                             ({"rule": "earned-at-least"}, ["/partner_id", "/points"]),
+                             ({"points": 5}, ["/points"]), ({"days": 0}, ["/days"]),
+                             ({"days": "90"}, ["/days"]), ({"rule": "rich"}, ["/rule"]),
+                             ({"partner_id": "ghost"}, None), ({}, None)):  # ({}: exists)
+        refused = operator.request("POST", "/v1/segments", {**body, **change})
+        assert refused.status == 422 and slug(refused) == "validation-error", change
+        if pointers:
+            assert sorted(e["pointer"] for e in refused.json()["errors"]) == pointers, change
+        assert "--" not in refused.json()["detail"]
+    assert counts(app) == before
+    assert audit_rows(app, "segment.add") == [("partner:coalition", "segment:acme-regulars")]

@@ -51,6 +51,10 @@ OPERATIONS = {
     ("/v1/coupons", "get"): {"invalid-token", "validation-error"},
     ("/v1/coupons/{coupon_id}", "get"): {"invalid-token", "not-found"},
     ("/v1/coupons/{coupon_id}/end", "post"): {"invalid-token", "forbidden", "not-found"},
+    ("/v1/segments", "post"): {"malformed-request", "invalid-token", "validation-error",
+                               "forbidden", "payload-too-large", "unsupported-media-type"},
+    ("/v1/segments", "get"): {"invalid-token", "forbidden"},
+    ("/v1/segments/{segment_id}", "get"): {"invalid-token", "forbidden", "not-found"},
 }
 
 REQUEST_BODIES = {  # POST path -> (required fields, all fields)
@@ -67,6 +71,8 @@ REQUEST_BODIES = {  # POST path -> (required fields, all fields)
                        "tiers", "segment", "cap_per_member", "cap_total"}),
     "/v1/coupons": ({"id", "name", "kind", "value", "starts", "ends"},
                     {"id", "name", "kind", "value", "starts", "ends", "partner_id", "funder"}),
+    "/v1/segments": ({"id", "name", "rule", "days"},
+                     {"id", "name", "rule", "days", "partner_id", "points"}),
 }
 
 CLAIM_FIELDS = {"claim_id", "kind", "member_id", "partner_id", "points", "occurred_at",
@@ -75,6 +81,7 @@ _BONUS_FIELDS = {"id", "name", "kind", "factor", "bonus_points", "starts_at", "e
                  "created_at", "ended_at"}
 CAMPAIGN_FIELDS = _BONUS_FIELDS | {"partners", "tiers", "segment", "cap_per_member", "cap_total"}
 COUPON_FIELDS = _BONUS_FIELDS | {"partner_id", "published_by"}
+SEGMENT_FIELDS = {"id", "name", "rule", "partner_id", "days", "points", "created_at"}
 SUCCESS = {  # (path, method) -> {status: fields the contract promises}
     ("/v1/members", "post"): {"201": {"member_id"}, "200": {"member_id"}},
     ("/v1/members/{member_id}/balance", "get"): {
@@ -93,6 +100,9 @@ SUCCESS = {  # (path, method) -> {status: fields the contract promises}
     ("/v1/coupons", "get"): {"200": {"coupons"}},
     ("/v1/coupons/{coupon_id}", "get"): {"200": COUPON_FIELDS},
     ("/v1/coupons/{coupon_id}/end", "post"): {"200": COUPON_FIELDS},
+    ("/v1/segments", "post"): {"201": SEGMENT_FIELDS},
+    ("/v1/segments", "get"): {"200": {"segments"}},
+    ("/v1/segments/{segment_id}", "get"): {"200": SEGMENT_FIELDS},
 }
 
 
@@ -473,7 +483,7 @@ def test_answers_carry_the_headers_documented_for_them(app, spec):
 def test_every_path_parameter_has_the_pattern_the_app_enforces(spec):
     from partners.schemas import PERIOD_PATTERN
     expected = {"member_id": ID_PATTERN, "claim_id": ID_PATTERN, "hold_id": ID_PATTERN,
-                "coupon_id": ID_PATTERN, "campaign_id": ID_PATTERN,
+                "coupon_id": ID_PATTERN, "campaign_id": ID_PATTERN, "segment_id": ID_PATTERN,
                 "period": PERIOD_PATTERN}
     seen = set()
     for path, item in spec["paths"].items():
@@ -514,8 +524,8 @@ def test_every_request_body_has_an_example_valid_against_its_schema(spec):
             if isinstance(media["example"], dict):  # the validator does refuse: an unknown field
                 assert not validator.is_valid({**media["example"], "colour": "x"})
             checked += 1
-    # 11 JSON bodies, and the reconciliation upload as JSON and as CSV
-    assert checked == 13
+    # 12 JSON bodies, and the reconciliation upload as JSON and as CSV
+    assert checked == 14
 
 
 def test_request_examples_are_those_of_the_partner_guide_and_load(spec):
@@ -530,7 +540,7 @@ def test_request_examples_are_those_of_the_partner_guide_and_load(spec):
         assert text in guide, text
     # A schema with an example of its own (a batch's reversal item inherits the reversal's).
     with_examples = [cls for cls in all_subclasses(StrictSchema) if "EXAMPLE" in vars(cls)]
-    assert len(with_examples) == 12
+    assert len(with_examples) == 13
     for cls in with_examples:
         cls().load(cls.EXAMPLE)
         assert cls.EXAMPLE in examples, cls
