@@ -189,7 +189,8 @@ def members_import(file):
 @json_command
 def members_show(member_id: str, limit: int | None):
     """One member's balance (as partners read it) and history across every partner, newest
-    first: every earn, burn and reversal with its partner, period and status."""
+    first: every earn, burn and reversal with its partner, period and status; the state of the
+    member's portal sign-in (sign_in: password set, code pending, failures, lock-out)."""
     now = clock.now()
     balance = member_service.balance(db.session, member_id, now=now,
                                      tz=current_app.config["COALITION_TIMEZONE"],
@@ -198,6 +199,8 @@ def members_show(member_id: str, limit: int | None):
     return {**balance, "member": member.id, "enrolled_at": iso_utc(member.created_at),
             "enrolled_by": member.enrolled_by, "locked": member.locked,
             "lock_change": member_locks.last_change(db.session, member), **pins.pin_state(member),
+            "sign_in": credentials.state(credentials.stored(
+                db.session, credentials.member_key(member.id)), now),
             "consents": consents.in_force(db.session, member),
             "history": member_history(db.session, member_id, limit=limit)}
 

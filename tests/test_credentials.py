@@ -16,7 +16,7 @@ from coalition.credentials import Verdict
 from coalition.database import db
 from coalition.models import AuditEvent, Credential
 from coalition.problems import Problem
-from tests.conftest import postgres_only
+from tests.conftest import await_lock_wait, postgres_only
 
 T0 = datetime(2026, 12, 6, 3, 0, tzinfo=timezone.utc)
 PASSWORD = "correct horse battery"
@@ -487,3 +487,27 @@ def test_parallel_codes_for_a_new_credential_leave_exactly_one_that_works(app, s
         session.rollback()
     assert len(working) == 1
     assert len(events(session, "credential.code-issued")) == 8
+
+
+@postgres_only
+def test_a_code_issued_while_the_member_is_being_erased_waits_and_is_refused(app, session):
+    """The erasure holds the member's row; a code issued meanwhile waits for it, then finds no
+    member, instead of writing a credential for a member who is gone."""
+    enrol(session)
+    member_erasure.erase(session, CARD, now=at(1), actor="ops")  # not committed yet
+
+    def issue():
+        with app.app_context():
+            try:
+                return credentials.issue_code(db.session, WHO, now=at(2), actor="ops")
+            except Problem as problem:
+                return problem.slug
+            finally:
+                db.session.commit()
+                db.session.remove()
+    with ThreadPoolExecutor(1) as pool:
+        issuing = pool.submit(issue)
+        await_lock_wait(db.engine, still_running=lambda: not issuing.done())
+        session.commit()
+        assert issuing.result(timeout=30) == "not-found"
+    assert session.scalar(select(Credential.principal)) is None

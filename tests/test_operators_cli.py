@@ -118,6 +118,10 @@ def test_a_member_is_invited_to_the_portal(app, runner, monkeypatch):
     who = credentials.principal("member", "M-1")
     set_password(app, who, invited["code"], "my portal password")
     assert signs_in(app, who, "my portal password")
+    assert not signs_in(app, who, "not my password")
+    code, shown = cli(runner, "members", "show", "M-1")
+    assert shown["sign_in"] == {"password_set": True, "code_pending": False, "failures": 1,
+                                "locked_until": None}
 
     code, shown = cli(runner, "members", "export", "M-1")
     assert shown["member"]["sign_in"]["password_set"] is True and "scrypt" not in json.dumps(shown)
