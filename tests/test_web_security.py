@@ -98,6 +98,10 @@ def test_the_partner_api_needs_no_form_token(app, acme):
     client.get("/portal/sign-in")  # a session with a form token, which the API ignores
     assert acme.client.enrol("M-2").status == 201
     assert acme.client.earn("e-1", "M-2", 10).status == 201
+    # and sets no cookie: it keeps no session
+    answer = client.get("/v1/members/M-2/balance",
+                        headers=acme.client.sign("GET", "/v1/members/M-2/balance", b""))
+    assert answer.status_code == 200 and not answer.headers.getlist("Set-Cookie")
 
 
 def test_the_partner_api_refuses_a_web_session(app, member, acme):
@@ -182,3 +186,28 @@ def test_a_members_session_opens_no_console_page_and_an_erased_member_none(app, 
         result = runner.invoke(args=["members", "erase", member], input="y\n")
     assert result.exit_code == 0, result.output
     assert client.get("/portal/").status_code == 302
+
+
+def test_the_role_decorator_lets_in_only_the_roles_it_names(app):
+    from tests.browser.support import add_operator
+    from web.auth import OPERATOR, login_required
+    from web.console import ADMINS
+    app.add_url_rule("/console-test/admin-only", "admin_only",
+                     login_required(OPERATOR, roles=ADMINS)(lambda: "changed"))
+    add_operator(app, "ann", "admin")
+    add_operator(app, "ben", "analyst")
+    anonymous = app.test_client().get("/console-test/admin-only")
+    assert anonymous.status_code == 302 and "/console/sign-in" in anonymous.headers["Location"]
+    for name, status in (("ann", 200), ("ben", 403)):
+        client = app.test_client()
+        sign_in(client, "console", name)
+        assert client.get("/console-test/admin-only").status_code == status, name
+
+
+def test_the_language_switch_keeps_the_page_and_its_query(app, member):
+    client = app.test_client()
+    sign_in(client, "portal", member)
+    page = client.get("/portal/history?kind=earn&page=1").get_data(as_text=True)
+    assert 'href="/portal/history?kind=earn&amp;page=1&amp;lang=en"' in page
+    english = client.get("/portal/history?kind=earn&lang=en").get_data(as_text=True)
+    assert 'lang="en"' in english and 'href="/portal/history?kind=earn&amp;lang=de"' in english

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from babel import dates, numbers
@@ -242,7 +243,13 @@ def _local(value: datetime) -> datetime:
     return as_utc(value).astimezone(ZoneInfo(current_app.config["COALITION_TIMEZONE"]))
 
 
+def switch_to(code: str) -> str:
+    """This page in the other language: the same path and query, `lang` replaced."""
+    query = [(k, v) for k, v in request.args.items(multi=True) if k != "lang"]
+    return request.path + "?" + urlencode([*query, ("lang", code)])
+
+
 def jinja_helpers() -> dict:
-    return {"_": gettext, "number": number, "points": points, "money": money,
+    return {"_": gettext, "switch_to": switch_to, "number": number, "points": points, "money": money,
             "percent": percent, "day": day, "moment": moment, "language": language,
             "LANGUAGES": LANGUAGES}
