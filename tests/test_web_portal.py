@@ -63,6 +63,27 @@ def test_the_balance_the_api_booked_in_german_then_english(app, client, acme, bo
     assert "Kontostand" in text_of(client.get("/portal/?lang=de"))
 
 
+def test_held_and_owed_points(app, client, acme):
+    assert acme.client.earn("e-1", "M-1", 100).status == 201
+    assert acme.client.burn("b-1", "M-1", 80).status == 201
+    assert acme.client.reverse("e-1", "r-1", 100).status == 201  # spent: 80 owed
+    assert acme.client.earn("e-2", "M-1", 500).status == 201  # pays the 80 back first
+    assert acme.client.hold("h-1", "M-1", 120).status == 201
+    api = acme.client.balance("M-1").json()
+    page = text_of(client.get("/portal/"))
+    assert f"Verfügbar {api['available']:,} Punkte".replace(",", ".") in page
+    assert "Reserviert 120 Punkte" in page and "zurückgelegt" in page
+    assert f"Geschuldet {api['debt']} Punkte" in page
+    assert acme.client.void("h-1").status == 200
+    assert acme.client.earn("e-3", "M-1", 10).status == 201
+    assert acme.client.burn("b-2", "M-1", api["available"] + 130).status == 201
+    assert acme.client.reverse("e-3", "r-3", 10).status == 201
+    owed = acme.client.balance("M-1").json()["debt"]
+    assert owed > 0
+    page = text_of(client.get("/portal/"))
+    assert f"Geschuldet {owed} Punkte" in page and "zuerst mit neu gesammelten" in page
+
+
 def test_numbers_and_money_for_each_language(app):
     with app.test_request_context("/portal/?lang=en"):
         i18n.choose_from_request()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from datetime import timedelta
 
 from flask import abort, g, redirect, request, session, url_for
 
@@ -78,8 +79,12 @@ def sign_in(kind: str, name: str, password: str) -> str | None:
         _start_session(Who(kind, name))
         return None
     if verdict.locked_until is not None:
+        # Rounded up to the minute: "after 10:05" must not name a moment still locked.
+        until = verdict.locked_until
+        if until.second or until.microsecond:
+            until = until.replace(second=0, microsecond=0) + timedelta(minutes=1)
         return i18n.gettext("Too many failed attempts. Try again after {time}.",
-                            time=i18n.clock_time(verdict.locked_until))
+                            time=i18n.clock_time(until))
     return i18n.gettext("The member number or the password is wrong." if kind == MEMBER
                         else "The name or the password is wrong.")
 
