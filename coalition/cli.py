@@ -1,6 +1,6 @@
 """Operator commands of the core:
 `members add|import|show|export|erase|suspicious|lock|unlock|unlock-pin|reset-pin|invite`,
-`operators add|invite|list`, `ledger verify|seal|anchor`, `audit list`, `points expire|notices`.
+`operators add|invite|remove|list`, `ledger verify|seal|anchor`, `audit list`, `points expire|notices`.
 Every command prints JSON (`ledger seal --every`: one line per event), its errors too: every
 group is a JsonGroup. Commands that change state record who asked (`operator()`) in the audit
 log."""
@@ -396,6 +396,16 @@ def operators_invite(name: str):
     now = clock.now()
     code = operators.invite(db.session, name, now=now, actor=operator())
     return {"name": name, "code": code, "expires_at": now + credentials.CODE_LIFETIME}
+
+
+@operators_cli.command("remove")
+@click.argument("name")
+@json_command
+def operators_remove(name: str):
+    """Remove an operator (someone who left): its password and any pending code go with it, and
+    the console signs it out at its next request. Audited as operator.remove."""
+    operators.remove(db.session, name, now=clock.now(), actor=operator())
+    return {"name": name, "removed": True}
 
 
 @operators_cli.command("list")

@@ -3,7 +3,7 @@
 An admin may change things, an analyst only reads (the console enforces it). An operator is
 added with `flask operators add NAME --role ...`, which prints a one-time code the operator
 sets a password with (coalition/credentials.py); `flask operators invite NAME` prints a new one,
-after a forgotten password say. Names are lower case (a-z, 0-9, . _ @ -), so that "Anna" and
+after a forgotten password say; `flask operators remove NAME` ends the account. Names are lower case (a-z, 0-9, . _ @ -), so that "Anna" and
 "anna" cannot be two operators; they are the audit subject operator:<name>.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -63,6 +63,23 @@ def invite(session: Session, name: str, *, now: datetime, actor: str) -> str:
         raise Problem("not-found", f"No operator {name!r}.")
     return credentials.issue_code(session, credentials.principal(credentials.OPERATOR, name),
                                   now=now, actor=actor)
+
+
+def remove(session: Session, name: str, *, now: datetime, actor: str) -> None:
+    """Remove an operator and its credential: it cannot sign in any more, and a console session
+    it holds ends at its next request (the console looks the operator up on each). Audited as
+    operator.remove; the audit events naming it stay."""
+    operator = session.scalars(select(Operator).where(Operator.name == name)
+                               .with_for_update()).one_or_none() if isinstance(name, str) else None
+    if operator is None:
+        raise Problem("not-found", f"No operator {name!r}.")
+    role = operator.role
+    session.execute(delete(Credential).where(Credential.principal == credentials.operator_key(name))
+                    .execution_options(synchronize_session=False))
+    session.delete(operator)
+    session.flush()
+    audit.record(session, actor=actor, action="operator.remove",
+                 subject=credentials.operator_key(name), before={"role": role}, after=None, now=now)
 
 
 def listed(session: Session, now: datetime) -> list[dict]:

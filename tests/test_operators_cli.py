@@ -1,4 +1,4 @@
-"""`flask operators add|invite|list` and `flask members invite`: one-time codes for the operator
+"""`flask operators add|invite|remove|list` and `flask members invite`: one-time codes for the operator
 console and the member portal, printed once as JSON, stored only hashed, audited."""
 from __future__ import annotations
 
@@ -158,3 +158,26 @@ def test_an_erased_members_pending_code_and_password_go_with_it(app, runner):
         set_password(app, who, again["code"], "another password")
     with app.app_context():
         assert credentials.stored(db.session, f"member-id:{invited['member']}") is None
+
+
+def test_a_removed_operator_cannot_sign_in_and_its_name_may_be_added_again(app, runner, monkeypatch):
+    monkeypatch.setenv("COALITION_OPERATOR", "ops-root")
+    code, added = cli(runner, "operators", "add", "anna", "--role", "admin")
+    who = credentials.principal("operator", "anna")
+    set_password(app, who, added["code"], "anna's console password")
+    assert cli(runner, "operators", "add", "bob", "--role", "analyst")[0] == 0
+    assert cli(runner, "operators", "remove", "anna") == (0, {"name": "anna", "removed": True})
+    assert not signs_in(app, who, "anna's console password")
+    with app.app_context():
+        assert credentials.stored(db.session, "operator:anna") is None
+        assert not credentials.has_password(db.session, who)
+    assert [o["name"] for o in cli(runner, "operators", "list")[1]] == ["bob"]
+    assert cli(runner, "operators", "remove", "anna") == (1, {"error": "not-found",
+                                                              "detail": "No operator 'anna'."})
+    code, again = cli(runner, "operators", "add", "anna", "--role", "analyst")
+    assert code == 0 and not signs_in(app, who, "anna's console password")
+    code, events = cli(runner, "audit", "list", "--subject", "operator:anna")
+    assert [e["action"] for e in events] == [
+        "operator.add", "credential.code-issued", "credential.password-set", "operator.remove",
+        "operator.add", "credential.code-issued"]
+    assert events[3]["before"] == {"role": "admin"} and events[3]["actor"] == "ops-root"
