@@ -22,12 +22,14 @@ from functools import wraps
 
 from flask import current_app, g
 from marshmallow import RAISE
+from sqlalchemy.exc import IntegrityError
 
 from coalition import campaigns, clock, coupons, segments
 from coalition.api import problems
 from coalition.database import db
 from coalition.errors import Problem
 from coalition.fields import ID_PATTERN
+from coalition.models import Campaign, Coupon, Segment
 
 from . import schemas, service
 from .auth import AUTH, COMMON
@@ -66,6 +68,19 @@ def _known(identifier: str) -> str:
     if not _ID.fullmatch(identifier):
         raise Problem("not-found", "No such resource.")
     return identifier
+
+
+def _added(add, model, row_id: str, noun: str, **terms):
+    """`add(session, row_id, **terms)`, where a row of the same id added concurrently (its
+    check passed in both requests; the primary key refuses the second insert) is answered as
+    one added before would be, never as a 500."""
+    try:
+        return add(db.session, row_id, **terms)
+    except IntegrityError:
+        db.session.rollback()
+        if db.session.get(model, row_id) is None:
+            raise
+        raise Problem("validation-error", f"{noun} {row_id!r} exists already.") from None
 
 
 def _issuers() -> set[str]:
@@ -108,9 +123,8 @@ def _campaign(campaign_id: str, operator: bool):
 @blp.response(201, schemas.CampaignViewSchema, description="Added")
 @problems(blp, *COMMON, *BODY, "forbidden")
 def add_campaign(body: dict):
-    campaign = campaigns.add(
-        db.session, body.pop("id"), issuers=_issuers(), now=_now(), tz=_tz(), actor=_actor(),
-        **body)
+    campaign = _added(campaigns.add, Campaign, body.pop("id"), "Campaign", issuers=_issuers(),
+                      now=_now(), tz=_tz(), actor=_actor(), **body)
     view = campaigns.view(campaign)
     db.session.commit()
     return view, 201
@@ -192,10 +206,9 @@ def publish_coupon(body: dict):
             raise Problem("forbidden", "A partner publishes coupons for its own earns, paid by "
                                        "itself: partner_id and funder may only name you.")
         published_by = caller
-    coupon = coupons.publish(
-        db.session, body.pop("id"), partner_id=partner_id, funder=funder,
-        published_by=published_by, issuers=_issuers(), now=_now(), tz=_tz(), actor=_actor(),
-        **body)
+    coupon = _added(coupons.publish, Coupon, body.pop("id"), "Coupon", partner_id=partner_id,
+                    funder=funder, published_by=published_by, issuers=_issuers(), now=_now(),
+                    tz=_tz(), actor=_actor(), **body)
     view = coupons.view(coupon)
     db.session.commit()
     return view, 201
@@ -253,8 +266,8 @@ def end_coupon(coupon_id: str):
 @blp.response(201, schemas.SegmentViewSchema, description="Defined")
 @problems(blp, *COMMON, *BODY, "forbidden")
 def add_segment(body: dict):
-    segment = segments.add(db.session, body.pop("id"), issuers=_issuers(), now=_now(),
-                           actor=_actor(), **body)
+    segment = _added(segments.add, Segment, body.pop("id"), "Segment", issuers=_issuers(),
+                     now=_now(), actor=_actor(), **body)
     view = segments.view(segment)
     db.session.commit()
     return view, 201

@@ -465,6 +465,7 @@ path_parameter("campaign_id", ID_PATTERN, "A campaign's id, as it was added.")
 WHEN_PATTERN = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
                 r"([Tt][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?([Zz]|[+-][0-9]{2}:[0-9]{2})?)?$")
 _WHEN = re.compile(WHEN_PATTERN, re.ASCII)
+MIN_YEAR, MAX_YEAR = 1970, 9998
 MAX_LISTED_PARTIES = 1000
 _KINDS_OF_BONUS = [bonus_terms.MULTIPLIER, bonus_terms.FIXED]
 _VALUE_ERRORS = {
@@ -489,6 +490,9 @@ class When(fields.String):
             datetime.fromisoformat(value)
         except ValueError:
             raise ValidationError("Not a valid date or date-time.") from None
+        # Year 1 with an offset, or the day after 9999-12-31, is no instant Python can hold.
+        if not MIN_YEAR <= int(value[:4]) <= MAX_YEAR:
+            raise ValidationError(f"The year must be {MIN_YEAR} to {MAX_YEAR}.")
         return value
 
 

@@ -5,10 +5,11 @@ campaigns that concern it. What the API adds lands in the ledger as the command 
 the next earn gets the bonus."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from coalition import audit
 from coalition.database import db
@@ -19,7 +20,8 @@ from partners import service as partner_service
 from partners.client import PartnerClient
 from partners.keys import canonical_pem, load_public_key, thumbprint
 from partners.models import OPERATOR, PartnerKey
-from tests.conftest import Partner, ago, new_key, public_pem, transport_for
+from tests.conftest import (Partner, ago, await_lock_wait, new_key, postgres_only, public_pem,
+                            transport_for)
 
 UTC = timezone.utc
 FOREVER = {"starts": "2026-01-01", "ends": "2099-12-31"}
@@ -187,6 +189,8 @@ def test_a_partner_can_neither_add_nor_end_a_campaign(app, parties):
     ({"starts": "2026-03-28T10:00", "ends": "2026-03-28T10:00"}, "/ends", "window is empty"),
     ({"starts": "27.03.2027"}, "/starts", "Must be a date"),
     ({"ends": "2026-02-30"}, "/ends", "Not a valid date"),
+    ({"starts": "0001-01-01T00:00+01:00"}, "/starts", "year"),
+    ({"ends": "9999-12-31"}, "/ends", "year"),
     ({"value": "1"}, "/value", "above 1"),
     ({"value": "2.00001"}, "/value", "4 places"),
     ({"value": "NaN"}, "/value", "above 1"),
@@ -390,3 +394,27 @@ def test_the_operator_defines_segments_that_campaigns_target_and_partners_cannot
         assert "--" not in refused.json()["detail"]
     assert counts(app) == before
     assert audit_rows(app, "segment.add") == [("partner:coalition", "segment:acme-regulars")]
+
+
+@postgres_only
+def test_a_campaign_added_twice_at_once_is_added_once_and_the_other_is_refused(app, parties):
+    """Both requests find no campaign of that id; the second insert waits for the first
+    and is then refused by the primary key: 422 as a campaign added before, never a 500."""
+    operator = parties[0]
+    with app.app_context():
+        engine = db.engine
+        first = engine.connect()
+        transaction = first.begin()
+        first.execute(text(
+            "INSERT INTO campaigns (id, name, kind, factor, starts_at, ends_at, funder_id, "
+            "awarded, created_at) VALUES ('double', 'First', 'multiplier', 2, "
+            "'2026-01-01T00:00:00Z', '2099-01-01T00:00:00Z', 'coalition', 0, now())"))
+        with ThreadPoolExecutor(1) as pool:
+            second = pool.submit(operator.request, "POST", "/v1/campaigns", campaign_body())
+            await_lock_wait(engine, still_running=lambda: not second.done())
+            transaction.commit()
+            first.close()
+            answer = second.result(timeout=30)
+    assert answer.status == 422 and "exists already" in answer.json()["detail"], answer.body
+    assert operator.request("GET", "/v1/campaigns/double").json()["name"] == "First"
+    assert audit_rows(app, "campaign.add") == []
