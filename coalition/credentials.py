@@ -118,8 +118,8 @@ def _stored_key(session: Session, given: str, *, hold_member: bool = False) -> s
     else. `hold_member`: keep the member row from being erased until the caller commits (FOR KEY
     SHARE on PostgreSQL), for a writer that may insert the credential row."""
     kind, colon, name = given.partition(":") if isinstance(given, str) else ("", "", "")
-    if not colon or not name:
-        return None
+    if not colon or not name or len(name) > 64 or "\x00" in name:
+        return None  # no card number nor operator name is like that (and PostgreSQL refuses NUL)
     if kind == MEMBER:
         query = select(Member.id).where(Member.external_id == name, Member.erased_at.is_(None))
         if hold_member:

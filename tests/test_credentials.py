@@ -122,9 +122,10 @@ def test_nobody_without_a_password_signs_in_and_it_takes_the_same_work(session, 
     operators.add(session, "anna", "admin", now=T0, actor="ops")  # a code, no password
     session.commit()
     for who in (WHO, "member:NOBODY", "operator:anna", "operator:zed", "member:", "partner:acme",
-                "nonsense", credentials.principal("operator", "")):
+                "nonsense", credentials.principal("operator", ""), "member:M-1\x00",
+                "member:" + "M" * 100_000):
         assert credentials.sign_in(session, who, PASSWORD, now=at(1)) == Verdict(False, None), who
-    assert len(derived) == 8 and all(s.startswith("scrypt$ln=15,r=8,p=1$") for s in derived)
+    assert len(derived) == 10 and all(s.startswith("scrypt$ln=15,r=8,p=1$") for s in derived)
     with_password(session)
     derived.clear()
     assert credentials.sign_in(session, WHO, "wrong password", now=at(2)).ok is False
