@@ -211,3 +211,24 @@ def test_the_language_switch_keeps_the_page_and_its_query(app, member):
     assert 'href="/portal/history?kind=earn&amp;page=1&amp;lang=en"' in page
     english = client.get("/portal/history?kind=earn&lang=en").get_data(as_text=True)
     assert 'lang="en"' in english and 'href="/portal/history?kind=earn&amp;lang=de"' in english
+
+
+def test_a_session_unused_for_half_an_hour_is_over(app, member, monkeypatch):
+    from datetime import timedelta
+    from coalition import clock
+    client = app.test_client()
+    sign_in(client, "portal", member)
+    assert client.get("/portal/").status_code == 200
+    start = clock.now()
+    monkeypatch.setattr(clock, "now", lambda: start + timedelta(minutes=29))
+    assert client.get("/portal/").status_code == 200  # and seen again now
+    monkeypatch.setattr(clock, "now", lambda: start + timedelta(minutes=58))
+    assert client.get("/portal/").status_code == 200
+    monkeypatch.setattr(clock, "now", lambda: start + timedelta(minutes=89))
+    assert client.get("/portal/").status_code == 302
+
+
+def test_pages_are_not_cached_the_stylesheet_may_be(app):
+    client = app.test_client()
+    assert client.get("/portal/sign-in").headers["Cache-Control"] == "no-store"
+    assert "no-store" not in client.get("/web/static/web.css").headers.get("Cache-Control", "")

@@ -20,6 +20,8 @@ from . import i18n
 MEMBER, OPERATOR = "member", "operator"
 SIGN_IN = {MEMBER: "portal.sign_in", OPERATOR: "console.sign_in"}
 HOME = {MEMBER: "portal.balance", OPERATOR: "console.home"}
+# A signed-in session unused this long is over (a shared or lost device).
+IDLE_LIMIT = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
@@ -35,10 +37,24 @@ class Who:
 
 def current() -> Who | None:
     """The member or operator this session belongs to, looked up afresh on every request: an
-    erased member or a removed operator is signed out at once, a changed role applies at once."""
+    erased member or a removed operator is signed out at once, a changed role applies at once.
+    A session left unused for IDLE_LIMIT is over."""
     if "who" not in g:
-        g.who = _lookup(session.get("who"))
+        g.who = _lookup(session.get("who")) if _still_active() else None
     return g.who
+
+
+def _still_active() -> bool:
+    if "who" not in session:
+        return False
+    now = int(clock.now().timestamp())
+    seen = session.get("seen")
+    if not isinstance(seen, int) or now - seen > IDLE_LIMIT.total_seconds():
+        sign_out()
+        return False
+    if now - seen >= 60:  # rewrite the cookie at most once a minute
+        session["seen"] = now
+    return True
 
 
 def _lookup(stored) -> Who | None:
@@ -104,6 +120,7 @@ def _start_session(who: Who) -> None:
     if language:
         session["lang"] = language
     session["who"] = [who.kind, who.name]
+    session["seen"] = int(clock.now().timestamp())
     g.who = who
 
 

@@ -52,6 +52,7 @@ def before_page() -> None:
 def after_page(response: Response) -> Response:
     for name, value in PAGE_HEADERS.items():
         response.headers[name] = value
-    response.headers["Cache-Control"] = "no-store"
+    if request.endpoint != "web.static":  # pages are personal; the stylesheet is not
+        response.headers["Cache-Control"] = "no-store"
     response.vary.add("Cookie")
     return response
