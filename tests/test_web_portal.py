@@ -84,6 +84,19 @@ def test_held_and_owed_points(app, client, acme):
     assert f"Geschuldet {owed} Punkte" in page and "zuerst mit neu gesammelten" in page
 
 
+def test_points_expiring_within_the_notice_window_are_pointed_out(app, client, acme):
+    app.config["POINTS_EXPIRE_MONTHS"] = 0  # at the end of the earn's month: within 30 days
+    app.config["LEDGER_RULES"] = Rules.from_config(app.config)
+    assert acme.client.earn("e-1", "M-1", 1500).status == 201
+    notices = acme.client.expiry_notices("M-1").json()["notices"]
+    assert [n["points"] for n in notices] == [1500]
+    page = text_of(client.get("/portal/"))
+    assert "In den nächsten 30 Tagen verfallen: 1.500 Punkte" in page
+    last_day = notices[0]["expires_on"]  # YYYY-MM-DD
+    year, month, day = last_day.split("-")
+    assert f"{int(day)}. " in page and year in page
+
+
 def test_numbers_and_money_for_each_language(app):
     with app.test_request_context("/portal/?lang=en"):
         i18n.choose_from_request()
