@@ -1,5 +1,6 @@
-"""Campaigns, coupons and segments over the partner API: the operator's API is this API, called with a
-token of the operator-kind partner (partners add ... --kind operator, with a key of its own).
+"""Campaigns, coupons and segments over the partner API. The operator's API is this API, called
+with a token of the operator-kind partner (partners add ... --kind operator, with a key of its
+own).
 
 - Campaigns: the operator adds and ends them; a partner reads those that concern it (it funds
   them, or its earns qualify: its id in `partners`, or `partners` null) and nothing else.

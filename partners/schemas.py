@@ -17,7 +17,8 @@ from coalition.pins import PIN_PATTERN, valid_pin
 from coalition.problems import Problem, validation_problem
 from coalition.schemas import (MAX_CURSOR, PERIOD_PATTERN, Cursor, Period,  # noqa: F401
                                QueryInteger, StrictSchema, cursor_of)
-from coalition.vocabulary import BATCH_KINDS, CLAIM_KINDS, ENROLMENT, ID_PATTERN, MAX_POINTS, EntryKind
+from coalition.vocabulary import (BATCH_KINDS, CLAIM_KINDS, ENROLMENT, ID_PATTERN, MAX_POINTS,
+                                  EntryKind)
 
 
 class Pin(fields.String):
@@ -462,8 +463,8 @@ path_parameter("campaign_id", ID_PATTERN, "A campaign's id, as it was added.")
 # A window's bound: a date (the start of that day; for `ends` the end of it) or a date-time to
 # the minute or second, in the coalition's time zone unless it carries an offset. The pattern is
 # only the shape: coalition/bonus_terms.py reads the value, in the coalition's time zone.
-WHEN_PATTERN = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
-                r"([Tt][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?([Zz]|[+-][0-9]{2}:[0-9]{2})?)?$")
+WHEN_PATTERN = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt][0-9]{2}:[0-9]{2}"
+                r"(:[0-9]{2}(\.[0-9]{1,6})?)?([Zz]|[+-][0-9]{2}:[0-9]{2})?)?$")
 _WHEN = re.compile(WHEN_PATTERN, re.ASCII)
 MIN_YEAR, MAX_YEAR = 1970, 9998
 MAX_LISTED_PARTIES = 1000
