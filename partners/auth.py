@@ -23,8 +23,9 @@ from coalition import clock, limits
 from coalition.database import db
 from coalition.errors import Problem, Refusal, database_unavailable, http_problem, \
     problem_response, unavailable_response
+from coalition.periods import day_of
 
-from . import harvest, tokens
+from . import harvest, rejects, tokens
 
 log = logging.getLogger("partners.auth")
 
@@ -83,12 +84,29 @@ def _spend_alone(problem: Problem | None = None) -> None:
             card = g.get("card")
             if card is not None and problem is not None and problem.slug == "not-found":
                 harvest.record(db.session, caller.partner_id, card, None, _now())
+            if problem is not None:
+                count_reject(problem)
             db.session.commit()
         except Problem:  # the jti was used meanwhile: it is spent either way
-            pass
+            db.session.rollback()
+            _count_alone(problem)
         else:
             if g.get("card") is not None:
                 watch_for_harvesting(caller.partner_id)
+    else:
+        _count_alone(problem)  # no jti spent (a 401, a 429): the count is all there is
+
+
+def _count_alone(problem: Problem | None) -> None:
+    """A transaction of its own, one statement long, for a refusal with no jti to commit."""
+    if problem is None:
+        return
+    count_reject(problem)
+    try:
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        log.warning("reject not counted", exc_info=True)
 
 
 def watch_for_harvesting(partner_id: str) -> None:
@@ -113,6 +131,7 @@ def failed(problem: Problem):
     if isinstance(problem, Refusal):
         # What the refusal recorded (a wrong PIN counted under the member's lock, a lock, a
         # limit hit) is all the transaction holds besides the jti: commit it, locks and all.
+        count_reject(problem)
         try:
             db.session.commit()
         except Exception as exc:  # answered like any failure: 503 unavailable or 500
@@ -121,6 +140,21 @@ def failed(problem: Problem):
         return problem_response(problem)
     _spend_alone(problem)
     return problem_response(problem)
+
+
+def count_reject(problem: Problem) -> None:
+    """Count the problem answer in the current transaction, as its last statement: the
+    partner's counter row for the day stays locked only until the commit that follows, and
+    concurrent refusals of one partner queue on that one row instead of adding rows. Inside a
+    savepoint, so that a failing count (say, the table not migrated yet) is dropped and the
+    answer, and the jti committed with it, stand. Never raises."""
+    partner_id = g.get("partner_id") or rejects.UNAUTHENTICATED  # set once the token verified
+    try:
+        day = day_of(_now(), current_app.config["COALITION_TIMEZONE"])[0]
+        with db.session.begin_nested():
+            rejects.count(db.session, partner_id, day, problem.slug)
+    except Exception:
+        log.warning("reject not counted", exc_info=True)
 
 
 def crashed(exc: Exception):

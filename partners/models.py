@@ -1,10 +1,10 @@
 """Partner registry: partners, their public keys, their terms, and the tokens already used."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Numeric, String, Text, text
+from sqlalchemy import BigInteger, CheckConstraint, Date, ForeignKey, Index, Numeric, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from coalition.database import db
@@ -111,3 +111,25 @@ class MemberLookup(db.Model):
     at: Mapped[datetime] = mapped_column(UtcDateTime)
 
     __table_args__ = (Index("ix_member_lookups_partner_at", "partner_id", "at"),)
+
+
+UNAUTHENTICATED = ""  # claim_reject_counts.partner_id of a request no verified token named
+
+
+class ClaimRejectCount(db.Model):
+    """How many problem answers (4xx and 429) the partner API gave a partner on one local day
+    (COALITION_TIMEZONE), by slug: what the operator console charts next to the claims the
+    journal accepted. A refused claim leaves nothing else behind. One row per partner, day and
+    slug, counted up in the transaction that spends the request's jti (partners/auth.py), so a
+    flood of refusals grows a counter, never the table. Requests whose token did not verify
+    count under partner_id "" (UNAUTHENTICATED): an unverified token's issuer is only a claim."""
+    __tablename__ = "claim_reject_counts"
+
+    partner_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+    __table_args__ = (CheckConstraint("count >= 0", name="count_nonnegative"),
+                      # The console reads days across partners.
+                      Index("ix_claim_reject_counts_day", "day"))
