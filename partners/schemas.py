@@ -469,6 +469,8 @@ _WHEN = re.compile(WHEN_PATTERN, re.ASCII)
 MIN_YEAR, MAX_YEAR = 1970, 9998
 MAX_LISTED_PARTIES = 1000
 _KINDS_OF_BONUS = [bonus_terms.MULTIPLIER, bonus_terms.FIXED]
+_VALUES = {bonus_terms.MULTIPLIER: re.compile(r"[0-9]{1,3}(\.[0-9]{1,4})?", re.ASCII),
+           bonus_terms.FIXED: re.compile(r"[0-9]{1,10}", re.ASCII)}
 _VALUE_ERRORS = {
     bonus_terms.MULTIPLIER: f"A multiplier's value is a decimal above 1 and at most "
                             f"{bonus_terms.MAX_FACTOR}, with at most 4 places, as a string "
@@ -519,6 +521,10 @@ class _BonusTermsSchema(StrictSchema):
 
     @validates_schema
     def _value_and_window(self, data, **kwargs):
+        # ASCII digits first: str.isdigit and int() take other scripts' digits, and "²" passed
+        # isdigit only to fail int() (a 500).
+        if not _VALUES[data["kind"]].fullmatch(data["value"]):
+            raise ValidationError(_VALUE_ERRORS[data["kind"]], "value")
         try:
             bonus_terms.parse_value(data["kind"], data["value"])
         except Problem:

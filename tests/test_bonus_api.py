@@ -197,6 +197,10 @@ def test_a_partner_can_neither_add_nor_end_a_campaign(app, parties):
     ({"value": 2}, "/value", "Not a valid string"),
     ({"kind": "fixed", "value": "1.5"}, "/value", "1 to"),
     ({"kind": "fixed", "value": str(MAX_POINTS + 1)}, "/value", "1 to"),
+    ({"kind": "fixed", "value": "\u00b2"}, "/value", "1 to"),  # a digit to isdigit, not to int
+    ({"kind": "fixed", "value": "\u0665\u0660"}, "/value", "1 to"),  # 50 in Arabic-Indic digits
+    ({"value": "\u0662"}, "/value", "above 1"),
+    ({"value": " 2"}, "/value", "above 1"),
     ({"kind": "double"}, "/kind", "Must be one of"),
     ({"cap_per_member": 0}, "/cap_per_member", None),
     ({"cap_total": MAX_POINTS + 1}, "/cap_total", None),
