@@ -6,11 +6,19 @@ result. No rule lives here. Imports point one way: web -> settlement -> partners
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from flask import Flask
 
 
 def init_app(app: Flask, api) -> None:
     from . import console, faces, portal, security
+    # The console's areas (web/console_*.py, one module each) add their routes and tabs to
+    # console.bp: imported before it is registered.
+    for area in sorted(m.name for m in pkgutil.iter_modules(__path__)
+                       if m.name.startswith("console_")):
+        importlib.import_module(f"{__name__}.{area}")
 
     security.init_app(app)
     app.register_blueprint(faces.assets)

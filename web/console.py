@@ -11,6 +11,21 @@ from .auth import OPERATOR, login_required
 bp = faces.face("console", "/console", "Operator console")
 READERS = ("admin", "analyst")  # every operator can read
 ADMINS = ("admin",)  # what changes anything
+# The console's tabs: (place, endpoint, label). Each area's module (web/console_*.py) adds its
+# routes to `bp` and its tab here when web/__init__.py imports it.
+NAV: list[tuple[int, str, str]] = [(0, "console.home", "Console")]
+
+
+def tab(place: int, endpoint: str, label: str) -> None:
+    """A tab for the console's navigation, ordered by `place` (home is 0): 10 dashboard,
+    20 partners, 30 settlement, 40 members, 50 campaigns and coupons, 60 audit log."""
+    NAV.append((place, f"console.{endpoint}", label))
+    NAV.sort()
+
+
+@bp.context_processor
+def tabs() -> dict:
+    return {"console_nav": [(endpoint, label) for _, endpoint, label in NAV]}
 
 
 @bp.route("/sign-in", methods=["GET", "POST"])

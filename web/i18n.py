@@ -177,6 +177,15 @@ GERMAN = {
 CATALOGS = {"de": GERMAN, "en": {}}
 
 
+def extend(german: dict[str, str]) -> None:
+    """Add a page module's own strings (English -> German) to the catalog, at import: each
+    console area keeps its strings beside its pages. A string given twice must agree."""
+    clashes = sorted(k for k, v in german.items() if GERMAN.get(k, v) != v)
+    if clashes:
+        raise ValueError(f"German strings given twice, differently: {clashes}")
+    GERMAN.update(german)
+
+
 def language() -> str:
     chosen = session.get("lang")
     return chosen if chosen in LANGUAGES else LANGUAGES[0]
