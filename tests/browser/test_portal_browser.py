@@ -21,77 +21,8 @@ from werkzeug.serving import make_server
 
 from coalition import limits
 from coalition.ledger import Rules
+from tests.browser.conftest import PHONE, accessible, look, shot
 from tests.browser.support import PASSWORD, add_operator, give_password
-
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parent / "screenshots"
-PHONE = {"width": 390, "height": 844}
-
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install -y chromium)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright "
-                               "(pip install -r requirements-dev.txt)")
-axe_api = pytest.importorskip("axe_playwright_python.sync_playwright",
-                              reason="browser tests need axe-playwright-python")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM,
-                                              args=["--no-sandbox", "--disable-gpu"])
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def live(app):
-    """The app on 127.0.0.1 and a free port, served by a thread for this test."""
-    app.extensions[limits.EXTENSION].limiter.enabled = False  # one address makes every request
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
-
-
-@pytest.fixture
-def page(browser, live):
-    context = browser.new_context(base_url=live, viewport={"width": 1280, "height": 900},
-                                  accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    yield page
-    context.close()
-
-
-def shot(page, name: str) -> None:
-    SHOTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def accessible(page, name: str) -> None:
-    """No serious or critical axe-core violation on the page as it is now."""
-    results = axe_api.Axe().run(page)
-    bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
-           for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
-    assert not bad, f"{name}: {bad}"
-
-
-def look(page, name: str, *, phone: bool = True) -> None:
-    """Screenshot and check the page at desktop width, then at phone width."""
-    shot(page, name)
-    accessible(page, name)
-    if phone:
-        size = page.viewport_size
-        page.set_viewport_size(PHONE)
-        shot(page, f"{name}-phone")
-        accessible(page, f"{name}-phone")
-        page.set_viewport_size(size)
-
 
 def member_signs_in(page, card: str, password: str = PASSWORD) -> None:
     page.goto("/portal/sign-in")
