@@ -43,9 +43,9 @@ if MISSING is None:
     from playwright import sync_api
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _browser_available():
-    if MISSING:
+    if MISSING:  # session-scoped: before any other fixture of the browser tests starts
         pytest.skip(MISSING)
 
 
