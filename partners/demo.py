@@ -8,6 +8,7 @@ coalition), and a coupon at Demo Bakery that five members activate and use; `mak
 runs tiers (COALITION_TIERS). Every claim is a signed request sent by the reference client
 (partners/client.py) to the app's test client, so it takes exactly the path a partner's request
 takes. Deterministic (random.Random(42)) apart from keys and timestamps.
+The web faces get a member and two operators (admin, analyst) with known passwords (SIGN_INS).
 Idempotent: does nothing when partner demo-bakery exists already.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from flask import Flask, current_app
 from sqlalchemy import func, select
 
-from coalition import campaigns, clock, coupons
+from coalition import campaigns, clock, coupons, credentials, operators
 from coalition.cli import JsonGroup, emit, operator
 from coalition.database import db
 from coalition.decimals import plain
@@ -48,6 +49,10 @@ MEMBERS = [f"demo-card-{n:04d}" for n in range(1, 41)]
 CLAIMS = 300
 OPERATOR_ID = "coalition"
 COUPON = "demo-bakery-coffee"
+# Who can sign in to the web faces of the demo, with these passwords: a demo's, never a secret.
+SIGN_INS = {"member": (MEMBERS[0], "demo-member-2026"),
+            "admin": ("demo-admin", "demo-admin-2026"),
+            "analyst": ("demo-analyst", "demo-analyst-2026")}
 
 
 def transport_for(app: Flask):
@@ -109,6 +114,23 @@ def _engagement(app: Flask, start: datetime, now: datetime) -> list[str]:
     db.session.commit()
     db.session.close()
     return ["demo-books-double", "demo-ten-more", COUPON]
+
+
+def _sign_ins(now: datetime) -> dict:
+    """A member and two operators (admin, analyst) with passwords, set as anyone sets one: a
+    one-time code redeemed."""
+    for role in ("admin", "analyst"):
+        name, password = SIGN_INS[role]
+        code = operators.add(db.session, name, role, now=now, actor=operator())
+        credentials.set_password(db.session, credentials.principal("operator", name), code,
+                                 password, now=now)
+    card, password = SIGN_INS["member"]
+    who = credentials.principal("member", card)
+    credentials.set_password(db.session, who, credentials.issue_code(
+        db.session, who, now=now, actor=operator()), password, now=now)
+    db.session.commit()
+    return {role: {"name": name, "password": password}
+            for role, (name, password) in SIGN_INS.items()}
 
 
 @demo_cli.command("load")
@@ -192,6 +214,7 @@ def load():
             r = bakery.earn(f"demo-coffee-{n + 1}", member, 5, clock.now(),
                             description="Coffee, with the coupon")
             record(EntryKind.EARN, r)
+    sign_ins = _sign_ins(clock.now())
     report = verify(db.session)
     bonus_points = db.session.scalar(select(func.coalesce(func.sum(Lot.points), 0))
                                      .where(Lot.source.is_not(None)))
@@ -200,6 +223,7 @@ def load():
           "example_member": MEMBERS[0], "claims_by_kind_and_status": statuses,
           "period": [clock.iso_utc(times[0]), clock.iso_utc(times[-1])],
           "campaigns_and_coupons": engagement, "bonus_points": int(bonus_points),
+          "sign_ins": sign_ins,
           "ledger_verify_ok": report["ok"], "unexpected": unexpected})
     if unexpected or not report["ok"]:
         sys.exit(1)
