@@ -31,6 +31,7 @@ log = logging.getLogger("partners.auth")
 
 KEYS = tokens.KeyCache()
 HARVEST_CHECKS = harvest.Throttle()
+REJECTS = rejects.Tally()  # refusals that spend no jti, written now and then
 AUTH = [{"partnerToken": []}]
 # The problems every authenticated route can answer (documented on each operation).
 COMMON = ("malformed-request", *tokens.SLUGS, "rate-limited", "unavailable")
@@ -45,6 +46,7 @@ def _now() -> datetime:  # a module-level name: tests pin the clock here
 @limits.authenticates  # a 401 counts against the address: 429 past RATELIMIT_ANONYMOUS
 def authenticate() -> None:
     _maybe_prune()  # before this request's transaction: SQLite has one writer at a time
+    _write_rejects()
     caller = tokens.authenticate(
         db.session, KEYS, authorization=request.headers.get("Authorization"),
         method=request.method, path=request.path,
@@ -98,15 +100,33 @@ def _spend_alone(problem: Problem | None = None) -> None:
 
 
 def _count_alone(problem: Problem | None) -> None:
-    """A transaction of its own, one statement long, for a refusal with no jti to commit."""
+    """A refusal with no jti to commit: tallied in the process, written when due."""
     if problem is None:
         return
-    count_reject(problem)
     try:
-        db.session.commit()
+        REJECTS.add(_reject_key(problem))
     except Exception:
-        db.session.rollback()
         log.warning("reject not counted", exc_info=True)
+        return
+    _write_rejects()
+
+
+def _write_rejects() -> None:
+    """The tallied refusals, if due, in a transaction of their own. Never raises: counts that
+    cannot be written are dropped (logged), the request goes on."""
+    counts = REJECTS.due()
+    if not counts:
+        return
+    try:
+        with db.engine.begin() as connection:
+            rejects.add(connection, counts)
+    except Exception:
+        log.warning("%d rejects not counted", sum(counts.values()), exc_info=True)
+
+
+def _reject_key(problem: Problem) -> rejects.Key:
+    partner_id = g.get("partner_id") or rejects.UNAUTHENTICATED  # set once the token verified
+    return partner_id, day_of(_now(), current_app.config["COALITION_TIMEZONE"])[0], problem.slug
 
 
 def watch_for_harvesting(partner_id: str) -> None:
@@ -148,11 +168,10 @@ def count_reject(problem: Problem) -> None:
     concurrent refusals of one partner queue on that one row instead of adding rows. Inside a
     savepoint, so that a failing count (say, the table not migrated yet) is dropped and the
     answer, and the jti committed with it, stand. Never raises."""
-    partner_id = g.get("partner_id") or rejects.UNAUTHENTICATED  # set once the token verified
     try:
-        day = day_of(_now(), current_app.config["COALITION_TIMEZONE"])[0]
+        partner_id, day, slug = _reject_key(problem)
         with db.session.begin_nested():
-            rejects.count(db.session, partner_id, day, problem.slug)
+            rejects.count(db.session, partner_id, day, slug)
     except Exception:
         log.warning("reject not counted", exc_info=True)
 

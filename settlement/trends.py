@@ -105,6 +105,18 @@ def month_figures(session: Session, period: str) -> MonthFigures:
     return figures
 
 
+def figures_for(session: Session, periods: list[str]) -> dict[str, MonthFigures]:
+    """Each month's figures once, for a page that draws several series of the same months:
+    pass them as `figures=` (an open month costs a pass over its journal, as a close does)."""
+    return {period: month_figures(session, period) for period in periods}
+
+
+def _figures(session: Session, period: str, figures: dict[str, MonthFigures] | None) -> MonthFigures:
+    if figures is not None and period in figures:
+        return figures[period]
+    return month_figures(session, period)
+
+
 def _closed_figures(session: Session, period: str, report: dict) -> MonthFigures:
     figures = MonthFigures(period, True)
     expired = Flows()
@@ -141,11 +153,12 @@ class PartnerMonth:
     closed: bool
 
 
-def issuance_and_redemption(session: Session, periods: list[str]) -> list[PartnerMonth]:
+def issuance_and_redemption(session: Session, periods: list[str], *,
+                            figures: dict[str, MonthFigures] | None = None) -> list[PartnerMonth]:
     """Per month and partner (those with any of the three figures), by month then partner."""
     rows = []
     for period in periods:
-        f = month_figures(session, period)
+        f = _figures(session, period, figures)
         for partner in sorted({*f.issued, *f.bonus, *f.redeemed}):
             numbers = (f.issued.get(partner, 0), f.bonus.get(partner, 0), f.redeemed.get(partner, 0))
             if any(numbers):
@@ -163,10 +176,11 @@ class Breakage:
     closed: bool
 
 
-def breakage(session: Session, periods: list[str]) -> list[Breakage]:
+def breakage(session: Session, periods: list[str], *,
+             figures: dict[str, MonthFigures] | None = None) -> list[Breakage]:
     rows = []
     for period in periods:
-        f = month_figures(session, period)
+        f = _figures(session, period, figures)
         rows.append(Breakage(period, f.breakage["points"],
                              _cents_to_eur(f.breakage["breakage_cents"]), f.closed))
     return rows
@@ -182,9 +196,10 @@ class MatrixCell:
     points: int
 
 
-def flow_matrix(session: Session, period: str) -> list[MatrixCell]:
+def flow_matrix(session: Session, period: str, *,
+                figures: dict[str, MonthFigures] | None = None) -> list[MatrixCell]:
     """The month's issuer x redeemer cells with points, by issuer then redeemer."""
-    f = month_figures(session, period)
+    f = _figures(session, period, figures)
     return [MatrixCell(period, i, r, n) for (i, r), n in sorted(f.matrix.items()) if n]
 
 

@@ -20,7 +20,7 @@ from coalition.members import enrol
 from coalition.models import Lot, Member
 from coalition.periods import day_of
 from partners import service as partner_service
-from partners import rejects
+from partners import auth, rejects
 from partners.models import UNAUTHENTICATED, ClaimRejectCount
 from settlement import service as settlement
 from settlement import trends
@@ -237,6 +237,16 @@ def test_a_month_computed_open_equals_the_month_once_closed(coalition):
                                                                 "coalition": 0}
 
 
+def test_figures_read_once_give_the_same_series(coalition):
+    s = coalition
+    figures = trends.figures_for(s, PERIODS)
+    assert [f.closed for f in figures.values()] == [True, False]
+    assert trends.issuance_and_redemption(s, PERIODS, figures=figures) == \
+        trends.issuance_and_redemption(s, PERIODS)
+    assert trends.breakage(s, PERIODS, figures=figures) == trends.breakage(s, PERIODS)
+    assert trends.flow_matrix(s, "2026-05", figures=figures) == trends.flow_matrix(s, "2026-05")
+
+
 def test_series_as_json_and_csv(coalition):
     s = coalition
     rows = trends.breakage(s, PERIODS)
@@ -285,7 +295,15 @@ def counted(app) -> dict[tuple[str, str], int]:
             select(ClaimRejectCount).where(ClaimRejectCount.day == today))}
 
 
-def test_problem_answers_are_counted_by_partner_day_and_slug(app, acme):
+@pytest.fixture
+def tally(monkeypatch):
+    """A fresh tally of this test's own refusals without a jti, written at once."""
+    fresh = rejects.Tally(every_s=0)
+    monkeypatch.setattr(auth, "REJECTS", fresh)
+    return fresh
+
+
+def test_problem_answers_are_counted_by_partner_day_and_slug(app, acme, tally):
     assert acme.client.enrol("M1").status == 201
     assert acme.client.earn("e1", "M1", 10).status == 201
     assert acme.client.earn("e2", "M1", -5).status == 422  # validation-error
@@ -314,7 +332,35 @@ def test_problem_answers_are_counted_by_partner_day_and_slug(app, acme):
     assert sum(counted(app).values()) == 6
 
 
-def test_a_count_that_fails_leaves_the_answer_and_the_spent_jti_alone(app, acme):
+def test_refusals_without_a_jti_are_written_at_most_once_per_interval(app, acme, tally):
+    """A flood of bad tokens costs no write each: the first is written at once, the rest
+    wait in the process and are written, summed, by the first request once the interval is
+    over."""
+    tally.every_s = 3600
+    with app.test_client() as client:
+        for _ in range(5):
+            assert client.post("/v1/earn", json={}).status_code == 401
+    assert counted(app) == {(UNAUTHENTICATED, "invalid-token"): 1}
+    tally.every_s = 0
+    assert acme.client.enrol("M1").status == 201  # any request writes what is due
+    assert counted(app) == {(UNAUTHENTICATED, "invalid-token"): 5}
+
+
+def test_a_tally_gives_its_counts_once_when_due():
+    tally = rejects.Tally(every_s=3600)
+    day = date(2026, 6, 1)
+    assert tally.due() == {}
+    tally.add(("acme", day, "validation-error"))
+    tally.add(("acme", day, "validation-error"))
+    tally.add(("", day, "invalid-token"))
+    assert tally.due() == {("acme", day, "validation-error"): 2, ("", day, "invalid-token"): 1}
+    tally.add(("acme", day, "not-found"))
+    assert tally.due() == {}  # written a moment ago: kept
+    tally.every_s = 0
+    assert tally.due() == {("acme", day, "not-found"): 1} and tally.due() == {}
+
+
+def test_a_count_that_fails_leaves_the_answer_and_the_spent_jti_alone(app, acme, tally):
     """The counter table gone (say, before the migration ran): the problem is answered as
     ever and the token's jti is still spent with it."""
     assert acme.client.enrol("M1").status == 201
