@@ -91,13 +91,15 @@ def performance(session: Session, sources: list[str] | None = None) -> dict[str,
         row.reversed += part
         row.by_funder_month[funder, period] -= part
 
-    kinds = {ConsumptionKind.BURN: "redeemed", ConsumptionKind.BURN_REVERSAL: "redeemed",
-             ConsumptionKind.DEBT_FILL: "debt_filled", ConsumptionKind.EXPIRY: "expired"}
     for source, kind, points in session.execute(
             select(Lot.source, Consumption.kind, func.sum(Consumption.points))
             .join(Lot, Lot.id == Consumption.lot_id).where(scope)
             .group_by(Lot.source, Consumption.kind)):
-        if kind in kinds:
-            row = of(source)
-            setattr(row, kinds[kind], getattr(row, kinds[kind]) + int(points))
+        row, points = of(source), int(points)
+        if kind in (ConsumptionKind.BURN, ConsumptionKind.BURN_REVERSAL):
+            row.redeemed += points
+        elif kind == ConsumptionKind.DEBT_FILL:
+            row.debt_filled += points
+        elif kind == ConsumptionKind.EXPIRY:
+            row.expired += points
     return found
