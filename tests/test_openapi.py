@@ -324,6 +324,7 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 # the page's assets, and Flask's own static files.
 NOT_IN_THE_DOCUMENT = {"api-docs.openapi_json", "api-docs.openapi_swagger_ui", "swagger_static",
                        "static"}
+WEB_FACES = {"portal", "console", "web"}
 IDEMPOTENT_CLAIMS = {("/v1/earn", "post"), ("/v1/burn", "post"),
                      ("/v1/claims/{claim_id}/reversals", "post"), ("/v1/holds", "post"),
                      ("/v1/holds/{hold_id}/capture", "post")}
@@ -368,7 +369,9 @@ def test_every_route_the_app_serves_is_in_the_document_with_its_methods(app, spe
     assert NOT_IN_THE_DOCUMENT <= endpoints  # the exclusions name real routes
     served: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
-        if rule.endpoint not in NOT_IN_THE_DOCUMENT:
+        # The web faces' pages (web/: portal, console, their stylesheet) are no API.
+        if (rule.endpoint not in NOT_IN_THE_DOCUMENT
+                and rule.endpoint.partition(".")[0] not in WEB_FACES):
             path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
             methods = rule.methods - {"HEAD", "OPTIONS"}
             served.setdefault(path, set()).update(m.lower() for m in methods)

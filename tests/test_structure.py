@@ -90,7 +90,7 @@ def imports_of(path: Path) -> list[tuple[int, str]]:
 HTTP_SIDE = {"coalition.api", "coalition.cli", "coalition.errors", "coalition.ops",
              "coalition.limits", "coalition.fields", "coalition.jsonbody", "coalition.bodylimit",
              "settlement.reconciliation_input"}
-HTTP_SIDE_NAMES = {"views", "auth", "listings", "cli", "schemas", "demo"}
+HTTP_SIDE_NAMES = {"views", "auth", "listings", "bonus_api", "cli", "schemas", "demo"}
 # The data layer the domain may use: coalition/database.py (the Flask-SQLAlchemy `db` object,
 # is_sqlite) and the models.py files declaring tables on it. It reaches Flask-SQLAlchemy,
 # whose session the domain works on; requests and schemas it does not reach.
