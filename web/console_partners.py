@@ -30,6 +30,8 @@ TERM_LABELS = {"issue_price": "Issue price (EUR per point issued)",
                "redemption_rate": "Redemption rate (EUR per point redeemed)",
                "issuance_share": "Issuance share (0 to 1, charged at issue)",
                "claim_fee": "Claim fee (EUR per accepted claim)"}
+TERM_SHORT = {"issue_price": "Issue price", "redemption_rate": "Redemption rate",
+              "issuance_share": "Issuance share", "claim_fee": "Claim fee"}
 STATUS_CHANGES = {"suspended": "Suspend", "active": "Activate"}
 
 tab(20, "partners", "Partners")
@@ -55,7 +57,7 @@ def rate(value) -> str:
 
 @bp.context_processor
 def partner_helpers() -> dict:
-    return {"rate": rate, "term_labels": TERM_LABELS, "term_names": TERMS}
+    return {"rate": rate, "term_labels": TERM_LABELS, "term_short": TERM_SHORT, "term_names": TERMS}
 
 
 def _is_admin() -> bool:
@@ -257,7 +259,7 @@ i18n.extend({
     "Key": "Schlüssel",
     "Algorithm": "Verfahren",
     "Added": "Hinzugefügt",
-    "Revoked": "Widerrufen",
+    "Revoked at": "Widerrufen am",
     "State": "Zustand",
     "No keys.": "Keine Schlüssel.",
     "Revoke": "Widerrufen",
