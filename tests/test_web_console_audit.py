@@ -27,7 +27,8 @@ def logged(app):
                 ("system", "period.close", "period:2026-04", "2026-05-03"),
                 ("operator:ada", "partner.keyring", "partner:acme", "2026-05-03")]):
             audit.record(db.session, actor=actor, action=action, subject=subject,
-                         before=None, after={"n": n}, now=at(day))
+                         before={"grund": "Prüfung <1>"} if n == 4 else None, after={"n": n},
+                         now=at(day))
         db.session.commit()
 
 
@@ -63,6 +64,9 @@ def test_newest_first_and_each_filter(analyst):
     assert shown(analyst, "?from=2026-05-03") [:2] == ["partner.keyring", "period.close"]
     assert shown(analyst, "?actor=operator:ada&from=2026-05-02&to=2026-05-03") == [
         "partner.keyring", "partner.key.revoke"]
+    # values as written, umlauts included, HTML escaped
+    assert "{&#34;grund&#34;: &#34;Prüfung &lt;1&gt;&#34;}" in analyst.get(
+        "/console/audit?action=partner.keyring").get_data(as_text=True)
     page = analyst.get("/console/audit?subject=nobody").get_data(as_text=True)
     assert "Keine Ereignisse gefunden." in page and 'data-count="0"' in page
 

@@ -4,6 +4,7 @@ the coalition's: "from" is the start of that local day, "to" the end of it. Ever
 reads it; nothing here changes anything."""
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 
 from flask import current_app, render_template, request, url_for
@@ -54,7 +55,13 @@ def audit():
         "web/console/audit.html", title=i18n.gettext("Audit log"), found=found,
         filters=filters, error=error, actors=audit_search.actors(db.session),
         actions=audit_search.actions(db.session),
-        page_url=lambda n: url_for(".audit", page=n, **chosen)), 422 if error else 200
+        page_url=lambda n: url_for(".audit", page=n, **chosen), as_json=_as_json
+    ), 422 if error else 200
+
+
+def _as_json(value) -> str:
+    # As written, umlauts included (tojson would escape them); the template escapes the HTML.
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
 i18n.extend({
