@@ -394,6 +394,10 @@ i18n.extend({
     "debt_recovery": "Schuldenausgleich",
     "breakage": "Verfall",
     "bonus": "Bonus",
+    # a funding line's kind: what used the partner's points (coalition/vocabulary.py)
+    "burn_reversal": "Storno einer Einlösung",
+    "earn_reversal": "Storno einer Gutschrift",
+    "debt_fill": "Schuldentilgung",
     "Reconciliation {month}": "Abgleich {month}",
     "A partner's own record of the month (CSV with the columns claim_id, kind, points and "
     "optionally member_id, occurred_at, as the partner API takes it) compared claim by claim "
