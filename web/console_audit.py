@@ -67,12 +67,12 @@ def _as_json(value) -> str:
 i18n.extend({
     "Audit log": "Prüfprotokoll",
     "Actor": "Handelnd",
-    "Action": "Aktion",
+    "Action": "Handlung",
     "Subject": "Betroffen",
     "From (day)": "Von (Tag)",
     "To (day, included)": "Bis (Tag, einschließlich)",
     "Any actor": "Alle Handelnden",
-    "Any action": "Alle Aktionen",
+    "Any action": "Alle Handlungen",
     "When": "Wann",
     "Values before": "Werte vorher",
     "Values after": "Werte nachher",
@@ -83,5 +83,5 @@ i18n.extend({
     "e.g. member-id:12, partner:acme, campaign:spring":
         "z. B. member-id:12, partner:acme, campaign:spring",
     "An action also finds the actions below it: partner.key finds partner.key.add.":
-        "Eine Aktion findet auch die Aktionen darunter: partner.key findet partner.key.add.",
+        "Eine Handlung findet auch die Handlungen darunter: partner.key findet partner.key.add.",
 })

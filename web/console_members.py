@@ -200,7 +200,7 @@ i18n.extend({
     "a one-time code is pending": "ein Einmalcode ist offen",
     "Tier": "Stufe",
     "no tier": "keine Stufe",
-    "Actions": "Aktionen",
+    "Actions": "Maßnahmen",
     "Lock redemption": "Einlösung sperren",
     "Unlock redemption": "Einlösung entsperren",
     "Download the data export": "Datenauszug herunterladen",
