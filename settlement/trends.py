@@ -32,8 +32,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Date, cast, func, select
+from sqlalchemy import Date, cast, func, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from coalition import tiers as tiering
@@ -266,7 +267,9 @@ def active_members(session: Session, periods: list[str], *, now: datetime, tz: s
         start = end - timedelta(days=ACTIVE_DAYS)
         active = session.scalar(
             select(func.count(func.distinct(Entry.member_id)))
-            .where(Entry.period >= period_of(start, tz),  # a claim books into its month or later
+            # A claim books into the month it occurred in or a later one, and never into a
+            # month after the one it was booked in: the periods bound the scan.
+            .where(Entry.period >= period_of(start, tz), Entry.period <= period_of(end, tz),
                    Entry.kind.in_((EntryKind.EARN, EntryKind.BURN)),
                    Entry.partner_id.is_not(None), Entry.activity != REFERRAL,
                    Entry.occurred_at > start, Entry.occurred_at <= end, Entry.recorded_at <= end))
@@ -289,35 +292,51 @@ class TierCount:
 def tier_distribution(session: Session, tiers: tuple[tiering.Tier, ...], *, at: datetime,
                       tz: str) -> list[TierCount]:
     """How many members (enrolled by `at`, not erased by then) are in each tier at `at`, lowest
-    tier first; [] without tiers. Each member's tier is coalition/tiers.py's: the earns that
-    count by its rule (tiers.counts_until, net of reversals, pending and referral earns left
-    out, as tiers.earned selects them) against the thresholds (tiers.status). Read for all
-    members in one query rather than one per member; tests/test_trends.py holds it to
-    tiers.of_member member by member. As tiers.earned does, every reversal of a counted earn
-    counts, also one booked after a past `at`."""
+    tier first; [] without tiers. Each member's tier is coalition/tiers.py's: its earns that
+    count at `at` (net of reversals, neither pending nor referral points, as tiers.earned
+    selects them) against the thresholds (tiers.status). An earn counts while
+    tiers.counts_until(its occurred_at) lies after `at`, which rises with occurred_at: so the
+    earns that count are those that occurred from `counted_from(at)` on, and each member's
+    points are summed in the database, one query for all members rather than one per member.
+    tests/test_trends.py holds the result to tiers.of_member member by member. As
+    tiers.earned does, every reversal of a counted earn counts, also one booked after a past
+    `at`."""
     if not tiers:
         return []
     at = as_utc(at)
+    counts = (Entry.kind == EntryKind.EARN, Entry.activity != REFERRAL,
+              Entry.occurred_at >= counted_from(at, tz), Entry.occurred_at <= at,
+              (Entry.pending_until.is_(None)) | (Entry.pending_until <= at),
+              Member.created_at <= at, Member.erased_at.is_(None) | (Member.erased_at > at))
+    # The counted earns' points, and minus the points of every reversal of them: a reversal
+    # never takes more than its earn, so the sum per member is the sum of each earn's points
+    # net of its reversals.
     reversal = aliased(Entry)
-    reversed_points = (select(func.coalesce(func.sum(reversal.points), 0))
-                       .where(reversal.reverses_id == Entry.id).scalar_subquery())
-    rows = session.execute(
-        select(Entry.member_id, Entry.occurred_at, Entry.points - reversed_points)
-        .join(Member, Member.id == Entry.member_id)
-        .where(Entry.kind == EntryKind.EARN, Entry.activity != REFERRAL,
-               Entry.occurred_at > at - timedelta(days=31 * (tiering.WINDOW_MONTHS + 1)),
-               Entry.occurred_at <= at,
-               (Entry.pending_until.is_(None)) | (Entry.pending_until <= at),
-               Member.created_at <= at,
-               Member.erased_at.is_(None) | (Member.erased_at > at)))
-    counted: dict[int, list[tuple[datetime, int]]] = defaultdict(list)
-    for member, occurred_at, points in rows:
-        until = tiering.counts_until(occurred_at, tz)
-        if until > at and points > 0:
-            counted[member].append((until, int(points)))
-    names = Counter(tiering.status(tiers, sorted(earns), tz)["name"] for earns in counted.values())
-    names[tiers[0].name] += _enrolled(session, at) - len(counted)
+    earned = union_all(
+        select(Entry.member_id.label("member"), Entry.points.label("points"))
+        .join(Member, Member.id == Entry.member_id).where(*counts),
+        select(Entry.member_id, -reversal.points).select_from(reversal)
+        .join(Entry, Entry.id == reversal.reverses_id)
+        .join(Member, Member.id == Entry.member_id).where(*counts)).subquery()
+    counted = func.sum(earned.c.points)
+    rows = session.execute(select(earned.c.member, counted).group_by(earned.c.member)
+                           .having(counted > 0))
+    # The tier's name depends on the points counted alone; tiers.status is given them as one
+    # earn (the instant beside it only ever says how long the tier lasts, not asked for here).
+    names = Counter(tiering.status(tiers, [(at, int(points))], tz)["name"] for _, points in rows)
+    members = sum(names.values())
+    names[tiers[0].name] += _enrolled(session, at) - members
     return [TierCount(t.name, t.threshold, names[t.name]) for t in tiers]
+
+
+def counted_from(at: datetime, tz: str) -> datetime:
+    """The start of the earliest local day whose earns still count towards a tier at `at`
+    (tiers.counts_until(day) > at): about 12 months back, found with counts_until itself."""
+    local = as_utc(at).astimezone(ZoneInfo(tz)).date()
+    day = local.replace(year=local.year - 1, day=1) - timedelta(days=1)  # before the answer
+    while tiering.counts_until(day_start_utc(day, tz), tz) <= at:
+        day += timedelta(days=1)
+    return day_start_utc(day, tz)
 
 
 @dataclass(frozen=True)

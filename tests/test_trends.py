@@ -201,6 +201,41 @@ def test_tier_distribution_is_each_members_tier_of_coalition_tiers(coalition):
     assert trends.tier_distribution(s, (), at=JULY, tz=TZ) == []
 
 
+def test_an_earn_stops_counting_towards_the_tier_on_its_anniversary(coalition):
+    """a1 (2 May 2026 in Berlin) counts through 1 May 2027: until 1 May 2027 22:00 UTC, Berlin's
+    midnight. With Silver at 250, M1 (a1 100 + a4 200) is Silver until then, Blue from then on."""
+    s = coalition
+    silver = tiering.parse("Blue:0,Silver:250")
+    before, after = datetime(2027, 5, 1, 21, 59, 59, tzinfo=UTC), datetime(2027, 5, 1, 22, tzinfo=UTC)
+    # Berlin's 2 May 2026 begins at 1 May 22:00 UTC: counted before, no longer after.
+    assert trends.counted_from(before, TZ) == datetime(2026, 5, 1, 22, tzinfo=UTC)
+    assert trends.counted_from(after, TZ) == datetime(2026, 5, 2, 22, tzinfo=UTC)
+    m1 = s.scalar(select(Member.id).where(Member.external_id == "M1"))
+    for moment, expected in ((before, [3, 1]), (after, [4, 0])):
+        assert [r.members for r in trends.tier_distribution(s, silver, at=moment, tz=TZ)] == expected
+        assert tiering.of_member(s, silver, m1, now=moment, tz=TZ)["name"] == \
+            ("Silver" if expected[1] else "Blue")
+    # 29 February 2028 counts through 28 February 2029 (until 1 March): late on 28 February
+    # 2029 it is the first day still counted; half an hour into 1 March it counts no more,
+    # nor does 1 March 2028.
+    assert trends.counted_from(datetime(2029, 2, 28, 22, 30, tzinfo=UTC), TZ) == \
+        datetime(2028, 2, 28, 23, tzinfo=UTC)  # 29 February 2028 in Berlin
+    assert trends.counted_from(datetime(2029, 2, 28, 23, 30, tzinfo=UTC), TZ) == \
+        datetime(2028, 3, 1, 23, tzinfo=UTC)  # 2 March 2028 in Berlin
+
+
+@pytest.mark.parametrize("tz", [TZ, "America/St_Johns", "Asia/Kolkata", "UTC"])
+def test_counted_from_is_the_first_day_whose_earns_count(tz):
+    """Every 7 hours and 13 minutes over two years (leap day, daylight saving changes): the
+    day counted_from names counts (tiers.counts_until after the instant), the day before not."""
+    moment = datetime(2027, 1, 1, tzinfo=UTC)
+    while moment < datetime(2029, 1, 1, tzinfo=UTC):
+        first = trends.counted_from(moment, tz)
+        assert tiering.counts_until(first, tz) > moment
+        assert tiering.counts_until(first - timedelta(hours=12), tz) <= moment
+        moment += timedelta(hours=7, minutes=13)
+
+
 def test_claims_per_day_come_from_the_journal(coalition):
     s = coalition
     rows = trends.claims_per_day(s, date(2026, 5, 1), date(2026, 6, 30), tz=TZ)
