@@ -34,7 +34,7 @@ FORCE_HELP = ("accept a redemption rate above the issue price (the coalition los
 @click.option("--claim-fee", default=None, help="EUR per accepted claim (default 0)")
 @click.option("--kind", type=click.Choice([PARTNER, OPERATOR]), default=PARTNER, show_default=True,
               help=f"{OPERATOR}: the coalition itself, the issuer of the points it funds (one; "
-                   "no keys)")
+                   "its key signs the operator's API calls, never a burn)")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @json_command
 def add(partner_id, name, issue_price, redemption_rate, issuance_share, claim_fee, kind, force):

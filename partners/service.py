@@ -109,10 +109,6 @@ def operator_id(session: Session) -> str | None:
 def add_key(session: Session, partner_id: str, pem: bytes, *, now: datetime,
             actor: str = audit.SYSTEM) -> PartnerKey:
     partner = get_partner(session, partner_id)
-    if partner.kind == OPERATOR:
-        raise Problem("validation-error", f"{partner_id!r} is the coalition itself (kind "
-                                          f"{OPERATOR}): it signs no partner requests, so it "
-                                          "takes no key.")
     key, alg = load_public_key(pem)
     kid = thumbprint(key)
     _refuse_registered(session.get(PartnerKey, kid), partner.id)

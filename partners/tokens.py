@@ -51,7 +51,7 @@ from coalition.models import UtcDateTime
 from coalition.problems import Problem
 
 from .keys import PublicKey, load_public_key
-from .models import Partner, PartnerKey, UsedToken
+from .models import PARTNER, Partner, PartnerKey, UsedToken
 
 log = logging.getLogger("partners.tokens")
 
@@ -103,6 +103,7 @@ class Caller:
     kid: str
     jti: str
     expires_at: datetime  # after this the token is dead anyway: its jti row can be pruned
+    kind: str = PARTNER  # the caller's kind: OPERATOR for the coalition's own operator
 
 
 def refused(slug: str, detail: str) -> Problem:
@@ -114,10 +115,12 @@ def refused(slug: str, detail: str) -> Problem:
 
 @dataclass(frozen=True)
 class KeyFacts:
-    """What never changes about a registered key: a kid is the key's own thumbprint."""
+    """What never changes about a registered key: a kid is the key's own thumbprint (and a
+    partner's kind is fixed when it is added)."""
     alg: str
     key: PublicKey
     partner_id: str
+    kind: str = PARTNER  # the partner's: partner, or the coalition's operator
 
 
 class KeyCache:
@@ -141,7 +144,8 @@ class KeyCache:
         row = session.execute(_KEY_FACTS, {"kid": kid}).one_or_none()
         if row is None:
             return None
-        facts = KeyFacts(row.alg, load_public_key(row.public_key_pem.encode())[0], row.partner_id)
+        facts = KeyFacts(row.alg, load_public_key(row.public_key_pem.encode())[0], row.partner_id,
+                         row.kind)
         with self._lock:
             self._keys[kid] = facts
         return facts
@@ -151,8 +155,9 @@ class KeyCache:
             self._keys.pop(kid, None)
 
 
-_KEY_FACTS = select(PartnerKey.alg, PartnerKey.public_key_pem, PartnerKey.partner_id) \
-    .where(PartnerKey.kid == bindparam("kid"))
+_KEY_FACTS = (select(PartnerKey.alg, PartnerKey.public_key_pem, PartnerKey.partner_id, Partner.kind)
+              .join(Partner, Partner.id == PartnerKey.partner_id)
+              .where(PartnerKey.kid == bindparam("kid")))
 _STANDING = (select(PartnerKey.status, Partner.status)
              .join(Partner, Partner.id == PartnerKey.partner_id)
              .where(PartnerKey.kid == bindparam("kid")))
@@ -270,7 +275,8 @@ def _verify(session, keys, authorization, method, path, query, body, audience, n
     _check_binding(claims, method=method, path=path, query=query, body=body)
     if not spent:
         raise _replayed(partner_id)
-    return Caller(partner_id, kid, claims["jti"], datetime.fromtimestamp(exp + LEEWAY, timezone.utc))
+    return Caller(partner_id, kid, claims["jti"], datetime.fromtimestamp(exp + LEEWAY, timezone.utc),
+                  facts.kind)
 
 
 def _refuse_equally(session: Session, kid: str) -> None:

@@ -19,8 +19,11 @@ from coalition.expiry_notices import for_member as expiry_notices_of
 from coalition.fields import ID_PATTERN
 from coalition.offers import for_member as offers_of
 
+from coalition.vocabulary import EntryKind
+
 from . import harvest, schemas
 from .auth import AUTH, COMMON, authenticate, crashed, failed, spend_again, watch_for_harvesting
+from .models import OPERATOR
 from .service import claim_view, current_claim, earn_bonus, hold_view, redeem_policy
 
 blp = Blueprint("partner_api", __name__, url_prefix="/v1",
@@ -120,13 +123,24 @@ def earn(body: dict):
 @blp.response(201, schemas.ClaimSchema, description="Booked (or, with Idempotent-Replayed, booked "
               "before: the same claim sent again)")
 @problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict", "insufficient-points",
-          "limit-exceeded", "member-locked", "member-auth-required", "member-auth-invalid")
+          "limit-exceeded", "member-locked", "member-auth-required", "member-auth-invalid",
+          "forbidden")
 def burn(body: dict):
     g.card = body["member_id"]
+    _redeems_here()
     return _book(ledger.book_burn, policy=redeem_policy(db.session, g.caller.partner_id), **body)
 
 
 _CLAIM, _MEMBER = schemas.ClaimSchema(), schemas.MemberSchema()
+NOTHING_REDEEMED_AT_THE_OPERATOR = (
+    "Nothing is redeemed at the coalition itself: its token adds campaigns, coupons and "
+    "segments and books the points the coalition gives (earns), not burns or holds.")
+
+
+def _redeems_here() -> None:
+    """The operator's token may earn (points the coalition gives) but never redeem."""
+    if g.caller.kind == OPERATOR:
+        raise Problem("forbidden", NOTHING_REDEEMED_AT_THE_OPERATOR)
 
 
 @blp.route("/batches", methods=["POST"])
@@ -138,8 +152,13 @@ _CLAIM, _MEMBER = schemas.ClaimSchema(), schemas.MemberSchema()
 @problems(blp, *COMMON, *BODY)
 def batch(body: dict):
     partner_id, now = g.caller.partner_id, _now()
+    items = [schemas.batch_item(raw) for raw in body["claims"]]
+    if g.caller.kind == OPERATOR:  # per item, as every refusal in a batch
+        items = [Problem("forbidden", NOTHING_REDEEMED_AT_THE_OPERATOR)
+                 if isinstance(item, batches.Item) and item.kind == EntryKind.BURN else item
+                 for item in items]
     outcomes = batches.book_batch(
-        db.session, [schemas.batch_item(raw) for raw in body["claims"]], partner_id=partner_id,
+        db.session, items, partner_id=partner_id,
         now=now, rules=current_app.config["LEDGER_RULES"],
         policy=redeem_policy(db.session, partner_id), restore=spend_again)
     unknown = [o.card for o in outcomes if o.card and o.problem and o.problem.slug == "not-found"]
@@ -216,9 +235,11 @@ def set_consent(body: dict, member_id: str):
 @blp.response(201, schemas.HoldViewSchema, description="Held (or, with Idempotent-Replayed, "
               "held before: the same hold sent again, answered as it stands now)")
 @problems(blp, *COMMON, *BODY, "not-found", "claim-id-conflict", "insufficient-points",
-          "limit-exceeded", "member-locked", "member-auth-required", "member-auth-invalid")
+          "limit-exceeded", "member-locked", "member-auth-required", "member-auth-invalid",
+          "forbidden")
 def place_hold(body: dict):
     g.card = body["member_id"]
+    _redeems_here()
     answer = holds.place(db.session, partner_id=g.caller.partner_id, now=_now(),
                          rules=current_app.config["LEDGER_RULES"],
                          policy=redeem_policy(db.session, g.caller.partner_id), **body)

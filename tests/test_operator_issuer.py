@@ -1,12 +1,17 @@
 """The coalition as an issuer (issue 11, funders): `partners add ID --kind operator` registers the
-coalition itself, once, with terms like any partner's and no keys; it gets a statement when a
-month closes like every partner."""
+coalition itself, once, with terms like any partner's; its key signs the operator's API calls
+and the points the coalition gives, never a redemption; it gets a statement when a month closes
+like every partner."""
 from __future__ import annotations
 
 import json
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from partners.client import PartnerClient
+from partners.demo import transport_for
+from tests.conftest import ago
 
 
 def cli(runner, *args):
@@ -29,11 +34,32 @@ def test_the_coalition_is_registered_once_as_the_operator(runner):
     assert code == 2  # not one of the kinds
 
 
-def test_the_operator_takes_no_key(runner, tmp_path):
+def test_the_operators_key_earns_for_the_coalition_but_never_redeems(app, runner, tmp_path,
+                                                                      acme):
+    """The operator signs with a key of its own (its API: campaigns, coupons, segments) and may
+    book the points the coalition gives; nothing is redeemed at it: burns, holds and a batch's
+    burns answer 403 forbidden and book nothing."""
     cli(runner, "partners", "add", "coalition", "--name", "The Coalition", "--kind", "operator")
+    key = ed25519.Ed25519PrivateKey.generate()
     pem = tmp_path / "key.pem"
-    pem.write_bytes(ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+    pem.write_bytes(key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    code, refused = cli(runner, "partners", "add-key", "coalition", "--public-key", str(pem))
-    assert code == 1 and refused["error"] == "validation-error"
-    assert cli(runner, "partners", "show", "coalition")[1]["keys"] == []
+    code, added = cli(runner, "partners", "add-key", "coalition", "--public-key", str(pem))
+    assert code == 0, added
+    assert [k["kid"] for k in cli(runner, "partners", "show", "coalition")[1]["keys"]] == [
+        added["kid"]]
+    coalition = PartnerClient("", "coalition", key, transport=transport_for(app))
+    assert acme.client.enrol("M1").status == 201
+    assert acme.client.earn("a1", "M1", 100).status == 201
+    goodwill = coalition.earn("sorry-1", "M1", 50)
+    assert goodwill.status == 201 and goodwill.json()["balance_after"] == 150
+    for refused in (coalition.burn("b1", "M1", 10), coalition.hold("h1", "M1", 10)):
+        assert refused.status == 403, refused.body
+        assert refused.json()["type"].endswith("/forbidden")
+    answer = coalition.batch([{"kind": "earn", "claim_id": "sorry-2", "member_id": "M1",
+                               "points": 5, "occurred_at": ago(minutes=1)},
+                              {"kind": "burn", "claim_id": "b2", "member_id": "M1",
+                               "points": 10, "occurred_at": ago(minutes=1)}]).json()
+    assert [r["status"] for r in answer["results"]] == [201, 403]
+    assert answer["results"][1]["body"]["type"].endswith("/forbidden")
+    assert acme.client.balance("M1").json()["available"] == 155
