@@ -34,7 +34,7 @@ from coalition.models import Campaign, Coupon, Segment
 
 from . import schemas, service
 from .auth import AUTH, COMMON
-from .models import OPERATOR, Partner
+from .models import OPERATOR
 from .views import BODY, blp
 
 _OPERATOR_ONLY = "Only the coalition's operator may do this."

@@ -13,13 +13,11 @@ from sqlalchemy import func, select, text
 
 from coalition import audit
 from coalition.database import db
-from coalition.errors import Problem
 from coalition.models import AuditEvent, Campaign, ClosedPeriod, Coupon
 from coalition.vocabulary import MAX_POINTS
 from partners import service as partner_service
 from partners.client import PartnerClient
-from partners.keys import canonical_pem, load_public_key, thumbprint
-from partners.models import OPERATOR, PartnerKey
+from partners.models import OPERATOR
 from tests.conftest import (Partner, ago, await_lock_wait, new_key, postgres_only, public_pem,
                             transport_for)
 
