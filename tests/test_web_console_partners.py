@@ -156,8 +156,8 @@ def test_a_terms_change_the_domain_refuses_is_shown_with_its_reason(app, ada, ac
     with app.app_context():
         event = db.session.scalars(select(AuditEvent).where(
             AuditEvent.action == "partner.terms.set")).one()
-        assert event.actor == "operator:ada" and json.loads(event.after)["forced"] is True \
-            if isinstance(event.after, str) else event.after["forced"] is True
+        after = json.loads(event.after) if isinstance(event.after, str) else event.after
+        assert event.actor == "operator:ada" and after["forced"] is True
     assert partner_state(app, "acme")["terms"][-1]["redemption_rate"] == "0.05"
 
 
@@ -174,7 +174,7 @@ def test_an_admin_adds_a_key_and_revokes_one_and_the_partner_api_follows(app, ad
     junk = post_form(ada, page, "/console/partners/acme/keys", {"public_key": "not a key"})
     assert "Not a PEM-encoded public key." in text_of(junk, 422)
     empty = post_form(ada, page, "/console/partners/acme/keys", {"public_key": ""})
-    assert "Fügen Sie den öffentlichen Schlüssel" not in text_of(empty, 422) or True
+    assert "Fügen Sie den öffentlichen Schlüssel des Partners ein (PEM)." in text_of(empty, 422)
 
     confirm = ada.get(f"/console/partners/acme/keys/{acme.kid}/revoke")
     text = text_of(confirm)
