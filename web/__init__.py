@@ -12,13 +12,17 @@ import pkgutil
 from flask import Flask
 
 
+def load_areas() -> list:
+    """Import the console's areas (web/console_*.py, one module each): they add their routes
+    and tabs to console.bp, and their strings to the catalog (i18n.extend)."""
+    return [importlib.import_module(f"{__name__}.{m.name}")
+            for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)
+            if m.name.startswith("console_")]
+
+
 def init_app(app: Flask, api) -> None:
     from . import console, faces, portal, security
-    # The console's areas (web/console_*.py, one module each) add their routes and tabs to
-    # console.bp: imported before it is registered.
-    for area in sorted(m.name for m in pkgutil.iter_modules(__path__)
-                       if m.name.startswith("console_")):
-        importlib.import_module(f"{__name__}.{area}")
+    load_areas()  # before console.bp is registered
 
     security.init_app(app)
     app.register_blueprint(faces.assets)
