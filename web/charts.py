@@ -373,7 +373,8 @@ def heat_map(title: str, desc: str, rows: Sequence[str], columns: Sequence[str],
     if row_label:
         svg.text(14, top + cell_h * len(rows) / 2, row_label, anchor="middle", rotate=-90,
                  fill=MUTED, size=FONT - 1)
-    low, high = min(present), max(present)
+    # Shades from zero: a narrow spread of large flows must not look like a wide one.
+    low, high = min(0.0, min(present)), max(present)
     whole = all(isinstance(v, int) for v in values.values() if v is not None)
 
     def shade(value: float) -> int:
