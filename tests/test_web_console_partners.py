@@ -232,3 +232,16 @@ def test_usage_of_a_closed_month_is_what_its_statement_says(app, may):  # noqa: 
         page = text_of(client.get("/console/partners/fuel"))
     assert (f"2026-05 {fuel['claims']} {fuel['late_claims']} {fuel['points_issued']} "
             f"{fuel['points_redeemed']}") in page
+
+
+
+def test_the_coalition_itself_is_listed_and_takes_a_key_like_any_partner(app, ada, runner):
+    result = runner.invoke(args=["partners", "add", "club", "--name", "Club", "--kind", "operator"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"club Club Betreiber aktiv", text_of(ada.get("/console/partners")))
+    page = ada.get("/console/partners/club")
+    assert "Keine Schlüssel." in text_of(page)
+    added = post_form(ada, "/console/partners/club", "/console/partners/club/keys",
+                      {"public_key": public_pem(new_key("EdDSA")).decode()})
+    assert added.status_code == 302
+    assert [k["state"] for k in partner_state(app, "club")["keys"]] == ["active"]

@@ -19,7 +19,6 @@ from coalition.database import db
 from coalition.periods import period_of
 from coalition.problems import Problem
 from partners import service, usage
-from partners.models import OPERATOR
 
 from . import auth, i18n
 from .console import ADMINS, READERS, bp, tab
@@ -88,7 +87,7 @@ def _partner_page(partner_id: str, *, terms_form: dict | None = None, terms_erro
         "web/console/partners_show.html", title=i18n.gettext("Partner {name}", name=partner.name),
         partner=partner, view=view, terms_now=service.terms_in_force(db.session, partner_id, period),
         history=list(reversed(view["terms"])), usage=list(reversed(months)), admin=_is_admin(),
-        operator_kind=partner.kind == OPERATOR, first_open=first_open, closed=closed,
+        first_open=first_open, closed=closed,
         terms_form=terms_form or {"starts": max(first_open, period)}, terms_error=terms_error,
         key_error=key_error, pem=pem), status
 
@@ -275,8 +274,6 @@ i18n.extend({
     "Paste the partner's public key (PEM).":
         "Fügen Sie den öffentlichen Schlüssel des Partners ein (PEM).",
     "Key {kid} is added.": "Schlüssel {kid} ist hinzugefügt.",
-    "The coalition itself signs no partner requests: it takes no key.":
-        "Die Koalition selbst signiert keine Partneranfragen: Sie hat keinen Schlüssel.",
     "Suspend": "Sperren",
     "Activate": "Aktivieren",
     "Suspend {name}?": "{name} sperren?",
