@@ -17,7 +17,7 @@ from coalition import tiers as tiering
 from coalition.clock import now as clock_now
 from coalition.database import db
 from coalition.members import enrol
-from coalition.models import Lot, Member
+from coalition.models import AuditEvent, Lot, Member
 from coalition.periods import day_of
 from partners import service as partner_service
 from partners import auth, rejects
@@ -365,6 +365,13 @@ def test_problem_answers_are_counted_by_partner_day_and_slug(app, acme, tally):
     # A booked claim counts nothing.
     assert acme.client.earn("e5", "M1", 1).status == 201
     assert sum(counted(app).values()) == 6
+    # A refusal commits what it recorded (the audited limit hit) with the count.
+    assert acme.client.earn("r1", "M1", 5, activity="review").status == 201
+    assert acme.client.earn("r2", "M1", 5, activity="review").status == 422  # one a day
+    assert counted(app)[("acme", "limit-exceeded")] == 1
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(AuditEvent)
+                                 .where(AuditEvent.action == "member.limit-hit")) == 1
 
 
 def test_refusals_without_a_jti_are_written_at_most_once_per_interval(app, acme, tally):
