@@ -4,6 +4,8 @@ reach into a closed month), read by id, listed by window, ended early but never 
 """
 from __future__ import annotations
 
+import re
+
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Callable
@@ -21,6 +23,8 @@ from .vocabulary import MAX_POINTS
 
 MULTIPLIER, FIXED = "multiplier", "fixed"
 MAX_FACTOR = Decimal(100)
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_DECIMAL = re.compile(r"[0-9]{1,19}(\.[0-9]{1,19})?")
 
 
 def checked_terms(session: Session, noun: str, *, name: str, kind: str, value: str, starts: str,
@@ -70,9 +74,10 @@ def end(session: Session, row, noun: str, view: Callable, *, now: datetime,
 
 
 def parse_value(kind: str, value: str) -> tuple[Decimal | None, int | None]:
+    # ASCII digits only: str.isdigit and Decimal take other scripts' digits, and "²" too
     if kind == MULTIPLIER:
         try:
-            factor = Decimal(value)
+            factor = Decimal(value) if _DECIMAL.fullmatch(value) else None
         except InvalidOperation:
             factor = None
         if factor is None or not factor.is_finite() or not 1 < factor <= MAX_FACTOR \
@@ -81,7 +86,7 @@ def parse_value(kind: str, value: str) -> tuple[Decimal | None, int | None]:
                                               f"most {MAX_FACTOR}, with at most 4 places (e.g. 2).")
         return factor, None
     if kind == FIXED:
-        if not value.isdigit() or not 1 <= int(value) <= MAX_POINTS:
+        if not _DIGITS.fullmatch(value) or not 1 <= int(value) <= MAX_POINTS:
             raise Problem("validation-error", f"A fixed bonus's --value is 1 to {MAX_POINTS} "
                                               "points.")
         return None, int(value)

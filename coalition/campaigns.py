@@ -33,8 +33,10 @@ def add(session: Session, campaign_id: str, *, name: str, kind: str, value: str,
         starts: str, ends: str, funder: str, issuers: set[str], now: datetime, tz: str,
         partners: list[str] | None = None, tiers: list[str] | None = None,
         segment: str | None = None, cap_per_member: int | None = None,
-        cap_total: int | None = None, actor: str = audit.SYSTEM) -> Campaign:
-    """Add a campaign (audited `campaign.add`). `value`: the factor of a multiplier (a decimal
+        cap_total: int | None = None, known_tiers: tuple[str, ...] = (),
+        actor: str = audit.SYSTEM) -> Campaign:
+    """Add a campaign (audited `campaign.add`). `known_tiers`: the names of the configured tiers (COALITION_TIERS), the only ones
+    `tiers` may name. `value`: the factor of a multiplier (a decimal
     above 1, at most 100) or the points of a fixed bonus. `starts`/`ends`: a date (the start of
     that day; for `ends` the end of it) or a date-time, in `tz` unless it carries an offset."""
     if session.get(Campaign, campaign_id) is not None:
@@ -47,6 +49,10 @@ def add(session: Session, campaign_id: str, *, name: str, kind: str, value: str,
     if segment is not None and session.get(Segment, segment) is None:
         raise Problem("validation-error", f"No segment {segment!r}: define it first "
                                           "(segments add).")
+    strange = sorted(set(tiers or ()) - set(known_tiers))
+    if strange:  # a misspelt tier would never apply
+        raise Problem("validation-error", f"No such tiers: {', '.join(strange)} (the tiers are: "
+                                          f"{', '.join(known_tiers) or 'none configured'}).")
     unknown = sorted(set(partners or ()) - issuers)
     if unknown:
         raise Problem("validation-error", f"No such partners: {', '.join(unknown)}.")

@@ -124,7 +124,8 @@ def _campaign(campaign_id: str, operator: bool):
 @problems(blp, *COMMON, *BODY, "forbidden")
 def add_campaign(body: dict):
     campaign = _added(campaigns.add, Campaign, body.pop("id"), "Campaign", issuers=_issuers(),
-                      now=_now(), tz=_tz(), actor=_actor(), **body)
+                      now=_now(), tz=_tz(), actor=_actor(), known_tiers=tuple(
+                          t.name for t in current_app.config["LEDGER_RULES"].tiers), **body)
     view = campaigns.view(campaign)
     db.session.commit()
     return view, 201

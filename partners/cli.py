@@ -192,8 +192,12 @@ def add(campaign_id, name, kind, value, starts, ends, funder, partner_ids, tiers
         now=_now(), tz=current_app.config["COALITION_TIMEZONE"],
         partners=_ids(partner_ids, "--partners"), tiers=_ids(tiers, "--tiers"),
         segment=segment and check_id(segment, "--segment"), cap_per_member=cap_per_member,
-        cap_total=cap_total, actor=operator())
+        cap_total=cap_total, known_tiers=_tier_names(), actor=operator())
     return campaigns.view(campaign)
+
+
+def _tier_names() -> tuple[str, ...]:
+    return tuple(t.name for t in current_app.config["LEDGER_RULES"].tiers)
 
 
 def _window_commands(group, module, noun: str, ended: str) -> None:

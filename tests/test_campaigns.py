@@ -3,10 +3,12 @@ coalition/campaigns.py). What a campaign books on an earn is not in here yet."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
 
+from coalition import tiers
 from coalition.database import db
 from coalition.models import ClosedPeriod
 
@@ -29,7 +31,9 @@ def add(runner, campaign_id="double", *extra, kind="multiplier", value="2", star
                "--value", value, "--from", starts, "--until", ends, "--funder", funder, *extra)
 
 
-def test_a_window_of_days_is_whole_days_in_berlin_across_the_dst_change(runner, parties):
+def test_a_window_of_days_is_whole_days_in_berlin_across_the_dst_change(app, runner, parties):
+    app.config["LEDGER_RULES"] = replace(app.config["LEDGER_RULES"],
+                                         tiers=tiers.parse("Blue:0,Gold:1000"))
     # Berlin moves to summer time in the night of 27-28 March 2027: the 28th has 23 hours.
     code, campaign = add(runner, "double", "--partners", "shop,fuel", "--tiers", "Gold",
                          "--cap-per-member", "500", "--cap-total", "100000")
@@ -56,6 +60,9 @@ def test_a_window_of_days_is_whole_days_in_berlin_across_the_dst_change(runner, 
     ({"value": "101"}, "above 1"), ({"kind": "fixed", "value": "0"}, "1 to"),
     ({"kind": "fixed", "value": "1.5"}, "1 to"), ({"starts": "2027-03-28", "ends": "2027-03-27"}, "empty"),
     ({"starts": "27.03.2027"}, "--from must be"), ({"funder": "nobody"}, "no registered partner"),
+    # digits of other scripts (and superscripts) are no numbers here
+    ({"kind": "fixed", "value": "\u00b2"}, "1 to"), ({"kind": "fixed", "value": "\u0665"}, "1 to"),
+    ({"value": "\u0662"}, "above 1"),
 ])
 def test_bad_campaigns_are_refused_and_nothing_is_stored(runner, parties, change, detail):
     code, answer = add(runner, **change)
@@ -63,9 +70,15 @@ def test_bad_campaigns_are_refused_and_nothing_is_stored(runner, parties, change
     assert cli(runner, "campaigns", "list")[1] == []
 
 
-def test_unknown_partners_caps_and_duplicates_are_refused(runner, parties):
+def test_unknown_partners_tiers_caps_and_duplicates_are_refused(app, runner, parties):
     code, answer = add(runner, "x", "--partners", "shop,ghost")
     assert code == 1 and "ghost" in answer["detail"]
+    code, answer = add(runner, "x", "--tiers", "Gold")  # no tiers configured
+    assert code == 1 and "No such tiers: Gold" in answer["detail"]
+    app.config["LEDGER_RULES"] = replace(app.config["LEDGER_RULES"],
+                                         tiers=tiers.parse("Blue:0,Gold:1000"))
+    code, answer = add(runner, "x", "--tiers", "Gold,Glod")  # a misspelt tier never applies
+    assert code == 1 and "No such tiers: Glod (the tiers are: Blue, Gold)" in answer["detail"]
     assert add(runner, "x", "--cap-total", "0")[0] == 1
     assert add(runner, "x")[0] == 0
     code, answer = add(runner, "x")

@@ -203,7 +203,8 @@ def campaign_new():
                 now=clock.now(), tz=_tz(), partners=form.getlist("partners") or None,
                 tiers=form.getlist("tiers") or None, segment=form.get("segment") or None,
                 cap_per_member=_cap("cap_per_member", "Cap per member"),
-                cap_total=_cap("cap_total", "Cap in all"), actor=_actor())
+                cap_total=_cap("cap_total", "Cap in all"), actor=_actor(),
+                known_tiers=tuple(t.name for t in current_app.config["LEDGER_RULES"].tiers))
         except Problem as problem:
             error = _form_error(problem)
         else:
