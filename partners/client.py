@@ -302,6 +302,11 @@ class PartnerClient:
         return self.request(
             "POST", f"/v1/members/{_seg(member_id)}/coupons/{_seg(coupon_id)}/activation")
 
+    def invite(self, member_id: str) -> Response:
+        """A one-time code for the member portal (201: {"member_id", "code", "expires_at"}),
+        valid 72 hours; hand it to the member, who sets a password with it."""
+        return self.request("POST", f"/v1/members/{_seg(member_id)}/invitation")
+
     def set_pin(self, member_id: str, pin: str, current_pin: Optional[str] = None) -> Response:
         """Set the member's first PIN, or change it (current_pin). 204 on success."""
         body = {"pin": pin} if current_pin is None else {"pin": pin, "current_pin": current_pin}

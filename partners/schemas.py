@@ -130,6 +130,16 @@ class CouponActivationSchema(Schema):
     coupon = fields.Nested(CouponSchema, required=True)
 
 
+class InvitationSchema(Schema):
+    EXAMPLE = {"member_id": "M-1001", "code": "7KQ2-M9XD-4HTC",
+               "expires_at": "2026-05-07T10:00:00Z"}
+    member_id = fields.String(required=True)
+    code = fields.String(required=True, metadata={
+        "description": "The one-time code, shown here only: 12 characters in groups of 4 "
+                       "(Crockford base32; typed in any case, dashes and spaces ignored)."})
+    expires_at = Rfc3339(required=True, metadata={"description": "72 hours from now."})
+
+
 class OfferedCouponSchema(CouponSchema):
     activated = fields.Boolean(required=True)
     used = fields.Boolean(required=True, metadata={

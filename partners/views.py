@@ -11,7 +11,7 @@ from flask import current_app, g
 from marshmallow import RAISE
 
 from coalition import batch as batches
-from coalition import clock, consents, coupons, holds, ledger, members, pins
+from coalition import clock, consents, coupons, credentials, holds, ledger, members, pins
 from coalition.api import Blueprint, problems
 from coalition.database import db
 from coalition.errors import Problem
@@ -325,6 +325,27 @@ def activate_coupon(member_id: str, coupon_id: str):
     view = coupons.activation_view(activation, member_id, coupons.get(db.session, coupon_id))
     db.session.commit()
     return view, 201 if created else 200
+
+
+@blp.route("/members/<member_id>/invitation", methods=["POST"])
+@blp.doc(security=AUTH, summary="A one-time code for the member portal (no body)",
+         description="Hand it to the member (printed at the till, or in your app): with it the "
+                     "member sets a password for the coalition's member portal, a first one or a "
+                     "new one after a forgotten password. Valid 72 hours, once; a newer code, "
+                     "from any partner or the operator, cancels it. The service keeps only a "
+                     "hash of it: it is shown in this answer alone.")
+@blp.response(201, schemas.InvitationSchema, example=schemas.InvitationSchema.EXAMPLE,
+              description="A new code")
+@problems(blp, *COMMON, "payload-too-large", "not-found")
+def invite_member(member_id: str):
+    g.card = member_id
+    now = _now()
+    code = credentials.issue_code(
+        db.session, credentials.principal(credentials.MEMBER, _known(member_id)), now=now,
+        actor=f"partner:{g.caller.partner_id}")
+    db.session.commit()
+    return {"member_id": member_id, "code": code,
+            "expires_at": now + credentials.CODE_LIFETIME}, 201
 
 
 @blp.route("/claims/<claim_id>/reversals", methods=["POST"])
