@@ -28,7 +28,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from .activities import REFERRAL
@@ -91,22 +91,59 @@ def counts_until(occurred_at: datetime, tz: str) -> datetime:
     return day_start_utc(anniversary, tz)
 
 
+def counted_from(at: datetime, tz: str) -> datetime:
+    """The start of the earliest local day whose earns still count at `at`
+    (counts_until(day) > at): about 12 months back, found with counts_until itself, so the
+    two never disagree (29 February, daylight saving changes)."""
+    local = as_utc(at).astimezone(ZoneInfo(tz)).date()
+    day = local.replace(year=local.year - 1, day=1) - timedelta(days=1)  # before the answer
+    while counts_until(day_start_utc(day, tz), tz) <= at:
+        day += timedelta(days=1)
+    return day_start_utc(day, tz)
+
+
+def _counting(at: datetime, tz: str) -> tuple:
+    """The earns that count towards a tier at `at`: the rule's selection, for one member
+    (`earned`) and for all at once (`points_counted`)."""
+    at = as_utc(at)
+    return (Entry.kind == EntryKind.EARN, Entry.activity != REFERRAL,
+            Entry.occurred_at >= counted_from(at, tz), Entry.occurred_at <= at,
+            (Entry.pending_until.is_(None)) | (Entry.pending_until <= at))
+
+
 def earned(session: Session, member_pk: int, *, now: datetime, tz: str) -> list[tuple[datetime, int]]:
     """The member's earns that count at `now`: (when each stops counting, its points net of
     reversals), soonest first."""
     reversal = aliased(Entry)
     reversed_points = (select(func.coalesce(func.sum(reversal.points), 0))
                        .where(reversal.reverses_id == Entry.id).scalar_subquery())
-    # 13 months back bounds the scan; counts_until decides exactly.
     rows = session.execute(
         select(Entry.occurred_at, Entry.points - reversed_points)
-        .where(Entry.member_id == member_pk, Entry.kind == EntryKind.EARN,
-               Entry.activity != REFERRAL,
-               Entry.occurred_at > now - timedelta(days=31 * (WINDOW_MONTHS + 1)),
-               Entry.occurred_at <= now,
-               (Entry.pending_until.is_(None)) | (Entry.pending_until <= now)))
+        .where(Entry.member_id == member_pk, *_counting(now, tz)))
     counted = [(counts_until(at, tz), int(points)) for at, points in rows]
     return sorted((until, points) for until, points in counted if until > now and points > 0)
+
+
+def points_counted(session: Session, *, at: datetime, tz: str, members=None) -> dict[int, int]:
+    """{member pk: points counted towards a tier at `at`} for every member with more than 0:
+    the sum of what `earned` gives each, summed in the database in one query for all members
+    rather than one per member. `members`: a select of Member.id to restrict it to.
+
+    The counted earns' points, and minus the points of every reversal of them: a reversal
+    never takes more than its earn, so the sum per member is the sum of each earn's points
+    net of its reversals (as in `earned`, every reversal of a counted earn counts, also one
+    booked after a past `at`)."""
+    counting = _counting(at, tz)
+    if members is not None:
+        counting = (*counting, Entry.member_id.in_(members))
+    reversal = aliased(Entry)
+    points = union_all(
+        select(Entry.member_id.label("member"), Entry.points.label("points")).where(*counting),
+        select(Entry.member_id, -reversal.points).select_from(reversal)
+        .join(Entry, Entry.id == reversal.reverses_id).where(*counting)).subquery()
+    counted = func.sum(points.c.points)
+    return {member: int(total) for member, total in session.execute(
+        select(points.c.member, counted).group_by(points.c.member).having(counted > 0))}
 
 
 def status(tiers: tuple[Tier, ...], counted: list[tuple[datetime, int]], tz: str) -> dict | None:

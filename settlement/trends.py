@@ -32,10 +32,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
-from sqlalchemy import Date, cast, func, select, union_all
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Date, cast, func, select
+from sqlalchemy.orm import Session
 
 from coalition import tiers as tiering
 from coalition.activities import REFERRAL
@@ -292,51 +291,21 @@ class TierCount:
 def tier_distribution(session: Session, tiers: tuple[tiering.Tier, ...], *, at: datetime,
                       tz: str) -> list[TierCount]:
     """How many members (enrolled by `at`, not erased by then) are in each tier at `at`, lowest
-    tier first; [] without tiers. Each member's tier is coalition/tiers.py's: its earns that
-    count at `at` (net of reversals, neither pending nor referral points, as tiers.earned
-    selects them) against the thresholds (tiers.status). An earn counts while
-    tiers.counts_until(its occurred_at) lies after `at`, which rises with occurred_at: so the
-    earns that count are those that occurred from `counted_from(at)` on, and each member's
-    points are summed in the database, one query for all members rather than one per member.
-    tests/test_trends.py holds the result to tiers.of_member member by member. As
-    tiers.earned does, every reversal of a counted earn counts, also one booked after a past
-    `at`."""
+    tier first; [] without tiers. Each member's tier is coalition/tiers.py's: the points that
+    count at `at` (tiers.points_counted, the selection tiers.earned makes, summed for all
+    members in one query) against the thresholds (tiers.status). tests/test_trends.py holds
+    the result to tiers.of_member member by member."""
     if not tiers:
         return []
     at = as_utc(at)
-    counts = (Entry.kind == EntryKind.EARN, Entry.activity != REFERRAL,
-              Entry.occurred_at >= counted_from(at, tz), Entry.occurred_at <= at,
-              (Entry.pending_until.is_(None)) | (Entry.pending_until <= at),
-              Member.created_at <= at, Member.erased_at.is_(None) | (Member.erased_at > at))
-    # The counted earns' points, and minus the points of every reversal of them: a reversal
-    # never takes more than its earn, so the sum per member is the sum of each earn's points
-    # net of its reversals.
-    reversal = aliased(Entry)
-    earned = union_all(
-        select(Entry.member_id.label("member"), Entry.points.label("points"))
-        .join(Member, Member.id == Entry.member_id).where(*counts),
-        select(Entry.member_id, -reversal.points).select_from(reversal)
-        .join(Entry, Entry.id == reversal.reverses_id)
-        .join(Member, Member.id == Entry.member_id).where(*counts)).subquery()
-    counted = func.sum(earned.c.points)
-    rows = session.execute(select(earned.c.member, counted).group_by(earned.c.member)
-                           .having(counted > 0))
+    enrolled = select(Member.id).where(
+        Member.created_at <= at, Member.erased_at.is_(None) | (Member.erased_at > at))
+    counted = tiering.points_counted(session, at=at, tz=tz, members=enrolled)
     # The tier's name depends on the points counted alone; tiers.status is given them as one
     # earn (the instant beside it only ever says how long the tier lasts, not asked for here).
-    names = Counter(tiering.status(tiers, [(at, int(points))], tz)["name"] for _, points in rows)
-    members = sum(names.values())
-    names[tiers[0].name] += _enrolled(session, at) - members
+    names = Counter(tiering.status(tiers, [(at, points)], tz)["name"] for points in counted.values())
+    names[tiers[0].name] += _enrolled(session, at) - sum(names.values())
     return [TierCount(t.name, t.threshold, names[t.name]) for t in tiers]
-
-
-def counted_from(at: datetime, tz: str) -> datetime:
-    """The start of the earliest local day whose earns still count towards a tier at `at`
-    (tiers.counts_until(day) > at): about 12 months back, found with counts_until itself."""
-    local = as_utc(at).astimezone(ZoneInfo(tz)).date()
-    day = local.replace(year=local.year - 1, day=1) - timedelta(days=1)  # before the answer
-    while tiering.counts_until(day_start_utc(day, tz), tz) <= at:
-        day += timedelta(days=1)
-    return day_start_utc(day, tz)
 
 
 @dataclass(frozen=True)

@@ -208,8 +208,8 @@ def test_an_earn_stops_counting_towards_the_tier_on_its_anniversary(coalition):
     silver = tiering.parse("Blue:0,Silver:250")
     before, after = datetime(2027, 5, 1, 21, 59, 59, tzinfo=UTC), datetime(2027, 5, 1, 22, tzinfo=UTC)
     # Berlin's 2 May 2026 begins at 1 May 22:00 UTC: counted before, no longer after.
-    assert trends.counted_from(before, TZ) == datetime(2026, 5, 1, 22, tzinfo=UTC)
-    assert trends.counted_from(after, TZ) == datetime(2026, 5, 2, 22, tzinfo=UTC)
+    assert tiering.counted_from(before, TZ) == datetime(2026, 5, 1, 22, tzinfo=UTC)
+    assert tiering.counted_from(after, TZ) == datetime(2026, 5, 2, 22, tzinfo=UTC)
     m1 = s.scalar(select(Member.id).where(Member.external_id == "M1"))
     for moment, expected in ((before, [3, 1]), (after, [4, 0])):
         assert [r.members for r in trends.tier_distribution(s, silver, at=moment, tz=TZ)] == expected
@@ -218,9 +218,9 @@ def test_an_earn_stops_counting_towards_the_tier_on_its_anniversary(coalition):
     # 29 February 2028 counts through 28 February 2029 (until 1 March): late on 28 February
     # 2029 it is the first day still counted; half an hour into 1 March it counts no more,
     # nor does 1 March 2028.
-    assert trends.counted_from(datetime(2029, 2, 28, 22, 30, tzinfo=UTC), TZ) == \
+    assert tiering.counted_from(datetime(2029, 2, 28, 22, 30, tzinfo=UTC), TZ) == \
         datetime(2028, 2, 28, 23, tzinfo=UTC)  # 29 February 2028 in Berlin
-    assert trends.counted_from(datetime(2029, 2, 28, 23, 30, tzinfo=UTC), TZ) == \
+    assert tiering.counted_from(datetime(2029, 2, 28, 23, 30, tzinfo=UTC), TZ) == \
         datetime(2028, 3, 1, 23, tzinfo=UTC)  # 2 March 2028 in Berlin
 
 
@@ -230,7 +230,7 @@ def test_counted_from_is_the_first_day_whose_earns_count(tz):
     day counted_from names counts (tiers.counts_until after the instant), the day before not."""
     moment = datetime(2027, 1, 1, tzinfo=UTC)
     while moment < datetime(2029, 1, 1, tzinfo=UTC):
-        first = trends.counted_from(moment, tz)
+        first = tiering.counted_from(moment, tz)
         assert tiering.counts_until(first, tz) > moment
         assert tiering.counts_until(first - timedelta(hours=12), tz) <= moment
         moment += timedelta(hours=7, minutes=13)
