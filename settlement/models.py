@@ -1,13 +1,14 @@
-"""Closed months' statements: stored as the exact canonical JSON that was signed."""
+"""Closed months' statements: stored as the exact canonical JSON that was signed. And the
+reconciliations partners (or operators for them) uploaded against those months."""
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, String, Text
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coalition.database import db
-from coalition.models import UtcDateTime
+from coalition.models import Id, UtcDateTime
 
 
 class Statement(db.Model):
@@ -48,3 +49,45 @@ class SigningKey(db.Model):
     # Set when the operator withdraws the key (a compromise): it leaves the JWKS, and what it
     # signed no longer verifies. Never cleared.
     retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Reconciliation(db.Model):
+    """One reconciliation of a closed month (settlement/reconciliation.py): what was uploaded
+    (its SHA-256 and size, not its bytes), the complete counts, and the answer itself as JSON.
+    Never updated, but for member erasure taking card numbers out of `result`."""
+    __tablename__ = "reconciliations"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"))
+    period: Mapped[str] = mapped_column(ForeignKey("closed_periods.period"))
+    uploaded_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # partner:<id> through the partner API, operator:<name> through the console.
+    uploaded_by: Mapped[str] = mapped_column(String(96))
+    format: Mapped[str] = mapped_column(String(8))
+    input_sha256: Mapped[str] = mapped_column(String(64))
+    input_bytes: Mapped[int] = mapped_column(BigInteger)
+    coalition_claims: Mapped[int] = mapped_column(BigInteger)
+    partner_claims: Mapped[int] = mapped_column(BigInteger)
+    matched: Mapped[int] = mapped_column(BigInteger)
+    mismatched: Mapped[int] = mapped_column(BigInteger)
+    missing_at_partner: Mapped[int] = mapped_column(BigInteger)
+    missing_at_coalition: Mapped[int] = mapped_column(BigInteger)
+    truncated: Mapped[bool] = mapped_column(Boolean)
+    # The answer as JSON: bounded, since each list names at most MAX_LISTED claims.
+    result: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("format IN ('json', 'csv')", name="format_known"),
+        Index("ix_reconciliations_period", "period", "id"),
+        Index("ix_reconciliations_partner_period", "partner_id", "period", "id"),
+    )
+
+
+class ReconciliationCard(db.Model):
+    """A card number a stored reconciliation names, by its SHA-256: how member erasure finds
+    the results to take the card out of without reading every one."""
+    __tablename__ = "reconciliation_cards"
+
+    card_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reconciliation_id: Mapped[int] = mapped_column(
+        ForeignKey("reconciliations.id", ondelete="CASCADE"), primary_key=True)

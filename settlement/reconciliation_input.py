@@ -1,7 +1,8 @@
 """The HTTP side of reconciliation: an upload (JSON or CSV) of a request read into the records
 that settlement.reconciliation.reconcile compares. Marshmallow validates them here, so the
 domain module takes plain values. settlement/views.py imports this module under the name
-`reconciliation`: `records_from` reads the upload, `reconcile` is the domain's, re-exported.
+`reconciliation`: `records_from` reads the upload, `format_of` names its format; `reconcile`,
+`store`, `stored` and `summary` are the domain's, re-exported.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from marshmallow import ValidationError
 from coalition.api import require_json_object
 from coalition.errors import Problem, pointers
 
-from .reconciliation import check_bounded, reconcile  # noqa: F401  (views call reconcile here)
+from .reconciliation import check_bounded, reconcile, store, stored, summary  # noqa: F401  (views call them here)
 from .schemas import ReconciliationUploadSchema
 
 CSV_REQUIRED = ("claim_id", "kind", "points")
@@ -38,6 +39,11 @@ def records_from(request) -> list[dict]:
     except ValidationError as err:
         raise Problem("validation-error", "The upload has invalid fields.",
                       errors=pointers(err.messages)) from None
+
+
+def format_of(request) -> str:
+    """The format of an upload records_from has read: csv or json."""
+    return "csv" if request.mimetype == "text/csv" else "json"
 
 
 def _csv_rows(raw: bytes, params: dict) -> list[dict]:

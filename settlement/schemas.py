@@ -9,7 +9,7 @@ from coalition.schemas import PERIOD_PATTERN, Cursor, QueryInteger, StrictSchema
 from coalition.vocabulary import CLAIM_KINDS, EntryKind
 
 from .lines import SECTIONS
-from .reconciliation import MAX_LISTED, MAX_RECONCILIATION_CLAIMS  # noqa: F401
+from .reconciliation import MAX_LISTED, MAX_RECONCILIATION_CLAIMS, MAX_STORED_LISTED  # noqa: F401
 
 # {period} in the statements' paths: a value that is no YYYY-MM has no statement (404) and
 # cannot be reconciled (422 validation-error).
@@ -156,6 +156,45 @@ class ReconciliationSchema(Schema):
     truncated = fields.Boolean(required=True, metadata={
         "description": f"true when a list holds more than {MAX_LISTED} claims and names only the "
                        "first of them; `totals` has the full count of each."})
+
+
+class StoredReconciliationsQuerySchema(StrictSchema):
+    cursor = Cursor(int, metadata={"description": "next_cursor of the previous page, unchanged."})
+    limit = QueryInteger(validate=validate.Range(1, MAX_STORED_LISTED), metadata={
+        "description": f"Reconciliations per page, 1 to {MAX_STORED_LISTED}; 20 when not given."})
+
+
+class StoredTotalsSchema(Schema):
+    coalition_claims = fields.Integer(required=True)
+    partner_claims = fields.Integer(required=True)
+    matched = fields.Integer(required=True)
+    mismatched = fields.Integer(required=True)
+    missing_at_partner = fields.Integer(required=True)
+    missing_at_coalition = fields.Integer(required=True)
+
+
+class StoredReconciliationSchema(Schema):
+    reconciliation_id = fields.Integer(required=True)
+    period = fields.String(required=True)
+    partner_id = fields.String(required=True)
+    uploaded_at = Rfc3339(required=True)
+    uploaded_by = fields.String(required=True, metadata={
+        "description": "partner:<id> for an upload to POST /v1/statements/{period}/reconciliation; "
+                       "operator:<name> for a file of yours an operator reconciled for you."})
+    format = fields.String(required=True, validate=validate.OneOf(["json", "csv"]))
+    input_sha256 = fields.String(required=True, metadata={
+        "description": "SHA-256 hex of the uploaded body (the upload itself is not kept)."})
+    input_bytes = fields.Integer(required=True)
+    totals = fields.Nested(StoredTotalsSchema, required=True, metadata={
+        "description": "The counts of the answer's totals."})
+    truncated = fields.Boolean(required=True)
+
+
+class StoredReconciliationListSchema(Schema):
+    reconciliations = fields.List(fields.Nested(StoredReconciliationSchema), required=True, metadata={
+        "description": "Newest first."})
+    next_cursor = fields.String(required=True, allow_none=True, metadata={
+        "description": "Pass as `cursor` for the next page; null on the last page."})
 
 
 # --- Statement lines: the line items behind a closed statement (settlement/lines.py) -------

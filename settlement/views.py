@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Response, current_app, g, request, stream_with_context
 from marshmallow import RAISE, Schema, fields, validate
 
-from coalition import limits
+from coalition import clock, limits
 from coalition.api import Blueprint, problems
 from coalition.database import db
 from coalition.errors import Problem
@@ -129,8 +129,37 @@ RECONCILIATION_BODY = {
 def reconcile(period: str):
     records = reconciliation.records_from(request)
     result = reconciliation.reconcile(db.session, g.caller.partner_id, period, records)
+    # Kept with the jti in one commit: if it cannot be kept the request fails (503 unavailable
+    # when the database is away) and the partner retries, never holding an unkept answer.
+    reconciliation.store(db.session, result, fmt=reconciliation.format_of(request),
+                         raw=request.get_data(cache=True),
+                         uploaded_by=f"partner:{g.caller.partner_id}", now=clock.now())
     db.session.commit()
     return result
+
+
+DEFAULT_STORED = 20
+
+
+@blp.route("/statements/<period>/reconciliations", methods=["GET"])
+@blp.doc(security=AUTH, summary="The caller's stored reconciliations of a month, newest first",
+         description="Every reconciliation of the month answered to the caller (and every one an "
+                     "operator ran on a file of the caller's in the console), newest first: "
+                     "when, by whom, the upload's SHA-256 and size, and the counts of its answer.")
+@blp.arguments(schemas.StoredReconciliationsQuerySchema, location="query", unknown=RAISE)
+@blp.response(200, schemas.StoredReconciliationListSchema, description="One page of the "
+              "caller's stored reconciliations of the month")
+@problems(blp, *COMMON, "validation-error")
+def list_reconciliations(query: dict, period: str):
+    """A month that is malformed, open or without any reconciliation answers an empty list."""
+    limit = query.get("limit", DEFAULT_STORED)
+    before = query["cursor"][0] if "cursor" in query else None
+    rows = reconciliation.stored(db.session, period, partner_id=g.caller.partner_id,
+                                 limit=limit + 1, before=before)
+    db.session.commit()
+    page = rows[:limit]
+    return {"reconciliations": [reconciliation.summary(row) for row in page],
+            "next_cursor": cursor_of([page[-1].id]) if len(rows) > limit else None}
 
 
 @keys_blp.route("/.well-known/jwks.json", methods=["GET"])

@@ -1,7 +1,9 @@
 """The console's settlement (/console/settlement): months with their state, closing a month
 (admin only, after a confirmation showing what will close), the coalition view of a closed
 month, the partners' statements (JSON, CSV and PDF, the bytes the partner API serves) with
-their lines, and a reconciliation of a partner's record of a month.
+their lines, a reconciliation of a partner's record of a month (kept, as the partner API keeps
+the partners' own, marked operator:<name>), and the month's kept reconciliations of every
+partner, each readable in full.
 
 Every figure comes from the settlement functions the command line and the partner API use:
 a close is `flask settlement close PERIOD` (service.close with the key file's key), audited
@@ -265,11 +267,13 @@ def statement_lines_csv(period: str, partner_id: str):
 def reconciliation(period: str):
     """A partner's record of a closed month (the CSV it uploads to
     POST /v1/statements/{period}/reconciliation) against the coalition's, claim by claim.
-    Changes nothing, so every operator may run it."""
+    Changes no books, so every operator may run it; the answer is kept as the partner API keeps
+    a partner's (settlement/reconciliation.py, store), marked uploaded by operator:<name>, so
+    that the month's list shows every reconciliation that was run, by whomever."""
     _period(period)
     names = _names()
     partner = request.form.get("partner_id", request.args.get("partner_id", ""))
-    result, error, status = None, None, 200
+    result, error, status, kept = None, None, 200, None
     if request.method == "POST":
         upload = request.files.get("records")
         try:
@@ -284,6 +288,9 @@ def reconciliation(period: str):
             records = reconciliation_input.records_from(
                 Request.from_values(data=body, content_type="text/csv; charset=utf-8"))
             result = reconciliation_input.reconcile(db.session, partner, period, records)
+            kept = reconciliation_input.store(db.session, result, fmt="csv", raw=body,
+                                              uploaded_by=auth.current().principal,
+                                              now=clock.now()).id
         except Problem as problem:
             db.session.rollback()
             error, status = i18n.gettext(problem.detail), 422
@@ -294,7 +301,48 @@ def reconciliation(period: str):
     return render_template("web/console/settlement_reconciliation.html",
                            title=i18n.gettext("Reconciliation {month}", month=period),
                            period=period, names=names, partner=partner, result=result,
-                           error=error), status
+                           error=error, kept=kept), status
+
+
+STORED_PAGE = 50
+
+
+@bp.route("/settlement/<period>/reconciliations")
+@login_required(OPERATOR, roles=READERS)
+def reconciliations(period: str):
+    """The month's kept reconciliations of every partner, newest first, a page at a time."""
+    _period(period)
+    before = request.args.get("before", "")
+    before = int(before) if before.isascii() and before.isdigit() and len(before) < 19 else None
+    rows = reconciliation_input.stored(db.session, period, limit=STORED_PAGE + 1, before=before)
+    names = _names()
+    db.session.commit()
+    page = rows[:STORED_PAGE]
+    return render_template(
+        "web/console/settlement_reconciliations.html",
+        title=i18n.gettext("Reconciliations {month}", month=period), period=period, names=names,
+        rows=[reconciliation_input.summary(row) for row in page], first_page=before is None,
+        next_url=url_for(".reconciliations", period=period, before=page[-1].id)
+        if len(rows) > STORED_PAGE else None)
+
+
+@bp.route("/settlement/<period>/reconciliations/<int:reconciliation_id>")
+@login_required(OPERATOR, roles=READERS)
+def stored_reconciliation(period: str, reconciliation_id: int):
+    """One kept reconciliation in full, as it was answered (less any erased member's card)."""
+    _period(period)
+    try:
+        row = reconciliation_input.stored_one(db.session, reconciliation_id)
+    except Problem:
+        abort(404)
+    if row.period != period:
+        abort(404)
+    names = _names()
+    db.session.commit()
+    return render_template(
+        "web/console/settlement_reconciliation_stored.html",
+        title=i18n.gettext("Reconciliation {month}", month=period), period=period, names=names,
+        row=reconciliation_input.summary(row), result=json.loads(row.result))
 
 
 i18n.extend({
@@ -399,12 +447,6 @@ i18n.extend({
     "earn_reversal": "Storno einer Gutschrift",
     "debt_fill": "Schuldentilgung",
     "Reconciliation {month}": "Abgleich {month}",
-    "A partner's own record of the month (CSV with the columns claim_id, kind, points and "
-    "optionally member_id, occurred_at, as the partner API takes it) compared claim by claim "
-    "with what the coalition booked. Nothing is stored or changed.":
-        "Die eigene Aufzeichnung eines Partners für den Monat (CSV mit den Spalten claim_id, kind, "
-        "points und wahlweise member_id, occurred_at, wie die Partner-API sie annimmt), Vorgang für "
-        "Vorgang mit den Buchungen der Koalition verglichen. Nichts wird gespeichert oder geändert.",
     "Choose a partner": "Partner wählen",
     "The partner's record (CSV)": "Aufzeichnung des Partners (CSV)",
     "Compare": "Vergleichen",
@@ -426,4 +468,30 @@ i18n.extend({
     "Everything matches.": "Alles stimmt überein.",
     "Kind": "Art",
     "Show": "Anzeigen",
+    "Reconciliations": "Abgleiche",
+    "Reconciliations {month}": "Abgleiche {month}",
+    "Every reconciliation of the month that was run, by a partner through the partner API or by "
+    "an operator here, newest first. Card numbers of erased members are taken out.":
+        "Jeder Abgleich des Monats, der ausgeführt wurde, von einem Partner über die Partner-API "
+        "oder von einem Operator hier, der neueste zuerst. Kartennummern gelöschter Mitglieder "
+        "sind entfernt.",
+    "No reconciliation of this month has been run yet.":
+        "Für diesen Monat wurde noch kein Abgleich ausgeführt.",
+    "Uploaded at": "Hochgeladen am",
+    "Uploaded by": "Hochgeladen von",
+    "Format": "Format",
+    "Upload": "Hochgeladene Datei",
+    "Result": "Ergebnis",
+    "Reconciliation {number}": "Abgleich {number}",
+    "Newest reconciliations": "Neueste Abgleiche",
+    "Older reconciliations": "Ältere Abgleiche",
+    "Kept as reconciliation {number}.": "Gespeichert als Abgleich {number}.",
+    "A partner's own record of the month (CSV with the columns claim_id, kind, points and "
+    "optionally member_id, occurred_at, as the partner API takes it) compared claim by claim "
+    "with what the coalition booked. The books do not change; the result is kept, as a "
+    "partner's own upload is, marked as yours.":
+        "Die eigene Aufzeichnung eines Partners für den Monat (CSV mit den Spalten claim_id, kind, "
+        "points und wahlweise member_id, occurred_at, wie die Partner-API sie annimmt), Vorgang für "
+        "Vorgang mit den Buchungen der Koalition verglichen. Die Bücher ändern sich nicht; das "
+        "Ergebnis wird wie der Upload eines Partners gespeichert, als Ihrer gekennzeichnet.",
 })
