@@ -65,47 +65,50 @@ def documents(s, period: str) -> tuple[dict, dict]:
 
 @pytest.fixture
 def coalition(app):
+    with app.app_context():
+        book_coalition(db.session)
+        yield db.session
+
+
+def book_coalition(s) -> None:
     """May: a campaign gives 20 points (funded by the coalition) on every acme earn.
     a1 acme M1 100 (+20), b1 bolt M2 50, a2 acme M3 30 (+20); bolt burns all 120 of M1 (x1: acme's
     100 and the coalition's 20); a3 acme M2 40 (+20), reversed whole the next day (ra3).
     May closes; the expiry run books what is left of May's lots into June: M2's 50 (bolt),
     M3's 30 (acme) and 20 (coalition). June: a4 acme M1 200 (no campaign), x2 bolt burns 50 of
     it; M4 enrols and does nothing. June stays open."""
-    with app.app_context():
-        s = db.session
-        for partner, terms in TERMS.items():
-            partner_service.add_partner(s, partner, partner.title(), now=at(5, 1), terms=terms,
-                                        kind="operator" if partner == "coalition" else "partner")
-        partner_service.set_terms(s, "acme", "2026-06", {"issue_price": ACME_FROM_JUNE},
-                                  now=at(5, 1))
-        for member in ("M1", "M2", "M3"):
-            enrol(s, member, now=at(5, 1))
-        campaigns.add(s, "may-20", name="May +20", kind="fixed", value="20", starts="2026-05-01",
-                      ends="2026-05-31", funder="coalition", issuers=set(TERMS), now=at(5, 1),
-                      tz=TZ, partners=["acme"])
-        s.commit()
-        book(s, ledger.book_earn, partner_id="acme", claim_id="a1", member_id="M1", points=100,
-             occurred_at=at(5, 2))
-        book(s, ledger.book_earn, partner_id="bolt", claim_id="b1", member_id="M2", points=50,
-             occurred_at=at(5, 3))
-        book(s, ledger.book_earn, partner_id="acme", claim_id="a2", member_id="M3", points=30,
-             occurred_at=at(5, 4))
-        book(s, ledger.book_burn, partner_id="bolt", claim_id="x1", member_id="M1", points=120,
-             occurred_at=at(5, 10))
-        book(s, ledger.book_earn, partner_id="acme", claim_id="a3", member_id="M2", points=40,
-             occurred_at=at(5, 20))
-        book(s, ledger.book_reversal, partner_id="acme", claim_id="a3", reversal_id="ra3",
-             points=40, occurred_at=at(5, 21))
-        close(s, "2026-05", at(6, 1, 6))
-        done = expiry.expire(s, as_of=date(2026, 6, 2), now=lambda: at(6, 2, 6), tz=TZ)
-        assert done["points_expired"] == 50 + 30 + 20
-        book(s, ledger.book_earn, partner_id="acme", claim_id="a4", member_id="M1", points=200,
-             occurred_at=at(6, 10))
-        book(s, ledger.book_burn, partner_id="bolt", claim_id="x2", member_id="M1", points=50,
-             occurred_at=at(6, 11))
-        enrol(s, "M4", now=at(6, 15))
-        s.commit()
-        yield s
+    for partner, terms in TERMS.items():
+        partner_service.add_partner(s, partner, partner.title(), now=at(5, 1), terms=terms,
+                                    kind="operator" if partner == "coalition" else "partner")
+    partner_service.set_terms(s, "acme", "2026-06", {"issue_price": ACME_FROM_JUNE},
+                              now=at(5, 1))
+    for member in ("M1", "M2", "M3"):
+        enrol(s, member, now=at(5, 1))
+    campaigns.add(s, "may-20", name="May +20", kind="fixed", value="20", starts="2026-05-01",
+                  ends="2026-05-31", funder="coalition", issuers=set(TERMS), now=at(5, 1),
+                  tz=TZ, partners=["acme"])
+    s.commit()
+    book(s, ledger.book_earn, partner_id="acme", claim_id="a1", member_id="M1", points=100,
+         occurred_at=at(5, 2))
+    book(s, ledger.book_earn, partner_id="bolt", claim_id="b1", member_id="M2", points=50,
+         occurred_at=at(5, 3))
+    book(s, ledger.book_earn, partner_id="acme", claim_id="a2", member_id="M3", points=30,
+         occurred_at=at(5, 4))
+    book(s, ledger.book_burn, partner_id="bolt", claim_id="x1", member_id="M1", points=120,
+         occurred_at=at(5, 10))
+    book(s, ledger.book_earn, partner_id="acme", claim_id="a3", member_id="M2", points=40,
+         occurred_at=at(5, 20))
+    book(s, ledger.book_reversal, partner_id="acme", claim_id="a3", reversal_id="ra3",
+         points=40, occurred_at=at(5, 21))
+    close(s, "2026-05", at(6, 1, 6))
+    done = expiry.expire(s, as_of=date(2026, 6, 2), now=lambda: at(6, 2, 6), tz=TZ)
+    assert done["points_expired"] == 50 + 30 + 20
+    book(s, ledger.book_earn, partner_id="acme", claim_id="a4", member_id="M1", points=200,
+         occurred_at=at(6, 10))
+    book(s, ledger.book_burn, partner_id="bolt", claim_id="x2", member_id="M1", points=50,
+         occurred_at=at(6, 11))
+    enrol(s, "M4", now=at(6, 15))
+    s.commit()
 
 
 PERIODS = ["2026-05", "2026-06"]
