@@ -187,7 +187,7 @@ def _eur(value) -> str:
 
 
 def _day_label(day: date) -> str:
-    return babel_dates.format_skeleton("MMMd", day, locale=i18n.locale())
+    return babel_dates.format_skeleton("Md", day, locale=i18n.locale())  # short: 30 of them
 
 
 def _chart_text() -> dict:
@@ -232,10 +232,13 @@ def dashboard():
     partners = sorted({r.partner_id for r in flows_rows})
     issued = {(r.period, r.partner_id): r.points_issued + r.bonus_points_issued for r in flows_rows}
     redeemed = {(r.period, r.partner_id): r.points_redeemed for r in flows_rows}
+    # A partner's series only where it has any: a legend of empty entries says nothing.
     series = [charts.Series(_("{partner} issued", partner=names.get(p, p)),
-                            [issued.get((m, p), 0) for m in periods]) for p in partners]
+                            [issued.get((m, p), 0) for m in periods])
+              for p in partners if any(issued.get((m, p)) for m in periods)]
     series += [charts.Series(_("{partner} redeemed", partner=names.get(p, p)),
-                             [-redeemed.get((m, p), 0) for m in periods]) for p in partners]
+                             [-redeemed.get((m, p), 0) for m in periods])
+               for p in partners if any(redeemed.get((m, p)) for m in periods)]
     section("issuance-redemption", _("Issuance against redemption"),
             _("Per month, the points each partner issued (its own and the bonus points it funded) "
               "above the line, and the points redeemed at it below."), [
@@ -250,15 +253,16 @@ def dashboard():
               "price."), [
                 charts.bar_chart(_("Breakage in points"), _("Points expired unspent per month."),
                                  periods, [charts.Series(_("Points"), [r.points for r in broken])],
-                                 y_label=_("Points"), height=260, **text),
+                                 y_label=_("Points"), height=260, values_on_bars=False, **text),
                 charts.bar_chart(_("Breakage in EUR"), _("Value of the points expired per month."),
                                  periods, [charts.Series("EUR", [r.eur for r in broken])],
-                                 y_label="EUR", height=260, **{**text, "fmt": _eur})])
+                                 y_label="EUR", height=260, values_on_bars=False,
+                                 **{**text, "fmt": _eur})])
 
     cells = data["flows"]
     issuers = sorted({c.issuer for c in cells})
     redeemers = sorted({c.redeemer for c in cells})
-    section("flows", _("Flows between partners in {month}", month=choice.flows),
+    section("flows", _("Flows between partners, {month}", month=choice.flows),
             _("Points issued by one partner (rows) and redeemed at another (columns) in the "
               "month."), [
                 charts.heat_map(_("Issuer and redeemer flows, {month}", month=choice.flows),
@@ -286,12 +290,13 @@ def dashboard():
     if tiers:
         counts = data["tiers"]
         section("tiers", _("Tier distribution"),
-                _("Members in each tier at {moment}.", moment=i18n.moment(choice.at)), [
+                _("Members in each tier now.") if choice.at == choice.now
+                else _("Members in each tier at the end of {month}.", month=choice.last), [
                     charts.bar_chart(_("Members per tier"),
                                      _("How many members are in each tier."),
                                      [c.tier for c in counts],
                                      [charts.Series(_("Members"), [c.members for c in counts])],
-                                     y_label=_("Members"), height=260, **text)])
+                                     y_label=_("Members"), height=260, values_on_bars=False, **text)])
 
     days = data["claims-per-day"]
     slugs = sorted({slug for d in days for slug in d.rejected})
@@ -360,7 +365,7 @@ i18n.extend({
     "Points expired unspent per month.": "Ungenutzt verfallene Punkte je Monat.",
     "Breakage in EUR": "Verfall in EUR",
     "Value of the points expired per month.": "Wert der verfallenen Punkte je Monat.",
-    "Flows between partners in {month}": "Ströme zwischen Partnern im {month}",
+    "Flows between partners, {month}": "Ströme zwischen Partnern, {month}",
     "Points issued by one partner (rows) and redeemed at another (columns) in the month.":
         "Punkte, die ein Partner (Zeilen) ausgegeben hat und die bei einem anderen (Spalten) im "
         "Monat eingelöst wurden.",
@@ -380,7 +385,8 @@ i18n.extend({
     "Enrolled members": "Angemeldete Mitglieder",
     "Members": "Mitglieder",
     "Tier distribution": "Verteilung auf Stufen",
-    "Members in each tier at {moment}.": "Mitglieder je Stufe am {moment}.",
+    "Members in each tier now.": "Mitglieder je Stufe jetzt.",
+    "Members in each tier at the end of {month}.": "Mitglieder je Stufe am Ende von {month}.",
     "Members per tier": "Mitglieder je Stufe",
     "How many members are in each tier.": "Wie viele Mitglieder in jeder Stufe sind.",
     "Earns": "Gutschriften",
