@@ -2,7 +2,7 @@
 that settlement.reconciliation.reconcile compares. Marshmallow validates them here, so the
 domain module takes plain values. settlement/views.py imports this module under the name
 `reconciliation`: `records_from` reads the upload, `format_of` names its format; `reconcile`,
-`store`, `stored` and `summary` are the domain's, re-exported.
+`store`, `stored`, `stored_one` and `summary` are the domain's, re-exported.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from marshmallow import ValidationError
 from coalition.api import require_json_object
 from coalition.errors import Problem, pointers
 
-from .reconciliation import check_bounded, reconcile, store, stored, summary  # noqa: F401  (views call them here)
+from .reconciliation import (check_bounded, reconcile, store, stored, stored_one,  # noqa: F401
+                             summary)  # (views call them here)
 from .schemas import ReconciliationUploadSchema
 
 CSV_REQUIRED = ("claim_id", "kind", "points")
