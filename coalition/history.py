@@ -1,4 +1,5 @@
-"""Histories: a member's across every partner, for the operator (`flask members show`), and
+"""Histories: a member's across every partner, for the operator (`flask members show`), the
+same page by page with partner names and bonus points (the member portal, the console), and
 a partner's own claims, page by page (GET /v1/claims).
 
 A history says what was booked, not what the balance is: the balance comes from
@@ -8,15 +9,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
-from sqlalchemy import func, literal, select, tuple_
+from sqlalchemy import Index, column, func, literal, or_, select, table, tuple_
 from sqlalchemy.orm import Session, aliased, selectinload
 
+from . import bonuses
 from .clock import as_utc, iso_utc
 from .members import find
 from .models import Entry, Member
 from .problems import Problem
 from .vocabulary import EntryKind
+
+# The partners package owns the table; a history only needs each partner's name.
+_PARTNERS = table("partners", column("id"), column("name"))
+KINDS = tuple(kind.value for kind in EntryKind)
+# A page of a member's history is one range of it, from the cursor on (migration 0024). With
+# member_id alone, PostgreSQL reads every entry of the member and sorts them, or walks the
+# primary key back through everyone's later entries.
+MEMBER_ENTRIES = Index("ix_journal_entries_member_id_id", Entry.member_id, Entry.id)
 
 
 def member_history(session: Session, external_id: str, *, limit: int | None = None) -> list[dict]:
@@ -45,6 +56,89 @@ def member_history(session: Session, external_id: str, *, limit: int | None = No
              "late": entry.late, "status": entry.status, "reverses": reversed_claim,
              "description": entry.description}
             for entry, reversed_claim in session.execute(query)]
+
+
+class Page(NamedTuple):
+    rows: list[dict]
+    older: int | None  # `before` for the next page (older entries); None: this is the oldest
+    newer: int | None  # `after` for the previous page (newer entries); None: this is the newest
+
+
+def page_of(session: Session, member_pk: int, *, partner_id: str | None = None,
+            kind: str | None = None, claim_id: str | None = None, before: int | None = None,
+            after: int | None = None, limit: int = 20) -> Page:
+    """One page of the member's journal entries, newest first by id, in at most three
+    statements whatever the member's history: the page (with partner names and the entries
+    reversals undo), the bonus lots of its earns, and, on a page reached by a cursor, whether
+    anything newer matches.
+
+    Paged by the entry id (the order entries were booked in, which no later booking changes):
+    `before` gives the entries older than that id, `after` those newer (the page just before
+    a page, still newest first); an entry booked between pages sorts before the first page,
+    so none is shown twice or skipped. ix_journal_entries_member_id_id serves both directions
+    as one index range. Filters: partner_id, kind (an EntryKind), claim_id (the claim and the
+    reversals of it).
+
+    Each row: id, claim_id, partner_id, partner_name (None for the coalition's own bookings
+    such as an expiry, or a partner no longer listed), kind, points (positive; the kind says
+    the direction), bonus_points (the bonus lots an earn booked: campaigns, coupons, tiers),
+    status (as first answered: booked | pending), pending_until, occurred_at, recorded_at
+    (aware UTC datetimes), period, late, description, reverses (for a reversal: the reversed
+    entry's id, claim_id and kind; else None).
+    """
+    if kind is not None and kind not in KINDS:
+        raise Problem("validation-error", f"kind must be one of {', '.join(KINDS)}.")
+    target = aliased(Entry)
+    query = (select(Entry.id, Entry.claim_id, Entry.partner_id, _PARTNERS.c.name, Entry.kind,
+                    Entry.points, Entry.status, Entry.pending_until, Entry.occurred_at,
+                    Entry.recorded_at, Entry.period, Entry.late, Entry.description,
+                    target.id, target.claim_id, target.kind)
+             .outerjoin(target, target.id == Entry.reverses_id)
+             .outerjoin(_PARTNERS, _PARTNERS.c.id == Entry.partner_id))
+    # A range rather than `=`, with member_id in the ORDER BY: then only this index gives the
+    # order. With `=`, PostgreSQL may walk the primary key back until it has found a page (it
+    # assumes the member's entries are spread evenly): through every later entry of everyone
+    # else when the member's own are old (a dormant member: 0.1 ms against 180 ms).
+    matching = [Entry.member_id.between(member_pk, member_pk)]
+    if partner_id is not None:
+        matching.append(Entry.partner_id == partner_id)
+    if kind is not None:
+        matching.append(Entry.kind == kind)
+    if claim_id is not None:
+        matching.append(or_(Entry.claim_id == claim_id, Entry.reverses_id.in_(
+            select(Entry.id).where(Entry.member_id == member_pk, Entry.claim_id == claim_id)
+            .scalar_subquery())))
+    query = query.where(*matching)
+    if after is not None:
+        found = list(session.execute(query.where(Entry.id > after)
+                                     .order_by(Entry.member_id.asc(), Entry.id.asc())
+                                     .limit(limit + 1)))
+        more_newer = len(found) > limit
+        found = found[:limit][::-1]
+        more_older = bool(found)  # the entry `after` names is older than this page
+    else:
+        if before is not None:
+            query = query.where(Entry.id < before)
+        found = list(session.execute(query.order_by(Entry.member_id.desc(), Entry.id.desc())
+                                     .limit(limit + 1)))
+        more_older = len(found) > limit
+        found = found[:limit]
+        more_newer = before is not None and bool(found) and session.scalar(
+            select(select(Entry.id).where(*matching, Entry.id >= before).exists()))
+    given = bonuses.of_entries(session, [r[0] for r in found if r[4] == EntryKind.EARN])
+    rows = [{"id": entry_id, "claim_id": claim, "partner_id": partner, "partner_name": name,
+             "kind": entry_kind, "points": points,
+             "bonus_points": sum(b.points for b in given.get(entry_id, ())),
+             "status": status, "pending_until": as_utc(pending_until) if pending_until else None,
+             "occurred_at": as_utc(occurred_at), "recorded_at": as_utc(recorded_at),
+             "period": period, "late": late, "description": description,
+             "reverses": ({"id": reversed_id, "claim_id": reversed_claim, "kind": reversed_kind}
+                          if reversed_id is not None else None)}
+            for (entry_id, claim, partner, name, entry_kind, points, status, pending_until,
+                 occurred_at, recorded_at, period, late, description, reversed_id,
+                 reversed_claim, reversed_kind) in found]
+    return Page(rows, rows[-1]["id"] if rows and more_older else None,
+                rows[0]["id"] if rows and more_newer else None)
 
 
 @dataclass(frozen=True)

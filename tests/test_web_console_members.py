@@ -1,10 +1,12 @@
-"""The console's members: find a member, read balance and history, lock and unlock with a
-reason (the partner API then refuses the member's burns), download the export, hand out a
-portal code, erase after the typed confirmation; analysts read and are refused every change."""
+"""The console's members: find a member, read balance and history (bonus points, filters by
+partner and kind, older and newer pages), lock and unlock with a reason (the partner API then
+refuses the member's burns), download the export, hand out a portal code, erase after the typed
+confirmation; analysts read and are refused every change. A tab is current on its whole area."""
 from __future__ import annotations
 
 import json
 import re
+from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import select
@@ -75,10 +77,40 @@ def test_the_search_finds_the_member_and_its_page_shows_balance_and_history(admi
 def test_the_history_is_paged(admin, acme, member):
     for n in range(25):
         assert acme.client.earn(f"p-{n}", "M-1", 10).status == 201
+    page = admin.get("/console/members/M-1").get_data(as_text=True)
     first = text_of(admin.get("/console/members/M-1"))
-    assert "Seite 1 von 2" in first and "p-24" in first and "e-1" not in first
-    second = text_of(admin.get("/console/members/M-1?page=2"))
+    assert "p-24" in first and "e-1" not in first and "Vorherige Seite" not in first
+    older = re.search(r'href="(/console/members/M-1\?before=\d+)#history-heading" '
+                      r'rel="next">Nächste Seite', page)
+    second = text_of(admin.get(older.group(1)))
     assert "e-1" in second and "b-1" in second and "p-24" not in second
+    assert "p-5 " not in second and "p-4 " in second and "Nächste Seite" not in second
+    assert "Vorherige Seite" in second
+
+
+def test_the_history_shows_bonus_points_and_filters_by_partner_and_kind(app, admin, acme, bolt,
+                                                                        member, runner):
+    result = runner.invoke(args=["coupons", "add", "extra", "--partner", "acme", "--name",
+                                 "25 extra", "--kind", "fixed", "--value", "25", "--from",
+                                 "2026-01-01", "--until", "2099-12-31"])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(args=["coupons", "activate", "extra", "M-1"]).exit_code == 0
+    assert acme.client.earn("e-2", "M-1", 100).status == 201
+    assert acme.client.reverse("e-2", "r-2", 40).status == 201
+    page = admin.get("/console/members/M-1").get_data(as_text=True)
+    assert "Bonuspunkte" in page
+    row = re.search(r'<tr id="claim-acme-e-2".*?</tr>', page, re.S).group(0)
+    assert "+100" in row and "+25" in row
+    reversal = re.search(r'<tr id="claim-acme-r-2".*?</tr>', page, re.S).group(0)
+    assert "\u221240" in reversal and "Storniert e-2" in reversal
+    acme_only = text_of(admin.get("/console/members/M-1?partner=acme"))
+    assert "e-1" in acme_only and "e-2" in acme_only and "b-1 " not in acme_only
+    reversals = text_of(admin.get("/console/members/M-1?kind=reversal"))
+    assert "r-2" in reversals and "e-1 " not in reversals and "b-1 " not in reversals
+    burns_at_acme = text_of(admin.get("/console/members/M-1?partner=acme&kind=burn"))
+    assert "Keine Einträge." in burns_at_acme
+    # an unknown kind is no filter
+    assert "b-1" in text_of(admin.get("/console/members/M-1?kind=nonsense"))
 
 
 def test_an_admin_locks_with_a_reason_and_the_partner_api_refuses_the_burn(app, admin, acme,
@@ -173,3 +205,28 @@ def test_erase_needs_the_member_number_typed(app, admin, acme, member):
     [event] = events(app, "member.erase")
     assert event.actor == "operator:ada"
     assert admin.get("/console/members/M-1").status_code == 404
+
+
+def current_tabs(response) -> list[str]:
+    assert response.status_code == 200, response.status_code
+    nav = response.get_data(as_text=True).split('class="tabs"')[1].split("</nav>")[0]
+    return re.findall(r'<a href="[^"]*" aria-current="page">([^<]+)</a>', nav)
+
+
+def test_a_tab_is_current_on_every_page_of_its_area(admin, acme, runner):
+    result = runner.invoke(args=["coupons", "add", "extra", "--partner", "acme", "--name", "Extra",
+                                 "--kind", "fixed", "--value", "25", "--from", "2026-01-01",
+                                 "--until", "2099-12-31"])
+    assert result.exit_code == 0, result.output
+    for url, tab in (("/console/", "Konsole"), ("/console/members", "Mitglieder"),
+                     ("/console/members/M-1", "Mitglieder"),
+                     ("/console/members/M-1?kind=earn", "Mitglieder"),
+                     ("/console/members/M-1/lock", "Mitglieder"),
+                     ("/console/members/M-1/erase", "Mitglieder"),
+                     ("/console/partners", "Partner"), ("/console/partners/acme", "Partner"),
+                     ("/console/coupons/extra", "Aktionen"),
+                     ("/console/campaigns/new", "Aktionen"),
+                     ("/console/settlement", "Abrechnung"),
+                     (f"/console/settlement/{datetime.now(timezone.utc):%Y-%m}", "Abrechnung"),
+                     ("/console/audit", "Prüfprotokoll")):
+        assert current_tabs(admin.get(url)) == [tab], url

@@ -115,6 +115,10 @@ def test_every_german_string_has_the_same_placeholders():
         assert set(re.findall(r"{(\w+)}", english)) == set(re.findall(r"{(\w+)}", german)), english
 
 
+def claims_in(page: str) -> list[str]:
+    return re.findall(r'<tr id="claim-([^"]+)"', page)
+
+
 def test_the_history_across_partners_with_bonus_reversals_filters_and_pages(app, client, acme,
                                                                             bolt, runner):
     cli(runner, "coupons", "add", "double", "--partner", "acme", "--name", "25 extra",
@@ -126,10 +130,16 @@ def test_the_history_across_partners_with_bonus_reversals_filters_and_pages(app,
     for n in range(22):
         assert bolt.client.earn(f"b-{n}", "M-1", 1).status == 201
     page = client.get("/portal/history").get_data(as_text=True)
-    assert "Seite 1 von 2" in text_of(client.get("/portal/history"))
-    second = client.get("/portal/history?page=2").get_data(as_text=True)
-    assert "Seite 2 von 2" in text_of(client.get("/portal/history?page=2"))
-    assert "Acme" in second and "e-1" in second and "Bolt" in page
+    assert "Vorherige Seite" not in page and page.count('<tr id="claim-') == 20
+    older = re.search(r'href="(/portal/history\?before=\d+)" rel="next">Nächste Seite', page)
+    second = client.get(older.group(1)).get_data(as_text=True)
+    assert "Nächste Seite" not in second and second.count('<tr id="claim-') == 4
+    assert "Acme" in second and "e-1" in second and "Bolt" in page and "e-1" not in page
+    newer = re.search(r'href="(/portal/history\?after=\d+)" rel="prev">Vorherige Seite', second)
+    back = client.get(newer.group(1)).get_data(as_text=True)
+    assert claims_in(back) == claims_in(page)  # the first page again, newest first
+    assert [int(c.split("-")[-1]) for c in claims_in(page)[:21] if c.startswith("bolt")] \
+        == list(range(21, 1, -1))
     earns_of_acme = text_of(client.get("/portal/history?partner=acme&kind=earn"))
     assert "Gutschrift" in earns_of_acme and "+25" in earns_of_acme and "100" in earns_of_acme
     assert "Bolt" not in earns_of_acme.split("Alle Partner")[-1].split("Filtern")[-1]
@@ -139,7 +149,10 @@ def test_the_history_across_partners_with_bonus_reversals_filters_and_pages(app,
     assert 'href="/portal/history?claim=e-1&amp;partner=acme"' in reversals
     claim = text_of(client.get("/portal/history?claim=e-1&partner=acme"))
     assert "Vorgang e-1 mit seinen Stornos" in claim and "r-1" in claim and "b-1 " not in claim
-    assert client.get("/portal/history?page=99").status_code == 200  # the last page
+    # cursors that name no entry, or are no number: a page all the same
+    assert client.get("/portal/history?before=1").status_code == 200
+    assert "Keine Einträge" in text_of(client.get("/portal/history?before=1"))
+    assert client.get("/portal/history?before=x&after=%C2%B2").status_code == 200
     assert client.get("/portal/history?kind=nonsense").status_code == 200
 
 

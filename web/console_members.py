@@ -3,7 +3,8 @@ the history, lock and unlock redemption with a reason, download the data export,
 member, hand out a one-time code for the portal.
 
 Every action calls the function the `flask members ...` command calls (members.balance,
-history.member_history, member_locks, member_export, member_erasure, credentials.issue_code),
+member_locks, member_export, member_erasure, credentials.issue_code); the history is a page of
+history.page_of, as in the member portal, filtered by partner and kind. All run
 under the signed-in operator's principal (operator:<name>) as the audit log's actor. Reading is
 open to every operator; what changes anything (lock, unlock, erase, a code) to admins only, and
 each takes a second step: a page that says what will happen, then its button.
@@ -11,21 +12,20 @@ each takes a second step: a page that says what will happen, then its button.
 from __future__ import annotations
 
 import json
-import math
 
 from flask import current_app, flash, redirect, render_template, request, url_for
 
 from coalition import clock, credentials, member_erasure, member_export, member_locks, members
 from coalition.clock import as_utc
 from coalition.database import db
-from coalition.history import member_history
+from coalition.history import KINDS, page_of
 from coalition.problems import Problem
 from partners.service import list_partners
 
 from . import auth, i18n
 from .auth import OPERATOR, login_required
 from .console import ADMINS, READERS, bp, tab
-from .portal import _file_safe, _int, _json_default, _sign
+from .portal import _cursor, _file_safe, _json_default, _page_url, _sign
 
 PAGE_SIZE = 20
 
@@ -70,21 +70,26 @@ def member(card: str):
     now = clock.now()
     row = _member(card)
     view = members.balance(db.session, card, now=now, tiers=_tiers(), **_settings())
-    entries = member_history(db.session, card)
-    kinds = {(e["partner_id"], e["claim_id"]): e["kind"] for e in entries}
-    pages = max(1, math.ceil(len(entries) / PAGE_SIZE))
-    page = min(max(_int(request.args.get("page"), 1), 1), pages)
+    partner = request.args.get("partner") or None
+    kind = request.args.get("kind") if request.args.get("kind") in KINDS else None
+    page = page_of(db.session, row.id, partner_id=partner, kind=kind, before=_cursor("before"),
+                   after=_cursor("after"), limit=PAGE_SIZE)
     names = {p.id: p.name for p in list_partners(db.session)}
-    rows = [{**e, "partner_name": names.get(e["partner_id"], e["partner_id"]),
-             "sign": _sign(e, kinds)}
-            for e in entries[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]]
+    filters = {"card": card, "partner": partner, "kind": kind}
+
+    def page_url(**cursor_value) -> str | None:
+        url = _page_url(".member", filters, **cursor_value)
+        return url and url + "#history-heading"
+
     sign_in = credentials.state(credentials.stored(db.session, credentials.member_key(row.id)), now)
     return render_template(
         "web/console/members_member.html", title=i18n.gettext("Member {card}", card=card),
-        card=card, member=row, balance=view, expiring=view["expiring"][:6], rows=rows,
-        page=page, pages=pages, sign_in=sign_in,
+        card=card, member=row, balance=view, expiring=view["expiring"][:6],
+        rows=[{**entry, "sign": _sign(entry)} for entry in page.rows],
+        partners=sorted(names.items(), key=lambda item: item[1].lower()), kinds=KINDS,
+        filters=filters, newer_url=page_url(after=page.newer),
+        older_url=page_url(before=page.older), sign_in=sign_in,
         lock_change=member_locks.last_change(db.session, row),
-        page_url=lambda n: url_for(".member", card=card, page=n) + "#history-heading",
         can_change=auth.current().role in ADMINS)
 
 

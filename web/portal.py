@@ -1,24 +1,20 @@
 """The member portal (/portal): a member's balance, history, offers, consent and data.
 
 Each page reads through the functions the partner API and the operator's commands use
-(members.balance, expiry_notices.for_member, history.member_history, offers.for_member,
+(members.balance, expiry_notices.for_member, history.page_of, offers.for_member,
 coupons.activate, consents, member_export.export), for the member signed in and nobody else.
 """
 from __future__ import annotations
 
 import json
-import math
 from decimal import Decimal
 
 from flask import current_app, flash, redirect, render_template, request, url_for
-from sqlalchemy import select
-
-from coalition import bonuses, clock, consents, coupons, members, member_export
+from coalition import clock, consents, coupons, members, member_export
 from coalition.clock import as_utc, iso_utc
 from coalition.database import db
 from coalition.expiry_notices import NOTICE_DAYS, for_member as expiry_notices_of
-from coalition.history import member_history
-from coalition.models import Entry
+from coalition.history import KINDS, page_of
 from coalition.offers import for_member as offers_of, marketing_consent
 from coalition.periods import day_of, last_day_before
 from coalition.problems import Problem
@@ -35,7 +31,6 @@ PAGE_SIZE = 20
 PORTAL = "portal"
 # Coupon activations made here, beside "partner:<id>" and "operator" (coalition/coupons.py).
 CHANNEL = "portal"
-KINDS = tuple(kind.value for kind in EntryKind)
 
 
 def _card() -> str:
@@ -84,51 +79,40 @@ def history():
     partner = request.args.get("partner") or None
     kind = request.args.get("kind") if request.args.get("kind") in KINDS else None
     claim = request.args.get("claim") or None
-    entries = member_history(db.session, _card())
-    kinds = {(e["partner_id"], e["claim_id"]): e["kind"] for e in entries}
-    if partner:
-        entries = [e for e in entries if e["partner_id"] == partner]
-    if kind:
-        entries = [e for e in entries if e["kind"] == kind]
-    if claim:
-        entries = [e for e in entries if claim in (e["claim_id"], e["reverses"])]
-    pages = max(1, math.ceil(len(entries) / PAGE_SIZE))
-    page = min(max(_int(request.args.get("page"), 1), 1), pages)
-    shown = entries[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
-    bonus = _bonus_points(shown)
+    member = members.find(db.session, _card())
+    page = page_of(db.session, member.id, partner_id=partner, kind=kind, claim_id=claim,
+                   before=_cursor("before"), after=_cursor("after"), limit=PAGE_SIZE)
     names = {p.id: p.name for p in list_partners(db.session)}
-    rows = [{**e, "partner_name": names.get(e["partner_id"], e["partner_id"]),
-             "bonus_points": bonus.get((e["partner_id"], e["claim_id"]), 0),
-             "sign": _sign(e, kinds)} for e in shown]
     filters = {"partner": partner, "kind": kind, "claim": claim}
-    return render_template("web/portal/history.html", title=i18n.gettext("History"), rows=rows,
+    return render_template("web/portal/history.html", title=i18n.gettext("History"),
+                           rows=[{**row, "sign": _sign(row)} for row in page.rows],
                            partners=sorted(names.items(), key=lambda item: item[1].lower()),
-                           kinds=KINDS, filters=filters, page=page, pages=pages,
-                           page_url=lambda n: url_for(".history", page=n,
-                                                      **{k: v for k, v in filters.items() if v}))
+                           kinds=KINDS, filters=filters,
+                           newer_url=_page_url(".history", filters, after=page.newer),
+                           older_url=_page_url(".history", filters, before=page.older))
 
 
-def _sign(entry: dict, kinds: dict) -> str:
+def _sign(row: dict) -> str:
     """How the entry moved the member's points: a reversal the other way of what it reverses."""
-    kind = entry["kind"]
+    kind = row["kind"]
     if kind == EntryKind.REVERSAL:
-        kind = EntryKind.BURN if kinds.get((entry["partner_id"], entry["reverses"])) \
-            == EntryKind.EARN else EntryKind.EARN
+        kind = EntryKind.BURN if (row["reverses"] or {}).get("kind") == EntryKind.EARN \
+            else EntryKind.EARN
     return "+" if kind == EntryKind.EARN else "\u2212"
 
 
-def _bonus_points(shown: list[dict]) -> dict[tuple[str, str], int]:
-    """Bonus points of the earns on the page, by (partner, claim id): the bonus lots each booked."""
-    earns = [e["claim_id"] for e in shown if e["kind"] == EntryKind.EARN]
-    if not earns:
-        return {}
-    member = members.find(db.session, _card())
-    ids = {entry_id: (partner_id, claim_id) for entry_id, partner_id, claim_id in db.session.execute(
-        select(Entry.id, Entry.partner_id, Entry.claim_id)
-        .where(Entry.member_id == member.id, Entry.kind == EntryKind.EARN,
-               Entry.claim_id.in_(earns)))}
-    return {ids[entry_id]: sum(b.points for b in given)
-            for entry_id, given in bonuses.of_entries(db.session, list(ids)).items()}
+def _cursor(name: str) -> int | None:
+    """A page's cursor from the query string (an entry id); anything else: the newest page."""
+    raw = request.args.get(name)
+    return int(raw) if raw and raw.isascii() and raw.isdigit() and len(raw) < 19 else None
+
+
+def _page_url(endpoint: str, filters: dict, **cursor_value) -> str | None:
+    """The link to the next page one way, with the filters; None when there is none."""
+    (name, value), = cursor_value.items()
+    if value is None:
+        return None
+    return url_for(endpoint, **{k: v for k, v in filters.items() if v}, **{name: value})
 
 
 def _int(raw: str | None, default: int) -> int:

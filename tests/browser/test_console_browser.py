@@ -1,6 +1,7 @@
 """The console's members, campaigns and audit log in a real browser (fixtures, screenshots and
 axe's check: tests/browser/conftest.py). An admin signs in, finds a member, locks it with a
-reason (the partner API then refuses its burn), adds a campaign through the form, ends it and
+reason (the partner API then refuses its burn), filters its history by kind and partner
+(the Members tab stays current on the member's page), adds a campaign through the form, ends it and
 reads both in the audit log; an analyst sees no lock button, and a forged lock is refused 403.
 Every page is checked by axe-core (no serious or critical violation) at desktop and phone width
 and saved under tests/browser/screenshots/."""
@@ -45,7 +46,17 @@ def test_an_admin_locks_a_member_and_ends_a_campaign(page, app, booked, acme):
     assert page.url.endswith("/console/members/M-1")
     assert page.locator("[data-figure=available]").inner_text() == "1.000\u00a0Punkte"
     assert "Acme" in page.locator("table.history").inner_text()
+    assert page.get_by_role("link", name="Mitglieder").get_attribute("aria-current") == "page"
     look(page, "console-member-de")
+    page.get_by_label("Art", exact=True).select_option("burn")
+    page.get_by_role("button", name="Filtern").click()
+    assert page.locator("table.history tbody tr").count() == 1
+    assert "Bolt" in page.locator("table.history").inner_text()
+    page.get_by_label("Art", exact=True).select_option("")
+    page.get_by_label("Partner", exact=True).select_option("acme")
+    page.get_by_role("button", name="Filtern").click()
+    assert page.locator("table.history tbody tr").count() == 1
+    assert "Bonuspunkte" in page.locator("table.history thead").inner_text()
 
     page.get_by_role("link", name="Einlösung sperren").click()
     look(page, "console-member-lock-de")
