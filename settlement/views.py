@@ -1,6 +1,8 @@
 """Partners read their own closed statements; anyone reads the coalition's public keys."""
 from __future__ import annotations
 
+import re
+
 from flask import Response, current_app, g, request, stream_with_context
 from marshmallow import RAISE, Schema, fields, validate
 
@@ -8,7 +10,7 @@ from coalition import clock, limits
 from coalition.api import Blueprint, problems
 from coalition.database import db
 from coalition.errors import Problem
-from coalition.schemas import cursor_of
+from coalition.schemas import PERIOD_PATTERN, cursor_of
 from partners.auth import AUTH, COMMON, authenticate, crashed, failed
 
 from . import exports, lines, schemas, service, signing
@@ -149,9 +151,12 @@ DEFAULT_STORED = 20
 @blp.arguments(schemas.StoredReconciliationsQuerySchema, location="query", unknown=RAISE)
 @blp.response(200, schemas.StoredReconciliationListSchema, description="One page of the "
               "caller's stored reconciliations of the month")
-@problems(blp, *COMMON, "validation-error")
+@problems(blp, *COMMON, "not-found", "validation-error")
 def list_reconciliations(query: dict, period: str):
-    """A month that is malformed, open or without any reconciliation answers an empty list."""
+    """An open month, or one without any reconciliation, answers an empty list; a malformed
+    one is not-found, as GET /v1/statements/{period} answers it."""
+    if not re.fullmatch(PERIOD_PATTERN, period):
+        raise Problem("not-found", f"No month {period}: a month is YYYY-MM.")
     limit = query.get("limit", DEFAULT_STORED)
     before = query["cursor"][0] if "cursor" in query else None
     rows = reconciliation.stored(db.session, period, partner_id=g.caller.partner_id,

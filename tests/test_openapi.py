@@ -508,6 +508,7 @@ def test_every_path_parameter_has_the_pattern_the_app_enforces(spec):
     ("/v1/members/{member_id}/balance", "member_id", "-starts-with-a-dash"),
     ("/v1/claims/{claim_id}", "claim_id", "x" * 65),
     ("/v1/statements/{period}", "period", "2026-13"),
+    ("/v1/statements/{period}/reconciliations", "period", "2026-5"),
 ])
 def test_a_path_value_outside_its_pattern_is_not_found(app, acme, spec, path, name, value):
     parameter = next(p for p in spec["paths"][path]["parameters"] if p["name"] == name)

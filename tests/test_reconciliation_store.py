@@ -108,6 +108,7 @@ def test_the_partner_lists_its_own_kept_reconciliations_newest_first(fuel, may, 
     # Only the caller's: another partner sees none of fuel's.
     assert ok(acme.client.request("GET", LIST)) == {"reconciliations": [], "next_cursor": None}
     assert ok(fuel.request("GET", "/v1/statements/2026-06/reconciliations"))["reconciliations"] == []
+    problem(fuel.request("GET", "/v1/statements/2026-5/reconciliations"), 404, "not-found")
     problem(fuel.request("GET", LIST + "?limit=0"), 422, "validation-error")
     problem(fuel.request("GET", LIST + "?cursor=nonsense"), 422, "validation-error")
 
