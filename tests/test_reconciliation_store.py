@@ -13,18 +13,21 @@ import hashlib
 import io
 import json
 import re
+import threading
 
 import flask_migrate
 import pytest
 from flask import current_app
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from coalition import clock, member_erasure, member_export
 from coalition.database import db
 from settlement import reconciliation
 from settlement.models import Reconciliation, ReconciliationCard
 from tests.browser.support import csrf_of
+from tests.conftest import await_lock_wait, postgres_only
 from tests.test_reconciliation import FUEL_MAY, FUEL_MAY_CSV, fuel, ok, problem, upload, upload_raw  # noqa: F401
 from tests.test_settlement import may  # noqa: F401  (a fixture)
 from tests.test_web_console_settlement import MAY, ada, ann, booked, close_may, text_of  # noqa: F401
@@ -199,6 +202,35 @@ def test_erasure_takes_the_card_out_of_kept_answers_and_an_export_lists_them(fue
     assert [r["claims"] for r in member_export.export(
         may, "M2", now=clock.now(), tz="Europe/Berlin", actor="ops",
         more=hooks["member_data"])["reconciliations"]] == [["f2"]]
+
+
+@postgres_only
+def test_two_erasures_of_cards_in_one_kept_answer_both_take_effect(app, fuel, may):
+    """Erasing M2 while M1's erasure is uncommitted waits for it and then rewrites the answer as
+    M1's erasure left it: neither card comes back."""
+    ok(upload(fuel, NAMING_M1))  # names M1 and M2
+    hooks = current_app.extensions["member_erasure"]
+    done = {}
+
+    def erase_m2():
+        with app.app_context():
+            with Session(db.engine) as second:
+                done["m2"] = member_erasure.erase(second, "M2", now=clock.now(), actor="ops", more=hooks)
+                second.commit()
+
+    with Session(db.engine) as first:
+        member_erasure.erase(first, "M1", now=clock.now(), actor="ops", more=hooks)
+        thread = threading.Thread(target=erase_m2, daemon=True)
+        thread.start()
+        try:
+            await_lock_wait(db.engine, still_running=thread.is_alive)
+        finally:
+            first.commit()
+    thread.join(30)
+    assert not thread.is_alive() and done["m2"]["reconciliation_cards_deleted"] == 1
+    result = kept(may)[0].result
+    assert '"M1"' not in result and '"M2"' not in result
+    assert may.scalars(select(ReconciliationCard)).all() == []
 
 
 def test_the_migration_downgrades_to_0022_and_upgrades_again(app):
