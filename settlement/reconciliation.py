@@ -178,7 +178,8 @@ def stored(session: Session, period: str, *, partner_id: str | None = None,
 
 
 def stored_one(session: Session, reconciliation_id: int) -> Reconciliation:
-    row = session.get(Reconciliation, reconciliation_id)
+    # An id past BIGINT is no row's, and SQLite could not even bind it.
+    row = session.get(Reconciliation, reconciliation_id) if 0 < reconciliation_id < 2**63 else None
     if row is None:
         raise Problem("not-found", "No such reconciliation.")
     return row

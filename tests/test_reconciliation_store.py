@@ -151,6 +151,7 @@ def test_the_console_lists_every_partners_kept_reconciliations_to_every_operator
     # Another month's id, and an unknown one, are not found.
     assert ann.get(f"/console/settlement/2026-04/reconciliations/{bakery_id}").status_code == 404
     assert ann.get(f"/console/settlement/{MAY}/reconciliations/999999").status_code == 404
+    assert ann.get(f"/console/settlement/{MAY}/reconciliations/{2**64}").status_code == 404
     assert "Für diesen Monat wurde noch kein Abgleich ausgeführt." in text_of(
         ann.get("/console/settlement/2026-04/reconciliations"))
     # Signed out: the sign-in page, not the list.
