@@ -10,8 +10,10 @@ journal, the dormant one two in five of the first half only (its newest entry li
 entries: a reversal every 100th (of the entry before), an expiry every 1,000th, a burn every
 4th, else earns, each earn with its lot and every fifth of them with a bonus lot. It leaves the
 data there. Prints one JSON document: medians of `--repeat` runs in milliseconds, each page
-also as a ratio to the baseline of the same shape. `--drop-index` measures without the index
-of migration 0024, to show what it is for.
+also as a ratio to the baseline of the same shape, taken in turns with it; beside them the
+baseline written as page_of writes the member's condition (a range: see history.page_of).
+`--without-index` measures again without the index of migration 0024 (dropped, then made
+again), to show what it is for.
 
     DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/<empty db> \\
         .venv/bin/python -m bench.member_history
@@ -71,22 +73,25 @@ ANALYZE;
 """
 
 
-def timed(run, repeat: int) -> float:
-    """The median of `repeat` runs, in milliseconds (one run first, unmeasured, to warm up)."""
-    run()
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+def timed(runs: dict, repeat: int) -> dict:
+    """The median of `repeat` runs of each, in milliseconds: taken in turns, so that the shared
+    machine's noise falls on all alike (each run once first, unmeasured, to warm up)."""
+    samples = {name: [] for name in runs}
+    for run in runs.values():
         run()
-        samples.append((time.perf_counter() - start) * 1000)
-    return round(statistics.median(samples), 2)
+    for _ in range(repeat):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            samples[name].append((time.perf_counter() - start) * 1000)
+    return {name: round(statistics.median(values), 2) for name, values in samples.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=30)
-    p.add_argument("--drop-index", action="store_true",
-                   help="measure without ix_journal_entries_member_id_id (what it is for)")
+    p.add_argument("--without-index", action="store_true",
+                   help="measure again without ix_journal_entries_member_id_id (what it is for)")
     args = p.parse_args(argv)
     app = create_app()
     if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
@@ -104,14 +109,17 @@ def main(argv: list[str] | None = None) -> int:
                                                   if f":{k}" in statement})
         session.commit()
         loaded_s = round(time.perf_counter() - start, 1)
-        if args.drop_index:
-            session.execute(text(f"DROP INDEX {MEMBER_ENTRIES.name}"))
         statements = []
         event.listen(db.engine, "before_cursor_execute",
                      lambda *a, **k: statements.append(1))
 
-        def plain(member, before=None, where=""):
+        def plain(member, before=None, where="", ranged=False):
             cursor = "AND id < :before" if before else ""
+            if ranged:  # the member as page_of asks for it (see there why)
+                return lambda: session.execute(text(
+                    f"SELECT * FROM journal_entries WHERE member_id BETWEEN :m AND :m {where} "
+                    f"{cursor} ORDER BY member_id DESC, id DESC LIMIT 20"),
+                    {"m": member, "before": before}).all()
             return lambda: session.execute(text(
                 f"SELECT * FROM journal_entries WHERE member_id = :m {where} {cursor} "
                 "ORDER BY id DESC LIMIT 20"), {"m": member, "before": before}).all()
@@ -119,42 +127,56 @@ def main(argv: list[str] | None = None) -> int:
         def page(member, **kw):
             return lambda: page_of(session, member, limit=20, **kw)
 
-        pages, counts = {}, {}
-        for label, member in (("active", ACTIVE), ("dormant", DORMANT)):
-            counts[label] = session.execute(text(
-                "SELECT count(*) FROM journal_entries WHERE member_id = :m"), {"m": member}
-            ).scalar()
-            deep = session.execute(text(
-                "SELECT id FROM journal_entries WHERE member_id = :m ORDER BY id DESC "
-                "OFFSET 99000 LIMIT 1"), {"m": member}).scalar()
-            shapes = {
-                "first page": (page(member), plain(member)),
-                "deep page (99,000 entries in)": (page(member, before=deep), plain(member, deep)),
-                "newer page from the deep one (after=)": (page(member, after=deep),
-                                                          plain(member, deep)),
-                "first page, partner p3": (page(member, partner_id="p3"),
-                                           plain(member, where="AND partner_id = 'p3'")),
-                "deep page, partner p3": (page(member, partner_id="p3", before=deep),
-                                          plain(member, deep, "AND partner_id = 'p3'")),
-                "first page, kind reversal (1 in 100)": (
-                    page(member, kind="reversal"), plain(member, where="AND kind = 'reversal'")),
-                "first page, kind expiry (1 in 1,000)": (
-                    page(member, kind="expiry"), plain(member, where="AND kind = 'expiry'")),
-            }
-            for name, (ours, baseline) in shapes.items():
-                statements.clear()
-                rows, _, _ = ours()
-                per_page = len(statements)
-                ours_ms, base_ms = timed(ours, args.repeat), timed(baseline, args.repeat)
-                pages[f"{label}: {name}"] = {
-                    "page_of_ms": ours_ms, "baseline_ms": base_ms,
-                    "ratio": round(ours_ms / base_ms, 2), "rows": len(rows),
-                    "statements": per_page}
-        whole_ms = timed(lambda: member_history(session, f"M-{ACTIVE}"), 3)
+        counts: dict[str, int] = {}
+
+        def measure() -> dict:
+            pages = {}
+            for label, member in (("active", ACTIVE), ("dormant", DORMANT)):
+                counts[label] = session.execute(text(
+                    "SELECT count(*) FROM journal_entries WHERE member_id = :m"), {"m": member}
+                ).scalar()
+                deep = session.execute(text(
+                    "SELECT id FROM journal_entries WHERE member_id = :m ORDER BY id DESC "
+                    "OFFSET 99000 LIMIT 1"), {"m": member}).scalar()
+                shapes = {
+                    "first page": ({}, {}),
+                    "deep page (99,000 entries in)": ({"before": deep}, {"before": deep}),
+                    "newer page from the deep one (after=)": ({"after": deep}, {"before": deep}),
+                    "first page, partner p3": ({"partner_id": "p3"},
+                                               {"where": "AND partner_id = 'p3'"}),
+                    "deep page, partner p3": ({"partner_id": "p3", "before": deep},
+                                              {"before": deep, "where": "AND partner_id = 'p3'"}),
+                    "first page, kind reversal (1 in 100)": ({"kind": "reversal"},
+                                                             {"where": "AND kind = 'reversal'"}),
+                    "first page, kind expiry (1 in 1,000)": ({"kind": "expiry"},
+                                                             {"where": "AND kind = 'expiry'"}),
+                }
+                for name, (ours, baseline) in shapes.items():
+                    statements.clear()
+                    rows, _, _ = page(member, **ours)()
+                    per_page = len(statements)
+                    ms = timed({"page_of": page(member, **ours), "plain": plain(member, **baseline),
+                                "ranged": plain(member, ranged=True, **baseline)}, args.repeat)
+                    pages[f"{label}: {name}"] = {
+                        "page_of_ms": ms["page_of"], "baseline_ms": ms["plain"],
+                        "ratio": round(ms["page_of"] / ms["plain"], 2),
+                        "baseline_as_page_of_asks_ms": ms["ranged"], "rows": len(rows),
+                        "statements": per_page}
+            return pages
+
+        pages = measure()
+        without = None
+        if args.without_index:
+            session.execute(text(f"DROP INDEX {MEMBER_ENTRIES.name}"))
+            session.commit()
+            without = measure()
+            MEMBER_ENTRIES.create(session.connection())
+            session.commit()
+        whole_ms = timed({"whole": lambda: member_history(session, f"M-{ACTIVE}")}, 3)["whole"]
         session.rollback()
     print(json.dumps({"entries": ENTRIES, "member_entries": counts, "load_s": loaded_s,
-                      "member_history_index": not args.drop_index,
                       "repeat": args.repeat, "pages": pages,
+                      "pages_without_index": without,
                       "whole history (member_history, the pages before)": {
                           "ms": whole_ms, "ratio_to_first_page":
                               round(whole_ms / pages["active: first page"]["page_of_ms"], 1)}},

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import Index, column, func, literal, or_, select, table, tuple_
+from sqlalchemy import Index, bindparam, column, func, literal, or_, select, table, tuple_
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from . import bonuses
@@ -100,10 +100,15 @@ def page_of(session: Session, member_pk: int, *, partner_id: str | None = None,
     # assumes the member's entries are spread evenly): through every later entry of everyone
     # else when the member's own are old (a dormant member: 0.1 ms against 180 ms).
     matching = [Entry.member_id.between(member_pk, member_pk)]
+    # The filters' values written into the statement: psycopg prepares a statement it runs
+    # often, and PostgreSQL's generic plan for `kind = $n` sorts all the member's entries
+    # (75 ms for 100,000 against 2 ms) where a known rare kind walks the index back.
     if partner_id is not None:
-        matching.append(Entry.partner_id == partner_id)
+        matching.append(Entry.partner_id == bindparam(None, partner_id, Entry.partner_id.type,
+                                                      literal_execute=True))
     if kind is not None:
-        matching.append(Entry.kind == kind)
+        matching.append(Entry.kind == bindparam(None, kind, Entry.kind.type,
+                                                literal_execute=True))
     if claim_id is not None:
         matching.append(or_(Entry.claim_id == claim_id, Entry.reverses_id.in_(
             select(Entry.id).where(Entry.member_id == member_pk, Entry.claim_id == claim_id)
