@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import Index, bindparam, column, func, literal, or_, select, table, tuple_
+from sqlalchemy import bindparam, column, func, literal, or_, select, table, tuple_
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from . import bonuses
@@ -24,10 +24,6 @@ from .vocabulary import EntryKind
 # The partners package owns the table; a history only needs each partner's name.
 _PARTNERS = table("partners", column("id"), column("name"))
 KINDS = tuple(kind.value for kind in EntryKind)
-# A page of a member's history is one range of it, from the cursor on (migration 0024). With
-# member_id alone, PostgreSQL reads every entry of the member and sorts them, or walks the
-# primary key back through everyone's later entries.
-MEMBER_ENTRIES = Index("ix_journal_entries_member_id_id", Entry.member_id, Entry.id)
 
 
 def member_history(session: Session, external_id: str, *, limit: int | None = None) -> list[dict]:

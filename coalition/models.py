@@ -98,6 +98,9 @@ class Entry(db.Model):
               postgresql_where=text(BURNS), sqlite_where=text(BURNS)),
         # A partner's claims newest first (GET /v1/claims), and one month of them (statement lines).
         Index("ix_journal_entries_partner_recorded", "partner_id", "recorded_at", "id"),
+        # A member's history page by page (coalition/history.page_of; migration 0024): one range
+        # of the index from the cursor on, where member_id alone reads and sorts all of it.
+        Index("ix_journal_entries_member_id_id", "member_id", "id"),
         Index("ix_journal_entries_partner_period", "partner_id", "period", "id"),
     )
 
