@@ -26,7 +26,8 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import (audit, clock, config, consents, credentials, enrolment, expiry, expiry_notices,
-               member_erasure, member_export, member_locks, operators, pins, sealer, velocity)
+               leases, member_erasure, member_export, member_locks, operators, pins, sealer,
+               velocity)
 from . import members as member_service
 from .clock import iso_utc
 from .database import db
@@ -471,11 +472,18 @@ def _seconds(_ctx, _param, value):
                    "line once per UTC day, for keeping outside the database")
 @click.option("--max-runs", type=click.IntRange(min=1), default=None, metavar="N",
               help="with --every: stop after N runs")
-def ledger_seal(every, anchor_file, max_runs):
+@click.option("--lease-ttl", type=float, default=None, callback=_seconds, metavar="SECONDS",
+              help="with --every: the sealers of all instances share one lease and only its "
+                   "holder seals; another takes over when it is not renewed for SECONDS "
+                   "(default: 3 x --every, at least 15)")
+def ledger_seal(every, anchor_file, max_runs, lease_ttl):
     """Chain committed entries into blocks: once, or every SECONDS (run it that way as a
-    sidecar or service, e.g. --every 5)."""
+    sidecar or service beside each app instance, e.g. --every 5: one of them seals at a
+    time)."""
     if max_runs is not None and every is None:
         raise click.UsageError("--max-runs needs --every.")
+    if lease_ttl is not None and every is None:
+        raise click.UsageError("--lease-ttl needs --every.")
     try:
         anchors = sealer.AnchorFile(anchor_file) if anchor_file else None
     except OSError as exc:
@@ -488,13 +496,19 @@ def ledger_seal(every, anchor_file, max_runs):
             anchors.append_if_due(now, result)
         emit(result)
         return
+    if lease_ttl is not None and lease_ttl < every:
+        raise click.BadParameter("must be at least --every: a holder renews once per run.",
+                                 param_hint="--lease-ttl")
+    lease = leases.Lease("sealer", leases.holder_name(),
+                         timedelta(seconds=lease_ttl or max(15.0, 3 * every)))
     stop = threading.Event()
     restore = _stop_on_signals(stop)
     try:
         _line({"event": "sealer-started", "every": every, "anchor_file": anchor_file,
-               "pid": os.getpid()})
+               "pid": os.getpid(), "holder": lease.holder,
+               "lease_ttl": lease.ttl.total_seconds()})
         runs = sealer.run_sealer(db.session, every=every, stop=stop, report=_line,
-                                 anchors=anchors, max_runs=max_runs)
+                                 anchors=anchors, max_runs=max_runs, lease=lease)
     finally:
         restore()
     _line({"event": "sealer-stopped", "runs": runs})

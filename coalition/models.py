@@ -424,3 +424,16 @@ class Operator(db.Model):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
     __table_args__ = (CheckConstraint("role IN ('admin', 'analyst')", name="role_known"),)
+
+
+class LeaderLease(db.Model):
+    """Who runs a job that must run once across every process and host (coalition/leases.py):
+    the sealer beside each app instance seals only while it holds the lease "sealer". A row in
+    a table, not a session advisory lock: pgbouncer in transaction mode hands each transaction
+    another server connection, and the row is replicated, so a promoted standby knows it too."""
+    __tablename__ = "leader_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    acquired_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)

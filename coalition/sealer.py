@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -32,6 +33,7 @@ from . import books, clock
 from .clock import as_utc, iso_utc
 from .database import is_sqlite
 from .hashing import canonical, entries_digest, sha256_hex
+from .leases import Lease
 from .models import Entry, LedgerBlock, LedgerSeal
 
 GENESIS = "0" * 64
@@ -43,6 +45,7 @@ MAX_BLOCK = 10_000
 DATABASE_ERRORS = (DBAPIError, PoolTimeout)
 
 log = logging.getLogger("coalition.sealer")
+T = TypeVar("T")
 
 
 def block_hash(block: LedgerBlock) -> str:
@@ -191,6 +194,11 @@ class AnchorFile:
         self.path.touch()  # an unwritable path fails at start, not at the first anchor
         self.last_date = self._last_date()
 
+    def reload(self) -> None:
+        """Read the last line again: several instances' sealers may share one file, and the
+        one that takes over from another must not anchor a day twice."""
+        self.last_date = self._last_date()
+
     def _last_date(self) -> str | None:
         for line in reversed(self.path.read_text(encoding="utf-8").splitlines()):
             with contextlib.suppress(ValueError, TypeError, AttributeError):
@@ -236,7 +244,8 @@ utcnow = clock.now  # run_sealer's clock; a test passes its own
 def run_sealer(session_factory: Callable[[], Session], *, every: float, stop: threading.Event,
                report: Callable[[dict], None], now: Callable[[], datetime] = utcnow,
                on_error: Callable[[BaseException], None] = log_error,
-               anchors: AnchorFile | None = None, max_runs: int | None = None) -> int:
+               anchors: AnchorFile | None = None, max_runs: int | None = None,
+               lease: Lease | None = None) -> int:
     """Seal every `every` seconds until `stop` is set (or `max_runs` runs are done); returns
     the number of runs.
 
@@ -248,15 +257,37 @@ def run_sealer(session_factory: Callable[[], Session], *, every: float, stop: th
     entries would pile up unsealed until `verify` flags them. Other exceptions are bugs and
     propagate. `stop.wait` is the sleep, so setting `stop` ends the wait at once while a run
     in progress always completes.
+
+    With a `lease`, each run first takes or renews it (coalition/leases.py) and seals only while
+    it holds it; taking it is reported as {"event": "leading"}, losing it as {"event":
+    "following"}. Stopping hands it back, so another instance's sealer takes over at its next
+    tick.
     """
     assert every > 0, "every is a positive number of seconds"
     runs = 0
+    leading = None if lease is not None else True
     while not stop.is_set():
         deadline = time.monotonic() + every  # a fixed rate: a slow run shortens the next wait
         moment = now()
         runs += 1
+        if lease is not None:
+            try:
+                holds = _in_transaction(session_factory, lambda s: lease.hold(s, now=moment))
+            except DATABASE_ERRORS as exc:
+                on_error(exc)
+                holds = None
+            if holds is not None and holds != leading:
+                leading = holds
+                report({"event": "leading" if holds else "following", "holder": lease.holder})
+                if holds and anchors is not None:
+                    anchors.reload()  # another instance may have anchored meanwhile
+            if not holds:
+                if max_runs is not None and runs >= max_runs:
+                    break
+                stop.wait(max(0.0, deadline - time.monotonic()))
+                continue
         try:
-            result = _seal_and_commit(session_factory, moment)
+            result = _in_transaction(session_factory, lambda s: seal_run(s, now=moment))
         except DATABASE_ERRORS as exc:
             on_error(exc)
         else:
@@ -273,13 +304,18 @@ def run_sealer(session_factory: Callable[[], Session], *, every: float, stop: th
         if max_runs is not None and runs >= max_runs:
             break
         stop.wait(max(0.0, deadline - time.monotonic()))
+    if lease is not None and leading:
+        try:
+            _in_transaction(session_factory, lambda s: lease.release(s, now=now()))
+        except DATABASE_ERRORS as exc:  # the lease then runs out by itself
+            on_error(exc)
     return runs
 
 
-def _seal_and_commit(session_factory: Callable[[], Session], moment: datetime) -> dict:
+def _in_transaction(session_factory: Callable[[], Session], work: Callable[[Session], T]) -> T:
     session = session_factory()
     try:
-        result = seal_run(session, now=moment)
+        result = work(session)
         session.commit()
         return result
     except BaseException:

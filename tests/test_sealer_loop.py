@@ -140,13 +140,16 @@ def test_cli_loop_prints_one_json_line_per_event(ledger_with_history, runner):
     result = runner.invoke(args=["ledger", "seal", "--every", "0.01", "--max-runs", "3"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.output.splitlines()]
-    assert [line["event"] for line in lines] == ["sealer-started", "sealed", "sealer-stopped"]
-    assert (lines[1]["entries"], lines[2]["runs"]) == (6, 3)
+    assert [line["event"] for line in lines] == ["sealer-started", "leading", "sealed",
+                                                 "sealer-stopped"]
+    assert lines[1]["holder"] == lines[0]["holder"]
+    assert (lines[2]["entries"], lines[3]["runs"]) == (6, 3)
 
 
 @pytest.mark.parametrize("args", [["--every", "0"], ["--every", "-1"], ["--every", "nan"],
                                   ["--every", "inf"], ["--max-runs", "2"],
-                                  ["--every", "1", "--max-runs", "0"]])
+                                  ["--every", "1", "--max-runs", "0"],
+                                  ["--lease-ttl", "30"], ["--every", "5", "--lease-ttl", "1"]])
 def test_cli_refuses_what_is_not_a_schedule(runner, args):
     assert runner.invoke(args=["ledger", "seal", *args]).exit_code == 2
 
