@@ -1,6 +1,7 @@
 """What the browser tests share (tests/browser/test_*_browser.py): Debian's Chromium
 (/usr/bin/chromium, from apt) driven by Playwright, the app served on a free port in a thread over
-the test database, screenshots under tests/browser/screenshots/ (git-ignored) and axe-core's
+the test database, screenshots under tests/browser/screenshots/ (postgresql/ within it on
+PostgreSQL; git-ignored) and axe-core's
 check (shipped in axe-playwright-python).
 
 Skipped, saying why, when Chromium or Playwright is missing (`apt-get install -y chromium`,
@@ -16,9 +17,11 @@ import pytest
 from werkzeug.serving import make_server
 
 from coalition import limits
+from tests.conftest import ON_POSTGRES
 
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parent / "screenshots"
+# .ci/run runs the suite on SQLite and on PostgreSQL at the same time: each its own folder.
+SHOTS = Path(__file__).resolve().parent / "screenshots" / ("postgresql" if ON_POSTGRES else "")
 PHONE = {"width": 390, "height": 844}
 
 
@@ -82,7 +85,7 @@ def page(browser, live):
 
 
 def shot(page, name: str) -> None:
-    SHOTS.mkdir(exist_ok=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
