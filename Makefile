@@ -5,6 +5,10 @@
 # make fuzz  - contract fuzzing: schemathesis against /openapi.json, every request signed (SQLite)
 # make crash - the crash suite: gunicorn under load through killed workers, a killed master, a
 #              PostgreSQL restart and SIGTERM (DATABASE_URL=postgresql+psycopg://... an empty database)
+# make cluster - the HA topology on one machine, in the background: HAProxy, 2 gunicorn instances
+#                and sealers, pgbouncers, a PostgreSQL primary and synchronous standby, Redis
+#                (Debian packages; deploy/cluster/, docs/operations.md)
+# make cluster-down - stops it (data kept under CLUSTER_DIR; CLUSTER_WIPE=1 deletes it)
 # make bench - throughput against the stack's own floor on a fresh PostgreSQL database (bench/README.md)
 # Everything runs from .venv/bin; nothing needs an activated virtualenv.
 
@@ -23,7 +27,7 @@ DEMO_MEMBER := demo-card-0001
 COALITION_TIERS ?= Blue:0,Silver:400,Gold:1000:1.5
 EMBEDDED := env -u DATABASE_URL COALITION_TIERS=$(COALITION_TIERS)
 
-.PHONY: venv migrate demo serve test fuzz crash bench clean
+.PHONY: venv migrate demo serve test fuzz crash bench clean cluster cluster-down
 
 venv: $(STAMP)
 
@@ -96,6 +100,17 @@ crash: venv
 # Prints one table of rates and ratios to baselines of the same run; exits 1 on any error.
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The highly available topology on one machine (docs/operations.md, "A highly available cluster on
+# one machine"): deploy/cluster/up starts what is not running yet (as root; installs missing Debian
+# packages) and returns, leaving it all in the background; deploy/cluster/status shows it. Under
+# CLUSTER_DIR (default /var/tmp/coalition-cluster); CLUSTER_INSTANCES app instances (default 2).
+cluster: venv
+	deploy/cluster/up
+
+# Stops everything `make cluster` started; CLUSTER_WIPE=1 deletes CLUSTER_DIR too.
+cluster-down:
+	deploy/cluster/down
 
 # Removes the virtualenv and caches. instance/ (the embedded database, demo keys) is kept:
 # delete it by hand to start the demo from scratch.
