@@ -257,6 +257,18 @@ INI
     chown postgres:postgres "$CLUSTER_DIR/pgbouncer/$bouncer.ini"
 }
 
+# pgbouncer answers a client's login with the startup parameters it cached from its first server
+# login, in_hot_standby among them, and libpq's target_session_attrs=read-write trusts that
+# report (PostgreSQL 14+) without asking the server. So a bouncer must be restarted when its
+# server changes role (deploy/cluster/promote, rebuild-standby): else the promoted server's
+# bouncer still says "standby" and is passed over, and a dead primary's bouncer still says
+# "primary", accepts the login and fails the first query, where psycopg would have tried the
+# next host on a failed login.
+bouncer_stop() {
+    stop_pidfile "$RUN/pgbouncer-${BOUNCER_OF[$1]}.pid" "pgbouncer ${BOUNCER_OF[$1]}" 10
+}
+bouncer_restart() { bouncer_stop "$1"; bouncer_start "$1"; }
+
 bouncer_start() {
     local port=$1 bouncer=${BOUNCER_OF[$1]}
     pid_alive "$RUN/pgbouncer-$bouncer.pid" && return 0
