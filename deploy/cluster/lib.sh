@@ -61,7 +61,9 @@ current_primary() {
 }
 other_port() { [[ $1 == 5440 ]] && echo 5441 || echo 5440; }
 
-pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A process that has exited but not been reaped yet (a zombie, until init collects it) is gone.
+alive() { kill -0 "$1" 2>/dev/null && [[ $(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) != Z ]]; }
+pid_alive() { [[ -s $1 ]] && alive "$(cat "$1")"; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: polls every 0.2 s
@@ -89,8 +91,8 @@ stop_pidfile() {
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     local deadline=$((SECONDS + seconds))
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then
+    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
+    if alive "$pid"; then
         log "$name did not stop within ${seconds}s: killing it"
         kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     fi
