@@ -11,7 +11,7 @@ from flask import Flask, send_from_directory
 from . import audit, cli, errors, limits, ops, sealer
 from .api import api
 from .config import engine_options, from_environment
-from .database import db, migrate
+from .database import db, migrate, replica_bind
 from .ledger import Rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.update(test_config)
     # From the database finally chosen (test_config may name another than DATABASE_URL).
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS",
-                          engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
+                          engine_options(app.config["SQLALCHEMY_DATABASE_URI"],
+                                         pgbouncer=app.config.get("DATABASE_PGBOUNCER", False)))
+    replica_bind(app)  # the standby's engine, if DATABASE_REPLICA_URL is set (PostgreSQL)
     app.config["LEDGER_RULES"] = Rules.from_config(app.config)
 
     db.init_app(app)
@@ -63,4 +65,5 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     for name in app.config["EXTENSIONS"]:
         importlib.import_module(name).init_app(app, api)
+    ops.route_reads(app)  # after every blueprint: the GETs that may read the standby
     return app

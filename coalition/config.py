@@ -86,14 +86,63 @@ def _expiry_policy() -> dict:
             "POINTS_EXPIRY_CUTOFF": cutoff}
 
 
+def database_url(url: str) -> str:
+    """A database URL as SQLAlchemy 2.1's psycopg dialect takes it.
+
+    postgresql:// becomes postgresql+psycopg://: psycopg 3 is the driver we ship, and a bare
+    postgresql:// URL would ask for psycopg2.
+
+    Several hosts (a primary found among them with target_session_attrs=read-write), forms
+    that work end to end (tests/test_read_routing.py connects through one):
+      postgresql+psycopg://user@/db?host=h1:5432&host=h2:5432&target_session_attrs=read-write
+      postgresql+psycopg://user@/db?host=h1,h2&port=5432,5432&target_session_attrs=read-write
+    libpq's own form, host=h1:5432,h2:5432 in one parameter, SQLAlchemy does not split into
+    ports (psycopg would look up a host named "h2:5432"): it is rewritten here into the first
+    form. Hosts in the URL's authority (user@h1:5432,h2:5432/db) SQLAlchemy cannot parse: use
+    the query forms."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    if not url.startswith("postgresql") or "host=" not in url:
+        return url
+    from sqlalchemy.engine import make_url  # only for URLs that name their hosts in the query
+
+    parsed = make_url(url)
+    hosts = parsed.query.get("host")
+    if isinstance(hosts, str) and "," in hosts and ":" in hosts and "port" not in parsed.query:
+        parsed = parsed.update_query_dict({"host": hosts.split(",")})
+        return parsed.render_as_string(hide_password=False)
+    return url
+
+
+def _positive_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a positive number of seconds, not {raw!r}.")
+    return value
+
+
 def from_environment(instance_path: str) -> dict:
     default_db = "sqlite:///" + str(Path(instance_path) / "coalition.db")
-    database_url = os.environ.get("DATABASE_URL") or default_db
-    if database_url.startswith("postgresql://"):
-        # psycopg 3 is the driver we ship; a bare postgresql:// URL would ask for psycopg2.
-        database_url = "postgresql+psycopg://" + database_url[len("postgresql://"):]
+    replica_url = os.environ.get("DATABASE_REPLICA_URL", "").strip()
     return {
-        "SQLALCHEMY_DATABASE_URI": database_url,
+        "SQLALCHEMY_DATABASE_URI": database_url(os.environ.get("DATABASE_URL") or default_db),
+        # Read replica (coalition/replica.py): a hot standby, usually through its own
+        # pgbouncer. Unset: every statement goes to DATABASE_URL. Set: the GETs marked
+        # @standby_ok read it while it is reachable and its replay lag is at most
+        # DATABASE_REPLICA_MAX_LAG_S seconds (default 5), else they read the primary. Ignored
+        # when the primary is SQLite (the embedded mode has no standby).
+        "DATABASE_REPLICA_URL": database_url(replica_url) if replica_url else None,
+        "DATABASE_REPLICA_MAX_LAG_S": _positive_seconds("DATABASE_REPLICA_MAX_LAG_S", 5.0),
+        # Connections go through pgbouncer in transaction mode: no server-side prepared
+        # statements (engine_options), which pgbouncer 1.18 cannot carry from one server
+        # connection to the next.
+        "DATABASE_PGBOUNCER": _flag("DATABASE_PGBOUNCER"),
         "COALITION_AUDIENCE": os.environ.get("COALITION_AUDIENCE", "coalition"),
         "COALITION_TIMEZONE": os.environ.get("COALITION_TIMEZONE", "Europe/Berlin"),
         "MAX_CLAIM_AGE_DAYS": _int("MAX_CLAIM_AGE_DAYS", 30),
@@ -167,18 +216,24 @@ def _at_least(name: str, default: int, minimum: int) -> int:
     return value
 
 
-def engine_options(database_uri: str) -> dict:
+def engine_options(database_uri: str, *, pgbouncer: bool = False) -> dict:
     """SQLAlchemy's engine options for this database. PostgreSQL: each process keeps a pool of
     one connection per gunicorn thread (GUNICORN_THREADS), so that no thread waits for another's
     connection, plus DATABASE_POOL_OVERFLOW opened on demand and closed when returned; checked
     before use when idle for a while (coalition/database.py: a restarted server's dead
     connections are replaced, not handed out). Up to
-    WEB_CONCURRENCY x (threads + overflow) connections in all: docs/operations.md. SQLite:
-    SQLAlchemy's defaults."""
+    WEB_CONCURRENCY x (threads + overflow) connections in all: docs/operations.md, and as
+    many again to a read replica if one is set (DATABASE_REPLICA_URL). pgbouncer
+    (DATABASE_PGBOUNCER): psycopg prepares no statement on the server (prepare_threshold
+    None), since in transaction mode the next transaction may run on another server
+    connection that never saw it. SQLite: SQLAlchemy's defaults."""
     if not database_uri.startswith("postgresql"):
         return {}
-    return {"pool_size": _at_least("GUNICORN_THREADS", DEFAULT_THREADS, 1),
-            "max_overflow": _at_least("DATABASE_POOL_OVERFLOW", DEFAULT_POOL_OVERFLOW, 0)}
+    options = {"pool_size": _at_least("GUNICORN_THREADS", DEFAULT_THREADS, 1),
+               "max_overflow": _at_least("DATABASE_POOL_OVERFLOW", DEFAULT_POOL_OVERFLOW, 0)}
+    if pgbouncer:
+        options["connect_args"] = {"prepare_threshold": None}
+    return options
 
 
 def operator_name() -> str:

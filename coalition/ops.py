@@ -1,6 +1,7 @@
 """Operations: request ids, structured JSON logs, security headers, health and readiness."""
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -11,7 +12,7 @@ from flask import Flask, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 from sqlalchemy import text
 
-from . import bodylimit
+from . import bodylimit, replica
 from .api import documented, problem_doc
 from .database import db
 from .errors import UNAVAILABLE_RETRY_AFTER_S, Problem
@@ -40,10 +41,25 @@ def _status(value: str, meaning: str) -> dict:
 # OpenAPI documentation of the probes (coalition/api.py adds X-Request-Id to every answer).
 HEALTHZ_DOC = {"tags": ["operations"], "summary": "Liveness: the process serves requests",
                "responses": {"200": _status("alive", "The process is alive.")}}
+READY_OR_DEGRADED = {
+    "description": "The database answered: the service can take requests. `degraded`: a read "
+                   "replica is configured but away or behind (`replica` says why); every read "
+                   "goes to the primary meanwhile, and the service answers as usual.",
+    "content": {"application/json": {"schema": {
+        "type": "object", "required": ["status"], "additionalProperties": False,
+        "properties": {
+            "status": {"type": "string", "enum": ["ready", "degraded"]},
+            "replica": {"type": "object", "additionalProperties": False,
+                        "required": ["reason", "lag_s", "max_lag_s", "checked_at"],
+                        "properties": {
+                            "reason": {"type": "string",
+                                       "enum": ["unreachable", "lagging", "lag-unknown"]},
+                            "lag_s": {"type": "number", "nullable": True,
+                                      "description": "Replay lag in seconds (null: unknown)"},
+                            "max_lag_s": {"type": "number"},
+                            "checked_at": {"type": "string", "format": "date-time"}}}}}}}}
 READYZ_DOC = {"tags": ["operations"], "summary": "Readiness: the database is reachable",
-              "responses": {
-                  "200": _status("ready", "The database answered: the service can take requests."),
-                  "503": problem_doc("unavailable")}}
+              "responses": {"200": READY_OR_DEGRADED, "503": problem_doc("unavailable")}}
 
 
 class RequestIdFilter(logging.Filter):
@@ -110,4 +126,45 @@ def init_app(app: Flask) -> None:
             logging.getLogger("coalition.ops").warning("database not reachable", exc_info=True)
             raise Problem("unavailable", "The database is not reachable.",
                           headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
+        standby = replica.replica_status(app)
+        if standby["configured"] and not standby["healthy"]:
+            return {"status": "degraded", "replica": {
+                name: standby[name] for name in ("reason", "lag_s", "max_lag_s", "checked_at")}}
         return {"status": "ready"}
+
+
+def route_reads(app: Flask) -> None:
+    """After every blueprint is registered: with a read replica configured, a GET or HEAD of
+    a view marked @standby_ok (or named in replica.STANDBY_ENDPOINTS) opens a standby scope
+    when its view is entered, after the request's hooks (the partner's token is verified and
+    its jti spent on the primary), and the scope ends with the request."""
+    with app.app_context():
+        engine = db.engines.get(replica.BIND)
+    if engine is None:
+        return
+    health = replica.Health(engine, float(app.config["DATABASE_REPLICA_MAX_LAG_S"]),
+                            every_s=app.config.get("DATABASE_REPLICA_CHECK_EVERY_S",
+                                                   replica.CHECK_EVERY_S))
+    app.extensions[replica.EXTENSION] = health
+    for endpoint, view in list(app.view_functions.items()):
+        if getattr(view, "standby_ok", False) or endpoint in replica.STANDBY_ENDPOINTS:
+            app.view_functions[endpoint] = _in_standby_scope(view, health)
+
+    # A gthread worker's thread keeps its context between requests: a scope must never
+    # outlive its request, whatever ended it.
+    @app.before_request
+    def _no_scope_yet() -> None:
+        replica.close_scope()
+
+    @app.teardown_request
+    def _end_scope(_exc) -> None:
+        replica.close_scope()
+
+
+def _in_standby_scope(view, health: replica.Health):
+    @functools.wraps(view)
+    def scoped(*args, **kwargs):
+        if request.method in ("GET", "HEAD"):
+            replica.open_scope(health)
+        return view(*args, **kwargs)
+    return scoped

@@ -14,6 +14,7 @@ from coalition import batch as batches
 from coalition import clock, consents, coupons, credentials, holds, ledger, members, pins
 from coalition.api import Blueprint, problems
 from coalition.database import db
+from coalition.replica import standby_ok
 from coalition.errors import Problem
 from coalition.expiry_notices import for_member as expiry_notices_of
 from coalition.fields import ID_PATTERN
@@ -74,6 +75,7 @@ def enrol(body: dict):
 @blp.doc(security=AUTH, summary="A member's balance, shared across the coalition")
 @blp.response(200, schemas.BalanceSchema, description="The member's balance now")
 @problems(blp, *COMMON, "not-found")
+@standby_ok
 def balance(member_id: str):
     g.card = member_id
     view = members.balance(db.session, _known(member_id), now=_now(),
@@ -96,6 +98,7 @@ def balance(member_id: str):
 @blp.response(200, schemas.ExpiryNoticesSchema, example=schemas.ExpiryNoticesSchema.EXAMPLE,
               description="The member's expiries in the window (none: an empty list)")
 @problems(blp, *COMMON, "validation-error", "not-found")
+@standby_ok
 def expiry_notices(query: dict, member_id: str):
     g.card = member_id
     view = expiry_notices_of(db.session, _known(member_id), now=_now(),
@@ -297,6 +300,7 @@ def _hold_answer(answer: holds.Answer, status: int):
                      "whether the member activated and used each.")
 @blp.response(200, schemas.OffersSchema, description="The member's offers now")
 @problems(blp, *COMMON, "not-found")
+@standby_ok
 def offers(member_id: str):
     g.card = member_id
     view = offers_of(db.session, _known(member_id), now=_now(),
@@ -363,6 +367,7 @@ def reverse(body: dict, claim_id: str):
 @blp.response(200, schemas.ClaimSchema, description="The claim as booked, with its "
               "reversals and what remains of it")
 @problems(blp, *COMMON, "not-found")
+@standby_ok
 def claim(claim_id: str):
     view = current_claim(db.session, g.caller.partner_id, _known(claim_id), now=_now())
     db.session.commit()

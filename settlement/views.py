@@ -9,6 +9,7 @@ from marshmallow import RAISE, Schema, fields, validate
 from coalition import clock, limits
 from coalition.api import Blueprint, problems
 from coalition.database import db
+from coalition.replica import standby_ok
 from coalition.errors import Problem
 from coalition.schemas import PERIOD_PATTERN, cursor_of
 from partners.auth import AUTH, COMMON, authenticate, crashed, failed
@@ -35,6 +36,7 @@ class FormatSchema(Schema):
 @blp.response(200, schemas.StatementListSchema, description="Every closed month of the "
               "caller: period, net and the digest of its signed statement")
 @problems(blp, *COMMON)
+@standby_ok
 def list_statements():
     rows = service.statements_of(db.session, g.caller.partner_id)
     db.session.commit()
@@ -53,6 +55,7 @@ def list_statements():
 @blp.arguments(FormatSchema, location="query")
 @blp.response(200, schemas.SignedStatementSchema)
 @problems(blp, *COMMON, "not-found", "validation-error")
+@standby_ok
 def get_statement(query: dict, period: str):
     row = service.statement(db.session, g.caller.partner_id, period)
     db.session.commit()
@@ -86,6 +89,7 @@ DEFAULT_LINES = 100
 @blp.arguments(schemas.LinesQuerySchema, location="query", unknown=RAISE)
 @blp.response(200, schemas.StatementLinesSchema)
 @problems(blp, *COMMON, "not-found", "validation-error")
+@standby_ok
 def statement_lines(query: dict, period: str):
     """JSON is paged by keyset: `limit` lines (1 to 1000, default 100) after `cursor`, with
     `next_cursor` until the last page and the statement's totals on every page. CSV streams
@@ -152,6 +156,7 @@ DEFAULT_STORED = 20
 @blp.response(200, schemas.StoredReconciliationListSchema, description="One page of the "
               "caller's stored reconciliations of the month")
 @problems(blp, *COMMON, "not-found", "validation-error")
+@standby_ok
 def list_reconciliations(query: dict, period: str):
     """An open month, or one without any reconciliation, answers an empty list; a malformed
     one is not-found, as GET /v1/statements/{period} answers it."""

@@ -11,6 +11,7 @@ from flask import current_app, render_template, request, url_for
 
 from coalition import audit_search
 from coalition.database import db
+from coalition.replica import standby_ok
 from coalition.periods import day_start_utc
 from coalition.problems import Problem
 
@@ -36,6 +37,7 @@ def _day(raw: str) -> date | None:
 
 @bp.route("/audit")
 @login_required(OPERATOR, roles=READERS)
+@standby_ok
 def audit():
     filters = {name: request.args.get(name, "").strip()[:200] for name in FILTERS}
     tz = current_app.config["COALITION_TIMEZONE"]

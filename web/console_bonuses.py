@@ -22,6 +22,7 @@ from coalition import bonus_performance, campaigns, clock, coupons, segments
 from coalition.bonuses import CAMPAIGN, COUPON, TIER
 from coalition.clock import as_utc
 from coalition.database import db
+from coalition.replica import standby_ok
 from coalition.periods import day_of, last_day_before
 from coalition.problems import Problem
 from coalition.vocabulary import ID_PATTERN
@@ -95,6 +96,7 @@ def _listing(now: datetime):
 
 @bp.route("/campaigns")
 @login_required(OPERATOR, roles=READERS)
+@standby_ok
 def bonuses():
     now = clock.now()
     shown = _listing(now)
@@ -114,12 +116,14 @@ def bonuses():
 
 @bp.route("/campaigns/<campaign_id>")
 @login_required(OPERATOR, roles=READERS)
+@standby_ok
 def campaign(campaign_id: str):
     return _detail("campaign", campaigns.get(db.session, campaign_id))
 
 
 @bp.route("/coupons/<coupon_id>")
 @login_required(OPERATOR, roles=READERS)
+@standby_ok
 def coupon(coupon_id: str):
     return _detail("coupon", coupons.get(db.session, coupon_id))
 

@@ -24,6 +24,7 @@ from markupsafe import Markup
 
 from coalition import books, clock
 from coalition.database import db
+from coalition.replica import standby_ok
 from coalition.errors import problem_response
 from coalition.periods import add_months, period_of
 from coalition.problems import Problem
@@ -148,6 +149,7 @@ def _figures(choice: Choice, charts_wanted: tuple[str, ...]) -> dict | None:
 
 @bp.route("/dashboard/<chart>.<fmt>")
 @login_required(OPERATOR, roles=READERS)
+@standby_ok
 def dashboard_data(chart: str, fmt: str):
     if chart not in CHARTS or fmt not in ("json", "csv"):
         abort(404)
@@ -196,6 +198,7 @@ def _chart_text() -> dict:
 
 @bp.route("/dashboard")
 @login_required(OPERATOR, roles=READERS)
+@standby_ok
 def dashboard():
     choice = _choice()
     _ = i18n.gettext

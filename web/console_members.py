@@ -18,6 +18,7 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 from coalition import clock, credentials, member_erasure, member_export, member_locks, members
 from coalition.clock import as_utc
 from coalition.database import db
+from coalition.replica import standby_ok
 from coalition.history import KINDS, page_of
 from coalition.problems import Problem
 from partners.service import list_partners
@@ -53,6 +54,7 @@ def _member(card: str):
 
 @bp.route("/members")
 @login_required(OPERATOR, roles=READERS)
+@standby_ok
 def members_search():
     card = request.args.get("member_id", "").strip()
     error = None
@@ -66,6 +68,7 @@ def members_search():
 
 @bp.route("/members/<card>")
 @login_required(OPERATOR, roles=READERS)
+@standby_ok
 def member(card: str):
     now = clock.now()
     row = _member(card)

@@ -16,6 +16,7 @@ from flask import abort, current_app, flash, redirect, render_template, request,
 
 from coalition import books, clock
 from coalition.database import db
+from coalition.replica import standby_ok
 from coalition.periods import period_of
 from coalition.problems import Problem
 from partners import service, usage
@@ -66,6 +67,7 @@ def _is_admin() -> bool:
 
 @bp.route("/partners")
 @login_required(OPERATOR_FACE, roles=READERS)
+@standby_ok
 def partners():
     period = period_of(_now(), _tz())
     rows = [{"partner": p, "terms": service.terms_in_force(db.session, p.id, period),
@@ -94,6 +96,7 @@ def _partner_page(partner_id: str, *, terms_form: dict | None = None, terms_erro
 
 @bp.route("/partners/<partner_id>")
 @login_required(OPERATOR_FACE, roles=READERS)
+@standby_ok
 def partner(partner_id: str):
     return _partner_page(partner_id)
 

@@ -21,6 +21,7 @@ from werkzeug.wrappers import Request
 
 from coalition import books, clock
 from coalition.database import db
+from coalition.replica import standby_ok
 from coalition.periods import period_of
 from coalition.problems import Problem
 from partners.service import list_partners, partner_ids
@@ -72,6 +73,7 @@ def _closable(period: str) -> Problem | None:
 
 @bp.route("/settlement")
 @login_required(OPERATOR, roles=READERS)
+@standby_ok
 def settlement():
     now = clock.now()
     first = books.first_period(db.session)
@@ -144,6 +146,7 @@ def close(period: str):
 
 @bp.route("/settlement/<period>")
 @login_required(OPERATOR, roles=READERS)
+@standby_ok
 def month(period: str):
     _period(period)
     if not books.is_closed(db.session, period):
@@ -177,6 +180,7 @@ def _download(body, fmt: str, filename: str) -> Response:
 
 @bp.route("/settlement/<period>/report.<fmt>")
 @login_required(OPERATOR, roles=READERS)
+@standby_ok
 def report_download(period: str, fmt: str):
     _period(period)
     if fmt not in FORMATS:
@@ -196,6 +200,7 @@ def report_download(period: str, fmt: str):
 
 @bp.route("/settlement/<period>/statements/<partner_id>.<fmt>")
 @login_required(OPERATOR, roles=READERS)
+@standby_ok
 def statement_download(period: str, partner_id: str, fmt: str):
     """As GET /v1/statements/{period}?format= answers the partner (settlement/views.py)."""
     _period(period)
@@ -216,6 +221,7 @@ def statement_download(period: str, partner_id: str, fmt: str):
 
 @bp.route("/settlement/<period>/statements/<partner_id>")
 @login_required(OPERATOR, roles=READERS)
+@standby_ok
 def statement(period: str, partner_id: str):
     _period(period)
     row = service.statement(db.session, partner_id, period)
@@ -251,6 +257,7 @@ def _cursor() -> tuple[int, int] | None:
 
 @bp.route("/settlement/<period>/statements/<partner_id>/lines.csv")
 @login_required(OPERATOR, roles=READERS)
+@standby_ok
 def statement_lines_csv(period: str, partner_id: str):
     """Every line as CSV, streamed a page at a time as GET /v1/statements/{period}/lines does."""
     _period(period)

@@ -13,6 +13,7 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 from coalition import clock, consents, coupons, members, member_export
 from coalition.clock import as_utc, iso_utc
 from coalition.database import db
+from coalition.replica import standby_ok
 from coalition.expiry_notices import NOTICE_DAYS, for_member as expiry_notices_of
 from coalition.history import KINDS, page_of
 from coalition.offers import for_member as offers_of, marketing_consent
@@ -64,6 +65,7 @@ def sign_out():
 
 @bp.route("/")
 @login_required(MEMBER)
+@standby_ok
 def balance():
     now = clock.now()
     view = members.balance(db.session, _card(), now=now, tiers=_tiers(), **_settings())
@@ -75,6 +77,7 @@ def balance():
 
 @bp.route("/history")
 @login_required(MEMBER)
+@standby_ok
 def history():
     partner = request.args.get("partner") or None
     kind = request.args.get("kind") if request.args.get("kind") in KINDS else None
@@ -121,6 +124,7 @@ def _int(raw: str | None, default: int) -> int:
 
 @bp.route("/offers")
 @login_required(MEMBER)
+@standby_ok
 def offers():
     tz = current_app.config["COALITION_TIMEZONE"]
     view = offers_of(db.session, _card(), now=clock.now(), tiers=_tiers(), tz=tz)
@@ -160,6 +164,7 @@ def activate_coupon(coupon_id: str):
 
 @bp.route("/consent", methods=["GET", "POST"])
 @login_required(MEMBER)
+@standby_ok
 def consent():
     member = members.find(db.session, _card())
     if request.method == "POST":
