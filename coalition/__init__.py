@@ -8,7 +8,7 @@ from pathlib import Path
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
 
-from . import audit, cli, errors, limits, ops, sealer
+from . import audit, cli, errors, limits, metrics, ops, sealer
 from .api import api
 from .config import engine_options, from_environment
 from .database import db, migrate, replica_bind
@@ -51,6 +51,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     errors.init_app(app)
+    metrics.init_app(app)  # first request hooks: its latency covers the others'
     ops.init_app(app)
     api.init_app(app)
     cli.init_app(app)

@@ -163,6 +163,11 @@ def from_environment(instance_path: str) -> dict:
         "MAX_CONTENT_LENGTH": _int("MAX_BODY_BYTES", 1024 * 1024),
         "MAX_JSON_DEPTH": _int("MAX_JSON_DEPTH", 16),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+        # GET /metrics (coalition/metrics.py): with a token, scrapers send it as a bearer token;
+        # without, only loopback peers are answered. PROMETHEUS_MULTIPROC_DIR is prometheus_client's
+        # own setting (it reads it too): set under gunicorn, a scrape sums every worker's values.
+        "METRICS_TOKEN": os.environ.get("METRICS_TOKEN", "").strip(),
+        "PROMETHEUS_MULTIPROC_DIR": os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip(),
         "PIN_SCRYPT_LOG_N": _pin_log_n(),
         # Card harvesting (partners/harvest.py): a partner is flagged when, within the window,
         # it asks about this many distinct unknown cards, or reads this many distinct members'

@@ -28,8 +28,9 @@ Two budgets, each a fixed window (the window opens at a caller's first request i
   - ``/openapi.json``, ``/docs`` and ``/docs/static/*``, ``/.well-known/jwks.json`` and
     ``/problems/*``: Flask-Limiter's own application limit, checked before the view runs.
 
-  Both kinds share one bucket per address. Health probes (``/healthz``, ``/readyz``) are
-  never limited; nor are requests that match no route (404, 405): they do no work.
+  Both kinds share one bucket per address. Health probes (``/healthz``, ``/readyz``) and
+  ``/metrics`` (coalition/metrics.py: a token or loopback peers only) are never limited;
+  nor are requests that match no route (404, 405): they do no work.
 
 Where the checks live. Flask-Limiter evaluates its limits in an application
 ``before_request`` hook, which Flask runs before a blueprint's ``authenticate`` hook, so a
@@ -82,7 +83,7 @@ DEFAULTS = RATE_LIMIT_DEFAULTS
 PARTNER, ANONYMOUS = "partner", "anonymous"  # the scopes (part of the storage key)
 # Routes with a quota of their own besides the partner's (their scope -> setting name).
 OWN_QUOTAS = {"reconciliation": "RATELIMIT_RECONCILIATION"}
-EXEMPT_ENDPOINTS = frozenset({"healthz", "readyz"})
+EXEMPT_ENDPOINTS = frozenset({"healthz", "readyz", "metrics"})
 REDIS_OPTIONS = {"socket_connect_timeout": 1.0, "socket_timeout": 1.0}
 _AUTHENTICATES = "_coalition_rate_limited_after_authentication"
 _OWN_QUOTA = "_coalition_own_quota"
