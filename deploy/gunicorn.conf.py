@@ -95,3 +95,11 @@ def problem_error(sock, status_int, reason, mesg):
 def post_worker_init(worker):
     from gunicorn import util
     util.write_error = problem_error
+
+
+def child_exit(server, worker):
+    # prometheus_client's multiprocess mode (coalition/metrics.py): a dead worker's pool gauges
+    # ('livesum') leave the sum; its counters and histograms stay, as counts must.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(worker.pid)

@@ -52,7 +52,13 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 rm -f "$socket"
-"$BIN/gunicorn" -c deploy/gunicorn.conf.py -b "unix:$socket" &
+# prometheus_client's multiprocess mode (docs/monitoring.md): each worker writes its metrics
+# here and a scrape of any one sums them all. Emptied at each start, as the mode requires; the
+# workers' only (the sealer serves no scrape).
+metrics_dir="$SERVE_DIR/metrics"
+rm -rf "$metrics_dir"
+mkdir -p "$metrics_dir"
+PROMETHEUS_MULTIPROC_DIR="$metrics_dir" "$BIN/gunicorn" -c deploy/gunicorn.conf.py -b "unix:$socket" &
 gunicorn_pid=$!
 "$BIN/flask" --app wsgi ledger seal --every 5 --anchor-file "$ANCHORS" &
 sealer_pid=$!
