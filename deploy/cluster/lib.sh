@@ -199,6 +199,16 @@ make_standby() {
     as_postgres "$PGBIN/pg_basebackup" -D "$dir" -R -C -S "$slot" -X stream -c fast \
         -d "host=127.0.0.1 port=$primary user=postgres application_name=$(application_name "$port")" \
         || die "pg_basebackup from $primary failed"
+    # The copy carries the primary's ALTER SYSTEM settings: not a synchronous_standby_names = ''
+    # that promote may have set there (rebuild-standby resets it on the primary afterwards).
+    # And -R appends its primary_conninfo and slot to the copied ones: keep only its own (the last).
+    local auto=$dir/postgresql.auto.conf
+    awk -F' = ' 'NR == FNR { last[$1] = FNR; next }
+        $1 == "synchronous_standby_names" { next }
+        ($1 == "primary_conninfo" || $1 == "primary_slot_name") && FNR != last[$1] { next }
+        { print }' "$auto" "$auto" >"$auto.new"
+    chown postgres:postgres "$auto.new"
+    mv "$auto.new" "$auto"
     write_server_conf "$port"
     rm -f "$(fence_file "$port")"
 }
