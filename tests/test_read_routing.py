@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timezone
 from urllib.parse import quote
 
 import psycopg
 import pytest
-from sqlalchemy import event, func, insert, select, text
+from sqlalchemy import create_engine, event, func, insert, select, text
 from sqlalchemy.engine import Engine, make_url
 
 from coalition import config, create_app, replica
@@ -222,7 +223,7 @@ def test_a_two_host_primary_url_whose_first_host_is_dead(migrated, tmp_path, sig
 
 
 @postgres_only
-def test_pgbouncer_mode_connects_both_engines_without_prepared_statements(app, migrated, tmp_path,
+def test_pgbouncer_mode_connects_both_engines_without_prepared_statements(migrated, tmp_path,
                                                                           signing_key_file):
     bouncing = make_app(migrated, tmp_path, signing_key_file, with_query(PG_URL, READ_ONLY),
                         DATABASE_PGBOUNCER=True,
@@ -528,3 +529,123 @@ def test_a_standby_gone_after_the_last_read_does_not_fail_the_commit(app):
         finally:
             replica.close_scope(token)
         assert db.session.scalar(select(func.count()).select_from(UsedToken)) == 1
+
+
+# --- statements, reports and the console --------------------------------------------------------
+
+from tests.browser.support import add_operator  # noqa: E402
+from coalition.members import enrol  # noqa: E402
+from tests.test_settlement import TERMS, Book, close, day  # noqa: E402
+
+
+def closed_may(app) -> None:
+    """May 2026 of docs/settlement.md (tests/test_settlement.py), closed, in an app context of
+    its own: each request must have its own (the console's operator is kept in flask.g)."""
+    with app.app_context():
+        s = db.session
+        for partner, terms in TERMS.items():
+            partner_service.add_partner(s, partner, partner.title(), now=day(1), terms=terms)
+        for member in ("M1", "M2"):
+            enrol(s, member, now=day(1))
+        s.commit()
+        b = Book(s)
+        b.earn("bakery", "e1", "M1", 1000, day(2))
+        b.earn("fuel", "f1", "M1", 500, day(3))
+        b.burn("fuel", "f2", "M1", 900, day(11))
+        b.reverse("fuel", "f1", "rf1", 500, day(13))
+        close(s, "2026-05", datetime(2026, 6, 2, tzinfo=timezone.utc))
+
+
+@postgres_only
+def test_statements_and_console_pages_read_the_standby_and_answer_as_the_primary(
+        app, served, caplog):
+    closed_may(app)
+    key = new_key("EdDSA")
+    with app.app_context():
+        partner_service.add_key(db.session, "fuel", public_pem(key), now=day(2, month=6))
+        db.session.commit()
+    fuel = PartnerClient("", "fuel", key, transport=transport_for(app))
+    add_operator(app, "ana", "admin")
+    console = app.test_client()
+    assert sign_in(console, "console", "ana").status_code == 302
+    api = {
+        "statements": "/v1/statements", "statement": "/v1/statements/2026-05",
+        "statement csv": "/v1/statements/2026-05?format=csv",
+        "lines": "/v1/statements/2026-05/lines?limit=3",
+        "lines csv": "/v1/statements/2026-05/lines?format=csv",
+    }
+    pages = ["/console/settlement", "/console/settlement/2026-05",
+             "/console/settlement/2026-05/statements/fuel",
+             "/console/settlement/2026-05/report.csv",
+             "/console/settlement/2026-05/statements/fuel.csv",
+             "/console/settlement/2026-05/statements/fuel/lines.csv",
+             "/console/dashboard", "/console/members/M1", "/console/partners",
+             "/console/partners/fuel", "/console/audit", "/console/campaigns"]
+
+    def read_all() -> dict:
+        bodies = {}
+        for name, path in api.items():
+            served.reset()
+            answer = fuel.request("GET", path)
+            assert answer.status == 200, (name, answer.body[:300])
+            bodies[name] = (answer.body, bool(served.replica), writes(served.replica))
+        for path in pages:
+            served.reset()
+            answer = console.get(path)
+            assert answer.status_code == 200, (path, answer.get_data(as_text=True)[-1500:])
+            # HTML pages carry a fresh CSRF token each time: only downloads are compared.
+            bodies[path] = (answer.get_data() if path.endswith(".csv") else None,
+                            bool(served.replica), writes(served.replica))
+        return bodies
+
+    assert health(app).refresh().healthy
+    with caplog.at_level(logging.WARNING, logger="coalition"):
+        from_standby = read_all()
+    assert refused_reads(caplog) == []
+    assert [name for name, (_, on_standby, _) in from_standby.items() if not on_standby] == []
+    assert [name for name, (_, _, wrote) in from_standby.items() if wrote] == []
+    health(app).lag = lambda _connection: 3600.0
+    assert not health(app).refresh().healthy
+    from_primary = read_all()
+    assert [name for name, (_, on_standby, _) in from_primary.items() if on_standby] == []
+    for name in [*api, *pages]:
+        assert from_primary[name][0] == from_standby[name][0], name
+
+
+# --- the cached check -----------------------------------------------------------------------------
+
+def test_the_check_runs_at_most_once_an_interval_whatever_the_threads(caplog):
+    """Eight threads asking all the time: about one check per interval, in the background,
+    and a change of state seen within an interval or two, logged once."""
+    engine = create_engine("sqlite://")
+    calls, lag = [], [0.0]
+
+    def measured(_connection):
+        calls.append(time.monotonic())
+        time.sleep(0.01)
+        return lag[0]
+
+    health = replica.Health(engine, 5.0, every_s=0.2, lag=measured)
+    stop = time.monotonic() + 1.0
+
+    def ask():
+        while time.monotonic() < stop:
+            assert health.status() is not None
+
+    with caplog.at_level(logging.WARNING, logger="coalition.replica"):
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        lag[0] = 9.0  # behind from now on
+        for thread in threads:
+            thread.join()
+        deadline = time.monotonic() + 2
+        while health.status().reason != "lagging" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert health.status().reason == "lagging" and health.status().lag_s == 9.0
+    assert 3 <= len(calls) <= 8, len(calls)  # 1.0 s at one check per 0.2 s, give or take
+    assert all(b - a >= 0.19 for a, b in zip(calls, calls[1:]))
+    assert [r.getMessage() for r in caplog.records] == [
+        "read replica in use", "read replica not used: reads go to the primary"]
+    engine.dispose()
