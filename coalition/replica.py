@@ -17,8 +17,13 @@ standby only if all of these hold:
     DATABASE_REPLICA_MAX_LAG_S.
 Writes never reach the standby: they are routed by what they are, not by the endpoint, so a GET
 that records something (the partner API's harvesting lookups, the jti of every signed request)
-still writes on the primary, in the request's one session (two connections, two commits; the
-standby's transaction is read-only, so the order of the two commits does not matter).
+still writes on the primary, in the request's one session. That session then holds two
+connections; at its commit (or rollback) the standby's read-only transaction is ended quietly
+first, so a standby that went away after the last read cannot fail the primary's commit.
+What runs before the view stays on the primary: the partner's token (key lookup and jti,
+partners/auth.py). What runs inside it may read the standby, the portal's and console's
+sign-in check (login_required) included: an operator disabled on the primary is seen so on the
+standby once replayed (at once with remote_apply, else within the lag bound).
 
 A statement the standby fails (a dropped connection, a refused connect, a replication conflict,
 or "cannot execute ... in a read-only transaction" for a statement `reads_only` let through)
@@ -39,6 +44,8 @@ Which endpoints are marked, and why (what they write, and where that goes):
       STANDBY_ENDPOINTS below (its module has no marker of its own; same rules otherwise).
     GET /v1/holds/{id}: NOT marked: holds are part of a redemption in progress (a till reads
       its hold between placing and capturing it) and must read their own writes.
+    GET /v1/campaigns, /v1/coupons, /v1/segments (partners/bonus_api.py): NOT marked: a
+      partner reads back what it has just set up; small reads.
     Every POST/PUT (earn, burn, reversals, holds, batches, enrolment, PINs, consents,
       coupons, invitations), an idempotent replay included: primary (never marked; a marked
       view answering another method would still be on the primary).
@@ -84,7 +91,9 @@ log = logging.getLogger("coalition.replica")
 
 BIND = "replica"  # the Flask-SQLAlchemy bind key of the standby's engine
 EXTENSION = "coalition_replica"  # app.extensions[EXTENSION]: the app's Health, if configured
-CHECK_EVERY_S = 1.0  # how stale the cached check may be before it is renewed
+# How stale the cached check may be before it is renewed (app config
+# DATABASE_REPLICA_CHECK_EVERY_S overrides it: tests set it high and check when they choose).
+CHECK_EVERY_S = 1.0
 CONNECT_TIMEOUT_S = 2  # libpq's connect_timeout for the standby (its smallest useful value)
 CHECK_TIMEOUT_MS = 2000  # statement_timeout of the check itself
 
