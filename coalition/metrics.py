@@ -13,8 +13,8 @@ What is counted, and where:
   the request's transaction has committed or rolled back, which no hook inside the ledger can
   know. A batch's items are counted from its answer, item by item;
 * the SQLAlchemy pool of each process, sampled after every request and at each scrape;
-* at each scrape, from the database: entries not yet sealed into a block (the sealer's lag)
-  and, once coalition/replica.py exists, the replica's state.
+* at each scrape: entries not yet sealed into a block (the sealer's lag, from the database)
+  and the read replica's state (coalition/replica.py's cached check).
 
 Processes. Under gunicorn, prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR,
 which prometheus_client reads from the environment itself, and coalition/config.py for us):
@@ -298,11 +298,11 @@ def unsealed_entries() -> int | None:
 
 
 # ---- replication lag ---------------------------------------------------------------------
-# coalition/replica.py (another change, not merged when this was written) exposes
-# replica_status(app) -> {"configured", "healthy", "lag_s", "reason"}. Until the module exists
-# these gauges are simply absent; the module is looked up at each scrape, so nothing here
-# changes when it arrives. `reason` (free text) is left out: a label per reason would be a new
-# series per message; the log and /readyz say why.
+# coalition/replica.py: replica_status(app) -> {"configured", "healthy", "lag_s", "reason",
+# "max_lag_s", ...}, from the process's cached check (no query of its own). Looked up by name
+# at each scrape and guarded: without the module, or if it fails, these gauges are absent and
+# the rest of the scrape stands. `reason` is left out: a label per reason would be a series
+# per message; the log and /readyz say why.
 REPLICA_MODULE = "coalition.replica"
 
 
@@ -322,7 +322,14 @@ def replica_families(app: Flask):
     yield GaugeMetricFamily("coalition_db_replica_healthy",
                             "1 if the replica answers and is within its lag limit, else 0.",
                             value=1 if status.get("healthy") else 0)
-    lag = status.get("lag_s")
     yield GaugeMetricFamily("coalition_db_replica_lag_seconds",
                             "How far the replica's replay is behind the primary (NaN: unknown).",
-                            value=float(lag) if lag is not None else math.nan)
+                            value=_seconds(status.get("lag_s")))
+    yield GaugeMetricFamily("coalition_db_replica_max_lag_seconds",
+                            "The lag beyond which reads leave the replica "
+                            "(DATABASE_REPLICA_MAX_LAG_S; NaN: no replica).",
+                            value=_seconds(status.get("max_lag_s")))
+
+
+def _seconds(value) -> float:
+    return float(value) if value is not None else math.nan

@@ -262,6 +262,32 @@ def test_the_replica_status_becomes_three_gauges(app, monkeypatch, status, expec
     assert value(scraped, "coalition_db_replica_healthy") == healthy
     got = value(scraped, "coalition_db_replica_lag_seconds")
     assert math.isnan(got) if lag is None else got == lag
+    assert math.isnan(value(scraped, "coalition_db_replica_max_lag_seconds"))
+
+
+def test_without_a_replica_configured_the_gauges_say_so(app):
+    scraped = scrape(app)  # coalition/replica.py itself, no DATABASE_REPLICA_URL
+    assert value(scraped, "coalition_db_replica_configured") == 0
+    assert value(scraped, "coalition_db_replica_healthy") == 0
+    assert math.isnan(value(scraped, "coalition_db_replica_lag_seconds"))
+
+
+@postgres_only
+@pytest.mark.parametrize("reachable", [True, False])
+def test_a_configured_replica_reports_its_health_and_lag(make_app, reachable):
+    from tests.conftest import PG_URL
+    standby = (PG_URL + ("&" if "?" in PG_URL else "?")
+               + "options=-c%20default_transaction_read_only%3Don") if reachable else \
+        re.sub(r"@[^/]+/", "@127.0.0.1:1/", PG_URL)  # nothing listens on port 1
+    scraped = scrape(make_app(DATABASE_REPLICA_URL=standby, DATABASE_REPLICA_MAX_LAG_S=2.5))
+    assert value(scraped, "coalition_db_replica_configured") == 1
+    assert value(scraped, "coalition_db_replica_max_lag_seconds") == 2.5
+    if reachable:  # the same server: no lag
+        assert value(scraped, "coalition_db_replica_healthy") == 1
+        assert value(scraped, "coalition_db_replica_lag_seconds") == 0
+    else:
+        assert value(scraped, "coalition_db_replica_healthy") == 0
+        assert math.isnan(value(scraped, "coalition_db_replica_lag_seconds"))
 
 
 def test_a_failing_replica_status_leaves_the_rest_of_the_scrape(app, monkeypatch):
