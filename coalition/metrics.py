@@ -120,9 +120,13 @@ def init_app(app: Flask) -> None:
             return inner(environ, start_response)
         finally:
             # Here the request's connection is back in the pool: Flask has removed the session
-            # with the app context. Sampled per request so that every process's gauges stay
-            # current, not only the one a scrape reaches.
-            sample_pool(engine)
+            # with the app context (a streamed answer keeps it until its last chunk, and the
+            # next request's sample sees it returned). Sampled per request so that every
+            # process's gauges stay current, not only the one a scrape reaches.
+            try:
+                sample_pool(engine)
+            except Exception:
+                log.warning("pool not sampled", exc_info=True)
     app.wsgi_app = sampled
 
 
