@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, g, has_request_context, json
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from werkzeug.exceptions import HTTPException
 
+from .outages import database_unavailable  # noqa: F401  (re-exported)
 from .problems import (MAX_LISTED_ERRORS, MAX_TEXT, PROBLEM_JSON, SLUGS, Problem,  # noqa: F401
                        Refusal, clip, pointers, problem_type, validation_problem)
 
@@ -51,14 +51,6 @@ def http_problem(exc: HTTPException) -> Response:
 UNAVAILABLE_RETRY_AFTER_S = 1
 
 
-def database_unavailable(exc: BaseException) -> bool:
-    """The database went away or refused the work for now (a restart, a dropped connection, a
-    lock or serialisation timeout), or every connection of this process's pool stayed busy
-    for pool_timeout: nothing was booked, and the same request may be retried."""
-    return isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated)
-
-
 def unavailable_response() -> Response:
     return problem_response(Problem(
         "unavailable", "The database is not reachable just now; retry the same request.",
@@ -73,6 +65,13 @@ def init_app(app: Flask) -> None:
         if not database_unavailable(exc):
             return _unexpected(exc)
         log.warning("database unavailable: %s", type(exc.orig).__name__ if exc.orig else exc)
+        return unavailable_response()
+
+    @app.errorhandler(InvalidRequestError)
+    def _checkout(exc: InvalidRequestError):
+        if not database_unavailable(exc):
+            return _unexpected(exc)
+        log.warning("database unavailable: %s", exc)
         return unavailable_response()
 
     app.register_error_handler(HTTPException, http_problem)

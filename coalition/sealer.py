@@ -35,14 +35,17 @@ from .database import is_sqlite
 from .hashing import canonical, entries_digest, sha256_hex
 from .leases import Lease
 from .models import Entry, LedgerBlock, LedgerSeal
+from .outages import database_unavailable
 
 GENESIS = "0" * 64
 SEAL_LOCK = 0x5365616C  # advisory lock: one sealer at a time
 UNSEALED_GRACE = timedelta(minutes=10)  # verify's allowance for a claim still in flight
 MAX_BLOCK = 10_000
 # What a database going away looks like (refused or dropped connections, a failover, a full
-# pool): the sealer logs it and tries again at the next tick. Anything else is a bug.
-DATABASE_ERRORS = (DBAPIError, PoolTimeout)
+# pool, reconnections that all failed): the sealer logs it and tries again at the next tick.
+# Anything else is a bug.
+def retryable(exc: BaseException) -> bool:
+    return isinstance(exc, (DBAPIError, PoolTimeout)) or database_unavailable(exc)
 
 log = logging.getLogger("coalition.sealer")
 T = TypeVar("T")
@@ -273,7 +276,9 @@ def run_sealer(session_factory: Callable[[], Session], *, every: float, stop: th
         if lease is not None:
             try:
                 holds = _in_transaction(session_factory, lambda s: lease.hold(s, now=moment))
-            except DATABASE_ERRORS as exc:
+            except SQLAlchemyError as exc:
+                if not retryable(exc):
+                    raise
                 on_error(exc)
                 holds = None
             if holds is not None and holds != leading:
@@ -288,7 +293,9 @@ def run_sealer(session_factory: Callable[[], Session], *, every: float, stop: th
                 continue
         try:
             result = _in_transaction(session_factory, lambda s: seal_run(s, now=moment))
-        except DATABASE_ERRORS as exc:
+        except SQLAlchemyError as exc:
+            if not retryable(exc):
+                raise
             on_error(exc)
         else:
             if result["blocks"]:
@@ -307,7 +314,9 @@ def run_sealer(session_factory: Callable[[], Session], *, every: float, stop: th
     if lease is not None and leading:
         try:
             _in_transaction(session_factory, lambda s: lease.release(s, now=now()))
-        except DATABASE_ERRORS as exc:  # the lease then runs out by itself
+        except SQLAlchemyError as exc:  # the lease then runs out by itself
+            if not retryable(exc):
+                raise
             on_error(exc)
     return runs
 

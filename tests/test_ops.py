@@ -365,3 +365,46 @@ def test_a_request_that_finds_every_pooled_connection_busy_is_503_not_500(app, s
     assert r.status_code == 503 and slug_of(r) == "unavailable" and r.headers["Retry-After"] == "1"
     assert not [x for x in logs.records() if x["level"] == "ERROR"]
     assert shop.client.claim("pooled-1").status == 404
+
+
+@pytest.fixture
+def pings_keep_failing(app):
+    """Every checkout's ping fails, as behind a bouncer that still takes logins for a server
+    that is gone (a failover under way): SQLAlchemy reconnects, pings, fails, and after its
+    last attempt raises InvalidRequestError("This connection is closed"), no DBAPIError."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import DisconnectionError
+
+    def fail(*_args):
+        raise DisconnectionError("server closed the connection unexpectedly")
+
+    with app.app_context():
+        engine = db.engine
+        db.session.remove()
+        engine.dispose()
+    event.listen(engine.pool, "checkout", fail)
+    yield
+    event.remove(engine.pool, "checkout", fail)
+
+
+def test_reconnections_that_all_fail_are_503_not_500(app, shop, pings_keep_failing, logs):
+    r = shop.client.earn("gone-1", "M1", 10)
+    assert r.status == 503 and r.json()["type"] == "/problems/unavailable"
+    assert r.headers["retry-after"] == "1"
+    assert app.test_client().get("/readyz").status_code == 503
+    assert not [x for x in logs.records() if x["level"] == "ERROR"]
+
+
+def test_the_sealer_outlives_reconnections_that_all_fail(app, pings_keep_failing):
+    import threading
+    from datetime import timedelta
+
+    from coalition import leases, sealer
+    errors, lines = [], []
+    with app.app_context():
+        runs = sealer.run_sealer(db.session, every=0.01, stop=threading.Event(), max_runs=3,
+                                 report=lines.append, on_error=errors.append,
+                                 lease=leases.Lease("sealer", "me", timedelta(seconds=15)))
+    assert runs == 3 and lines == []
+    # One per run: the lease could not be renewed, so nothing was sealed, and the loop went on.
+    assert len(errors) == 3 and all("connection is closed" in str(e) for e in errors)

@@ -89,7 +89,7 @@ def imports_of(path: Path) -> list[tuple[int, str]]:
 # The HTTP and command line side: request handling, schemas, error answers, the app factory.
 HTTP_SIDE = {"coalition.api", "coalition.cli", "coalition.errors", "coalition.ops",
              "coalition.limits", "coalition.fields", "coalition.jsonbody", "coalition.bodylimit",
-             "settlement.reconciliation_input"}
+             "settlement.reconciliation_input", "coalition.metrics"}
 HTTP_SIDE_NAMES = {"views", "auth", "listings", "bonus_api", "cli", "schemas", "demo"}
 # The data layer the domain may use: coalition/database.py (the Flask-SQLAlchemy `db` object,
 # is_sqlite) and the models.py files declaring tables on it. It reaches Flask-SQLAlchemy,
