@@ -290,3 +290,23 @@ bouncer_start() {
         die "pgbouncer $bouncer did not start: $LOG/pgbouncer-$bouncer.log"
     wait_for 10 "pgbouncer on $bouncer" port_open "$bouncer"
 }
+
+# App instance `n` (gunicorn on APP_PORT_BASE + n) in a session of its own (setsid), detached from
+# the calling shell, so that it outlives make; its pid (the master's) in RUN/app-n.pid. Used by
+# deploy/cluster/up and restart-instance. Its workers write their metrics for prometheus_client's
+# multiprocess mode into a directory of the instance's own, emptied first as the mode requires
+# (a dead instance's files would be summed into the new one's /metrics): a scrape of the
+# instance sums its workers (docs/monitoring.md).
+app_start() {
+    local n=$1 port=$((APP_PORT_BASE + $1)) metrics=$CLUSTER_DIR/metrics/app-$1
+    rm -rf "$metrics"
+    install -d -m 700 "$metrics"
+    log "starting app instance $n on 127.0.0.1:$port"
+    (
+        cd "$ROOT"
+        PROMETHEUS_MULTIPROC_DIR=$metrics setsid "$ROOT/deploy/cluster/with-env" "$BIN/gunicorn" \
+            -c deploy/gunicorn.conf.py -b "127.0.0.1:$port" -p "$RUN/app-$n.pid" \
+            --name "coalition-$n" >>"$LOG/app-$n.log" 2>&1 </dev/null &
+        echo $! >"$RUN/app-$n.pid"
+    )
+}
