@@ -226,8 +226,7 @@ def test_a_two_host_primary_url_whose_first_host_is_dead(migrated, tmp_path, sig
 def test_pgbouncer_mode_connects_both_engines_without_prepared_statements(migrated, tmp_path,
                                                                           signing_key_file):
     bouncing = make_app(migrated, tmp_path, signing_key_file, with_query(PG_URL, READ_ONLY),
-                        DATABASE_PGBOUNCER=True,
-                        SQLALCHEMY_ENGINE_OPTIONS=config.engine_options(PG_URL, pgbouncer=True))
+                        DATABASE_PGBOUNCER=True)
     try:
         with bouncing.app_context():
             for engine in (db.engines[None], db.engines[replica.BIND]):
