@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import new_key, public_pem
-from tests.crash.server import BIN, ROOT, Gunicorn, wait_until
+from tests.crash.server import BIN, ROOT, free_port, wait_until
 
 from .conftest import REPORT
 
@@ -97,6 +98,27 @@ def make_source(work: Path) -> Path:
     return archive
 
 
+def serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    """The app under gunicorn, one worker: the drill needs real signed HTTP, not throughput."""
+    port = free_port()
+    with open(log, "ab") as out:
+        process = subprocess.Popen([str(BIN / "gunicorn"), "-w", "1", "--threads", "2", "-b",
+                                    f"127.0.0.1:{port}", "--no-control-socket", "wsgi:app"],
+                                   cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return process.poll() is not None  # exited: fail below, not after the timeout
+
+    wait_until(ready, 60, "gunicorn to answer /readyz")
+    assert process.poll() is None, f"gunicorn exited: {log}"
+    return process, url
+
+
 def claim_ids(port: int) -> set[str]:
     rows = sql(port, f"SELECT claim_id FROM journal_entries WHERE partner_id = '{PARTNER}'",
                dbname=DATABASE)
@@ -127,22 +149,31 @@ def test_restore_to_a_point_in_time(work):
     step("initdb and start")
     flask("db", "upgrade")
     step("flask db upgrade")
+    # The source's operator commands in this process (a flask process each costs seconds of
+    # imports); the checks of the restored copy below run the real `flask` command.
+    from coalition import create_app
+    operator = create_app({"SQLALCHEMY_DATABASE_URI": app_env["DATABASE_URL"]}).test_cli_runner()
+
+    def command(*args: str) -> str:
+        result = operator.invoke(args=list(args))
+        assert result.exit_code == 0, (args, result.output)
+        return result.output
+
     key = new_key("EdDSA")
     private, public = work / "partner.pem", work / "partner.pub.pem"
     private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                           serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption()))
     public.write_bytes(public_pem(key))
-    flask("partners", "add", PARTNER, "--name", "Drill Partner")
-    flask("partners", "add-key", PARTNER, "--public-key", str(public))
+    command("partners", "add", PARTNER, "--name", "Drill Partner")
+    command("partners", "add-key", PARTNER, "--public-key", str(public))
 
     from partners.client import PartnerClient, load_private_key
-    server = Gunicorn(app_env, work / "gunicorn.log")
-    server.start()
+    server, url = serve(app_env, work / "gunicorn.log")
     step("partner, key, gunicorn")
     anchors = work / "anchors.jsonl"
     try:
-        client = PartnerClient(server.url, PARTNER, load_private_key(private))
+        client = PartnerClient(url, PARTNER, load_private_key(private))
         for member in MEMBERS:
             assert client.enrol(member).status in (200, 201)
 
@@ -158,7 +189,7 @@ def test_restore_to_a_point_in_time(work):
         def seal_and_anchor() -> dict:
             """A sealing run, then the head as one more anchor line (ledger seal --anchor-file
             writes one per UTC day; the drill needs one per phase)."""
-            sealed = json.loads(flask("ledger", "seal").stdout)  # ends with the head, as `ledger anchor`
+            sealed = json.loads(command("ledger", "seal"))  # ends with the head, as `ledger anchor`
             head = {k: sealed[k] for k in ("head", "block", "last_entry_id", "sealed_at")}
             assert head["head"] is not None and sealed["entries"] == PER_PHASE
             line = {"date": datetime.now(timezone.utc).date().isoformat(), **head}
@@ -193,7 +224,8 @@ def test_restore_to_a_point_in_time(work):
         head_after = seal_and_anchor()
         assert head_after["block"] != head_at_t["block"]
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(30)
 
     assert claim_ids(SOURCE) == phase1 | phase2 | phase3
     switch = sql(SOURCE, "SELECT pg_walfile_name(pg_switch_wal())")[0][0]
