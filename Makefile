@@ -10,6 +10,8 @@
 #                (Debian packages; deploy/cluster/, docs/operations.md)
 # make cluster-down - stops it (data kept under CLUSTER_DIR; CLUSTER_WIPE=1 deletes it)
 # make bench - throughput against the stack's own floor on a fresh PostgreSQL database (bench/README.md)
+# make backup-drill - the restore drill: base backup, WAL archive, point-in-time restore checked with
+#                     ledger verify --anchors (tests/backup; as root, PostgreSQL of its own on 5450/5451)
 # Everything runs from .venv/bin; nothing needs an activated virtualenv.
 
 PYTHON ?= python3
@@ -100,6 +102,16 @@ crash: venv
 # Prints one table of rates and ratios to baselines of the same run; exits 1 on any error.
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The restore drill (tests/backup/test_restore_drill.py; docs/operations.md, "Backups and
+# point-in-time recovery"): claims booked through the app, deploy/backup, more claims, a mistake,
+# deploy/restore to the moment before it; the restored ledger must hold exactly the claims before
+# it and pass ledger verify --anchors. As root: its own PostgreSQL servers on 5450 and 5451 (run
+# as postgres), in a /var/tmp/backup-dev-drill-* directory it deletes. About a minute; prints the
+# counts, sizes and times.
+.PHONY: backup-drill
+backup-drill: venv
+	COALITION_BACKUP_DRILL=1 $(BIN)/pytest -q tests/backup $(PYTEST_ARGS)
 
 # The highly available topology on one machine (docs/operations.md, "A highly available cluster on
 # one machine"): deploy/cluster/up starts what is not running yet (as root; installs missing Debian
