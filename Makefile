@@ -9,6 +9,8 @@
 #                and sealers, pgbouncers, a PostgreSQL primary and synchronous standby, Redis
 #                (Debian packages; deploy/cluster/, docs/operations.md)
 # make cluster-down - stops it (data kept under CLUSTER_DIR; CLUSTER_WIPE=1 deletes it)
+# make cluster-test - the cluster's smoke test and failover drills (a killed primary promoted, a
+#                     killed app instance, a killed Redis) with claims counted per phase; as root
 # make bench - throughput against the stack's own floor on a fresh PostgreSQL database (bench/README.md)
 # make backup-drill - the restore drill: base backup, WAL archive, point-in-time restore checked with
 #                     ledger verify --anchors (tests/backup; as root, PostgreSQL of its own on 5450/5451)
@@ -29,7 +31,7 @@ DEMO_MEMBER := demo-card-0001
 COALITION_TIERS ?= Blue:0,Silver:400,Gold:1000:1.5
 EMBEDDED := env -u DATABASE_URL COALITION_TIERS=$(COALITION_TIERS)
 
-.PHONY: venv migrate demo serve test fuzz crash bench clean cluster cluster-down
+.PHONY: venv migrate demo serve test fuzz crash bench clean cluster cluster-down cluster-test
 
 venv: $(STAMP)
 
@@ -123,6 +125,12 @@ cluster: venv
 # Stops everything `make cluster` started; CLUSTER_WIPE=1 deletes CLUSTER_DIR too.
 cluster-down:
 	deploy/cluster/down
+
+# tests/cluster: the smoke test, then the failover drills (tests/cluster/test_failover.py), on
+# the cluster under CLUSTER_DIR, which they start, break, repair and stop at the end (its data
+# kept). The drills' claims per phase print at the end.
+cluster-test: venv
+	COALITION_CLUSTER=1 $(BIN)/pytest -q tests/cluster $(PYTEST_ARGS)
 
 # Removes the virtualenv and caches. instance/ (the embedded database, demo keys) is kept:
 # delete it by hand to start the demo from scratch.

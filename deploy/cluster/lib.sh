@@ -45,7 +45,15 @@ sql() {
         -d "${SQL_DB:-postgres}" -c "$*"
 }
 
-pg_running() { as_postgres "$PGBIN/pg_ctl" -D "$(datadir "$1")" status >/dev/null 2>&1; }
+# Its postmaster runs: the pid in postmaster.pid, not a zombie. Not `pg_ctl status`: a postmaster
+# killed outright (SIGKILL, a crash) leaves its pid file behind and, until it is reaped, a zombie
+# that kill -0 still finds; pg_ctl then says "running", and `pg_ctl stop` fails once the zombie is
+# gone and the pid file is not ("server does not shut down"): promote could not fence a dead
+# primary (tests/cluster/test_failover.py found it).
+pg_running() {
+    local file; file="$(datadir "$1")/postmaster.pid"
+    [[ -s $file ]] && alive "$(head -n 1 "$file")"
+}
 # "primary", "standby", or "down" (not answering)
 pg_role() {
     local r

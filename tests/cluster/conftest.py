@@ -11,6 +11,7 @@ up there is used as it is, and stopped at the end (its data kept). docs/operatio
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ PG_PORTS = (5440, 5441)
 APP_PORTS = (8101, 8102)
 HAPROXY = "http://127.0.0.1:8100"
 STATS = "http://127.0.0.1:8199/;csv"
+# The failover drills' counts (tests/cluster/test_failover.py), printed at the end of the run.
+REPORT: list[dict] = []
 
 
 def pytest_collection_modifyitems(config, items):
@@ -51,10 +54,10 @@ class Cluster:
                               capture_output=True, text=True, timeout=300, check=check,
                               env={**os.environ, "CLUSTER_DIR": str(self.directory)})
 
-    def flask(self, *args: str) -> subprocess.CompletedProcess:
+    def flask(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """An operator command in the app's environment (deploy/cluster/with-env)."""
         return self.script("with-env", str(ROOT / ".venv" / "bin" / "flask"), "--app", "wsgi",
-                           *args)
+                           *args, check=check)
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -77,3 +80,22 @@ def cluster():
     yield cluster
     # Whatever a failed test left running: stopped (make cluster-down is idempotent).
     cluster.make("cluster-down")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The drills' claims per phase, as the crash suite prints its claims per fault: shown
+    with -q too, and whether a drill passed or failed."""
+    if not REPORT:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("cluster failover drills: claims per phase")
+    columns = ("phase", "sent", "acknowledged", "replayed", "rejected", "retried", "retries")
+    for drill in REPORT:
+        write(f"{drill['drill']}: {drill['detail']}")
+        write("  " + "  ".join(f"{c:>12}" if i else f"{c:16}" for i, c in enumerate(columns))
+              + "  failed attempts by answer")
+        for row in drill["rows"]:
+            cells = [f"{row[c]:>12}" if i else f"{row[c]:16}" for i, c in enumerate(columns)]
+            write("  " + "  ".join(cells) + "  " + json.dumps(dict(row["errors"]), sort_keys=True))
+    if os.environ.get("CLUSTER_REPORT"):
+        Path(os.environ["CLUSTER_REPORT"]).write_text(json.dumps(REPORT, indent=2, default=dict))
