@@ -1,10 +1,11 @@
-"""The cluster smoke test's setting: `make cluster` (deploy/cluster/), run by the test itself.
+"""The setting of the cluster smoke test and the failover drills: `make cluster`
+(deploy/cluster/), run by the tests themselves.
 
 Skipped unless COALITION_CLUSTER=1: the test starts PostgreSQL servers of its own on 5440 and
 5441, pgbouncers, Redis on 6390, HAProxy and the app on 8100-8102, 8199, needs root (it runs
 PostgreSQL as postgres through runuser) and the Debian packages make cluster installs when they
 are missing, and ends with `make cluster-down`. Run it with
-    COALITION_CLUSTER=1 .venv/bin/pytest tests/cluster
+    COALITION_CLUSTER=1 .venv/bin/pytest -q tests/cluster      (make cluster-test)
 It uses CLUSTER_DIR as make cluster does (default /var/tmp/coalition-cluster): a cluster already
 up there is used as it is, and stopped at the end (its data kept). docs/operations.md,
 "A highly available cluster on one machine".
@@ -32,9 +33,9 @@ REPORT: list[dict] = []
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("COALITION_CLUSTER") == "1":
         return
-    skip = pytest.mark.skip(reason="the cluster smoke test runs only with COALITION_CLUSTER=1 (it "
-                                   "starts make cluster: PostgreSQL on 5440/5441, pgbouncer, "
-                                   "Redis, HAProxy; needs root)")
+    skip = pytest.mark.skip(reason="the cluster tests run only with COALITION_CLUSTER=1 (they "
+                                   "start make cluster: PostgreSQL on 5440/5441, pgbouncer, "
+                                   "Redis, HAProxy; need root)")
     for item in items:
         if Path(str(item.fspath)).parent == Path(__file__).parent:
             item.add_marker(skip)

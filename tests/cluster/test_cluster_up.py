@@ -88,7 +88,9 @@ def test_every_instance_and_haproxy_are_ready(cluster: Cluster):
         assert requests.get(f"{HAPROXY}/readyz", timeout=5).status_code == 200
     after = haproxy_servers()
     assert sorted(after) == ["app1", "app2"]
-    assert all(row["status"] == "UP" for row in after.values()), after
+    # "UP", or "UP 1/2" right after one slow check on a busy machine (still in rotation).
+    statuses = {name: row["status"] for name, row in after.items()}
+    assert all(status.startswith("UP") for status in statuses.values()), statuses
     # Both instances served some of the ten (leastconn: idle instances take turns).
     assert all(int(after[name]["stot"]) > before[name] for name in after), (before, after)
 
