@@ -159,6 +159,8 @@ def test_primary_killed_then_promoted(cluster: Cluster, drills):
     """SIGKILL to the primary's postmaster under load, deploy/cluster/promote at once (the
     detection an operator or a watchdog would add is not part of the figure)."""
     old = primary()
+    sealer_logs = list((cluster.directory / "log").glob("sealer-*.log"))
+    restarts_before = sum(log_lines(path, '"supervisor-restart"') for path in sealer_logs)
     load = Load(HAPROXY, drills, MEMBERS, "primary-kill")
     started = load.start()
     time.sleep(WARMUP_S)
@@ -178,7 +180,12 @@ def test_primary_killed_then_promoted(cluster: Cluster, drills):
               f"({promote.stdout.strip()}); first claim sent after the kill acknowledged "
               + (f"{first - killed:.2f} s after the kill" if first else "never"))
     phases = [("before", started), ("failover", killed), ("after", promoted)]
-    settle_and_verify(cluster, load, "primary-kill", phases, detail, TRANSIENT)
+    try:
+        settle_and_verify(cluster, load, "primary-kill", phases, detail, TRANSIENT)
+    finally:
+        restarts = sum(log_lines(path, '"supervisor-restart"') for path in sealer_logs)
+        REPORT[-1]["detail"] += (f"; sealers restarted by their supervisor: "
+                                 f"{restarts - restarts_before}")
     assert new != old
     assert first is not None
 
