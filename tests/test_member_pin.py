@@ -114,9 +114,11 @@ def test_set_pin_refusals(app, acme, member, cheap_pins):
 def test_malformed_pins_are_422_and_never_echoed(app, acme, member, body):
     r = acme.client.request("PUT", "/v1/members/M1/pin", body)
     assert (r.status, problem_slug(r)) == (422, "validation-error")
+    # The request id is random hex and may contain a PIN like "12a4" by chance: it is not an echo.
+    problem = {k: v for k, v in r.json().items() if k != "request_id"}
     for value in body.values():
         if isinstance(value, str) and len(value.strip()) >= 4:
-            assert value not in r.body.decode()
+            assert value not in json.dumps(problem, ensure_ascii=False)
     assert state(app, "M1")["pin_set"] is False
 
 
