@@ -29,6 +29,8 @@ DATABASE=coalition
 RUN=$CLUSTER_DIR/run
 LOG=$CLUSTER_DIR/log
 APP_ENV=$CLUSTER_DIR/app.env
+# WAL archive of both servers (deploy/archive-wal; deploy/backup and deploy/restore read it).
+ARCHIVE_DIR=${ARCHIVE_DIR:-$CLUSTER_DIR/wal-archive}
 
 log() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -112,6 +114,11 @@ stop_pidfile() {
 # copies the primary's, then this rewrites it, so either can be promoted with no other change.
 write_server_conf() {
     local port=$1 dir; dir=$(datadir "$1")
+    install -d -o postgres -g postgres -m 700 "$ARCHIVE_DIR"
+    # The servers run the archive command as postgres, from this checkout: a checkout under a
+    # directory postgres cannot enter would fail every segment, quietly, in the server's log.
+    runuser -u postgres -- test -x "$ROOT/deploy/archive-wal" \
+        || die "the postgres user cannot run $ROOT/deploy/archive-wal (the archive command): put the checkout where postgres can read it"
     cat >"$dir/cluster.conf" <<CONF
 # Written by deploy/cluster (lib.sh, write_server_conf); rewritten at every make cluster.
 port = $port
@@ -149,11 +156,13 @@ hot_standby_feedback = on
 max_standby_streaming_delay = 5s
 wal_receiver_status_interval = 1s
 
-# Backups (a later task): WAL archiving is off. To turn it on, set here (archive_mode needs a
-# restart, archive_command only a reload):
-#   archive_mode = on
-#   archive_command = '/path/to/archive-wal %p %f'
-archive_mode = off
+# WAL archiving for deploy/backup and point-in-time restores (docs/operations.md, Backups).
+# always, not on: the standby archives too, so the segments a dead primary completed but had not
+# archived yet are still archived (by the standby, which received them). Both servers write to
+# one directory: deploy/archive-wal keeps the first copy of a segment and accepts an equal
+# second one. archive_mode needs a restart (make cluster-down, make cluster).
+archive_mode = always
+archive_command = '$ROOT/deploy/archive-wal %p %f $ARCHIVE_DIR'
 
 log_line_prefix = '%m [%p] %q%u@%d '
 log_connections = off
@@ -298,6 +307,36 @@ bouncer_start() {
         die "pgbouncer $bouncer did not start: $LOG/pgbouncer-$bouncer.log"
     wait_for 10 "pgbouncer on $bouncer" port_open "$bouncer"
 }
+
+# Sealer `n` (beside app instance n; one of them holds the leader lease and seals, the others
+# wait) under deploy/cluster/supervise, restarted 5 s after it exits as its systemd unit would
+# be (Restart=always); in a session of its own, its pid (the supervisor's) in RUN/sealer-n.pid.
+# SIGTERM to that pid stops it: the sealer releases its lease on the way out.
+sealer_start() {
+    local n=$1
+    log "starting sealer $n"
+    (
+        cd "$ROOT"
+        setsid "$ROOT/deploy/cluster/with-env" "$ROOT/deploy/cluster/supervise" 5 \
+            "$BIN/flask" --app wsgi ledger seal --every 5 \
+            --anchor-file "$CLUSTER_DIR/anchors.jsonl" >>"$LOG/sealer-$n.log" 2>&1 </dev/null &
+        echo $! >"$RUN/sealer-$n.pid"
+    )
+}
+
+# What listens on `port` answers /readyz with 200 (an instance: it reaches the database).
+http_ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://127.0.0.1:$1/readyz") == 200 ]]; }
+app_ready() { http_ready $((APP_PORT_BASE + $1)); }
+
+# HAProxy's view of instance n (the stats page's CSV: status is field 18, current sessions 5).
+haproxy_field() {
+    curl -s -m 2 "http://127.0.0.1:$STATS_PORT/;csv" \
+        | awk -F, -v sv="app$1" -v f="$2" '$1 == "app" && $2 == sv { print $f }'
+}
+up_in_haproxy() { [[ $(haproxy_field "$1" 18) == UP* ]]; }
+
+# A command on HAProxy's admin socket (stats socket ... level admin in haproxy.cfg).
+haproxy_admin() { echo "$*" | socat stdio "unix-connect:$RUN/haproxy.sock"; }
 
 # App instance `n` (gunicorn on APP_PORT_BASE + n) in a session of its own (setsid), detached from
 # the calling shell, so that it outlives make; its pid (the master's) in RUN/app-n.pid. Used by

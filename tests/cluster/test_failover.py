@@ -10,6 +10,8 @@ run: tests/cluster/conftest.py).
    the other carries the load; deploy/cluster/restart-instance brings it back.
 3. Redis gets SIGKILL: the rate limits fail open (coalition/limits.py), every claim is answered
    as before, no 5xx; deploy/cluster/up starts Redis again.
+4. deploy/cluster/rolling-restart (an upgrade's last step) restarts every instance and sealer in
+   turn under load: not one attempt fails, not one needs a retry.
 
 COALITION_CLUSTER=1 only (tests/cluster/conftest.py). They run after the smoke test, which
 stops the cluster at its end: the first drill starts it again, and each drill leaves it healthy
@@ -261,3 +263,28 @@ def test_redis_killed_then_restarted(cluster: Cluster, drills):
     assert not rows["redis lost"]["errors"], rows["redis lost"]["errors"]
     assert failed_open > 0, "no request met the dead Redis: the drill did not test the fail-open"
     wait_until(lambda: healthy(cluster), 30, "deploy/cluster/status to report healthy again")
+
+
+def test_rolling_restart_under_load(cluster: Cluster, drills):
+    """deploy/cluster/rolling-restart under load: each instance drained by HAProxy, stopped
+    gracefully, started again and taken back, its sealer restarted; no request may fail."""
+    masters = {n: int((cluster.directory / "run" / f"app-{n}.pid").read_text()) for n in (1, 2)}
+    load = Load(HAPROXY, drills, MEMBERS, "rolling-restart")
+    started = load.start()
+    time.sleep(WARMUP_S)
+    restarting = time.monotonic()
+    restart = cluster.script("rolling-restart", check=False)
+    done = time.monotonic()
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    time.sleep(AFTER_S)
+    load.stop()
+    renewed = {n: int((cluster.directory / "run" / f"app-{n}.pid").read_text()) for n in (1, 2)}
+    detail = (f"deploy/cluster/rolling-restart {restarting - started:.1f} s into the load took "
+              f"{done - restarting:.1f} s for both instances and their sealers")
+    phases = [("before", started), ("restarting", restarting), ("after", done)]
+    total = settle_and_verify(cluster, load, "rolling-restart", phases, detail, allowed=set())
+    assert all(renewed[n] != masters[n] for n in masters), (masters, renewed)
+    rows = {row["phase"]: row for row in REPORT[-1]["rows"]}
+    assert rows["restarting"]["acknowledged"] > 0
+    assert total["retries"] == 0 and not total["errors"], total
+    assert all(haproxy_status(f"app{n}").startswith("UP") for n in (1, 2))
