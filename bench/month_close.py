@@ -16,6 +16,10 @@ scenarios, servers stopped):
    of this load (the oldest first), so it may leave an older lot of the member untouched;
    nothing the close or a claim reads depends on that. `flask ledger verify` passes over a
    loaded journal, the close's statements included. ANALYZE afterwards, as autovacuum would.
+   On the journal partitioned by month (migration 0026) postings and consumptions also get
+   their entry's period, and every entry its row in claim_keys (the trigger that writes it
+   does not fire under COPY's session_replication_role = replica); the month's partitions must
+   exist first (bench/partitions.py), or its rows land in DEFAULT.
 3. The sealer catches up (`sealer.seal`, timed): in production it seals every few seconds, so
    a close finds at most a few seconds of entries unsealed.
 4. The baseline: the best of 3 of `SELECT partner_id, kind, sum(points) FROM journal_entries
@@ -125,6 +129,18 @@ class _Member:
         self.head, self.balance = 0, balance
 
 
+def _journal_shape(conn) -> tuple[bool, bool]:
+    """(postings and consumptions carry their entry's `period`, `claim_keys` exists): the
+    journal partitioned by month (migration 0026) has both, the unpartitioned one neither. COPY
+    must name the period column (it is NOT NULL, and the partition key), and claim keys are
+    written by a trigger that COPY under session_replication_role = replica does not fire."""
+    periodic = conn.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name IN ('postings', 'consumptions') AND column_name = 'period'").fetchone()[0]
+    keyed = conn.execute("SELECT to_regclass('claim_keys') IS NOT NULL").fetchone()[0]
+    return periodic == 2, bool(keyed)
+
+
 def _next_ids(conn) -> dict[str, int]:
     return {t: conn.execute(f"SELECT coalesce(max(id), 0) FROM {t}").fetchone()[0] + 1
             for t in ("journal_entries", "postings", "lots", "consumptions")}
@@ -132,12 +148,16 @@ def _next_ids(conn) -> dict[str, int]:
 
 def load_claims(conninfo: str, *, period: str, claims: int, start: datetime, end: datetime,
                 tz: str = "Europe/Berlin", expire_months: int = 36, partners=PARTNERS,
-                seed: int = 1, tag: str = "mc", mix=(0.80, 0.15, 0.05)) -> dict:
+                seed: int = 1, tag: str = "mc", mix=(0.80, 0.15, 0.05),
+                analyze: bool = True) -> dict:
     """`claims` entries booked into `period`, occurring evenly between `start` and `end` (which
     must lie in that month, in `tz`), over every member without debt. COPY in rounds of CHUNK
     claims, each round one transaction; foreign keys are not checked row by row during the
     COPY (session_replication_role = replica, as pg_restore does), the rows being built to
-    satisfy them. Returns counts, sums and seconds."""
+    satisfy them. On the partitioned journal (migration 0026) postings and consumptions get
+    the period and every entry its claim key, as the ledger and its trigger would. `analyze`
+    False leaves the ANALYZE to the caller (one for many loads). Returns counts, sums and
+    seconds."""
     rng = random.Random(seed)
     began = time.perf_counter()
     with psycopg.connect(conninfo) as conn:
@@ -151,6 +171,8 @@ def load_claims(conninfo: str, *, period: str, claims: int, start: datetime, end
         balances0 = {r[0]: r[2] for r in rows}
         del rows
         ids = _next_ids(conn)
+        periodic, keyed = _journal_shape(conn)
+        tail = f"\t{period}" if periodic else ""  # postings' and consumptions' period column
         first_entry = ids["journal_entries"]
         expires = iso_utc(expiry_of(start, tz, expire_months)[0])
         assert expiry_of(end - timedelta(seconds=1), tz, expire_months)[0] == expiry_of(start, tz, expire_months)[0]
@@ -166,7 +188,7 @@ def load_claims(conninfo: str, *, period: str, claims: int, start: datetime, end
         done = 0
         while done < claims:
             n = min(CHUNK, claims - done)
-            entries, postings, lots, consumptions = (io.StringIO() for _ in range(4))
+            entries, postings, lots, consumptions, keys = (io.StringIO() for _ in range(5))
             for i in range(done, done + n):
                 moment = datetime.fromtimestamp(int(t0 + span * i / claims), timezone.utc)
                 occurred = iso_utc(moment)
@@ -229,7 +251,7 @@ def load_claims(conninfo: str, *, period: str, claims: int, start: datetime, end
                     posts = sorted([(f"member:{member}", -points), (f"redeemed:{partner}", points)])
                     fp = _fingerprint(BURN, externals[index], points, occurred)
                     consumptions.write(f"{ids['consumptions']}\t{entry_id}\t{m.ids[slot]}\t\\N\t"
-                                       f"burn\t{points}\n")
+                                       f"burn\t{points}{tail}\n")
                     ids["consumptions"] += 1
                     sums["redeemed"][partner] += points
                     sums["consumptions"] += 1
@@ -242,7 +264,7 @@ def load_claims(conninfo: str, *, period: str, claims: int, start: datetime, end
                     posts = sorted([(f"issued:{partner}", points), (f"member:{member}", -points)])
                     fp = _fingerprint(REVERSAL, "", points, occurred, target_claim)
                     consumptions.write(f"{ids['consumptions']}\t{entry_id}\t{m.ids[slot]}\t\\N\t"
-                                       f"earn_reversal\t{points}\n")
+                                       f"earn_reversal\t{points}{tail}\n")
                     ids["consumptions"] += 1
                     sums["issued"][partner] -= points
                     sums["consumptions"] += 1
@@ -261,22 +283,27 @@ def load_claims(conninfo: str, *, period: str, claims: int, start: datetime, end
                               f"{occurred}\t{recorded}\t{period}\tf\t\\N\t\\N\t"
                               f"{NULL if reverses is None else reverses}\t"
                               f"{fp}\tbooked\t{balance_after}\t{h}\n")
+                if keyed:
+                    keys.write(f"{partner}\t{claim}\t{entry_id}\t{period}\n")
                 for account, value in posts:
-                    postings.write(f"{ids['postings']}\t{entry_id}\t{account}\t{value}\n")
+                    postings.write(f"{ids['postings']}\t{entry_id}\t{account}\t{value}{tail}\n")
                     ids["postings"] += 1
                 sums["postings"] += len(posts)
                 sums["kinds"][kind] += 1
                 sums["by_partner"][partner] += 1
             with conn.cursor() as cur:
+                period_column = ", period" if periodic else ""
                 for table, columns, buffer in (
                         ("journal_entries", "id, kind, partner_id, claim_id, member_id, points, "
                          "occurred_at, recorded_at, period, late, pending_until, description, "
                          "reverses_id, fingerprint, status, balance_after, entry_hash", entries),
-                        ("postings", "id, entry_id, account, points", postings),
+                        ("postings", f"id, entry_id, account, points{period_column}", postings),
                         ("lots", "id, member_id, entry_id, issuer_id, points, remaining, "
                          "occurred_at, available_at, expires_at", lots),
-                        ("consumptions", "id, entry_id, lot_id, debt_lot_id, kind, points",
-                         consumptions)):
+                        ("consumptions", f"id, entry_id, lot_id, debt_lot_id, kind, points"
+                                         f"{period_column}", consumptions),
+                        *((("claim_keys", "partner_id, claim_id, entry_id, period", keys),)
+                          if keyed else ())):
                     with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                         copy.write(buffer.getvalue())
             conn.commit()
@@ -305,8 +332,10 @@ def load_claims(conninfo: str, *, period: str, claims: int, start: datetime, end
         conn.autocommit = True
         conn.execute("SET session_replication_role = DEFAULT")
         analyze_began = time.perf_counter()
-        for table in ("journal_entries", "postings", "lots", "consumptions", "members"):
-            conn.execute(f"ANALYZE {table}")
+        if analyze:
+            for table in ("journal_entries", "postings", "lots", "consumptions", "members",
+                          *(("claim_keys",) if keyed else ())):
+                conn.execute(f"ANALYZE {table}")
         analyzed = time.perf_counter() - analyze_began
     return {"period": period, "claims": claims, "members": len(pks),
             "members_touched": len(state), "first_entry_id": first_entry, **sums,
@@ -412,10 +441,12 @@ def peak_rss_kb() -> int:
         return int(next(line for line in status if line.startswith("VmHWM")).split()[1])
 
 
-def close_child(period: str) -> int:
+def close_child(period: str, *, rollback: bool = False) -> int:
     """`--close PERIOD`: what `flask settlement close` runs (settlement.service.close, then the
     commit), timed from the call to the commit, with the time of its parts (sealing, the
-    month's flows) and this process's RSS once the app is loaded."""
+    month's flows) and this process's RSS once the app is loaded. `rollback`: the same close
+    rolled back instead of committed, so that a benchmark can time it again on the same month
+    (bench/partitions.py)."""
     from coalition import clock, create_app, sealer
     from coalition.database import db
     from settlement import service, signing
@@ -442,20 +473,25 @@ def close_child(period: str) -> int:
         began = time.perf_counter()
         report = service.close(db.session, period, now=clock.now(),
                                tz=app.config["COALITION_TIMEZONE"], key=key, actor="bench")
-        db.session.commit()
+        if rollback:
+            db.session.rollback()
+        else:
+            db.session.commit()
         seconds = time.perf_counter() - began
     print(json.dumps({"seconds": round(seconds, 3), "rss_ready_kb": rss_ready,
                       "rss_peak_kb": peak_rss_kb(),
                       **{k: round(v, 3) for k, v in parts.items()},
-                      "totals": report["totals"], "statements": len(report["statements"])}))
+                      "totals": report["totals"], "statements": len(report["statements"]),
+                      "committed": not rollback}))
     return 0
 
 
-def run_close(period: str, env: dict, on_ready) -> dict:
+def run_close(period: str, env: dict, on_ready, *, rollback: bool = False) -> dict:
     """The close in a child process; `on_ready()` once the child has loaded the app and is
-    about to close (half a second later)."""
+    about to close (half a second later). `rollback`: see close_child."""
     began = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.month_close", "--close", period],
+    proc = subprocess.Popen([sys.executable, "-m", "bench.month_close", "--close", period,
+                             *(["--rollback"] if rollback else [])],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = proc.stdout.readline()
     if first.strip() == b"ready":
@@ -535,9 +571,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--claims", type=int, default=1_000_000)
     p.add_argument("--close", metavar="PERIOD", help=argparse.SUPPRESS)
+    p.add_argument("--rollback", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.close:
-        return close_child(args.close)
+        return close_child(args.close, rollback=args.rollback)
     report = scenario(args.claims)
     print(json.dumps(report, indent=2))
     return 1 if report["problems"] else 0
