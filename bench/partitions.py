@@ -41,8 +41,8 @@ full/empty earn rate at least 0.83.
 Prints a table and one JSON document (also written to bench/results/); exits 1 when anything
 failed or did not add up. The databases are always dropped, the servers always stopped.
 
-    .venv/bin/python -m bench.partitions                     # 10^7 entries: about 30 minutes
-    .venv/bin/python -m bench.partitions --total 200000      # a quick try: about 4 minutes
+    .venv/bin/python -m bench.partitions                     # 10^7 entries: 43 minutes here
+    .venv/bin/python -m bench.partitions --total 200000      # a quick try: about 7 minutes
 """
 from __future__ import annotations
 
