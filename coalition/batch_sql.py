@@ -180,11 +180,14 @@ def write(session: Session, rows: Rows) -> tuple[dict[int, int], dict[int, int]]
         return lot_ids.get(ref, ref) if ref is not None and ref < 0 else ref
 
     _insert(connection, Entry, [{**e, "id": entry_ids[e["id"]]} for e in rows.entries])
-    _insert(connection, Posting, [{**p, "entry_id": entry_ids[p["entry_id"]]} for p in rows.postings])
+    period = {e["id"]: e["period"] for e in rows.entries}  # postings' and consumptions' too
+    _insert(connection, Posting, [{**p, "entry_id": entry_ids[p["entry_id"]],
+                                   "period": period[p["entry_id"]]} for p in rows.postings])
     _insert(connection, Lot, [{**x, "id": lot_ids[x["id"]], "entry_id": entry_ids[x["entry_id"]],
                                "remaining": rows.lots_left.get(x["id"], x["remaining"])}
                               for x in rows.lots])
     _insert(connection, Consumption, [{**c, "entry_id": entry_ids[c["entry_id"]],
+                                       "period": period[c["entry_id"]],
                                        "lot_id": lot(c["lot_id"])} for c in rows.consumptions])
     changed = [(lot_id, left) for lot_id, left in rows.lots_left.items() if lot_id > 0]
     _update(connection, _LOT_LEFT, "lots", "remaining", changed)

@@ -39,7 +39,7 @@ from sqlalchemy.orm.util import identity_key
 
 from . import bonuses, books
 from .database import is_sqlite
-from .models import (Campaign, ClosedPeriod, Consumption, Coupon, CouponActivation, DebtLot,
+from .models import (Campaign, ClaimKey, ClosedPeriod, Consumption, Coupon, CouponActivation, DebtLot,
                      Entry, Hold, Lot, Member, Posting, UtcDateTime)
 from .vocabulary import held_now, spendable
 
@@ -119,8 +119,10 @@ def lock(session: Session, external_id: str) -> Holder | None:
 # --- 2. read under the locks ----------------------------------------------------------------
 
 _NOW = bindparam("now", type_=UtcDateTime)
-_BOOKED = (select(Entry.id).where(Entry.partner_id == bindparam("partner_id"),
-                                  Entry.claim_id == bindparam("claim_id"))
+# The claim key, not the journal: on PostgreSQL the journal is partitioned by month and
+# only claim_keys holds (partner_id, claim_id) in one index (models.ClaimKey).
+_BOOKED = (select(ClaimKey.entry_id).where(ClaimKey.partner_id == bindparam("partner_id"),
+                                           ClaimKey.claim_id == bindparam("claim_id"))
            .scalar_subquery().label("booked_id"))
 _CLOSED = select(func.max(ClosedPeriod.period)).scalar_subquery().label("closed_through")
 _SPENDABLE = (select(func.coalesce(func.sum(Lot.remaining), 0))
@@ -338,15 +340,15 @@ new_lots AS (
         JOIN new_ids ON new_ids.n = l.n
     ORDER BY l.n),
 posted AS (
-    INSERT INTO postings (entry_id, account, points)
-    SELECT entry.id, p.account, p.points FROM entry,
+    INSERT INTO postings (entry_id, account, points, period)
+    SELECT entry.id, p.account, p.points, CAST(:period AS varchar) FROM entry,
         unnest(CAST(:posting_accounts AS varchar[]), CAST(:posting_points AS bigint[]))
             WITH ORDINALITY AS p(account, points, n)
     ORDER BY p.n),
 consumed AS (
-    INSERT INTO consumptions (entry_id, lot_id, debt_lot_id, kind, points)
+    INSERT INTO consumptions (entry_id, lot_id, debt_lot_id, kind, points, period)
     SELECT entry.id, coalesce(c.lot_id, (SELECT id FROM new_ids WHERE new_ids.n = c.new_lot)),
-        c.debt_lot_id, c.kind, c.points
+        c.debt_lot_id, c.kind, c.points, CAST(:period AS varchar)
     FROM entry,
         unnest(CAST(:consumed_kinds AS varchar[]), CAST(:consumed_lots AS bigint[]),
                CAST(:consumed_new AS bigint[]), CAST(:consumed_debt_lots AS bigint[]),
@@ -426,7 +428,7 @@ def _write_sqlite(connection, entry: dict, postings: dict[str, int], writes: Wri
     member_pk = entry["member_id"]
     entry_id = connection.execute(_INSERT_ENTRY, entry).inserted_primary_key[0]
     connection.execute(_INSERT_POSTING, [{"entry_id": entry_id, "account": account,
-                                          "points": points}
+                                          "points": points, "period": entry["period"]}
                                          for account, points in postings.items()])
     lot_ids = [connection.execute(_INSERT_LOT, {**lot, "member_id": member_pk,
                                                 "entry_id": entry_id}).inserted_primary_key[0]
@@ -434,6 +436,7 @@ def _write_sqlite(connection, entry: dict, postings: dict[str, int], writes: Wri
     if writes.consumptions:
         connection.execute(_INSERT_CONSUMPTION, [
             {"entry_id": entry_id, "kind": kind, "debt_lot_id": debt_lot, "points": points,
+             "period": entry["period"],
              "lot_id": lot_ids[of_lot] if isinstance(of_lot, NewLot) else of_lot}
             for kind, of_lot, debt_lot, points in writes.consumptions])
     if writes.lots_left:

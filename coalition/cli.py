@@ -1,6 +1,6 @@
 """Operator commands of the core:
 `members add|import|show|export|erase|suspicious|lock|unlock|unlock-pin|reset-pin|invite`,
-`operators add|invite|remove|list`, `ledger verify|seal|anchor`, `audit list`, `points expire|notices`.
+`operators add|invite|remove|list`, `ledger verify|seal|anchor|partitions ensure|list|detach|attach`, `audit list`, `points expire|notices`.
 Every command prints JSON (`ledger seal --every`: one line per event), its errors too: every
 group is a JsonGroup. Commands that change state record who asked (`operator()`) in the audit
 log."""
@@ -26,8 +26,8 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import (audit, clock, config, consents, credentials, enrolment, expiry, expiry_notices,
-               leases, member_erasure, member_export, member_locks, operators, pins, sealer,
-               velocity)
+               leases, member_erasure, member_export, member_locks, operators, partitions, pins,
+               sealer, velocity)
 from . import members as member_service
 from .clock import iso_utc
 from .database import db
@@ -544,6 +544,72 @@ def _stop_on_signals(stop: threading.Event):
 def ledger_anchor():
     """The head block's hash: keep it somewhere outside this database."""
     return sealer.anchor(db.session)
+
+
+partitions_cli = JsonGroup("partitions", help="The journal's monthly partitions (PostgreSQL).")
+ledger_cli.add_command(partitions_cli)
+
+
+def _month(_ctx, _param, value):
+    if value is None:
+        return value
+    values = value if isinstance(value, tuple) else (value,)
+    for month in values:
+        try:
+            partitions.check_period(month)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+@partitions_cli.command("ensure")
+@click.option("--ahead", type=click.IntRange(0, 36), default=partitions.MONTHS_AHEAD,
+              show_default=True, help="months after the current one to create")
+@click.option("--month", "months", multiple=True, callback=_month, metavar="YYYY-MM",
+              help="also this month (e.g. one whose rows sit in DEFAULT); repeatable")
+@json_command
+def partitions_ensure(ahead, months):
+    """Create the partitions of this month and the next --ahead months that are missing (the
+    leading `ledger seal --every` does this hourly). Rows of such a month found in DEFAULT are
+    moved into its new partition in the same transaction."""
+    return partitions.ensure_partitions(db.session, months_ahead=ahead, also=list(months))
+
+
+@partitions_cli.command("list")
+@json_command
+def partitions_list():
+    """Each partitioned table's partitions (rows: the planner's estimate; DEFAULT's exact) and
+    the archived months."""
+    if not partitions.is_partitioned(db.session):
+        return {"partitioned": False, "detail": partitions.NOT_PARTITIONED}
+    return {"partitioned": True,
+            "partitions": [vars(p) for p in partitions.list_partitions(db.session)],
+            "archived": [{"period": a.period, "archived_at": a.archived_at,
+                          "location": a.location, "entries": a.entry_count}
+                         for a in partitions.archived(db.session).periods]}
+
+
+@partitions_cli.command("detach")
+@click.argument("month", callback=_month, metavar="YYYY-MM")
+@click.option("--lock-timeout", default="5s", show_default=True,
+              type=click.Choice(["1s", "5s", "30s"]),
+              help="give up rather than hold claims up longer than this behind the detach")
+@json_command
+def partitions_detach(month, lock_timeout):
+    """Detach a closed, sealed month into the `archive` schema and print the pg_dump command
+    for it; `ledger verify` carries its checks across the month from then on. Audited as
+    period.archive."""
+    return partitions.detach_period(db.session, month, now=clock.now(), actor=operator(),
+                                    lock_timeout=lock_timeout)
+
+
+@partitions_cli.command("attach")
+@click.argument("month", callback=_month, metavar="YYYY-MM")
+@json_command
+def partitions_attach(month):
+    """Put an archived month back into the journal (restore its tables into the `archive`
+    schema from its dump first). Audited as period.unarchive."""
+    return partitions.attach_period(db.session, month, now=clock.now(), actor=operator())
 
 
 def adopt(group: click.Group) -> JsonGroup:

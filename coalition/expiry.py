@@ -113,9 +113,10 @@ def _chunk(session: Session, members: list[int], cutoff: datetime, now: datetime
         row = Entry(**entry)
         session.add(row)
         session.flush()
-        session.add_all([Posting(entry_id=row.id, account=a, points=p) for a, p in postings.items()])
+        session.add_all([Posting(entry_id=row.id, account=a, points=p, period=period)
+                         for a, p in postings.items()])
         session.add(Consumption(entry_id=row.id, lot_id=lot.id, kind=ConsumptionKind.EXPIRY,
-                                points=points))
+                                points=points, period=period))
         lot.remaining = 0
         total += points
     for pk, (balance, _) in balances.items():

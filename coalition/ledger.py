@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from . import activities, bonuses, books, claim_limits, claim_sql, pins, redemption, tiers
 from .clock import as_utc, iso_utc
 from .hashing import canonical, sha256_hex
-from .models import Consumption, DebtLot, Entry, Lot, Member, Posting
+from .models import ClaimKey, Consumption, DebtLot, Entry, Lot, Member, Posting
 from .periods import MONTHLY, expiry_of, parse_cutoff
 from .problems import Problem
 from .vocabulary import (REVERSIBLE, Account, ConsumptionKind, EntryKind, available,
@@ -123,14 +123,22 @@ def lock_member(session: Session, *, external_id: str | None = None,
 
 
 def find_claim(session: Session, partner_id: str, claim_id: str) -> Entry | None:
-    return session.scalars(select(Entry).where(Entry.partner_id == partner_id,
-                                               Entry.claim_id == claim_id)).one_or_none()
+    # Through the claim key: its period names the one partition of the journal to read.
+    return session.scalars(select(Entry).join(ClaimKey, (ClaimKey.entry_id == Entry.id)
+                                              & (ClaimKey.period == Entry.period))
+                           .where(ClaimKey.partner_id == partner_id,
+                                  ClaimKey.claim_id == claim_id)).one_or_none()
 
 
 def replay(session: Session, partner_id: str, claim_id: str, fp: str) -> Booked | None:
     """Exact-match idempotency: the same content replays, different content conflicts."""
     existing = find_claim(session, partner_id, claim_id)
     if existing is None:
+        if session.get(ClaimKey, (partner_id, claim_id)) is not None:
+            # Its month was archived (coalition/partitions.py): the key still holds, but the
+            # booking can no longer be read back to replay it.
+            raise Problem("claim-id-conflict", f"Claim id {claim_id!r} was used in a month "
+                          "that is archived; it cannot be booked again.")
         return None
     if existing.fingerprint != fp:
         raise Problem("claim-id-conflict",
@@ -193,7 +201,8 @@ def _book(session: Session, entry: Entry, postings: dict[str, int], member: Memb
     assert sum(postings.values()) == 0, "an entry's postings must sum to zero"
     assert member.balance >= 0 and member.debt >= 0
     entry.entry_hash = entry_hash(entry, postings)
-    entry.postings = [Posting(account=a, points=p) for a, p in postings.items()]
+    entry.postings = [Posting(account=a, points=p, period=entry.period)
+                      for a, p in postings.items()]
     session.add(entry)
     try:
         session.flush()
@@ -529,8 +538,11 @@ def _as_loaded(session: Session, entry: Entry) -> Entry:
 
 
 def reversed_points(session: Session, target: Entry) -> int:
+    # A reversal occurs after its claim and is booked after it, so never into an earlier
+    # month: the period prunes the journal's older partitions on PostgreSQL.
     return int(session.scalar(select(func.coalesce(func.sum(Entry.points), 0))
-                              .where(Entry.reverses_id == target.id)))
+                              .where(Entry.reverses_id == target.id,
+                                     Entry.period >= target.period)))
 
 
 def book_reversal(session: Session, *, partner_id: str, claim_id: str, reversal_id: str,
@@ -538,6 +550,9 @@ def book_reversal(session: Session, *, partner_id: str, claim_id: str, reversal_
     fp = fingerprint(EntryKind.REVERSAL, claim_id=claim_id, points=points, occurred_at=occurred_at)
     target = find_claim(session, partner_id, claim_id)
     if target is None:
+        if (key := session.get(ClaimKey, (partner_id, claim_id))) is not None:
+            raise Problem("not-found", f"Claim {claim_id!r} was booked in {key.period}, a month "
+                          "that is archived: it can no longer be reversed.")
         raise Problem("not-found", "No such claim.")
     member = lock_member(session, pk=target.member_id)
     if (done := replay(session, partner_id, reversal_id, fp)) is not None:
@@ -564,7 +579,7 @@ def book_reversal(session: Session, *, partner_id: str, claim_id: str, reversal_
     entry.balance_after = available_points(session, member, now)
     _book(session, entry, postings, member)
     for c in consumptions:
-        c.entry_id = entry.id
+        c.entry_id, c.period = entry.id, entry.period
         session.add(c)
     for debt in debts:
         debt.entry_id = entry.id
@@ -635,8 +650,11 @@ def _reverse_burn(session: Session, target: Entry, member: Member, points: int):
     creditor took its earn back, and only what is left of them becomes spendable again."""
     rows = session.execute(
         select(Consumption.lot_id, Consumption.points, Consumption.kind)
-        .join(Entry, Entry.id == Consumption.entry_id)
+        .join(Entry, (Entry.id == Consumption.entry_id) & (Entry.period == Consumption.period))
+        # A burn's reversals are booked in its month or later: on PostgreSQL the periods prune
+        # the journal's older months (migration 0026).
         .where((Entry.id == target.id) | (Entry.reverses_id == target.id),
+               Entry.period >= target.period, Consumption.period >= target.period,
                Consumption.kind.in_((ConsumptionKind.BURN, ConsumptionKind.BURN_REVERSAL)))
         .order_by(Consumption.id)).all()
     net: dict[int, int] = {}

@@ -11,7 +11,8 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import (BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, Index,
-                        Integer, Numeric, String, Text, UniqueConstraint, text)
+                        Integer, Numeric, PrimaryKeyConstraint, String, Text, UniqueConstraint,
+                        text)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .database import db
@@ -113,6 +114,8 @@ class Posting(db.Model):
     # vocabulary.Account: member:<id> | issued:<partner> | redeemed:<partner> | expired | debt
     account: Mapped[str] = mapped_column(String(80), index=True)
     points: Mapped[int] = mapped_column(BigInteger)
+    # The entry's period: on PostgreSQL the partition key (a month's postings sit with its entries).
+    period: Mapped[str] = mapped_column(String(7))
 
     entry: Mapped[Entry] = relationship(back_populates="postings")
 
@@ -183,10 +186,59 @@ class Consumption(db.Model):
     debt_lot_id: Mapped[int | None] = mapped_column(ForeignKey("debt_lots.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16))
     points: Mapped[int] = mapped_column(BigInteger)
+    period: Mapped[str] = mapped_column(String(7))  # the entry's, as Posting.period
 
     lot: Mapped[Lot] = relationship()
 
     __table_args__ = (CheckConstraint("points <> 0", name="points_nonzero"),)
+
+
+class ClaimKey(db.Model):
+    """A partner's claim id, once: the idempotency key. On PostgreSQL the journal is partitioned
+    by month and a unique constraint cannot span its partitions, so this unpartitioned table
+    holds the key (migration 0026), filled by a trigger on journal_entries; its primary key
+    carries the journal's old constraint name, which ledger.is_claim_key recognises. `period`
+    leads a replay to the one partition that holds the entry. SQLite keeps the journal's own
+    unique constraint too, and fills this table the same way."""
+    __tablename__ = "claim_keys"
+
+    partner_id: Mapped[str] = mapped_column(String(64))
+    claim_id: Mapped[str] = mapped_column(String(64))
+    entry_id: Mapped[int] = mapped_column(BigInteger)
+    period: Mapped[str] = mapped_column(String(7))
+
+    __table_args__ = (PrimaryKeyConstraint("partner_id", "claim_id",
+                                           name="uq_journal_entries_partner_id_claim_id"),)
+
+
+class ArchivedPeriod(db.Model):
+    """A closed month whose partitions were detached from the journal (coalition/partitions.py):
+    where they went, and what `ledger verify` carries across the month without its rows."""
+    __tablename__ = "archived_periods"
+
+    period: Mapped[str] = mapped_column(String(7), primary_key=True)
+    archived_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    location: Mapped[str] = mapped_column(String(200))  # the schema the tables were moved to
+    entry_count: Mapped[int] = mapped_column(BigInteger)
+    first_entry_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_entry_id: Mapped[int | None] = mapped_column(BigInteger)
+    ledger_head: Mapped[str | None] = mapped_column(String(64))  # closed_periods' at close
+    # hashing.entries_digest over the month's entry hashes in id order, taken from the entries
+    # when they were detached; verify recomputes it from their seal records.
+    digest: Mapped[str] = mapped_column(String(64))
+
+
+class ArchivedSum(db.Model):
+    """A sum over an archived month's rows that `ledger verify` adds to what the journal still
+    holds (coalition/partitions.py, ARCHIVED_SUMS): per account its postings, per lot and debt
+    lot its consumptions, per claim the reversals of it, the points of the month's claims that
+    later months reverse, and the runs of entry ids the month held ("ids": first -> last)."""
+    __tablename__ = "archived_sums"
+
+    period: Mapped[str] = mapped_column(String(7), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    points: Mapped[int] = mapped_column(BigInteger)
 
 
 class ClosedPeriod(db.Model):

@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
-from . import books, clock
+from . import books, clock, partitions
 from .clock import as_utc, iso_utc
 from .database import is_sqlite
 from .hashing import canonical, entries_digest, sha256_hex
@@ -116,6 +116,11 @@ def verify_chain(session: Session, fail) -> int:
     in each block's range are exactly the sealed ones, hash for hash (else the first entry that
     differs is named); and no entry was left unsealed well after a later seal."""
     previous, last_sealed, count = GENESIS, 0, 0
+    # An archived month's entries are no longer in the journal: their seal records stand in
+    # for them, and must still hash to the digest taken from the entries when the month was
+    # detached (partitions.detach_period), and the month's anchor must still be in the chain.
+    archived = partitions.archived(session)
+    archived_hashes: dict[str, list[tuple[int, str]]] = {a.period: [] for a in archived.periods}
     for block in session.scalars(select(LedgerBlock).order_by(LedgerBlock.id)):
         count += 1
         ref = {"block": block.id, "first_entry_id": block.first_entry_id}
@@ -125,6 +130,11 @@ def verify_chain(session: Session, fail) -> int:
         sealed = [tuple(r) for r in session.execute(
             select(LedgerSeal.entry_id, LedgerSeal.entry_hash)
             .where(LedgerSeal.block_id == block.id).order_by(LedgerSeal.entry_id))]
+        if archived.runs:
+            gone = [(i, h, p) for i, h in sealed if (p := archived.period_of(i)) is not None]
+            for entry_id, entry_hash, period in gone:
+                archived_hashes[period].append((entry_id, entry_hash))
+            current = sorted(current + [(i, h) for i, h, _ in gone])
         if block.prev_hash != previous or block_hash(block) != block.block_hash:
             fail("block-chain", "block does not chain to the one before it", **ref)
         elif not _matches(block, sealed):
@@ -139,6 +149,15 @@ def verify_chain(session: Session, fail) -> int:
         if block.first_entry_id <= last_sealed:
             fail("block-chain", "blocks overlap", **ref)
         previous, last_sealed = block.block_hash, block.last_entry_id
+    chained = set(session.scalars(select(LedgerBlock.block_hash))) if archived.periods else set()
+    for month in archived.periods:
+        rows = sorted(archived_hashes[month.period])
+        if len(rows) != month.entry_count or entries_digest(h for _, h in rows) != month.digest:
+            fail("archived-period", f"the seal records of archived {month.period} no longer "
+                 "hash to the digest taken from its entries", period=month.period)
+        if month.ledger_head is not None and month.ledger_head not in chained:
+            fail("archived-period", f"the anchor of archived {month.period} (the chain's head "
+                 "at its close) is no longer a block of the chain", period=month.period)
     last = head(session)
     if last is not None:
         overdue = as_utc(last.sealed_at) - UNSEALED_GRACE
@@ -267,7 +286,7 @@ def run_sealer(session_factory: Callable[[], Session], *, every: float, stop: th
     tick.
     """
     assert every > 0, "every is a positive number of seconds"
-    runs = 0
+    runs, partitions_due = 0, time.monotonic()
     leading = None if lease is not None else True
     while not stop.is_set():
         deadline = time.monotonic() + every  # a fixed rate: a slow run shortens the next wait
@@ -292,12 +311,19 @@ def run_sealer(session_factory: Callable[[], Session], *, every: float, stop: th
                 stop.wait(max(0.0, deadline - time.monotonic()))
                 continue
         try:
-            result = _in_transaction(session_factory, lambda s: seal_run(s, now=moment))
+            due = time.monotonic() >= partitions_due
+            result = _in_transaction(session_factory,
+                                     lambda s: _seal_and_partition(s, moment, due, on_error))
         except SQLAlchemyError as exc:
             if not retryable(exc):
                 raise
             on_error(exc)
         else:
+            created = result.pop("partitions", None)
+            if due and created is not None:
+                partitions_due = time.monotonic() + PARTITIONS_EVERY
+            if created:
+                report({"event": "partitions-created", **created})
             if result["blocks"]:
                 report({"event": "sealed", **result})
             if anchors is not None:
@@ -319,6 +345,27 @@ def run_sealer(session_factory: Callable[[], Session], *, every: float, stop: th
                 raise
             on_error(exc)
     return runs
+
+
+PARTITIONS_EVERY = 3600.0  # seconds: the coming months' partitions are months ahead anyway
+
+
+def _seal_and_partition(session: Session, moment: datetime, due: bool, on_error) -> dict:
+    """A sealing run; when due, the leading sealer (the one job that runs exactly once across
+    the instances) also creates the coming months' partitions, in a savepoint so that a
+    failure there (a lock timeout) never undoes the seal."""
+    result = seal_run(session, now=moment)
+    if due:
+        try:
+            with session.begin_nested():
+                done = partitions.ensure_partitions(session)
+        except SQLAlchemyError as exc:
+            on_error(exc)
+        else:
+            result["partitions"] = ({"created": done["created"],
+                                     "moved_from_default": done["moved_from_default"]}
+                                    if done["created"] else {})
+    return result
 
 
 def _in_transaction(session_factory: Callable[[], Session], work: Callable[[Session], T]) -> T:

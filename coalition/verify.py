@@ -11,6 +11,7 @@ from itertools import groupby
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from . import partitions
 from .holds import CAPTURED
 from .ledger import entry_hash
 from .models import Consumption, DebtLot, Entry, Hold, Lot, Member, Posting
@@ -40,11 +41,17 @@ def verify(session: Session, extra_checks: dict | None = None) -> dict:
     how settlement adds its statements without the core importing it."""
     session.expire_all()  # verify what the database holds, not what this session remembers
     report = Report()
-    entries = _verify_entries(session, report)
-    _verify_members(session, report)
-    lots = _verify_lots(session, report)
-    checked = {"entries": entries, "lots": lots, "holds": _verify_holds(session, report),
+    # Months detached from the journal (coalition/partitions.py): their sums stand in for
+    # their rows, their entries for the chain by their seal records (sealer.verify_chain).
+    archived = partitions.archived(session)
+    entries = _verify_entries(session, report, archived)
+    _verify_members(session, report, archived)
+    lots = _verify_lots(session, report, archived)
+    checked = {"entries": entries, "lots": lots,
+               "holds": _verify_holds(session, report, archived),
                "members": session.scalar(select(func.count(Member.id)))}
+    if archived.periods:
+        checked["archived_periods"] = len(archived.periods)
     for name, check in (extra_checks or {}).items():
         checked[name] = check(session, report.fail)
     return report.as_dict(checked)
@@ -55,7 +62,7 @@ def _sums(session: Session, key, value, *where) -> dict:
         select(key, func.sum(value)).where(*where).group_by(key)).all()}
 
 
-def _verify_entries(session: Session, report: Report) -> int:
+def _verify_entries(session: Session, report: Report, archived: partitions.Archived) -> int:
     consumed = defaultdict(int)  # (entry_id, kind) -> points
     for entry_id, kind, points in session.execute(
             select(Consumption.entry_id, Consumption.kind, func.sum(Consumption.points))
@@ -64,6 +71,8 @@ def _verify_entries(session: Session, report: Report) -> int:
     debts = _sums(session, DebtLot.entry_id, DebtLot.points)
     reversed_total = _sums(session, Entry.reverses_id, Entry.points, Entry.reverses_id.is_not(None))
     kinds = dict(session.execute(select(Entry.id, Entry.kind)).all())
+    for target, (kind, _points) in archived.sums["target"].items():
+        kinds.setdefault(int(target), kind)
 
     rows = session.execute(select(Entry, Posting.account, Posting.points)
                            .outerjoin(Posting, Posting.entry_id == Entry.id)
@@ -112,16 +121,25 @@ def _verify_entries(session: Session, report: Report) -> int:
         if not expected:
             report.fail("entry-shape", f"{entry.kind} postings or consumptions do not match its points", **ref)
     for target, total in reversed_total.items():
-        points = session.get(Entry, target).points
+        total += archived.sum("reversed", target)
+        entry = session.get(Entry, target)
+        if entry is None and archived.target(target) is None:
+            report.fail("reversal-total", "reverses a claim the journal does not hold",
+                        entry_id=target)
+            continue
+        points = entry.points if entry is not None else archived.target(target)[1]
         if total > points:
             report.fail("reversal-total", f"reversals total {total} of a {points}-point claim",
                         entry_id=target)
     return count
 
 
-def _verify_members(session: Session, report: Report) -> None:
+def _verify_members(session: Session, report: Report, archived: partitions.Archived) -> None:
     accounts = _sums(session, Posting.account, Posting.points,
                      Posting.account.like(f"{Account.MEMBER}%"))
+    for account, points in archived.sums["account"].items():
+        if account.startswith(Account.MEMBER):
+            accounts[account] = accounts.get(account, 0) + points
     lots = _sums(session, Lot.member_id, Lot.remaining)
     debts = _sums(session, DebtLot.member_id, DebtLot.remaining)
     total_debt = 0
@@ -140,14 +158,18 @@ def _verify_members(session: Session, report: Report) -> None:
         report.fail("member-balance", f"postings to {account}, which has no member row")
     debt_account = session.scalar(select(func.coalesce(func.sum(Posting.points), 0))
                                   .where(Posting.account == Account.DEBT))
-    if int(debt_account) != -total_debt:
+    debt_account = int(debt_account) + archived.sum("account", Account.DEBT)
+    if debt_account != -total_debt:
         report.fail("debt-account", f"account debt is {debt_account}, members owe {total_debt}")
 
 
-def _verify_lots(session: Session, report: Report) -> int:
+def _verify_lots(session: Session, report: Report, archived: partitions.Archived) -> int:
     used = _sums(session, Consumption.lot_id, Consumption.points)
     filled = _sums(session, Consumption.debt_lot_id, Consumption.points,
                    Consumption.debt_lot_id.is_not(None))
+    for kind, sums in (("lot", used), ("debt_lot", filled)):
+        for key, points in archived.sums[kind].items():
+            sums[int(key)] = sums.get(int(key), 0) + points
     # An earn's bonus lots, per funder, hold what it posted to the funder's bonus account.
     posted = {(e, account): -int(p) for e, account, p in session.execute(
         select(Posting.entry_id, Posting.account, Posting.points).join(Entry, Entry.id == Posting.entry_id)
@@ -156,9 +178,12 @@ def _verify_lots(session: Session, report: Report) -> int:
     count = 0
     for lot, kind, points, partner, member in session.execute(
             select(Lot, Entry.kind, Entry.points, Entry.partner_id, Entry.member_id)
-            .join(Entry, Entry.id == Lot.entry_id)):
+            .outerjoin(Entry, Entry.id == Lot.entry_id)):
         count += 1
-        if lot.source is not None:
+        if kind is None:  # the earn is gone: allowed only with its archived month
+            if archived.period_of(lot.entry_id) is None:
+                report.fail("lot-origin", "the lot's earn is not in the journal", lot=lot.id)
+        elif lot.source is not None:
             bonus_lots[lot.entry_id, bonus_account(lot.issuer_id)] += lot.points
             if (kind, member) != (EntryKind.EARN, lot.member_id) or lot.points <= 0:
                 report.fail("lot-origin", "bonus lot does not match the earn that made it",
@@ -189,7 +214,7 @@ def _verify_lots(session: Session, report: Report) -> int:
     return count
 
 
-def _verify_holds(session: Session, report: Report) -> int:
+def _verify_holds(session: Session, report: Report, archived: partitions.Archived) -> int:
     """A hold moves no points: only its capture does, as a burn of the hold's partner and member,
     of no more than the hold's points, under the claim id the hold names."""
     count = 0
@@ -201,6 +226,8 @@ def _verify_holds(session: Session, report: Report) -> int:
             if hold.entry_id is not None or hold.captured_points is not None:
                 report.fail("hold-capture", f"a {hold.status} hold names a capture", **ref)
             continue
+        if entry is None and hold.entry_id is not None and archived.period_of(hold.entry_id):
+            continue  # its burn went with its month into the archive
         if entry is None or (entry.kind, entry.partner_id, entry.member_id, entry.claim_id,
                              entry.points) != (EntryKind.BURN, hold.partner_id, hold.member_id,
                                                hold.claim_id, hold.captured_points) \

@@ -281,11 +281,12 @@ def current_claim(session: Session, partner_id: str, claim_id: str, *, now: date
     if entry is None:
         raise Problem("not-found", "No such claim.")
     # A claim of 10^9 points could have as many reversals: the answer names the first ones only.
-    reversals = list(session.scalars(select(Entry).where(Entry.reverses_id == entry.id)
+    # Reversals are booked in the claim's month or later (ledger.reversed_points).
+    later = (Entry.reverses_id == entry.id, Entry.period >= entry.period)
+    reversals = list(session.scalars(select(Entry).where(*later)
                                      .order_by(Entry.id).limit(MAX_LISTED_REVERSALS)))
     total, points = session.execute(
-        select(func.count(), func.coalesce(func.sum(Entry.points), 0))
-        .where(Entry.reverses_id == entry.id)).one()
+        select(func.count(), func.coalesce(func.sum(Entry.points), 0)).where(*later)).one()
     return claim_view(entry, reversals=reversals, now=now, reversed_points=int(points),
                       reversals_total=int(total), bonus=earn_bonus(session, entry, booking=False))
 

@@ -141,17 +141,20 @@ class MonthLines:
         funding = (select(Consumption.id.label("id")).select_from(Consumption)
                    .join(Entry, Entry.id == Consumption.entry_id)
                    .join(Lot, Lot.id == Consumption.lot_id)
-                   .where(Entry.period == period, Lot.issuer_id == partner_id,
+                   .where(Entry.period == period, Consumption.period == period,
+                          Lot.issuer_id == partner_id,
                           Consumption.kind.in_(FUNDING)))
         recovery = (select(Consumption.id.label("id")).select_from(Consumption)
                     .join(Entry, Entry.id == Consumption.entry_id)
                     .join(DebtLot, DebtLot.id == Consumption.debt_lot_id)
-                    .where(Entry.period == period, DebtLot.creditor_id == partner_id,
+                    .where(Entry.period == period, Consumption.period == period,
+                           DebtLot.creditor_id == partner_id,
                            Consumption.kind == ConsumptionKind.DEBT_FILL))
         expired = (select(Consumption.id.label("id")).select_from(Consumption)
                    .join(Entry, Entry.id == Consumption.entry_id)
                    .join(Lot, Lot.id == Consumption.lot_id)
-                   .where(Entry.period == period, Lot.issuer_id == partner_id,
+                   .where(Entry.period == period, Consumption.period == period,
+                          Lot.issuer_id == partner_id,
                           Consumption.kind == ConsumptionKind.EXPIRY))
         self.sections = {"claim": claims, "funding": funding, "debt_recovery": recovery,
                          "breakage": expired}
@@ -201,7 +204,8 @@ class MonthLines:
         target = aliased(Entry)
         bonus = (select(Posting.id.label("id")).select_from(Posting)
                  .join(Entry, Entry.id == Posting.entry_id)
-                 .where(Entry.period == period, Posting.account == bonus_account(partner_id)))
+                 .where(Entry.period == period, Posting.period == period,
+                        Posting.account == bonus_account(partner_id)))
         funded = -Posting.points
         self.sections["bonus"] = bonus
         self.amounts[BONUS_CHARGE] = ("bonus", funded, BONUS_POINTS)

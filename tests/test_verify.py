@@ -41,11 +41,13 @@ TAMPERING = {
         ("UPDATE postings SET account = 'issued:bolt' WHERE account = 'issued:acme' "
          "AND points = -100", "entry-hash"),
     "posting deleted": ("DELETE FROM postings WHERE id = 2", "entry-balanced"),
-    "posting inserted": ("INSERT INTO postings (entry_id, account, points) VALUES (1, 'expired', 5)",
+    "posting inserted": ("INSERT INTO postings (entry_id, account, points, period) "
+                         "SELECT 1, 'expired', 5, period FROM journal_entries WHERE id = 1",
                          "entry-balanced"),
     "pair of postings inserted":
-        ("INSERT INTO postings (entry_id, account, points) VALUES (1, 'expired', 5), "
-         "(1, 'issued:acme', -5)", "entry-hash"),
+        ("INSERT INTO postings (entry_id, account, points, period) "
+         "SELECT 1, a, p, period FROM journal_entries, (SELECT 'expired' AS a, 5 AS p "
+         "UNION ALL SELECT 'issued:acme', -5) AS x WHERE id = 1", "entry-hash"),
     "entry points changed": ("UPDATE journal_entries SET points = 99 WHERE claim_id = 'e2'",
                              "entry-hash"),
     "entry member changed":
