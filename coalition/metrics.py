@@ -45,7 +45,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry,
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy.pool import QueuePool
 
-from . import sealer
+from . import partitions, sealer
 from .api import documented, problem_doc
 from .database import db
 from .errors import PROBLEM_JSON, SLUGS, Problem
@@ -285,6 +285,7 @@ class DatabaseCollector:
                 "Journal entries above the last one sealed into a block (entry ids: an upper "
                 "bound). Grows when the sealer (ledger seal --every) is not running.",
                 value=unsealed)
+        yield from partition_families()
         yield from replica_families(self.app)
 
 
@@ -299,6 +300,29 @@ def unsealed_entries() -> int | None:
         return None
     finally:
         db.session.rollback()
+
+
+def partition_families():
+    """PostgreSQL's monthly partitions (coalition/partitions.py): absent on SQLite, or when the
+    query fails (logged as `partitions not read`)."""
+    try:
+        state = partitions.health(db.session)
+    except Exception:
+        log.warning("partitions not read", exc_info=True)
+        return
+    finally:
+        db.session.rollback()
+    if state is None:
+        return
+    yield GaugeMetricFamily(
+        "coalition_ledger_default_partition_rows",
+        "Rows in the journal's DEFAULT partitions (capped at 100000): 0 unless a month was "
+        "booked without its partition (ledger partitions ensure --month moves them).",
+        value=state.default_rows)
+    yield GaugeMetricFamily(
+        "coalition_ledger_partition_months_ahead",
+        "Months after the current one whose partitions exist (the leading sealer keeps 3; "
+        "-1: not even the current month's).", value=state.months_ahead)
 
 
 # ---- replication lag ---------------------------------------------------------------------

@@ -99,8 +99,8 @@ class Partition:
     rows: int  # the planner's estimate (reltuples), -1 never analysed; exact for DEFAULT
 
 
-def list_partitions(session: Session) -> list[Partition]:
-    """Every attached partition of the partitioned tables, months in order, DEFAULT last."""
+def _attached(session: Session) -> list[Partition]:
+    """Every attached partition from the catalog alone (rows: the planner's estimate)."""
     rows = session.execute(text("""
         SELECT parent.relname, child.relname, pg_get_expr(child.relpartbound, child.oid),
                child.reltuples::bigint
@@ -108,14 +108,21 @@ def list_partitions(session: Session) -> list[Partition]:
             JOIN pg_class child ON child.oid = inhrelid
         WHERE parent.relname IN ('journal_entries', 'postings', 'consumptions')
             AND parent.relnamespace = to_regnamespace(current_schema())""")).all()
-    partitions = []
+    attached = []
     for table, name, bound, estimate in rows:
         found = re.search(r"'(\d{4}-\d{2})'", bound)
-        period = found.group(1) if found else None
-        count = estimate
-        if period is None:  # DEFAULT should be empty: say exactly what it holds
-            count = session.execute(text(f'SELECT count(*) FROM "{name}"')).scalar()
-        partitions.append(Partition(table, name, period, int(count)))
+        attached.append(Partition(table, name, found.group(1) if found else None, int(estimate)))
+    return attached
+
+
+def list_partitions(session: Session) -> list[Partition]:
+    """Every attached partition of the partitioned tables, months in order, DEFAULT last."""
+    partitions = []
+    for p in _attached(session):
+        if p.period is None:  # DEFAULT should be empty: say exactly what it holds
+            count = session.execute(text(f'SELECT count(*) FROM "{p.name}"')).scalar()
+            p = Partition(p.table, p.name, None, int(count))
+        partitions.append(p)
     return sorted(partitions, key=lambda p: (PARTITIONED.index(p.table), p.period or "9999-99"))
 
 
@@ -170,6 +177,33 @@ def ensure_partitions(session: Session, *, months_ahead: int = MONTHS_AHEAD,
             created.append(name)
     return {"partitioned": True, "months": wanted, "created": created,
             "moved_from_default": moved}
+
+
+@dataclass(frozen=True)
+class Health:
+    default_rows: int  # rows in the DEFAULT partitions, at most DEFAULT_ROWS_CAP: should be 0
+    months_ahead: int  # months after the current one whose partitions all exist (-1: not even it)
+
+
+DEFAULT_ROWS_CAP = 100_000  # an alarm needs no exact count, and counting must stay cheap
+
+
+def health(session: Session, *, now: datetime | None = None) -> Health | None:
+    """For monitoring (coalition/metrics.py): what DEFAULT holds, and how far ahead the coming
+    months' partitions reach; None when the journal is not partitioned. Catalog lookups and a
+    capped count of DEFAULT, which is empty when all is well."""
+    if not is_partitioned(session):
+        return None
+    present = {(p.table, p.period) for p in _attached(session)}
+    ahead = -1
+    for period in months_from(_current_month(session, now), 36):
+        if not all((table, period) in present for table in PARTITIONED):
+            break
+        ahead += 1
+    rows = sum(session.execute(text(f"SELECT count(*) FROM (SELECT 1 FROM {table}_default "
+                                    f"LIMIT {DEFAULT_ROWS_CAP}) AS capped")).scalar()
+               for table in PARTITIONED)
+    return Health(default_rows=min(rows, DEFAULT_ROWS_CAP), months_ahead=ahead)
 
 
 # --- archiving a closed month ------------------------------------------------------------------

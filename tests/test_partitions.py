@@ -426,3 +426,23 @@ def test_only_a_closed_sealed_month_with_its_own_partitions_detaches(app, months
     code, out = cli(runner, "ledger", "partitions", "detach", old)
     assert (code, out["error"]) == (1, "validation-error") and "not sealed" in out["detail"]
     assert old in where(app, "journal_entries")
+
+
+# --- monitoring ------------------------------------------------------------------------------
+
+def test_metrics_report_default_rows_and_the_months_ahead(app, months, runner):
+    from tests.test_metrics import scrape
+    names = ("coalition_ledger_default_partition_rows", "coalition_ledger_partition_months_ahead")
+    scraped = scrape(app)
+    if not ON_POSTGRES:  # nothing is partitioned: no such gauges
+        assert not [key for key in scraped if key[0] in names]
+        return
+    old, last, _ = months
+    # Two past months without partitions: their 5 entries, 10 postings, 2 consumptions wait
+    # in DEFAULT; the migration made this month and the 3 after it.
+    assert [scraped[(name, ())] for name in names] == [17, 3]
+    assert cli(runner, "ledger", "partitions", "ensure", "--month", old, "--month", last)[0] == 0
+    assert [scrape(app)[(name, ())] for name in names] == [0, 3]
+    with app.app_context():
+        far = partitions.health(db.session, now=datetime(2031, 1, 1, tzinfo=UTC))
+    assert far == partitions.Health(default_rows=0, months_ahead=-1)
