@@ -398,6 +398,9 @@ class _Batch:
         if writes.lots_left:
             left = dict(writes.lots_left)
             self.rows.lots_left.update(left)
+            for lot_id in left:
+                self.rows.lots_period[lot_id] = max(self.rows.lots_period.get(lot_id, ""),
+                                                    entry["period"])
             for lot in member.lots:
                 lot.remaining = left.get(lot.id, lot.remaining)
             member.lots = [lot for lot in member.lots if lot.remaining > 0]

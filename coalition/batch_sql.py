@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from .claim_sql import HOLDER, Holder, refresh_loaded
+from .claim_sql import HOLDER, Holder, lot_left_update, lot_periods, refresh_loaded, refresh_lot
 from .clock import as_utc
 from .database import is_sqlite
 from .models import ClosedPeriod, Consumption, DebtLot, Entry, Hold, Lot, Member, Posting
@@ -155,6 +155,8 @@ class Rows:
     lots: list[dict] = field(default_factory=list)
     consumptions: list[dict] = field(default_factory=list)
     lots_left: dict[int, int] = field(default_factory=dict)  # lot id: remaining
+    # lot id: the latest month of the batch's entries that changed it (models.Lot.last_period)
+    lots_period: dict[int, str] = field(default_factory=dict)
     debts_left: dict[int, int] = field(default_factory=dict)  # debt lot id: remaining
     members: dict[int, tuple[int, int]] = field(default_factory=dict)  # id: (balance, debt)
 
@@ -162,8 +164,7 @@ class Rows:
         return bool(self.entries or self.members)
 
 
-_LOT_LEFT = (Lot.__table__.update().where(Lot.__table__.c.id == bindparam("lot_pk"))
-             .values(remaining=bindparam("left")))
+_LOT_LEFT = lot_left_update(Lot.__table__)
 _DEBT_LEFT = (DebtLot.__table__.update().where(DebtLot.__table__.c.id == bindparam("lot_pk"))
               .values(remaining=bindparam("left")))
 _MEMBER_AFTER = (Member.__table__.update().where(Member.__table__.c.id == bindparam("member_pk"))
@@ -184,13 +185,16 @@ def write(session: Session, rows: Rows) -> tuple[dict[int, int], dict[int, int]]
     _insert(connection, Posting, [{**p, "entry_id": entry_ids[p["entry_id"]],
                                    "period": period[p["entry_id"]]} for p in rows.postings])
     _insert(connection, Lot, [{**x, "id": lot_ids[x["id"]], "entry_id": entry_ids[x["entry_id"]],
-                               "remaining": rows.lots_left.get(x["id"], x["remaining"])}
+                               "remaining": rows.lots_left.get(x["id"], x["remaining"]),
+                               **lot_periods(rows.lots_left.get(x["id"], x["remaining"]),
+                                             max(period[x["entry_id"]],
+                                                 rows.lots_period.get(x["id"], "")))}
                               for x in rows.lots])
     _insert(connection, Consumption, [{**c, "entry_id": entry_ids[c["entry_id"]],
                                        "period": period[c["entry_id"]],
                                        "lot_id": lot(c["lot_id"])} for c in rows.consumptions])
     changed = [(lot_id, left) for lot_id, left in rows.lots_left.items() if lot_id > 0]
-    _update(connection, _LOT_LEFT, "lots", "remaining", changed)
+    _lots_left(connection, [(lot_id, left, rows.lots_period[lot_id]) for lot_id, left in changed])
     _update(connection, _DEBT_LEFT, "debt_lots", "remaining", list(rows.debts_left.items()))
     if rows.members:
         if connection.dialect.name == "sqlite":
@@ -205,7 +209,7 @@ def write(session: Session, rows: Rows) -> tuple[dict[int, int], dict[int, int]]
     for pk, (balance, debt) in rows.members.items():
         refresh_loaded(session, Member, pk, balance=balance, debt=debt)
     for lot_id, left in changed:
-        refresh_loaded(session, Lot, lot_id, remaining=left)
+        refresh_lot(session, lot_id, left, rows.lots_period[lot_id])
     for lot_id, left in rows.debts_left.items():
         refresh_loaded(session, DebtLot, lot_id, remaining=left)
     return entry_ids, lot_ids
@@ -251,6 +255,29 @@ def _insert(connection, model, rows: list[dict]) -> None:
         _STATEMENTS[key] = text(f"INSERT INTO {model.__tablename__} ({', '.join(names)}) "
                                 f"SELECT * FROM unnest({arrays})")
     connection.execute(_STATEMENTS[key], {name: [row[name] for row in rows] for name in names})
+
+
+# What claim_sql.lot_left_update does for one lot, for many.
+_LOTS_LEFT = text("""
+UPDATE lots SET remaining = u.remaining, last_period = GREATEST(lots.last_period, u.period),
+    spent_period = CASE WHEN u.remaining > 0 THEN 'open'
+                        ELSE GREATEST(lots.last_period, u.period) END
+FROM unnest(CAST(:ids AS bigint[]), CAST(:lefts AS bigint[]), CAST(:periods AS varchar[]))
+    AS u(id, remaining, period)
+WHERE lots.spent_period = 'open' AND lots.id = u.id""")
+
+
+def _lots_left(connection, values: list[tuple[int, int, str]]) -> None:
+    """Set open lots' remaining: (lot id, remaining, the month of the entry that left it)."""
+    if not values:
+        return
+    if connection.dialect.name == "sqlite":
+        connection.execute(_LOT_LEFT, [{"lot_pk": i, "left": v, "period": p}
+                                       for i, v, p in values])
+        return
+    connection.execute(_LOTS_LEFT, {"ids": [i for i, _, _ in values],
+                                    "lefts": [v for _, v, _ in values],
+                                    "periods": [p for _, _, p in values]})
 
 
 def _update(connection, statement, table: str, column: str, values: list[tuple[int, int]]) -> None:

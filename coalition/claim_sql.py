@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Text, bindparam, cast, func, literal_column, select, text, true
+from sqlalchemy import String, Text, bindparam, case, cast, func, literal_column, select, text, true
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -41,7 +41,7 @@ from . import bonuses, books
 from .database import is_sqlite
 from .models import (Campaign, ClaimKey, ClosedPeriod, Consumption, Coupon, CouponActivation, DebtLot,
                      Entry, Hold, Lot, Member, Posting, UtcDateTime)
-from .vocabulary import held_now, spendable
+from .vocabulary import LOT_OPEN, held_now, holding, spendable
 
 
 @dataclass(frozen=True)
@@ -331,9 +331,11 @@ new_ids AS (
     FROM generate_series(1, cardinality(CAST(:lot_points AS bigint[]))) AS n),
 new_lots AS (
     INSERT INTO lots (id, member_id, entry_id, issuer_id, source, points, remaining,
-        occurred_at, available_at, expires_at)
+        occurred_at, available_at, expires_at, last_period, spent_period)
     SELECT new_ids.id, :member_id, entry.id, l.issuer_id, l.source, l.points, l.remaining,
-        :occurred_at, CAST(:lot_available_at AS timestamptz), CAST(:lot_expires_at AS timestamptz)
+        :occurred_at, CAST(:lot_available_at AS timestamptz), CAST(:lot_expires_at AS timestamptz),
+        CAST(:period AS varchar),
+        CASE WHEN l.remaining > 0 THEN 'open' ELSE CAST(:period AS varchar) END
     FROM entry CROSS JOIN unnest(CAST(:lot_issuers AS varchar[]), CAST(:lot_sources AS varchar[]),
             CAST(:lot_points AS bigint[]), CAST(:lot_remaining AS bigint[]))
             WITH ORDINALITY AS l(issuer_id, source, points, remaining, n)
@@ -356,9 +358,12 @@ consumed AS (
             WITH ORDINALITY AS c(kind, lot_id, new_lot, debt_lot_id, points, n)
     ORDER BY c.n),
 lots_left AS (
-    UPDATE lots SET remaining = u.remaining
+    UPDATE lots SET remaining = u.remaining,
+        last_period = GREATEST(lots.last_period, CAST(:period AS varchar)),
+        spent_period = CASE WHEN u.remaining > 0 THEN 'open'
+                            ELSE GREATEST(lots.last_period, CAST(:period AS varchar)) END
     FROM unnest(CAST(:lots_left_ids AS bigint[]), CAST(:lots_left AS bigint[])) AS u(id, remaining)
-    WHERE lots.id = u.id AND EXISTS (SELECT 1 FROM entry)),
+    WHERE lots.spent_period = 'open' AND lots.id = u.id AND EXISTS (SELECT 1 FROM entry)),
 debts_left AS (
     UPDATE debt_lots SET remaining = u.remaining
     FROM unnest(CAST(:debts_left_ids AS bigint[]), CAST(:debts_left AS bigint[])) AS u(id, remaining)
@@ -369,13 +374,37 @@ holder AS (
 SELECT entry.id FROM entry
 """)
 
+
+def lot_periods(remaining: int, period: str) -> dict:
+    """A new lot's last_period and spent_period (models.Lot), made by an entry of `period`."""
+    return {"last_period": period, "spent_period": LOT_OPEN if remaining > 0 else period}
+
+
+def lot_left_update(lots):
+    """UPDATE of an open lot (:lot_pk) to :left points by an entry of month :period, with its
+    last_period and spent_period as models.Lot.set_remaining keeps them."""
+    period = bindparam("period", type_=String)
+    last = case((lots.c.last_period > period, lots.c.last_period), else_=period)
+    return (lots.update().where(lots.c.id == bindparam("lot_pk"), holding(lots.c))
+            .values(remaining=bindparam("left"), last_period=last,
+                    spent_period=case((bindparam("left") > 0, LOT_OPEN), else_=last)))
+
+
+def refresh_lot(session: Session, lot_id: int, left: int, period: str) -> None:
+    """refresh_loaded for a lot that an entry of `period` left `left` points of."""
+    loaded = session.identity_map.get(identity_key(Lot, lot_id))
+    if loaded is not None:
+        last = max(loaded.last_period, period)
+        refresh_loaded(session, Lot, lot_id, remaining=left, last_period=last,
+                       spent_period=LOT_OPEN if left > 0 else last)
+
+
 _INSERT_ENTRY = Entry.__table__.insert()
 _INSERT_POSTING = Posting.__table__.insert()
 _INSERT_LOT = Lot.__table__.insert()
 _INSERT_CONSUMPTION = Consumption.__table__.insert()
 _LOTS, _DEBT_LOTS, _MEMBERS = Lot.__table__, DebtLot.__table__, Member.__table__
-_LOT_LEFT = (_LOTS.update().where(_LOTS.c.id == bindparam("lot_pk"))
-             .values(remaining=bindparam("left")))
+_LOT_LEFT = lot_left_update(_LOTS)
 _DEBT_LEFT = (_DEBT_LOTS.update().where(_DEBT_LOTS.c.id == bindparam("lot_pk"))
               .values(remaining=bindparam("left")))
 _HOLDER_AFTER = (_MEMBERS.update().where(_MEMBERS.c.id == bindparam("member_pk"))
@@ -418,7 +447,7 @@ def write(session: Session, entry: dict, postings: dict[str, int], writes: Write
     refresh_loaded(session, Member, entry["member_id"], balance=writes.balance,
                     debt=writes.debt)
     for lot_id, left in writes.lots_left:
-        refresh_loaded(session, Lot, lot_id, remaining=left)
+        refresh_lot(session, lot_id, left, entry["period"])
     for lot_id, left in writes.debts_left:
         refresh_loaded(session, DebtLot, lot_id, remaining=left)
     return entry_id
@@ -431,7 +460,9 @@ def _write_sqlite(connection, entry: dict, postings: dict[str, int], writes: Wri
                                           "points": points, "period": entry["period"]}
                                          for account, points in postings.items()])
     lot_ids = [connection.execute(_INSERT_LOT, {**lot, "member_id": member_pk,
-                                                "entry_id": entry_id}).inserted_primary_key[0]
+                                                "entry_id": entry_id,
+                                                **lot_periods(lot["remaining"], entry["period"])}
+                                  ).inserted_primary_key[0]
                for lot in writes.lots]
     if writes.consumptions:
         connection.execute(_INSERT_CONSUMPTION, [
@@ -440,7 +471,7 @@ def _write_sqlite(connection, entry: dict, postings: dict[str, int], writes: Wri
              "lot_id": lot_ids[of_lot] if isinstance(of_lot, NewLot) else of_lot}
             for kind, of_lot, debt_lot, points in writes.consumptions])
     if writes.lots_left:
-        connection.execute(_LOT_LEFT, [{"lot_pk": lot, "left": left}
+        connection.execute(_LOT_LEFT, [{"lot_pk": lot, "left": left, "period": entry["period"]}
                                        for lot, left in writes.lots_left])
     if writes.debts_left:
         connection.execute(_DEBT_LEFT, [{"lot_pk": lot, "left": left}
@@ -457,4 +488,5 @@ def refresh_loaded(session: Session, model, pk: int, **values) -> None:
     if loaded is not None:
         for name, value in values.items():
             set_committed_value(loaded, name, value)
+
 

@@ -31,7 +31,8 @@ from . import batch_sql, books, ledger
 from .clock import as_utc, iso_utc
 from .models import Consumption, Entry, Lot, Member, Posting
 from .problems import Problem
-from .vocabulary import Account, ConsumptionKind, EntryKind, available, member_account
+from .vocabulary import (Account, ConsumptionKind, EntryKind, available, holding,
+                         member_account)
 
 CHUNK = 500  # lots per transaction
 
@@ -68,7 +69,8 @@ def expire(session: Session, *, as_of: date, now: Callable[[], datetime], tz: st
     run = Run(as_of.isoformat(), iso_utc(cutoff))
     while True:
         due = session.execute(
-            select(Lot.id, Lot.member_id).where(Lot.remaining > 0, Lot.expires_at <= cutoff)
+            select(Lot.id, Lot.member_id)
+            .where(Lot.remaining > 0, holding(Lot), Lot.expires_at <= cutoff)
             .order_by(Lot.expires_at, Lot.id).limit(chunk)).all()
         session.rollback()  # the look ends its transaction: the chunk locks afresh
         if not due:
@@ -89,6 +91,7 @@ def _chunk(session: Session, members: list[int], cutoff: datetime, now: datetime
     books.hold_open(session)
     closed = books.closed_through(session)
     lots = session.scalars(select(Lot).where(Lot.member_id.in_(members), Lot.remaining > 0,
+                                             holding(Lot),
                                              Lot.expires_at <= cutoff)
                            .order_by(Lot.member_id, Lot.expires_at, Lot.id)).all()
     spendable_now = batch_sql.spendable_points(session, members, now)
@@ -117,7 +120,7 @@ def _chunk(session: Session, members: list[int], cutoff: datetime, now: datetime
                          for a, p in postings.items()])
         session.add(Consumption(entry_id=row.id, lot_id=lot.id, kind=ConsumptionKind.EXPIRY,
                                 points=points, period=period))
-        lot.remaining = 0
+        lot.set_remaining(0, period)
         total += points
     for pk, (balance, _) in balances.items():
         if balance != holders[pk].balance:

@@ -26,8 +26,8 @@ from .models import ClaimKey, Consumption, DebtLot, Entry, Lot, Member, Posting
 from .periods import MONTHLY, expiry_of, parse_cutoff
 from .problems import Problem
 from .vocabulary import (REVERSIBLE, Account, ConsumptionKind, EntryKind, available,
-                         bonus_account, issued_account, member_account, redeemed_account,
-                         spendable)
+                         bonus_account, issued_account, lot_since, member_account,
+                         redeemed_account, spendable)
 
 MAX_FUTURE = timedelta(minutes=5)
 MAX_PENDING = timedelta(days=366)
@@ -573,9 +573,11 @@ def book_reversal(session: Session, *, partner_id: str, claim_id: str, reversal_
                        now, rules, fp, reverses_id=target.id, reverses=target, status="booked",
                        balance_after=0)
     if target.kind == EntryKind.EARN:
-        consumptions, debts, postings = _reverse_earn(session, target, member, points, already)
+        consumptions, debts, postings = _reverse_earn(session, target, member, points, already,
+                                                      entry.period)
     else:
-        consumptions, debts, postings = _reverse_burn(session, target, member, points)
+        consumptions, debts, postings = _reverse_burn(session, target, member, points,
+                                                      entry.period)
     entry.balance_after = available_points(session, member, now)
     _book(session, entry, postings, member)
     for c in consumptions:
@@ -588,7 +590,8 @@ def book_reversal(session: Session, *, partner_id: str, claim_id: str, reversal_
     return Booked(entry, replayed=False)
 
 
-def _reverse_earn(session: Session, target: Entry, member: Member, points: int, already: int):
+def _reverse_earn(session: Session, target: Entry, member: Member, points: int, already: int,
+                  period: str):
     """Take the points out of the earn's lots: its own lot gives `points`, each bonus lot its
     share of them. A bonus lot's share is cumulative: after reversals of n of the earn's N
     points in all it has given back round_half_up(bonus * n / N), so reversals in parts add up
@@ -596,7 +599,8 @@ def _reverse_earn(session: Session, target: Entry, member: Member, points: int, 
     what is left of it, then what of it expired (taken from breakage: the points left the
     member when they expired, so the member owes nothing for them), and only what was spent
     becomes a debt lot, owed to the lot's issuer (a bonus's funder)."""
-    lots = session.scalars(select(Lot).where(Lot.entry_id == target.id).order_by(Lot.id)).all()
+    lots = session.scalars(select(Lot).where(Lot.entry_id == target.id,
+                                             lot_since(Lot, target.period)).order_by(Lot.id)).all()
     expired = _sums_by_lot(session, [lot.id for lot in lots], ConsumptionKind.EXPIRY)
     consumptions, debts = [], []
     postings = {member_account(member.id): 0, Account.DEBT: 0, Account.EXPIRED: 0,
@@ -613,7 +617,7 @@ def _reverse_earn(session: Session, target: Entry, member: Member, points: int, 
         take = min(part, lot.remaining)
         unexpire = min(part - take, expired.get(lot.id, 0))
         shortfall = part - take - unexpire
-        lot.remaining -= take
+        lot.set_remaining(lot.remaining - take, period)
         member.balance -= take
         member.debt += shortfall
         if unexpire:  # the expired points given back to the lot, and taken out with the rest
@@ -643,7 +647,7 @@ def _sums_by_lot(session: Session, lot_ids: list[int], kind: str) -> dict[int, i
         .group_by(Consumption.lot_id))}
 
 
-def _reverse_burn(session: Session, target: Entry, member: Member, points: int):
+def _reverse_burn(session: Session, target: Entry, member: Member, points: int, period: str):
     """Give the points back to the lots they came from, the lot consumed last first. Points
     that return to a lot whose earn has since been reversed into debt pay that debt first
     (debt first): they are the creditor's own points, which the member had spent before the
@@ -669,8 +673,9 @@ def _reverse_burn(session: Session, target: Entry, member: Member, points: int):
         if give <= 0:
             continue
         net[lot_id] -= give
-        lot = session.get(Lot, lot_id)
-        lot.remaining += give
+        lot = session.scalars(select(Lot).where(Lot.id == lot_id,
+                                                lot_since(Lot, target.period))).one()
+        lot.set_remaining(lot.remaining + give, period)
         consumptions.append(Consumption(lot_id=lot_id, kind=ConsumptionKind.BURN_REVERSAL,
                                         points=-give))
         left -= give
@@ -679,7 +684,7 @@ def _reverse_burn(session: Session, target: Entry, member: Member, points: int):
             if pay == 0:
                 break
             debt.remaining -= pay
-            lot.remaining -= pay
+            lot.set_remaining(lot.remaining - pay, period)
             give -= pay
             filled += pay
             consumptions.append(Consumption(lot_id=lot_id, debt_lot_id=debt.id,

@@ -16,7 +16,7 @@ from sqlalchemy import (BigInteger, Boolean, CheckConstraint, DateTime, ForeignK
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .database import db
-from .vocabulary import HOLD_OPEN, EntryKind
+from .vocabulary import HOLD_OPEN, LOT_OPEN, EntryKind
 
 # BIGINT ids on PostgreSQL; on SQLite only INTEGER PRIMARY KEY is the autoincrementing rowid.
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -138,11 +138,31 @@ class Lot(db.Model):
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # NULL: the claim's own points; a bonus: campaign:<id>, coupon:<id> or tier:<name>
     source: Mapped[str | None] = mapped_column(String(80))
+    # The latest month of any entry that changed the lot (its earn's first): every
+    # consumption of the lot is of this month or an earlier one.
+    last_period: Mapped[str] = mapped_column(String(7))
+    # LOT_OPEN while the lot holds points, else the month it was used up in (its last_period
+    # then). On PostgreSQL lots are LIST-partitioned by it (migration 0027): the open lots,
+    # which every burn and balance reads, sit in one partition, and the used-up ones in one
+    # per month, with the journal's months.
+    spent_period: Mapped[str] = mapped_column(String(7))
 
     entry: Mapped[Entry] = relationship()
 
+    __mapper_args__ = {
+        # The partition key in every UPDATE's WHERE (as its old value), so that on PostgreSQL
+        # an update of one lot reads one partition, not every month's. The code sets it
+        # (set_remaining); SQLAlchemy only checks that the row it updates still has it.
+        "version_id_col": spent_period,
+        "version_id_generator": False,
+    }
+
     __table_args__ = (
         CheckConstraint("remaining >= 0 AND remaining <= points", name="remaining_in_range"),
+        # PostgreSQL only, as members' pin check: on SQLite adding it would rebuild a table
+        # that consumptions refer to (ledger verify checks the same on both).
+        CheckConstraint(f"(remaining > 0) = (spent_period = '{LOT_OPEN}')",
+                        name="spent_when_empty").ddl_if(dialect="postgresql"),
         # Burns and balances only ever look at a member's lots that still hold points.
         Index("ix_lots_open", "member_id", "expires_at",
               postgresql_where=text("remaining > 0"), sqlite_where=text("remaining > 0")),
@@ -153,6 +173,13 @@ class Lot(db.Model):
         Index("ix_lots_member_source", "member_id", "source",
               postgresql_where=text("source IS NOT NULL"), sqlite_where=text("source IS NOT NULL")),
     )
+
+    def set_remaining(self, remaining: int, period: str) -> None:
+        """What an entry of month `period` leaves of the lot (the ORM's way; coalition/
+        claim_sql.py and batch_sql.py write the same columns in SQL)."""
+        self.last_period = max(self.last_period, period)
+        self.remaining = remaining
+        self.spent_period = LOT_OPEN if remaining > 0 else self.last_period
 
 
 class DebtLot(db.Model):

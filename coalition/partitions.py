@@ -1,11 +1,16 @@
-"""The journal's monthly partitions on PostgreSQL (migration 0026): creating the coming months
-ahead of time, listing them, and detaching a closed month to the `archive` schema.
+"""The ledger's monthly partitions on PostgreSQL (migrations 0026 and 0027): creating the coming
+months ahead of time, listing them, and detaching a closed month to the `archive` schema.
 
 journal_entries, postings and consumptions are LIST-partitioned by `period` ('YYYY-MM'), one
 partition per month and a DEFAULT partition that should stay empty: a month's partition
 cannot be created while DEFAULT holds rows of that month, so `ensure_partitions` creates the
 coming months ahead (the sealer's loop calls it), and moves any rows DEFAULT does hold into
 their month's new partition in the same transaction.
+
+lots are LIST-partitioned by `spent_period` (migration 0027): one partition, lots_open, for
+the lots that still hold points, and one per month for those used up in it, made with the
+journal's months. Archiving a month detaches the journal's three partitions only: the lots
+used up in it stay, since a lot's earn and its consumptions can lie in months not archived.
 
 SQLite is not partitioned: every function here answers that, and changes nothing.
 """
@@ -26,12 +31,15 @@ from .problems import Problem
 from .hashing import entries_digest
 from .models import ArchivedPeriod, ArchivedSum, ClosedPeriod, LedgerBlock
 
-PARTITIONED = ("journal_entries", "postings", "consumptions")
+JOURNAL = ("journal_entries", "postings", "consumptions")  # what archiving a month detaches
+PARTITIONED = (*JOURNAL, "lots")
+KEY = {"lots": "spent_period"}  # each table's partition key, where it is not `period`
 ARCHIVE_SCHEMA = "archive"
 MONTHS_AHEAD = 3
 NOT_PARTITIONED = "SQLite is not partitioned (PostgreSQL only); nothing to do"
 _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
-_PARTITION = re.compile(r"^(journal_entries|postings|consumptions)_(\d{4}_\d{2}|default)$")
+_PARTITION = re.compile(r"^(journal_entries|postings|consumptions|lots)_(\d{4}_\d{2}|default)$"
+                        r"|^lots_open$")
 
 # What the partitioned journal cannot keep of the models on PostgreSQL (migration 0026): the
 # foreign keys into journal_entries (a foreign key into a partitioned table must name its
@@ -39,7 +47,9 @@ _PARTITION = re.compile(r"^(journal_entries|postings|consumptions)_(\d{4}_\d{2}|
 # index on (partner_id, claim_id) replaces for the lookups by claim id that remain.
 DROPPED_FOREIGN_KEYS = {("postings", "entry_id"), ("consumptions", "entry_id"),
                         ("lots", "entry_id"), ("debt_lots", "entry_id"), ("holds", "entry_id"),
-                        ("coupon_activations", "entry_id"), ("journal_entries", "reverses_id")}
+                        ("coupon_activations", "entry_id"), ("journal_entries", "reverses_id"),
+                        # and into lots, partitioned by spent_period (migration 0027)
+                        ("consumptions", "lot_id")}
 CLAIM_KEY_INDEX = "ix_journal_entries_partner_id_claim_id"
 
 
@@ -95,7 +105,7 @@ def is_partitioned(session: Session) -> bool:
 class Partition:
     table: str
     name: str
-    period: str | None  # None: the DEFAULT partition
+    period: str | None  # None: the DEFAULT partition; lots_open: 'open'
     rows: int  # the planner's estimate (reltuples), -1 never analysed; exact for DEFAULT
 
 
@@ -106,11 +116,11 @@ def _attached(session: Session) -> list[Partition]:
                child.reltuples::bigint
         FROM pg_inherits JOIN pg_class parent ON parent.oid = inhparent
             JOIN pg_class child ON child.oid = inhrelid
-        WHERE parent.relname IN ('journal_entries', 'postings', 'consumptions')
+        WHERE parent.relname IN ('journal_entries', 'postings', 'consumptions', 'lots')
             AND parent.relnamespace = to_regnamespace(current_schema())""")).all()
     attached = []
     for table, name, bound, estimate in rows:
-        found = re.search(r"'(\d{4}-\d{2})'", bound)
+        found = re.search(r"'([^']*)'", bound)  # DEFAULT has none
         attached.append(Partition(table, name, found.group(1) if found else None, int(estimate)))
     return attached
 
@@ -155,14 +165,15 @@ def ensure_partitions(session: Session, *, months_ahead: int = MONTHS_AHEAD,
             if (table, period) in have:
                 continue
             name = partition_name(table, period)
+            key = KEY.get(table, "period")
             stray = session.execute(text(f"SELECT count(*) FROM {table}_default "
-                                         "WHERE period = :p"), {"p": period}).scalar()
+                                         f"WHERE {key} = :p"), {"p": period}).scalar()
             if stray:
                 # DEFAULT holds rows of this month: take them out, create, put them back.
                 session.execute(text(f"CREATE TEMPORARY TABLE partition_move ON COMMIT DROP AS "
-                                     f"SELECT * FROM {table}_default WHERE period = :p"),
+                                     f"SELECT * FROM {table}_default WHERE {key} = :p"),
                                 {"p": period})
-                session.execute(text(f"DELETE FROM {table}_default WHERE period = :p"),
+                session.execute(text(f"DELETE FROM {table}_default WHERE {key} = :p"),
                                 {"p": period})
             session.execute(text(f"CREATE TABLE {name} PARTITION OF {table} "
                                  f"FOR VALUES IN ('{period}')"))
@@ -245,7 +256,7 @@ def detach_period(session: Session, period: str, *, now: datetime, actor: str,
                       "be archived.")
     if session.get(ArchivedPeriod, period) is not None:
         raise Problem("validation-error", f"{period} is archived already.")
-    names = {t: partition_name(t, period) for t in PARTITIONED}
+    names = {t: partition_name(t, period) for t in JOURNAL}
     missing = [n for n in names.values() if not _partition_exists(session, n)]
     if missing:
         raise Problem("validation-error", f"{period} has no partition of its own ({', '.join(missing)}): "
@@ -298,7 +309,7 @@ def attach_period(session: Session, period: str, *, now: datetime, actor: str) -
     archived = session.get(ArchivedPeriod, period)
     if archived is None:
         raise Problem("validation-error", f"{period} is not archived.")
-    names = {t: partition_name(t, period) for t in PARTITIONED}
+    names = {t: partition_name(t, period) for t in JOURNAL}
     missing = [n for n in names.values() if not _partition_exists(session, n, ARCHIVE_SCHEMA)]
     if missing:
         raise Problem("validation-error", "restore the month's tables into the archive schema "

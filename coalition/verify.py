@@ -15,8 +15,8 @@ from . import partitions
 from .holds import CAPTURED
 from .ledger import entry_hash
 from .models import Consumption, DebtLot, Entry, Hold, Lot, Member, Posting
-from .vocabulary import (Account, ConsumptionKind, EntryKind, bonus_account, issued_account,
-                         member_account, redeemed_account)
+from .vocabulary import (LOT_OPEN, Account, ConsumptionKind, EntryKind, bonus_account,
+                         issued_account, member_account, redeemed_account)
 
 MAX_REPORTED = 50
 
@@ -175,11 +175,21 @@ def _verify_lots(session: Session, report: Report, archived: partitions.Archived
         select(Posting.entry_id, Posting.account, Posting.points).join(Entry, Entry.id == Posting.entry_id)
         .where(Entry.kind == EntryKind.EARN, Posting.account.like(f"{Account.BONUS}%")))}
     bonus_lots = defaultdict(int)
+    # The latest month each lot was consumed in, which its last_period must reach: settlement
+    # finds a month's lots by it on PostgreSQL (vocabulary.lot_since).
+    touched = dict(session.execute(select(Consumption.lot_id, func.max(Consumption.period))
+                                   .group_by(Consumption.lot_id)).all())
     count = 0
-    for lot, kind, points, partner, member in session.execute(
-            select(Lot, Entry.kind, Entry.points, Entry.partner_id, Entry.member_id)
+    for lot, kind, points, partner, member, period in session.execute(
+            select(Lot, Entry.kind, Entry.points, Entry.partner_id, Entry.member_id, Entry.period)
             .outerjoin(Entry, Entry.id == Lot.entry_id)):
         count += 1
+        latest = max(period or "", touched.get(lot.id, ""))
+        if lot.last_period < latest or lot.spent_period != (
+                LOT_OPEN if lot.remaining > 0 else lot.last_period):
+            report.fail("lot-period", f"last_period {lot.last_period}, spent_period "
+                        f"{lot.spent_period}, remaining {lot.remaining}, latest entry of the "
+                        f"lot in {latest}", lot=lot.id)
         if kind is None:  # the earn is gone: allowed only with its archived month
             if archived.period_of(lot.entry_id) is None:
                 report.fail("lot-origin", "the lot's earn is not in the journal", lot=lot.id)

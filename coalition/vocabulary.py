@@ -81,7 +81,23 @@ def unspent(lot, now):
     pending."""
     # 0 written into the statement, not bound: a prepared statement's generic plan can then
     # use the partial index on lots that still hold points (migration 0012).
-    return (lot.remaining > literal_column("0")) & (lot.expires_at > now)
+    # The open lots' partition by name, written into the statement for the same reason: on
+    # PostgreSQL the plan then reads that one partition of lots (migration 0027).
+    return (lot.remaining > literal_column("0")) & (lot.expires_at > now) & holding(lot)
+
+
+def holding(lot):
+    """The SQL condition on `lot` for a lot that still holds points, expired or not: on
+    PostgreSQL it names the one partition of lots that holds them (migration 0027)."""
+    return lot.spent_period == literal_column(f"'{LOT_OPEN}'")
+
+
+def lot_since(lot, period):
+    """The SQL condition on `lot` for a lot that an entry of month `period` (or a later one)
+    changed, or made: open, or used up in that month or later, since a lot's spent_period is
+    the latest month of the entries that changed it. On PostgreSQL it spares a lookup by entry
+    or lot id the partitions of the months before (migration 0027)."""
+    return holding(lot) | (lot.spent_period >= period)
 
 
 def spendable(lot, now):
@@ -98,6 +114,7 @@ def held_now(hold, now):
 
 
 HOLD_OPEN = "open"  # holds.status of a hold not yet captured or voided
+LOT_OPEN = "open"  # lots.spent_period of a lot that still holds points
 
 
 def available(spendable_points: int, debt: int, held: int = 0) -> int:

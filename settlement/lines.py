@@ -54,7 +54,7 @@ from coalition.clock import as_utc, iso_utc
 from coalition.hashing import sha256_hex
 from coalition.models import Consumption, DebtLot, Entry, Lot, Member, Posting
 from coalition.periods import period_of
-from coalition.vocabulary import FUNDING, ConsumptionKind, EntryKind, bonus_account
+from coalition.vocabulary import FUNDING, ConsumptionKind, EntryKind, bonus_account, lot_since
 
 from . import exports, service, statements
 from .statements import BONUS_CHARGE, BONUS_FROM, CREDITS, charges, money_lines
@@ -140,7 +140,7 @@ class MonthLines:
                   .where(Entry.partner_id == partner_id, Entry.period == period))
         funding = (select(Consumption.id.label("id")).select_from(Consumption)
                    .join(Entry, Entry.id == Consumption.entry_id)
-                   .join(Lot, Lot.id == Consumption.lot_id)
+                   .join(Lot, (Lot.id == Consumption.lot_id) & lot_since(Lot, period))
                    .where(Entry.period == period, Consumption.period == period,
                           Lot.issuer_id == partner_id,
                           Consumption.kind.in_(FUNDING)))
@@ -152,7 +152,7 @@ class MonthLines:
                            Consumption.kind == ConsumptionKind.DEBT_FILL))
         expired = (select(Consumption.id.label("id")).select_from(Consumption)
                    .join(Entry, Entry.id == Consumption.entry_id)
-                   .join(Lot, Lot.id == Consumption.lot_id)
+                   .join(Lot, (Lot.id == Consumption.lot_id) & lot_since(Lot, period))
                    .where(Entry.period == period, Consumption.period == period,
                           Lot.issuer_id == partner_id,
                           Consumption.kind == ConsumptionKind.EXPIRY))
@@ -184,7 +184,7 @@ class MonthLines:
                 Entry.occurred_at, Entry.recorded_at, Consumption.points),
             "debt_recovery": recovery.join(made, made.id == DebtLot.entry_id)
             .join(Member, Member.id == DebtLot.member_id)
-            .join(Lot, Lot.id == Consumption.lot_id).add_columns(
+            .join(Lot, (Lot.id == Consumption.lot_id) & lot_since(Lot, period)).add_columns(
                 made.claim_id, Consumption.kind, Member.external_id, Lot.issuer_id,
                 Entry.occurred_at, Entry.recorded_at, Consumption.points),
             # The entry's kind, not the consumption's (always expiry): an expiry booked, or

@@ -21,7 +21,7 @@ from coalition.clock import iso_utc
 from coalition.hashing import canonical, entries_digest, sha256_hex
 from coalition.models import ArchivedPeriod, ClosedPeriod, Consumption, DebtLot, Entry, Lot, Posting
 from coalition.problems import Problem
-from coalition.vocabulary import FUNDING, Account, ConsumptionKind, EntryKind
+from coalition.vocabulary import FUNDING, Account, ConsumptionKind, EntryKind, lot_since
 from partners.service import partner_ids, terms_in_force
 
 from . import signing, statements
@@ -57,7 +57,9 @@ def month_flows(session: Session, period: str) -> Flows:
             select(Consumption.kind, Lot.issuer_id, Entry.partner_id, DebtLot.creditor_id,
                    func.sum(Consumption.points))
             .join(Entry, (Entry.id == Consumption.entry_id) & (Entry.period == Consumption.period))
-            .join(Lot, Lot.id == Consumption.lot_id)
+            # lot_since: on PostgreSQL the lots of the month's consumptions are looked up in
+            # the open lots and those used up since (migration 0027), not in every month's.
+            .join(Lot, (Lot.id == Consumption.lot_id) & lot_since(Lot, period))
             .outerjoin(DebtLot, DebtLot.id == Consumption.debt_lot_id)
             # Consumption.period too: on PostgreSQL it prunes the consumptions to the month's
             # partition before the join (the entry's period, migration 0026).

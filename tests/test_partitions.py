@@ -137,7 +137,7 @@ def test_the_migration_carries_a_database_holding_data(app, months, runner, veri
     with app.app_context():
         s = db.session
         before = {t: s.execute(text(f"SELECT id, period FROM {t} ORDER BY id")).all()
-                  for t in partitions.PARTITIONED}
+                  for t in partitions.JOURNAL}
         s.commit()
         flask_migrate.downgrade(revision="0025")
         s.remove()
@@ -152,12 +152,12 @@ def test_the_migration_carries_a_database_holding_data(app, months, runner, veri
         s.remove()
         s = db.session
         after = {t: s.execute(text(f"SELECT id, period FROM {t} ORDER BY id")).all()
-                 for t in partitions.PARTITIONED}
+                 for t in partitions.JOURNAL}
         assert after == before
         assert s.execute(text("SELECT count(*) FROM claim_keys")).scalar() == 6
         s.commit()
     if ON_POSTGRES:  # every month that held data has its own partition, DEFAULT holds nothing
-        for table in partitions.PARTITIONED:
+        for table in partitions.JOURNAL:
             assert where(app, table) == {
                 p: [partitions.partition_name(table, p)] for p in (old, last, now)
                 if p in where(app, table)}
@@ -203,7 +203,7 @@ def test_rows_of_a_month_without_partition_wait_in_default_until_ensure_moves_th
                                          "journal_entries_" + last.replace("-", "_"): 2,
                                          "postings_" + last.replace("-", "_"): 4,
                                          "consumptions_" + last.replace("-", "_"): 1}
-    for table in partitions.PARTITIONED:
+    for table in partitions.JOURNAL:
         assert all(found == [partitions.partition_name(table, p)]
                    for p, found in where(app, table).items()), where(app, table)
     # Nothing is left to do the second time; DEFAULT says exactly what it holds (nothing).
@@ -322,7 +322,7 @@ def test_a_detached_month_leaves_the_journal_and_verify_carries_it(
     old, out, anchors = archived_month
     assert (out["entries"], out["anchored_in_chain"]) == (3, True)
     assert out["tables"] == [f"archive.{partitions.partition_name(t, old)}"
-                             for t in partitions.PARTITIONED]
+                             for t in partitions.JOURNAL]
     assert old not in where(app, "journal_entries")
     with app.app_context():
         assert db.session.execute(text(

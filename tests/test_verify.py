@@ -55,7 +55,8 @@ TAMPERING = {
     "stored balance changed": ("UPDATE members SET balance = balance + 50 WHERE id = 2",
                                "member-balance"),
     "stored debt forgiven": ("UPDATE members SET debt = 0 WHERE id = 1", "member-debt"),
-    "lot topped up": ("UPDATE lots SET remaining = remaining + 1 WHERE id = 1", "lot-remaining"),
+    "lot topped up": ("UPDATE lots SET remaining = remaining + 1, spent_period = 'open' "
+                      "WHERE id = 1", "lot-remaining"),
     "lot issuer changed": ("UPDATE lots SET issuer_id = 'bolt' WHERE id = 1", "lot-origin"),
     "consumption deleted":
         ("DELETE FROM consumptions WHERE kind = 'burn_reversal'", "entry-shape"),
