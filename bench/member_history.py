@@ -63,11 +63,12 @@ SELECT n,
 FROM bench_entries;
 SELECT setval(pg_get_serial_sequence('journal_entries', 'id'), :entries);
 INSERT INTO lots (member_id, entry_id, issuer_id, points, remaining, occurred_at, expires_at,
-                  source)
+                  source, last_period, spent_period)
 SELECT member_id, id, partner_id, points, points, occurred_at, occurred_at + interval '3 years',
-       NULL FROM journal_entries WHERE kind = 'earn' AND member_id <= 2
+       NULL, period, 'open' FROM journal_entries WHERE kind = 'earn' AND member_id <= 2
 UNION ALL
-SELECT member_id, id, 'p1', 7, 7, occurred_at, occurred_at + interval '3 years', 'campaign:x'
+SELECT member_id, id, 'p1', 7, 7, occurred_at, occurred_at + interval '3 years', 'campaign:x',
+       period, 'open'
 FROM journal_entries WHERE kind = 'earn' AND member_id <= 2 AND id % 25 = 0;
 ANALYZE;
 """
