@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import replace
@@ -328,6 +329,9 @@ def test_the_daily_limit_sum_uses_its_index(app, acme):
             "SELECT inhrelid::regclass::text FROM pg_inherits "
             "WHERE inhparent = 'ix_journal_entries_burns'::regclass")).scalars()}
         db.session.rollback()
-    used = [line for line in plan.splitlines() if "Index Scan" in line and "journal_entries" in line]
-    assert used and all(any(f" on {name} " in line + " " or line.endswith(f" on {name}")
-                            for name in names) for line in used), plan
+    # "Index Scan using <index> on <table>" or "Bitmap Index Scan on <index>": which plan the
+    # planner picks depends on how much of the day has passed (how many rows the range holds).
+    used = [re.search(r"Index (?:Only )?Scan (?:using|on) (\S+)", line).group(1)
+            for line in plan.splitlines() if "Index Scan" in line and "journal_entries" in line]
+    assert used and set(used) <= names, plan
+    assert "Seq Scan on journal_entries_default" not in plan, plan  # where the rows are
