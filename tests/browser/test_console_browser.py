@@ -7,6 +7,7 @@ Every page is checked by axe-core (no serious or critical violation) at desktop 
 and saved under tests/browser/screenshots/."""
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -50,11 +51,14 @@ def test_an_admin_locks_a_member_and_ends_a_campaign(page, app, booked, acme):
     look(page, "console-member-de")
     page.get_by_label("Art", exact=True).select_option("burn")
     page.get_by_role("button", name="Filtern").click()
+    # Each filter loads a new page: wait for it, not for the old one's rows.
+    page.wait_for_url(re.compile(r"[?&]kind=burn"))
     assert page.locator("table.history tbody tr").count() == 1
     assert "Bolt" in page.locator("table.history").inner_text()
     page.get_by_label("Art", exact=True).select_option("")
     page.get_by_label("Partner", exact=True).select_option("acme")
     page.get_by_role("button", name="Filtern").click()
+    page.wait_for_url(re.compile(r"[?&]partner=acme"))
     assert page.locator("table.history tbody tr").count() == 1
     assert "Bonuspunkte" in page.locator("table.history thead").inner_text()
 

@@ -76,9 +76,12 @@ def test_a_member_reads_the_balance_and_history_activates_a_coupon_and_downloads
     look(page, "history-de")
     page.get_by_label("Art", exact=True).select_option("burn")
     page.get_by_role("button", name="Filtern").click()
+    # The filter and the link load a new page: wait for it, not for the old one's rows.
+    page.wait_for_url(re.compile(r"[?&]kind=burn"))
     assert page.locator("table.history tbody tr").count() == 1
     page.goto("/portal/history")
     page.locator("#claim-acme-r-1").get_by_role("link", name="Storniert e-1").click()
+    page.wait_for_url(re.compile(r"[?&]claim=e-1"))
     assert page.locator("table.history tbody tr").count() == 2
 
     page.get_by_role("link", name="Angebote").click()
