@@ -11,6 +11,8 @@ non-2xx answer or connection error makes the run fail (`Result.failed`).
         --key bench-shop.pem enrol --members 2000
     .venv/bin/python -m bench.load --base-url http://127.0.0.1:18000 --partner bench-shop \\
         --key bench-shop.pem earn --members 2000 --duration 20
+    .venv/bin/python -m bench.load --base-url http://127.0.0.1:18000 --partner bench-shop \\
+        --key bench-shop.pem burn --members 2000 --duration 20 --points 100
 
 bench/run.py drives it against the service and the floor app (`make bench`).
 """
@@ -141,6 +143,39 @@ def earn_bodies(members: list[str], per_client: int) -> BodyMaker:
         return [compact({"claim_id": f"{tag}-{index}-{i}", "member_id": rng.choice(members),
                          "points": rng.randint(1, 100), "occurred_at": occurred_at})
                 for i in range(per_client)]
+    return make
+
+
+def burn_bodies(budgets: dict[str, int], clients: int, per_client: int,
+                max_points: int = 10) -> BodyMaker:
+    """Single burns (POST /v1/burn) of 1 to `max_points` points, each client drawing on its own
+    share of the members (every `clients`-th of them, sorted: no two clients burn one member's
+    points, nor wait for its lock) at random with its own seed, never more of a member than
+    `budgets` says it has (the member's available points, read before the run): a member
+    drawn down is left out, and a client whose members all are sends fewer bodies (then
+    `exhausted`, if the duration outlasts them). A burn never asks for more than is there, so
+    every one should answer 201."""
+    tag = uuid.uuid4().hex[:8]
+    members = sorted(budgets)
+
+    def make(index: int) -> list[bytes]:
+        rng = random.Random(20_000 + index)
+        left = {m: budgets[m] for m in members[index::clients] if budgets[m] > 0}
+        mine = sorted(left)
+        occurred_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        bodies = []
+        while len(bodies) < per_client and mine:
+            slot = rng.randrange(len(mine))
+            member = mine[slot]
+            points = min(rng.randint(1, max_points), left[member])
+            left[member] -= points
+            if not left[member]:
+                mine[slot] = mine[-1]
+                mine.pop()
+            bodies.append(compact({"claim_id": f"{tag}-burn-{index}-{len(bodies)}",
+                                   "member_id": member, "points": points,
+                                   "occurred_at": occurred_at}))
+        return bodies
     return make
 
 
@@ -276,6 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     earn.add_argument("--duration", type=float, default=20.0)
     earn.add_argument("--max-rate", type=float, default=3000.0,
                       help="tokens pre-signed for at most this many earns per second")
+    burn = sub.add_parser("burn", help="single burns, POST /v1/burn (bench.partitions reads "
+                          "each member's available points; here --points says what each has)")
+    burn.add_argument("--duration", type=float, default=20.0)
+    burn.add_argument("--max-rate", type=float, default=3000.0,
+                      help="tokens pre-signed for at most this many burns per second")
+    burn.add_argument("--points", type=int, required=True,
+                      help="the points every member has available at least")
+    burn.add_argument("--max-points", type=int, default=10, help="points per burn at most")
     batch = sub.add_parser("batch", help="batches of earns, POST /v1/batches")
     batch.add_argument("--duration", type=float, default=20.0)
     batch.add_argument("--size", type=int, default=1000, help="earns per batch")
@@ -293,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         result = run("batch", args.base_url, "/v1/batches", signer,
                      batch_bodies(members, per_client, args.size), clients=args.clients,
                      duration=args.duration, per_request=args.size)
+    elif args.scenario == "burn":
+        per_client = math.ceil(args.max_rate * args.duration / args.clients)
+        result = run("burn", args.base_url, "/v1/burn", signer,
+                     burn_bodies(dict.fromkeys(members, args.points), args.clients, per_client,
+                                 args.max_points),
+                     clients=args.clients, duration=args.duration)
     else:
         per_client = math.ceil(args.max_rate * args.duration / args.clients)
         result = run("earn", args.base_url, "/v1/earn", signer, earn_bodies(members, per_client),

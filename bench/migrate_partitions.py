@@ -1,5 +1,14 @@
-"""Migration 0026 (the journal partitioned by month, issue 13 item 4) on a database that holds
-data: how long `flask db upgrade` from 0025 takes per 10^6 journal entries.
+"""Migration 0026 (the journal partitioned by month, issue 13 item 4), or with `--to 0027` migration
+0027 (lots partitioned by the month they were used up in), on a database that holds data: how
+long `flask db upgrade` from the revision before takes per 10^6 journal entries.
+
+`--to 0026` (the default): from 0025, as below. `--to 0027`: the database is upgraded to 0026
+instead (the journal partitioned, lots not), each history month's journal partitions made
+first (by SQL: this code's `ledger partitions ensure` knows lots partitioned, which 0026 does
+not have), then loaded (lots without last_period and spent_period, which 0027 computes), and
+`flask db upgrade 0027` timed; afterwards lots must hold the same rows, none in lots_default,
+each with the last_period and spent_period the journal gives it (checked by SQL over every
+lot), and a partition per month besides lots_open.
 
 1. A database of our own, bench_migrate_<pid>, on the server of DATABASE_URL (or
    127.0.0.1:5432 as postgres), `flask db upgrade 0025` (the unpartitioned journal); partners
@@ -10,7 +19,7 @@ data: how long `flask db upgrade` from 0025 takes per 10^6 journal entries.
    (bench.month_close.load_claims, which writes the unpartitioned shape at 0025: earns, burns,
    reversals with their postings, lots, consumptions); then VACUUM (ANALYZE) and a CHECKPOINT,
    as autovacuum and the checkpointer would have had time to do in production. Rows counted.
-3. `flask db upgrade` (0025 -> 0026, head), timed from the start of the process to its exit
+3. `flask db upgrade 0026` (from 0025), timed from the start of the process to its exit
    (beside it, the best of 3 `flask db current`: what the process costs before migrating).
    The rows counted again: the same in journal_entries, postings and consumptions, none in
    DEFAULT, a claim key per entry with a claim id, every month in a partition of its own.
@@ -43,6 +52,15 @@ from bench.run import log
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("journal_entries", "postings", "consumptions", "lots", "claim_keys")
+JOURNAL = ("journal_entries", "postings", "consumptions")
+BEFORE = {"0026": "0025", "0027": "0026"}  # the revision each measured migration starts from
+# Lots whose last_period or spent_period is not what the journal says (migration 0027's docstring).
+WRONG_LOT_PERIODS = """
+    SELECT count(*) FROM lots l JOIN journal_entries e ON e.id = l.entry_id
+        LEFT JOIN (SELECT lot_id, max(period) AS period FROM consumptions GROUP BY lot_id) c
+        ON c.lot_id = l.id
+    WHERE l.last_period <> GREATEST(e.period, c.period)
+        OR l.spent_period <> CASE WHEN l.remaining > 0 THEN 'open' ELSE l.last_period END"""
 
 
 def options(argv: list[str] | None) -> argparse.Namespace:
@@ -51,7 +69,9 @@ def options(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--months", type=int, default=24, help="months they spread over")
     p.add_argument("--members", type=int, default=200_000, help="members they spread over")
     p.add_argument("--rounds", type=int, default=1,
-                   help="upgrades (each after the first preceded by a downgrade to 0025)")
+                   help="upgrades (each after the first preceded by a downgrade)")
+    p.add_argument("--to", choices=sorted(BEFORE), default="0026",
+                   help="the migration to time: 0026 (from 0025) or 0027 (from 0026)")
     args = p.parse_args(argv)
     if args.entries < 1 or args.months < 1 or args.members < 1 or args.rounds < 1:
         p.error("--entries, --months, --members and --rounds must be at least 1")
@@ -83,7 +103,8 @@ def revision(conninfo: str) -> str:
 
 
 def counts(conninfo: str) -> dict:
-    """Exact rows per table (claim_keys only once it exists), partitions and DEFAULT's rows."""
+    """Exact rows per table (claim_keys only once it exists), partitions and DEFAULT's rows;
+    lots by partition once partitioned, and whether every lot's periods are the journal's."""
     out: dict = {}
     with psycopg.connect(conninfo) as conn:
         present = {r[0] for r in conn.execute(
@@ -102,6 +123,10 @@ def counts(conninfo: str) -> dict:
             (t,)).fetchone()[0] for t in partitions.PARTITIONED}
         out["default_rows"] = {t: conn.execute(f'SELECT count(*) FROM "{t}_default"').fetchone()[0]
                                for t in partitions.PARTITIONED if f"{t}_default" in present}
+        if out["partitions"]["lots"]:
+            out["lots_by_partition"] = dict(conn.execute(
+                "SELECT tableoid::regclass::text, count(*) FROM lots GROUP BY 1 ORDER BY 1"))
+            out["lots_wrong_periods"] = conn.execute(WRONG_LOT_PERIODS).fetchone()[0]
         out["database_bytes"] = conn.execute(
             "SELECT pg_database_size(current_database())").fetchone()[0]
     return out
@@ -131,10 +156,12 @@ def bench(args, db: Database, workdir: Path) -> int:
     app = create_app()
     tz, expire = app.config["COALITION_TIMEZONE"], app.config["POINTS_EXPIRE_MONTHS"]
 
-    log(f"database {db.name}: flask db upgrade 0025, partners, {args.members:,} members")
-    run.flask(env, "db", "upgrade", "0025")
-    if revision(conninfo) != "0025":
-        raise RuntimeError(f"at revision {revision(conninfo)}, not 0025")
+    base, target = BEFORE[args.to], args.to
+    partitioned = JOURNAL + (("lots",) if target == "0027" else ())
+    log(f"database {db.name}: flask db upgrade {base}, partners, {args.members:,} members")
+    run.flask(env, "db", "upgrade", base)
+    if revision(conninfo) != base:
+        raise RuntimeError(f"at revision {revision(conninfo)}, not {base}")
     for partner in month_close.PARTNERS:
         run.flask(env, "partners", "add", partner, "--name", partner)
     cards = workdir / "cards.csv"
@@ -144,6 +171,12 @@ def bench(args, db: Database, workdir: Path) -> int:
         raise RuntimeError(f"members import: {imported}")
 
     _, history = partitions._periods(clock.now(), tz, args.months)
+    if base == "0026":  # the journal's partitions of the history's months, else it loads into DEFAULT
+        with psycopg.connect(conninfo) as conn:
+            for period, _, _ in history:
+                for table in JOURNAL:
+                    conn.execute(f"CREATE TABLE IF NOT EXISTS {table}_{period[:4]}_{period[5:]} "
+                                 f"PARTITION OF {table} FOR VALUES IN ('{period}')")
     per_month, extra = divmod(args.entries, args.months)
     loads, began = [], time.perf_counter()
     for i, (period, start, end) in enumerate(history):
@@ -169,17 +202,17 @@ def bench(args, db: Database, workdir: Path) -> int:
     for number in range(args.rounds):
         entry: dict = {}
         if number:
-            entry["downgrade_s"] = round(timed_flask(env, "db", "downgrade", "0025"), 1)
-            if revision(conninfo) != "0025":
+            entry["downgrade_s"] = round(timed_flask(env, "db", "downgrade", base), 1)
+            if revision(conninfo) != base:
                 problems.append(f"round {number + 1}: downgrade left revision {revision(conninfo)}")
             entry["settle_after_downgrade"] = settle(conninfo)
-            log(f"round {number + 1}: downgraded to 0025 in {entry['downgrade_s']:.1f} s")
-        seconds = timed_flask(env, "db", "upgrade")
+            log(f"round {number + 1}: downgraded to {base} in {entry['downgrade_s']:.1f} s")
+        seconds = timed_flask(env, "db", "upgrade", target)
         entry["upgrade_s"] = round(seconds, 1)
         entry["upgrade_s_per_million_entries"] = round(seconds * 1e6 / args.entries, 1)
         entry["revision"] = revision(conninfo)
         entry["after"] = after = counts(conninfo)
-        log(f"round {number + 1}: 0025 -> {entry['revision']} in {seconds:.1f} s "
+        log(f"round {number + 1}: {base} -> {entry['revision']} in {seconds:.1f} s "
             f"({entry['upgrade_s_per_million_entries']:.1f} s per 10^6 entries)")
         for table in ("journal_entries", "postings", "consumptions", "lots"):
             if after.get(table) != before.get(table):
@@ -188,12 +221,19 @@ def bench(args, db: Database, workdir: Path) -> int:
         if after.get("claim_keys") != before["claimed_entries"]:
             problems.append(f"round {number + 1}: {after.get('claim_keys')} claim keys, "
                             f"{before['claimed_entries']} entries with a claim id")
-        if any(after["default_rows"].values()) or len(after["default_rows"]) != 3:
+        if entry["revision"] != target:
+            problems.append(f"round {number + 1}: at revision {entry['revision']}, not {target}")
+        if (any(after["default_rows"].values())
+                or len(after["default_rows"]) != len(partitioned)):
             problems.append(f"round {number + 1}: DEFAULT partitions {after['default_rows']}")
-        for table, n in after["partitions"].items():
+        for table in partitioned:
+            n = after["partitions"][table] - (table == "lots")  # lots_open besides the months
             if n < before["periods"] + 1:  # a partition per month, and DEFAULT
                 problems.append(f"round {number + 1}: {table} has {n} partitions for "
                                 f"{before['periods']} months")
+        if target == "0027" and after.get("lots_wrong_periods") != 0:
+            problems.append(f"round {number + 1}: {after.get('lots_wrong_periods')} lots whose "
+                            "last_period or spent_period is not the journal's")
         rounds.append(entry)
 
     load_after = os.getloadavg()
@@ -207,7 +247,7 @@ def bench(args, db: Database, workdir: Path) -> int:
           f"{host['ram_gib']} GiB; load average {load_before[0]:.2f} / {load_before[1]:.2f} / "
           f"{load_before[2]:.2f} before, {load_after[0]:.2f} / {load_after[1]:.2f} / "
           f"{load_after[2]:.2f} after; {wall / 60:.1f} min in all")
-    print(f"at 0025: {before['journal_entries']:,} journal entries over {before['periods']} "
+    print(f"at {base}: {before['journal_entries']:,} journal entries over {before['periods']} "
           f"months, {before['postings']:,} postings, {before['consumptions']:,} consumptions, "
           f"{before['lots']:,} lots, {args.members:,} members; "
           f"{before['database_bytes'] / 2**30:.2f} GiB; loaded in {loaded['load_s']:.0f} s, "
@@ -217,12 +257,18 @@ def bench(args, db: Database, workdir: Path) -> int:
         after = entry["after"]
         print(f"round {number}: " + (f"downgrade {entry['downgrade_s']:.1f} s, "
                                      if "downgrade_s" in entry else "")
-              + f"upgrade 0025 -> {entry['revision']} {entry['upgrade_s']:.1f} s = "
+              + f"upgrade {base} -> {entry['revision']} {entry['upgrade_s']:.1f} s = "
               f"{entry['upgrade_s_per_million_entries']:.1f} s per 10^6 entries; after: "
               f"partitions " + ", ".join(f"{t} {n}" for t, n in after["partitions"].items())
               + ", DEFAULT rows " + ", ".join(str(n) for n in after["default_rows"].values())
               + f", {after.get('claim_keys', 0):,} claim keys, "
               f"{after['database_bytes'] / 2**30:.2f} GiB")
+        if "lots_by_partition" in after:
+            lots = after["lots_by_partition"]
+            months = sum(v for k, v in lots.items() if k not in ("lots_open", "lots_default"))
+            print(f"  lots: lots_open {lots.get('lots_open', 0):,}, month partitions {months:,}, "
+                  f"lots_default {lots.get('lots_default', 0):,}; lots whose periods are not "
+                  f"the journal's: {after['lots_wrong_periods']}")
     for problem in problems:
         print(f"PROBLEM: {problem}")
     print("FAILED" if problems else "OK")
@@ -234,7 +280,7 @@ def bench(args, db: Database, workdir: Path) -> int:
               "wall_s": round(wall, 1), "loaded": loaded, "settle": settled, "before": before,
               "flask_startup_s": startup,
               "rounds": rounds, "problems": problems}
-    (out / f"migrate-partitions-{stamp}.json").write_text(json.dumps(report, indent=2))
+    (out / f"migrate-partitions-{target}-{stamp}.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
     return 1 if problems else 0
 

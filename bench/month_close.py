@@ -19,7 +19,11 @@ scenarios, servers stopped):
    On the journal partitioned by month (migration 0026) postings and consumptions also get
    their entry's period, and every entry its row in claim_keys (the trigger that writes it
    does not fire under COPY's session_replication_role = replica); the month's partitions must
-   exist first (bench/partitions.py), or its rows land in DEFAULT.
+   exist first (bench/partitions.py), or its rows land in DEFAULT. The lots are COPYed last,
+   as the load's burns and reversals left them; with migration 0027 each gets last_period
+   (the load's month: a burn or reversal of the load only consumes lots of the load) and
+   spent_period ('open' while it holds points, else last_period), so that on PostgreSQL a
+   used-up lot lands in its month's partition of lots and an open one in lots_open.
 3. The sealer catches up (`sealer.seal`, timed): in production it seals every few seconds, so
    a close finds at most a few seconds of entries unsealed.
 4. The baseline: the best of 3 of `SELECT partner_id, kind, sum(points) FROM journal_entries
@@ -141,6 +145,15 @@ def _journal_shape(conn) -> tuple[bool, bool]:
     return periodic == 2, bool(keyed)
 
 
+def _lots_have_periods(conn) -> bool:
+    """Whether lots carry last_period and spent_period (migration 0027; on PostgreSQL lots are
+    then LIST-partitioned by spent_period): both are NOT NULL, COPY must write them."""
+    return conn.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = 'lots' AND column_name IN ('last_period', 'spent_period')"
+    ).fetchone()[0] == 2
+
+
 def _next_ids(conn) -> dict[str, int]:
     return {t: conn.execute(f"SELECT coalesce(max(id), 0) FROM {t}").fetchone()[0] + 1
             for t in ("journal_entries", "postings", "lots", "consumptions")}
@@ -172,6 +185,7 @@ def load_claims(conninfo: str, *, period: str, claims: int, start: datetime, end
         del rows
         ids = _next_ids(conn)
         periodic, keyed = _journal_shape(conn)
+        lot_periods = _lots_have_periods(conn)
         tail = f"\t{period}" if periodic else ""  # postings' and consumptions' period column
         first_entry = ids["journal_entries"]
         expires = iso_utc(expiry_of(start, tz, expire_months)[0])
@@ -184,11 +198,14 @@ def load_claims(conninfo: str, *, period: str, claims: int, start: datetime, end
                 "postings": 0, "lots": 0, "consumptions": 0}
         checked = set()
         recent: list[tuple[int, int, int, str, str, int]] = []  # earns a reversal may undo
+        # The load's lots, in id order: (member's index, its slot, the row's text up to
+        # `remaining`, occurred_at); COPYed at the end, when their remaining is known.
+        lot_rows: list[tuple[int, int, str, str]] = []
         conn.execute("SET session_replication_role = replica")
         done = 0
         while done < claims:
             n = min(CHUNK, claims - done)
-            entries, postings, lots, consumptions, keys = (io.StringIO() for _ in range(5))
+            entries, postings, consumptions, keys = (io.StringIO() for _ in range(4))
             for i in range(done, done + n):
                 moment = datetime.fromtimestamp(int(t0 + span * i / claims), timezone.utc)
                 occurred = iso_utc(moment)
@@ -235,8 +252,10 @@ def load_claims(conninfo: str, *, period: str, claims: int, start: datetime, end
                         recent.pop(0)
                     posts = sorted([(f"issued:{partner}", -points), (f"member:{member}", points)])
                     fp = _fingerprint(EARN, externals[index], points, occurred)
-                    lots.write(f"{lot_id}\t{member}\t{entry_id}\t{partner}\t{points}\t{points}\t"
-                               f"{occurred}\t\\N\t{expires}\n")
+                    # Written once the load is done, with what its burns and reversals left.
+                    lot_rows.append((index, len(m.ids) - 1,
+                                     f"{lot_id}\t{member}\t{entry_id}\t{partner}\t{points}\t",
+                                     occurred))
                     sums["issued"][partner] += points
                     sums["lots"] += 1
                 elif kind == BURN:
@@ -298,8 +317,6 @@ def load_claims(conninfo: str, *, period: str, claims: int, start: datetime, end
                          "occurred_at, recorded_at, period, late, pending_until, description, "
                          "reverses_id, fingerprint, status, balance_after, entry_hash", entries),
                         ("postings", f"id, entry_id, account, points{period_column}", postings),
-                        ("lots", "id, member_id, entry_id, issuer_id, points, remaining, "
-                         "occurred_at, available_at, expires_at", lots),
                         ("consumptions", f"id, entry_id, lot_id, debt_lot_id, kind, points"
                                          f"{period_column}", consumptions),
                         *((("claim_keys", "partner_id, claim_id, entry_id, period", keys),)
@@ -308,15 +325,29 @@ def load_claims(conninfo: str, *, period: str, claims: int, start: datetime, end
                         copy.write(buffer.getvalue())
             conn.commit()
             done += n
-        # What burns and reversals left in the lots, and the members' balances: one UPDATE each.
+        # The lots, as the load's burns and reversals left them (in the order of their ids, as
+        # the ledger inserts them), and the members' balances: one UPDATE.
+        lot_columns = "id, member_id, entry_id, issuer_id, points, remaining, occurred_at, " \
+                      "available_at, expires_at"
+        if lot_periods:
+            lot_columns += ", last_period, spent_period"
         with conn.cursor() as cur:
-            cur.execute("CREATE TEMP TABLE bench_left (id bigint, remaining bigint) ON COMMIT DROP")
-            with cur.copy("COPY bench_left FROM STDIN") as copy:
-                for m in state.values():
-                    for slot in range(len(m.ids)):
-                        if m.left[slot] != m.points[slot]:
-                            copy.write(f"{m.ids[slot]}\t{m.left[slot]}\n")
-            cur.execute("UPDATE lots SET remaining = l.remaining FROM bench_left l WHERE lots.id = l.id")
+            with cur.copy(f"COPY lots ({lot_columns}) FROM STDIN") as copy:
+                buffer = io.StringIO()
+                for number, (index, slot, head, occurred) in enumerate(lot_rows, 1):
+                    left = state[index].left[slot]
+                    buffer.write(f"{head}{left}\t{occurred}\t\\N\t{expires}")
+                    if lot_periods:
+                        # last_period: the lot's earn's month and its consumptions' (a burn or
+                        # reversal of this load only consumes lots of this load: `period`
+                        # all); spent_period: 'open' while it holds points, else last_period.
+                        buffer.write(f"\t{period}\t{'open' if left > 0 else period}")
+                    buffer.write("\n")
+                    if number % CHUNK == 0:
+                        copy.write(buffer.getvalue())
+                        buffer = io.StringIO()
+                copy.write(buffer.getvalue())
+            del lot_rows
             cur.execute("CREATE TEMP TABLE bench_balance (id bigint, balance bigint) ON COMMIT DROP")
             with cur.copy("COPY bench_balance FROM STDIN") as copy:
                 for index, m in state.items():

@@ -1,10 +1,12 @@
-"""The journal partitioned by month (migration 0026, issue 13 item 4) at size: the single-claim
-rate and a month's close over 10^7 journal entries spread over 24 months, against the same over
-an empty journal, in the same run.
+"""The journal partitioned by month (migration 0026, issue 13 item 4) and lots by the month they
+were used up in (migration 0027) at size: the single-claim rates (earns and burns) and a
+month's close over 10^7 journal entries spread over 24 months, against the same over an empty
+journal, in the same run.
 
 The issue's target: "with 10^7 journal entries over 24 months, the single-claim rate and a
 month's close within 1.2x of an empty database", i.e. full/empty close time at most 1.2 and
-full/empty earn rate at least 0.83.
+full/empty earn rate at least 0.83; the same 0.83 for single burns, the path migration 0027
+is about (every burn reads the member's open lots, in lots_open, and updates them).
 
 1. Two databases of our own on the server of DATABASE_URL (or 127.0.0.1:5432 as postgres),
    bench_part_empty_<pid> and bench_part_full_<pid>, both `flask db upgrade`d to head; in
@@ -23,10 +25,13 @@ full/empty earn rate at least 0.83.
    --close-claims claims, the same seed: the same claims), sealed (timed apart, as in
    bench/month_close.py: in production the sealer keeps up), then VACUUM (ANALYZE) and a
    CHECKPOINT, so that neither autovacuum nor a checkpoint of the load runs into the
-   measurements. Rows in each partition are counted; DEFAULT must hold none.
+   measurements. Rows in each partition are counted (lots too: lots_open, the months, DEFAULT);
+   DEFAULT must hold none.
 3. The plans: in a child per database (`--explain`), the statements of the close's month_flows
    (EXPLAIN ANALYZE: time, and which partitions each reads) and of one single earn
-   (coalition.ledger.book_earn, rolled back; plain EXPLAIN: the partitions each may touch).
+   (coalition.ledger.book_earn, rolled back; plain EXPLAIN: the partitions each may touch),
+   and of one single burn of 1 point (coalition.ledger.book_burn, rolled back, of the bench
+   member with the most open points; plain EXPLAIN).
 4. The close: bench.month_close.run_close (settlement.service.close + commit in a child, what
    `flask settlement close` runs, timed from the call to the commit), --close-rounds times per
    database, empty and full taking turns (the first of each pair alternating); every round
@@ -37,12 +42,19 @@ full/empty earn rate at least 0.83.
    --duration seconds, empty and full taking turns, so that other work on this shared machine
    hits both alike. Every 2xx earn must be a journal row afterwards, in the current month's
    partition.
+6. The single-burn rate, on the same servers after the earns: signed single burns (POST
+   /v1/burn, bench.load.burn_bodies) of 1 to BURN_MAX_POINTS points of the bench-m-* members,
+   each client process drawing on its own eighth of them and never on more points than a
+   member has (read from the database before each run: burn_budgets), so that every burn
+   should answer 201: a warm-up of each, then --rounds rounds of --duration seconds, empty
+   and full taking turns. Every 2xx burn must be a journal row afterwards; the lots the burns
+   emptied leave lots_open for the current month's partition of lots; DEFAULT stays empty.
 
 Prints a table and one JSON document (also written to bench/results/); exits 1 when anything
 failed or did not add up. The databases are always dropped, the servers always stopped.
 
-    .venv/bin/python -m bench.partitions                     # 10^7 entries: 33-43 minutes here
-    .venv/bin/python -m bench.partitions --total 200000      # a quick try: about 7 minutes
+    .venv/bin/python -m bench.partitions                     # 10^7 entries: 33-45 minutes here
+    .venv/bin/python -m bench.partitions --total 200000      # a quick try: about 7-9 minutes
 """
 from __future__ import annotations
 
@@ -67,9 +79,12 @@ from bench.run import log
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLES = ("empty", "full")
-PARTITIONED = ("journal_entries", "postings", "consumptions")
-_PARTITION = re.compile(r"^(journal_entries|postings|consumptions)_(\d{4}_\d{2}|default)$")
+# lots: LIST-partitioned by spent_period since migration 0027 (lots_open, one per month, DEFAULT)
+PARTITIONED = ("journal_entries", "postings", "consumptions", "lots")
+_PARTITION = re.compile(r"^(journal_entries|postings|consumptions|lots)_(\d{4}_\d{2}|default)$"
+                        r"|^lots_open$")
 TARGET_TIME_RATIO = 1.2
+BURN_MAX_POINTS = 10  # points per single burn at most (1 to 10, within what the member has)
 
 
 def options(argv: list[str] | None) -> argparse.Namespace:
@@ -291,7 +306,7 @@ def explain(period: str) -> int:
 
     from coalition import clock, create_app
     from coalition.database import db
-    from coalition.ledger import Rules, book_earn
+    from coalition.ledger import Rules, book_burn, book_earn
     from settlement import service
 
     app = create_app()
@@ -334,9 +349,31 @@ def explain(period: str) -> int:
         db.session.flush()
         earn = list(captured)
         db.session.rollback()
+        captured.clear()
+        # A single burn of 1 point of the bench member with the most points (its oldest lot
+        # may run out: then the UPDATE moves it from lots_open to the month's partition).
+        burner = db.session.execute(db.text(
+            "SELECT m.external_id FROM members m JOIN lots l ON l.member_id = m.id "
+            "WHERE m.external_id LIKE :like AND l.spent_period = 'open' "
+            "GROUP BY 1 ORDER BY sum(l.remaining) DESC, 1 LIMIT 1"),
+            {"like": load.MEMBER_PREFIX + "%"}).scalar()
+        db.session.rollback()
+        captured.clear()
+        burn = []
+        if burner is not None:
+            now = clock.now()
+            book_burn(db.session, partner_id=month_close.PARTNERS[0],
+                      claim_id=f"explain-burn-{time.time_ns()}", member_id=burner, points=1,
+                      occurred_at=now, now=now, rules=Rules.from_config(app.config))
+            db.session.flush()
+            burn = list(captured)
+            db.session.rollback()
         event.remove(engine, "before_cursor_execute", capture)
         report = {"month_flows": explained(flows, analyze=True),
-                  "single_earn": explained(earn, analyze=False)}
+                  "single_earn": explained(earn, analyze=False),
+                  "single_burn": explained(burn, analyze=False)}
+        if burner is None:
+            report["problems"] = ["no bench member with an open lot to EXPLAIN a burn of"]
         db.session.remove()
     print(json.dumps(report))
     return 0
@@ -369,6 +406,45 @@ def child(env: dict, *args: str) -> dict:
 
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
+
+
+def burn_budgets(conninfo: str, members: int) -> dict[str, int]:
+    """The points each bench-m-* member can burn now (its spendable lots, as
+    vocabulary.spendable has them, less its debt and open holds): what single_burns may take."""
+    with psycopg.connect(conninfo) as conn:
+        rows = conn.execute(
+            "SELECT m.external_id, coalesce(sum(l.remaining) FILTER (WHERE l.remaining > 0 "
+            "  AND l.spent_period = 'open' AND l.expires_at > now() "
+            "  AND (l.available_at IS NULL OR l.available_at <= now())), 0) - m.debt "
+            "  - coalesce((SELECT sum(h.points) FROM holds h WHERE h.member_id = m.id "
+            "              AND h.status = 'open' AND h.expires_at > now()), 0) "
+            "FROM members m LEFT JOIN lots l ON l.member_id = m.id AND l.spent_period = 'open' "
+            "WHERE m.external_id = ANY(%s) GROUP BY m.id, m.external_id, m.debt",
+            (load.member_ids(members),)).fetchall()
+    return {member: max(0, int(points)) for member, points in rows}
+
+
+def single_burns(name: str, server, signer, args, duration: float, max_rate: float,
+                 budgets: dict[str, int]) -> load.Result:
+    """Single signed burns (POST /v1/burn) from args.clients processes, of the bench-m-*
+    members' points as `budgets` has them; tokens for `max_rate` burns per second."""
+    per_client = int(max_rate * duration / args.clients) + 1
+    return load.run(name, server.url, "/v1/burn", signer,
+                    load.burn_bodies(budgets, args.clients, per_client, BURN_MAX_POINTS),
+                    clients=args.clients, duration=duration)
+
+
+def lots_rows(conninfo: str) -> dict[str, int]:
+    """Exact rows in each partition of lots that holds any, by partition."""
+    with psycopg.connect(conninfo) as conn:
+        return dict(conn.execute("SELECT tableoid::regclass::text, count(*) FROM lots "
+                                 "GROUP BY 1 ORDER BY 1").fetchall())
+
+
+def open_and_spent(rows: dict[str, int]) -> str:
+    months = {k: v for k, v in rows.items() if k not in ("lots_open", "lots_default")}
+    return (f"lots_open {rows.get('lots_open', 0):,}, month partitions {sum(months.values()):,} "
+            f"(in {len(months)}), lots_default {rows.get('lots_default', 0):,}")
 
 
 def bench(args, workdir: Path, servers: list, dbs: dict) -> int:
@@ -479,33 +555,82 @@ def bench(args, workdir: Path, servers: list, dbs: dict) -> int:
         e, f = earn_runs["empty"][-1], earn_runs["full"][-1]
         log(f"round {number + 1}: empty {e.rate:.0f}/s, full {f.rate:.0f}/s, "
             f"ratio {ratio(f.rate, e.rate):.2f}")
+
+    # Single burns, after the earns: of the bench-m-* members' points (each round reads what
+    # each member has, and burns at most that: every burn should answer 201). A burn reads the
+    # member's open lots (lots_open only) and updates the oldest; a lot it empties moves to
+    # the current month's partition of lots.
+    lots_before_burns = {role: lots_rows(dbs[role].conninfo) for role in ROLES}
+    burned = dict.fromkeys(ROLES, 0)
+    warm_burns = []
+    for role, server in targets.items():
+        budgets = burn_budgets(dbs[role].conninfo, args.members)
+        warm = single_burns(f"{role} burn warm-up", server, signer, args, args.warmup, 3000,
+                            budgets)
+        burned[role] += warm.ok
+        warm_burns.append(warm.rate)
+        if warm.failed:
+            problems.append(f"{warm.name}: {json.dumps(warm.summary())}")
+    burn_rate = dict.fromkeys(ROLES, max(3 * max(warm_burns), 600))
+    burn_runs: dict[str, list[load.Result]] = {role: [] for role in ROLES}
+    budget_points: dict[str, list[int]] = {role: [] for role in ROLES}
+    log(f"single burns: {args.rounds} rounds of {args.duration:.0f} s per database, taking turns")
+    for number in range(args.rounds):
+        for role in (ROLES if number % 2 == 0 else ROLES[::-1]):
+            budgets = burn_budgets(dbs[role].conninfo, args.members)
+            budget_points[role].append(sum(budgets.values()))
+            result = single_burns(f"single burn, {role}", targets[role], signer, args,
+                                  args.duration, burn_rate[role], budgets)
+            burned[role] += result.ok
+            burn_runs[role].append(result)
+        e, f = burn_runs["empty"][-1], burn_runs["full"][-1]
+        log(f"burn round {number + 1}: empty {e.rate:.0f}/s, full {f.rate:.0f}/s, "
+            f"ratio {ratio(f.rate, e.rate):.2f}")
     for server in targets.values():
         server.stop()
         if server.log_problems():
             problems.append(f"{server.name} log: {server.log_problems()} error lines")
     earns = {role: load.merge(f"single earn, {role}", earn_runs[role]) for role in ROLES}
+    burns = {role: load.merge(f"single burn, {role}", burn_runs[role]) for role in ROLES}
     for role in ROLES:
-        if earns[role].failed:
-            problems.append(f"{earns[role].name}: {json.dumps(earns[role].summary())}")
+        for result in (earns[role], burns[role]):
+            if result.failed:
+                problems.append(f"{result.name}: {json.dumps(result.summary())}")
 
-    # Every 2xx earn a row, in the months after the closed one (the current month's partition),
-    # and DEFAULT still empty.
+    # Every 2xx earn and every 2xx burn a row, in the months after the closed one (the current
+    # month's partition), and DEFAULT still empty; the lots the burns emptied moved out of
+    # lots_open into a month's partition.
     after = {}
     for role in ROLES:
         with psycopg.connect(dbs[role].conninfo) as conn:
-            booked = conn.execute("SELECT count(*) FROM journal_entries WHERE period > %s",
-                                  (period,)).fetchone()[0]
+            kinds = dict(conn.execute("SELECT kind, count(*) FROM journal_entries "
+                                      "WHERE period > %s GROUP BY 1", (period,)).fetchall())
             where = conn.execute(
-                "SELECT tableoid::regclass::text, count(*) FROM journal_entries "
-                "WHERE period > %s GROUP BY 1", (period,)).fetchall()
+                "SELECT tableoid::regclass::text, kind, count(*) FROM journal_entries "
+                "WHERE period > %s GROUP BY 1, 2 ORDER BY 1, 2", (period,)).fetchall()
             defaults = {t: conn.execute(f"SELECT count(*) FROM {t}_default").fetchone()[0]
                         for t in PARTITIONED}
-        after[role] = {"earn_rows": booked, "earn_partitions": dict(where),
-                       "default_rows": defaults}
-        if booked != answered[role]:
-            problems.append(f"{role}: {answered[role]} earns answered 2xx, {booked} journal rows")
+            burn_consumptions = conn.execute(
+                "SELECT count(*), count(DISTINCT c.lot_id) FROM consumptions c "
+                "JOIN journal_entries e ON e.id = c.entry_id AND e.period = c.period "
+                "WHERE c.period > %s AND e.kind = 'burn'", (period,)).fetchone()
+        lots_after = lots_rows(dbs[role].conninfo)
+        after[role] = {"earn_rows": kinds.get("earn", 0), "burn_rows": kinds.get("burn", 0),
+                       "other_rows": {k: v for k, v in kinds.items() if k not in ("earn", "burn")},
+                       "partitions": [list(r) for r in where], "default_rows": defaults,
+                       "burn_consumptions": burn_consumptions[0],
+                       "lots_burned_from": burn_consumptions[1],
+                       "lots_before_burns": lots_before_burns[role], "lots_after": lots_after}
+        if kinds.get("earn", 0) != answered[role]:
+            problems.append(f"{role}: {answered[role]} earns answered 2xx, "
+                            f"{kinds.get('earn', 0)} earn rows")
+        if kinds.get("burn", 0) != burned[role]:
+            problems.append(f"{role}: {burned[role]} burns answered 2xx, "
+                            f"{kinds.get('burn', 0)} burn rows")
+        if after[role]["other_rows"]:
+            problems.append(f"{role}: unexpected entries: {after[role]['other_rows']}")
         if any(defaults.values()):
-            problems.append(f"{role}: rows in DEFAULT after the earns: {defaults}")
+            problems.append(f"{role}: rows in DEFAULT after the earns and burns: {defaults}")
 
     load_after = os.getloadavg()
     host = run.machine()
@@ -519,6 +644,10 @@ def bench(args, workdir: Path, servers: list, dbs: dict) -> int:
     rate = {role: earns[role].rate for role in ROLES}
     rate_ratio = ratio(rate["full"], rate["empty"])
     round_ratios = [ratio(f.rate, e.rate) for e, f in zip(earn_runs["empty"], earn_runs["full"])]
+    brate = {role: burns[role].rate for role in ROLES}
+    burn_ratio = ratio(brate["full"], brate["empty"])
+    burn_round_ratios = [ratio(f.rate, e.rate)
+                         for e, f in zip(burn_runs["empty"], burn_runs["full"])]
     history = full.get("history", {})
     partitions = {role: {t: len(prepared[role]["partition_rows"][t]) for t in PARTITIONED}
                   for role in ROLES}
@@ -549,7 +678,12 @@ def bench(args, workdir: Path, servers: list, dbs: dict) -> int:
         print(f"{role}: partitions " + ", ".join(f"{t} {partitions[role][t]}" for t in PARTITIONED)
               + "; rows in DEFAULT: " + ", ".join(
                   f"{t}_default {rows[t].get(f'{t}_default', 0)}" for t in PARTITIONED)
-              + f" (after the earns: {', '.join(str(v) for v in after[role]['default_rows'].values())})")
+              + f" (after the earns and burns: "
+              f"{', '.join(str(v) for v in after[role]['default_rows'].values())})")
+        print(f"{role}: lots before the burns: {open_and_spent(after[role]['lots_before_burns'])}; "
+              f"after: {open_and_spent(after[role]['lots_after'])}; the burns' "
+              f"{after[role]['burn_consumptions']:,} consumptions drew on "
+              f"{after[role]['lots_burned_from']:,} lots")
     print()
     head = f"{'':<34} {'empty':>10} {'full':>10} {'full/empty':>11}  target"
     print(head)
@@ -566,12 +700,24 @@ def bench(args, workdir: Path, servers: list, dbs: dict) -> int:
     for label, q in (("  p50 (ms)", 0.5), ("  p99 (ms)", 0.99)):
         a, b = earns["empty"].percentile(q), earns["full"].percentile(q)
         print(f"{label:<34} {a:>10.1f} {b:>10.1f} {ratio(b, a):>10.2f}x")
+    print(f"{'single burns (burns/s)':<34} {brate['empty']:>10.0f} {brate['full']:>10.0f} "
+          f"{burn_ratio:>10.2f}x  rate >= {1 / TARGET_TIME_RATIO:.2f}x  "
+          f"{'met' if burn_ratio >= 1 / TARGET_TIME_RATIO else 'NOT met'}")
+    for label, q in (("  p50 (ms)", 0.5), ("  p99 (ms)", 0.99)):
+        a, b = burns["empty"].percentile(q), burns["full"].percentile(q)
+        print(f"{label:<34} {a:>10.1f} {b:>10.1f} {ratio(b, a):>10.2f}x")
     print("close runs (s): " + "; ".join(
         f"{role} " + ", ".join(f"{s:.2f}" for s in close_s[role]) for role in ROLES))
     print("earn rounds (/s): " + "; ".join(
         f"{role} " + ", ".join(f"{r.rate:.0f}" for r in earn_runs[role]) for role in ROLES)
           + "; full/empty by round " + ", ".join(f"{x:.2f}" for x in round_ratios)
           + f" (median {statistics.median(round_ratios):.2f})")
+    print("burn rounds (/s): " + "; ".join(
+        f"{role} " + ", ".join(f"{r.rate:.0f}" for r in burn_runs[role]) for role in ROLES)
+          + "; full/empty by round " + ", ".join(f"{x:.2f}" for x in burn_round_ratios)
+          + f" (median {statistics.median(burn_round_ratios):.2f}); points the members had "
+          "before each round: " + "; ".join(
+              f"{role} " + ", ".join(f"{p:,}" for p in budget_points[role]) for role in ROLES))
     for role in ROLES:
         plan = explained[role]
         if "month_flows" in plan:
@@ -579,6 +725,8 @@ def bench(args, workdir: Path, servers: list, dbs: dict) -> int:
                 f"{s['ms']:.0f} ms over {s['partitions']} partitions" for s in plan["month_flows"]))
             print(f"{role} single-earn plans: partitions per statement "
                   + ", ".join(str(s["partitions"]) for s in plan["single_earn"]))
+            print(f"{role} single-burn plans: partitions per statement " + ", ".join(
+                f"{s['partitions']} {s['which']}" for s in plan.get("single_burn", [])))
     for problem in problems:
         print(f"PROBLEM: {problem}")
     print("FAILED" if problems else "OK")
@@ -593,7 +741,12 @@ def bench(args, workdir: Path, servers: list, dbs: dict) -> int:
          "close_median_s": median, "close_ratio": close_ratio,
          "earns": {role: earns[role].summary() for role in ROLES},
          "earn_rounds": {role: [r.summary() for r in earn_runs[role]] for role in ROLES},
-         "earn_ratio": rate_ratio, "earn_round_ratios": round_ratios, "after": after, "problems": problems}, indent=2))
+         "earn_ratio": rate_ratio, "earn_round_ratios": round_ratios,
+         "burns": {role: burns[role].summary() for role in ROLES},
+         "burn_rounds": {role: [r.summary() for r in burn_runs[role]] for role in ROLES},
+         "burn_ratio": burn_ratio, "burn_round_ratios": burn_round_ratios,
+         "burn_budget_points": budget_points,
+         "after": after, "problems": problems}, indent=2))
     if problems or args.keep_logs:
         for server in servers:
             shutil.copy(server.log_path, out / f"partitions-{stamp}-{server.name}.log")
