@@ -126,14 +126,16 @@ def _attached(session: Session) -> list[Partition]:
 
 
 def list_partitions(session: Session) -> list[Partition]:
-    """Every attached partition of the partitioned tables, months in order, DEFAULT last."""
+    """Every attached partition of the partitioned tables, lots_open first, months in order, DEFAULT last."""
     partitions = []
     for p in _attached(session):
         if p.period is None:  # DEFAULT should be empty: say exactly what it holds
             count = session.execute(text(f'SELECT count(*) FROM "{p.name}"')).scalar()
             p = Partition(p.table, p.name, None, int(count))
         partitions.append(p)
-    return sorted(partitions, key=lambda p: (PARTITIONED.index(p.table), p.period or "9999-99"))
+    # lots_open first, then the months, DEFAULT last
+    return sorted(partitions, key=lambda p: (PARTITIONED.index(p.table), p.period != "open",
+                                             p.period or "9999-99"))
 
 
 def _current_month(session: Session, now: datetime | None) -> str:
